@@ -1,0 +1,43 @@
+# Two commands on a fresh machine:  make study  (runs the default study)  and  make test.
+# Both create .venv if missing and install the project into it first.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PROFILE ?= tiny
+ARGS    ?=
+
+export HF_HUB_OFFLINE=1
+export HF_DATASETS_OFFLINE=1
+export MLFLOW_DISABLE_TELEMETRY=true
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export TOKENIZERS_PARALLELISM=false
+
+.PHONY: install study test lint format clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+study: install
+	$(PY) -m flows.study --profile $(PROFILE) $(ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+# pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+test: lint
+	$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest ran no test" >&2; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,6 @@
+"""Prefect flows: study.py runs the whole DAG; every stage also has a flow that runs alone."""
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -1,0 +1,36 @@
+"""One command-line shape for every flow:
+
+    python -m flows.<name> --profile NAME|PATH.yaml [--set dotted.key=value ...] [--output-dir DIR]
+
+A bad profile, key or value is reported by field name with exit code 2, before any work starts.
+"""
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from tasks.config import ConfigError, StudyConfig, check_inputs, load_config
+from tasks.puzzles import PuzzleError
+
+
+def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--profile", default="tiny", help="profile in configs/ (micro, tiny, ...) or a YAML path")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config value, e.g. --set puzzles.grid=3x3 (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--output-dir", default=None, help="where runs are written (default: runs/)")
+    return parser.parse_args(argv)
+
+
+def run(flow: Callable[[StudyConfig], object], argv: list[str] | None = None) -> None:
+    """Build the config from the command line, check it, then run flow(config)."""
+    args = parse_args(argv, (flow.__doc__ or "").strip().splitlines()[0] if flow.__doc__ else None)
+    try:
+        config = load_config(args.profile, args.overrides, args.output_dir)
+        check_inputs(config)
+    except (ConfigError, PuzzleError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    flow(config)

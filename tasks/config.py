@@ -1,0 +1,293 @@
+"""StudyConfig: every study-level choice, typed, bounded and described.
+
+It is the study flow's parameter, so the Prefect UI renders it as a form, and the CLI builds it from a
+YAML profile in configs/ plus `--set dotted.key=value` overrides:
+
+    python -m flows.puzzles --profile micro --set puzzles.grid=3x3 --output-dir /tmp/run
+"""
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROFILES_DIR = REPO_ROOT / "configs"
+DEFAULT_OUTPUT_DIR = REPO_ROOT / "runs"
+
+# Qwen2.5-VL cuts images into 14 px patches and merges 2x2 of them into one token, so a tile whose side
+# is a multiple of 28 px is a whole number of image tokens.
+TOKEN_PX = 28
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PuzzleConfig(_Section):
+    grid: str = Field(
+        "2x2",
+        pattern=r"^[1-6]x[1-6]$",
+        description="Rows x columns of tiles, e.g. '3x3' (each 1..6, at least 2 tiles).",
+    )
+    source: Literal["synthetic", "bundled", "folder"] = Field(
+        "synthetic",
+        description="synthetic: procedural images (see difficulty); bundled: crops of the photos that "
+        "scikit-image and scikit-learn ship; folder: your own images (e.g. COCO train2014).",
+    )
+    folder: str | None = Field(
+        None, description="Image folder, searched recursively; required when source is 'folder'."
+    )
+    image_size: int | None = Field(
+        None,
+        ge=TOKEN_PX,
+        le=2016,
+        description="Side of the square puzzle image in px; a multiple of 28 x rows and 28 x columns. "
+        "Empty: the smallest such side of at least 112 px.",
+    )
+    difficulty: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="synthetic only. 0: a smooth colour gradient across the image tells each tile where "
+        "it belongs; 1: no gradient, only clutter whose edges continue across tiles.",
+    )
+    n_train: int = Field(512, ge=1, le=1_000_000, description="Puzzles in the train split.")
+    n_test: int = Field(128, ge=1, le=100_000, description="Puzzles in the test split.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the puzzle generator.")
+    contact_sheet: int = Field(8, ge=1, le=64, description="Puzzles drawn on the contact sheet PNG.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PuzzleConfig":
+        rows, cols = self.shape
+        if rows * cols < 2:
+            raise ValueError("grid must have at least 2 tiles")
+        if self.image_size is not None and self.image_size % self.side_unit:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of {self.side_unit} "
+                f"(28 px x {rows} rows and x {cols} columns)"
+            )
+        if self.source == "folder" and not self.folder:
+            raise ValueError("source 'folder' needs puzzles.folder")
+        return self
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, cols = self.grid.split("x")
+        return int(rows), int(cols)
+
+    @property
+    def side_unit(self) -> int:
+        rows, cols = self.shape
+        return TOKEN_PX * math.lcm(rows, cols)
+
+    @property
+    def side(self) -> int:
+        """The image side actually used."""
+        if self.image_size is not None:
+            return self.image_size
+        return self.side_unit * math.ceil(112 / self.side_unit)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        "tiny",
+        min_length=1,
+        description="'micro' or 'tiny' (the project's own Qwen2.5-VL-architecture models), a hub id "
+        "such as Qwen/Qwen2.5-VL-3B-Instruct, or a local directory.",
+    )
+    finetune: Literal["full", "lora"] = Field("full", description="Train all weights or a LoRA adapter.")
+    lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank (finetune: lora).")
+    lora_alpha: int = Field(32, ge=1, le=4096, description="LoRA alpha (finetune: lora).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 on CPU, bfloat16 on GPU."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
+
+
+class SFTArmConfig(_Section):
+    enabled: bool = Field(True, description="Train this arm.")
+    steps: int = Field(300, ge=1, le=1_000_000, description="Optimizer steps.")
+    learning_rate: float = Field(5e-4, gt=0, le=1.0, description="Peak learning rate.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Samples per optimizer step.")
+    prompt_style: Literal["direct", "think"] = Field(
+        "direct", description="direct: answer only; think: <think>...</think><answer>...</answer>."
+    )
+
+
+class RFTArmConfig(_Section):
+    enabled: bool = Field(True, description="Train this arm.")
+    steps: int = Field(300, ge=1, le=1_000_000, description="GRPO optimizer steps.")
+    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Completions per step; a multiple of num_generations.")
+    num_generations: int = Field(8, ge=2, le=256, description="Group size G: completions per prompt.")
+    beta: float = Field(0.04, ge=0.0, le=10.0, description="KL penalty towards the base model.")
+    temperature: float = Field(1.0, gt=0.0, le=5.0, description="Sampling temperature of rollouts.")
+    max_new_tokens: int = Field(32, ge=1, le=8192, description="Longest completion sampled.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RFTArmConfig":
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of num_generations {self.num_generations}"
+            )
+        return self
+
+
+class RolloutSFTArmConfig(SFTArmConfig):
+    rollout_source: Literal["training", "final", "early"] = Field(
+        "training",
+        description="training: the RFT arm's recorded correct rollouts; final/early: fresh samples "
+        "from the final or an early RFT checkpoint, kept when correct.",
+    )
+
+
+class ArmsConfig(_Section):
+    sft: SFTArmConfig = Field(default_factory=SFTArmConfig, description="SFT on ground-truth answers.")
+    rft: RFTArmConfig = Field(default_factory=RFTArmConfig, description="RFT: GRPO with the puzzle reward.")
+    rollout_sft: RolloutSFTArmConfig = Field(
+        default_factory=RolloutSFTArmConfig, description="SFT on the RFT arm's correct rollouts."
+    )
+    checkpoint_every: int = Field(50, ge=1, le=1_000_000, description="Save a checkpoint every N steps.")
+
+
+class EvaluationConfig(_Section):
+    benchmarks: list[str] = Field(
+        default_factory=lambda: ["tiny_world"],
+        description="lm-eval task or group names; 'tiny_world' is the embedded prior-knowledge suite.",
+    )
+    limit: int | None = Field(None, ge=1, description="At most this many items per benchmark (empty: all).")
+    batch_size: int = Field(32, ge=1, le=4096, description="Items generated per batch.")
+    every: int = Field(100, ge=1, le=1_000_000, description="Evaluate intermediate checkpoints every N steps.")
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI. Empty: $MLFLOW_TRACKING_URI, else sqlite:///<output dir>/mlflow.db.",
+    )
+    experiment: str = Field("forgetting-study", min_length=1, description="MLflow experiment name.")
+
+
+class OutputConfig(_Section):
+    dir: str | None = Field(None, description="Where runs are written. Empty: runs/ in the repository.")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir).expanduser().resolve() if self.dir else DEFAULT_OUTPUT_DIR
+
+
+class StudyConfig(_Section):
+    name: str = Field("tiny", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Study name; prefixes the id.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of model initialisation and training.")
+    puzzles: PuzzleConfig = Field(default_factory=PuzzleConfig, description="The novel task.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
+    arms: ArmsConfig = Field(default_factory=ArmsConfig, description="The training arms.")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Benchmarks.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Output location.")
+
+    @field_validator("name")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
+
+    def config_hash(self) -> str:
+        """Hash of everything that changes results (not where they are written or tracked)."""
+        return stable_hash(self.model_dump(mode="json", exclude={"output", "tracking"}))
+
+    @property
+    def study_id(self) -> str:
+        return f"{self.name}-{self.config_hash()[:10]}"
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of obj."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def profile_path(profile: str) -> Path:
+    """A profile name from configs/ or a path to a YAML file."""
+    if profile.endswith((".yaml", ".yml")) or "/" in profile:
+        path = Path(profile).expanduser()
+    else:
+        path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+        raise ConfigError(f"profile: no such profile {profile!r} (known: {known}; or give a .yaml path)")
+    return path
+
+
+def set_dotted(data: dict, assignment: str) -> None:
+    """Apply one `dotted.key=value` override; the value is read as YAML (3, 1e-4, [0,1], true, text)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key")
+        elif isinstance(e.get("input"), dict):  # a check across fields: the message names them
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def build_config(data: dict) -> StudyConfig:
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err)) from None
+
+
+def load_config(
+    profile: str = "tiny", overrides: list[str] | tuple[str, ...] = (), output_dir: str | None = None
+) -> StudyConfig:
+    """Profile YAML + `--set` overrides + output dir -> a validated StudyConfig, or ConfigError."""
+    path = profile_path(profile)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"profile {path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"profile {path}: expected a mapping at the top level")
+    for assignment in overrides:
+        set_dotted(data, assignment)
+    if output_dir is not None:
+        set_dotted(data, f"output.dir={Path(output_dir).expanduser().resolve()}")
+    return build_config(data)
+
+
+def check_inputs(config: StudyConfig) -> None:
+    """Checks that need the file system; run before any expensive work."""
+    p = config.puzzles
+    if p.source == "folder":
+        folder = Path(p.folder).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"puzzles.folder: {folder} is not a directory")

@@ -1,0 +1,561 @@
+"""The novel task: jigsaw puzzles, their prompts, the answer parser and the reward.
+
+Semantics, exactly: positions are numbered 1..m*n row-major. The answer lists, for each position of the
+SHUFFLED image in row-major order, the original position of the tile now there, so tile k of the shuffled
+image belongs at position answer[k]. The identity permutation is never used.
+
+Run alone:  python -m flows.puzzles --profile micro --set puzzles.grid=3x3 --output-dir /tmp/run
+"""
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from tasks.config import PuzzleConfig, stable_hash
+
+# Bump when a change to this file changes the bytes of a generated dataset.
+GENERATOR_VERSION = 1
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiles, permutations, prompts
+
+
+def tile_boxes(side: int, rows: int, cols: int) -> list[tuple[int, int, int, int]]:
+    """Pixel boxes of positions 1..rows*cols, row-major (index 0 is position 1)."""
+    h, w = side // rows, side // cols
+    return [(c * w, r * h, (c + 1) * w, (r + 1) * h) for r in range(rows) for c in range(cols)]
+
+
+def random_answer(rng: random.Random, n_tiles: int) -> list[int]:
+    """A uniformly random non-identity permutation of 1..n_tiles."""
+    identity = list(range(1, n_tiles + 1))
+    while True:
+        answer = rng.sample(identity, n_tiles)
+        if answer != identity:
+            return answer
+
+
+def shuffle_image(image: Image.Image, answer: list[int], rows: int, cols: int) -> Image.Image:
+    """The puzzle: tile k of the result is the original tile at position answer[k]."""
+    boxes = tile_boxes(image.width, rows, cols)
+    out = Image.new(image.mode, image.size)
+    for k, original in enumerate(answer):
+        out.paste(image.crop(boxes[original - 1]), boxes[k][:2])
+    return out
+
+
+def restore_image(shuffled: Image.Image, answer: list[int], rows: int, cols: int) -> Image.Image:
+    """The inverse of shuffle_image: tile k of the shuffled image goes back to position answer[k]."""
+    boxes = tile_boxes(shuffled.width, rows, cols)
+    out = Image.new(shuffled.mode, shuffled.size)
+    for k, original in enumerate(answer):
+        out.paste(shuffled.crop(boxes[k]), boxes[original - 1][:2])
+    return out
+
+
+def format_answer(answer: list[int]) -> str:
+    return " ".join(str(a) for a in answer)
+
+
+def _layout(rows: int, cols: int) -> str:
+    return "\n".join(" ".join(str(r * cols + c + 1) for c in range(cols)) for r in range(rows))
+
+
+def make_prompt(rows: int, cols: int, style: str) -> str:
+    """The user's text; the image goes before it in the chat message."""
+    n = rows * cols
+    intro = (
+        f"The image is a {rows}x{cols} grid of shuffled tiles. Positions are numbered row by row:\n"
+        f"{_layout(rows, cols)}\n"
+        "For each position in order, give the original position of the tile now there."
+    )
+    if style == "direct":
+        return f"{intro} Answer with {n} numbers separated by spaces."
+    if style == "think":
+        return (
+            f"{intro} Think inside <think> </think>, then give the {n} numbers separated by spaces "
+            "inside <answer> </answer>."
+        )
+    raise ValueError(f"prompt style must be 'direct' or 'think', got {style!r}")
+
+
+def make_target(answer: list[int], style: str, reasoning: str = "") -> str:
+    """The ground-truth completion SFT trains on."""
+    if style == "direct":
+        return format_answer(answer)
+    return f"<think>{reasoning}</think><answer>{format_answer(answer)}</answer>"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parser and reward. Model output is untrusted: never raise, stay linear in the input's length.
+
+_INT = re.compile(r"-?[0-9]+")
+_OPEN, _CLOSE = "<answer>", "</answer>"
+
+
+def answer_text(text: str) -> str:
+    """The content of the last complete <answer>...</answer> block, else the whole text."""
+    end = text.rfind(_CLOSE)
+    if end >= 0:
+        start = text.rfind(_OPEN, 0, end)
+        if start >= 0:
+            return text[start + len(_OPEN) : end]
+    return text
+
+
+def parse_answer(text: object, n_tiles: int) -> list[int] | None:
+    """The permutation of 1..n_tiles the text answers, or None when it does not answer one."""
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8", errors="replace")
+    if not isinstance(text, str):
+        return None
+    numbers = []
+    for match in _INT.finditer(answer_text(text)):
+        token = match.group()
+        # More numbers than tiles, or a number too long to be a position: not an answer. Stopping here
+        # also keeps a megabyte of digits cheap.
+        if len(numbers) == n_tiles or len(token) > 3:
+            return None
+        numbers.append(int(token))
+    if sorted(numbers) != list(range(1, n_tiles + 1)):
+        return None
+    return numbers
+
+
+def well_formed_think(text: str) -> bool:
+    """Exactly `<think>...</think><answer>...</answer>`, whitespace allowed around and between."""
+    s = text.strip()
+    tags = ("<think>", "</think>", _OPEN, _CLOSE)
+    if any(s.count(t) != 1 for t in tags):
+        return False
+    i_think, i_think_end, i_open, i_close = (s.index(t) for t in tags)
+    return (
+        i_think == 0
+        and i_think < i_think_end < i_open < i_close
+        and s[i_think_end + len("</think>") : i_open].strip() == ""
+        and s.endswith(_CLOSE)
+    )
+
+
+@dataclass(frozen=True)
+class Reward:
+    accuracy: float  # fraction of positions right (valid answers only)
+    exact: float  # 1.0 for an exact match
+    format: float  # 0.5 when valid (and, in think style, well-formed)
+
+    @property
+    def total(self) -> float:
+        return self.accuracy + self.exact + self.format
+
+
+EXACT_BONUS, FORMAT_BONUS = 1.0, 0.5
+
+
+def score_answer(text: object, answer: list[int], style: str = "direct") -> Reward:
+    """The reward of one completion against the true answer."""
+    guess = parse_answer(text, len(answer))
+    if guess is None:
+        return Reward(0.0, 0.0, 0.0)
+    right = sum(g == a for g, a in zip(guess, answer, strict=True))
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8", errors="replace")
+    formatted = style != "think" or well_formed_think(text)
+    return Reward(
+        accuracy=right / len(answer),
+        exact=EXACT_BONUS if guess == answer else 0.0,
+        format=FORMAT_BONUS if formatted else 0.0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Image sources. Each yields the unshuffled square image of puzzle i of a split.
+
+
+def synthetic_image(rng: np.random.Generator, side: int, difficulty: float) -> Image.Image:
+    """Gradient (red grows left to right, green top to bottom) plus clutter; difficulty trades one for
+    the other. At 0 a tile's red and green say where it belongs; at 1 only edges that run on across
+    tiles do."""
+    ramp = np.linspace(0.0, 1.0, side, dtype=np.float32)
+    amplitude = 220.0 * (1.0 - difficulty)
+    jitter = difficulty * (255.0 - amplitude)
+    red = 16 + rng.uniform(0, jitter + 1) + amplitude * ramp[None, :]
+    green = 16 + rng.uniform(0, jitter + 1) + amplitude * ramp[:, None]
+    # Blue is a random wave: every image differs, and the red/green cue is left alone.
+    fx, fy = rng.uniform(-3, 3, 2)
+    blue = 128 + 80 * np.sin(2 * np.pi * (fx * ramp[None, :] + fy * ramp[:, None]) + rng.uniform(0, 2 * np.pi))
+    pixels = np.stack(np.broadcast_arrays(red, green, blue), axis=-1)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(round(difficulty * 12)):
+        x0, y0 = rng.uniform(-0.2, 0.9, 2) * side
+        w, h = rng.uniform(0.15, 0.6, 2) * side
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        box = [x0, y0, x0 + w, y0 + h]
+        kind = rng.integers(3)
+        if kind == 0:
+            draw.ellipse(box, fill=colour)
+        elif kind == 1:
+            draw.rectangle(box, fill=colour)
+        else:
+            draw.line(box, fill=colour, width=int(side * 0.05) + 1)
+    if difficulty > 0:
+        noise = rng.normal(0, 30 * difficulty, (side, side, 3))
+        pixels = np.asarray(image, dtype=np.float32) + noise
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    return image
+
+
+def random_square_crop(rng: np.random.Generator, photo: Image.Image, side: int) -> Image.Image:
+    """A random square crop (50-100% of the short side), maybe mirrored, rescaled to side x side."""
+    short = min(photo.size)
+    crop = int(short * rng.uniform(0.5, 1.0))
+    x = int(rng.integers(0, photo.width - crop + 1))
+    y = int(rng.integers(0, photo.height - crop + 1))
+    image = photo.crop((x, y, x + crop, y + crop)).resize((side, side), Image.Resampling.BICUBIC)
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
+def bundled_photo_paths() -> list[Path]:
+    """The real photos scikit-image and scikit-learn ship (no download), large enough to crop."""
+    import skimage
+    import sklearn.datasets
+
+    skimage_dir = Path(skimage.__file__).parent / "data"
+    names = [
+        "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png",
+        "coffee.png", "coins.png", "color.png", "grass.png", "gravel.png", "hubble_deep_field.jpg",
+        "ihc.png", "logo.png", "moon.png", "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg",
+        "text.png",
+    ]  # fmt: skip
+    paths = [skimage_dir / n for n in names]
+    sklearn_dir = Path(sklearn.datasets.__file__).parent / "images"
+    paths += [sklearn_dir / "china.jpg", sklearn_dir / "flower.jpg"]
+    return [p for p in paths if p.is_file()]
+
+
+def open_rgb(path: Path) -> Image.Image | None:
+    """The decoded image, or None when the file is unreadable or corrupt."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except Exception:  # noqa: BLE001 - any decoder failure means "skip this file"
+        return None
+
+
+def folder_image_paths(folder: Path) -> tuple[list[Path], int]:
+    """Image files under folder (recursive, sorted) and the count of other files ignored."""
+    images, ignored = [], 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                images.append(Path(root) / name)
+            else:
+                ignored += 1
+    return sorted(images), ignored
+
+
+def split_pool(paths: list[Path], config: PuzzleConfig) -> dict[str, list[Path]]:
+    """Disjoint train/test pools of source photos, in a seeded order."""
+    order = list(paths)
+    random.Random(config.seed).shuffle(order)
+    share = config.n_test / (config.n_train + config.n_test)
+    n_test = min(len(order) - 1, max(1, round(len(order) * share)))
+    return {"test": order[:n_test], "train": order[n_test:]}
+
+
+class PuzzleError(ValueError):
+    """The puzzle source cannot produce the dataset asked for."""
+
+
+@dataclass
+class SourceReport:
+    kind: str
+    fingerprint: str
+    pool_sizes: dict[str, int]
+    skipped: list[str]
+    ignored_non_image: int = 0
+
+
+class PhotoSource:
+    """bundled or folder: crops of photos from disjoint per-split pools; corrupt files are skipped."""
+
+    def __init__(self, paths: list[Path], config: PuzzleConfig, root: Path | None, ignored: int = 0):
+        if len(paths) < 2:
+            where = f"folder {root}" if root else "the bundled photos"
+            raise PuzzleError(f"{where}: need at least 2 image files (one per split), found {len(paths)}")
+        self.config, self.root = config, root
+        self.pools = split_pool(paths, config)
+        self.cache: dict[Path, Image.Image | None] = {}
+        self.skipped: set[Path] = set()
+        self.ignored = ignored
+
+    def _name(self, path: Path) -> str:
+        return str(path.relative_to(self.root)) if self.root else path.name
+
+    def fingerprint(self) -> str:
+        """Names and sizes of the source files: cheap, and changes when the folder does."""
+        return stable_hash(sorted((self._name(p), p.stat().st_size) for pool in self.pools.values() for p in pool))
+
+    def _photo(self, path: Path) -> Image.Image | None:
+        # Bundled photos are few and small: keep them. A folder may be COCO: open each file when used.
+        if self.root is None:
+            if path not in self.cache:
+                self.cache[path] = open_rgb(path)
+            return self.cache[path]
+        return open_rgb(path)
+
+    def images(self, split: str, count: int, side: int) -> Iterator[Image.Image]:
+        pool = self.pools[split]
+        rng = np.random.default_rng([self.config.seed, SPLITS.index(split), 7])
+        made, cursor, usable_this_pass = 0, 0, 0
+        while made < count:
+            if cursor == len(pool):
+                if usable_this_pass == 0:
+                    where = f"folder {self.root}" if self.root else "bundled photos"
+                    raise PuzzleError(
+                        f"{where}: no usable image for the {split} split "
+                        f"({len(pool)} files tried, all unreadable or corrupt)"
+                    )
+                cursor, usable_this_pass = 0, 0
+            path = pool[cursor]
+            cursor += 1
+            photo = self._photo(path)
+            if photo is None:
+                self.skipped.add(path)
+                continue
+            usable_this_pass += 1
+            made += 1
+            yield random_square_crop(rng, photo, side)
+
+    def report(self) -> SourceReport:
+        return SourceReport(
+            kind=self.config.source,
+            fingerprint=self.fingerprint(),
+            pool_sizes={s: len(p) for s, p in self.pools.items()},
+            skipped=sorted(self._name(p) for p in self.skipped),
+            ignored_non_image=self.ignored,
+        )
+
+
+class SyntheticSource:
+    def __init__(self, config: PuzzleConfig):
+        self.config = config
+
+    def fingerprint(self) -> str:
+        return "synthetic"
+
+    def images(self, split: str, count: int, side: int) -> Iterator[Image.Image]:
+        for i in range(count):
+            rng = np.random.default_rng([self.config.seed, SPLITS.index(split), i])
+            yield synthetic_image(rng, side, self.config.difficulty)
+
+    def report(self) -> SourceReport:
+        return SourceReport("synthetic", "synthetic", {s: 0 for s in SPLITS}, [])
+
+
+def open_source(config: PuzzleConfig) -> PhotoSource | SyntheticSource:
+    if config.source == "synthetic":
+        return SyntheticSource(config)
+    if config.source == "bundled":
+        return PhotoSource(bundled_photo_paths(), config, root=None)
+    folder = Path(config.folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise PuzzleError(f"puzzles.folder: {folder} is not a directory")
+    paths, ignored = folder_image_paths(folder)
+    return PhotoSource(paths, config, root=folder, ignored=ignored)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The dataset on disk: <output>/puzzles/<dataset-hash>/{train,test}.jsonl, images/, manifest.json
+
+
+def dataset_hash(config: PuzzleConfig, source_fingerprint: str) -> str:
+    """Names the dataset: what determines its bytes, not where the folder lies or how it is drawn."""
+    spec = config.model_dump(mode="json", exclude={"folder", "contact_sheet"})
+    spec.update(side=config.side, generator_version=GENERATOR_VERSION, source_fingerprint=source_fingerprint)
+    return stable_hash(spec)[:16]
+
+
+@dataclass(frozen=True)
+class PuzzleDataset:
+    """Where a generated dataset lies; what tasks pass around instead of the data."""
+
+    path: Path
+    dataset_hash: str
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.path / "manifest.json").read_text())
+
+    def records(self, split: str) -> list[dict]:
+        with open(self.path / f"{split}.jsonl") as f:
+            return [json.loads(line) for line in f]
+
+    def image(self, record: dict, key: str = "image") -> Image.Image:
+        return Image.open(self.path / record[key]).convert("RGB")
+
+
+def _write_split(
+    out: Path, split: str, images: Iterator[Image.Image], config: PuzzleConfig, seen: dict[str, str]
+) -> list[dict]:
+    rows, cols = config.shape
+    rng = random.Random(f"{config.seed}-{split}-answers")
+    prompts = {style: make_prompt(rows, cols, style) for style in ("direct", "think")}
+    records = []
+    for i, source in enumerate(images):
+        pixel_hash = hashlib.sha256(source.tobytes()).hexdigest()
+        if seen.setdefault(pixel_hash, split) != split:
+            raise PuzzleError(f"a {split} puzzle's source image equals a {seen[pixel_hash]} one")
+        answer = random_answer(rng, rows * cols)
+        image_path, source_path = f"images/{split}-{i:06d}.png", f"images/{split}-{i:06d}-source.png"
+        shuffle_image(source, answer, rows, cols).save(out / image_path)
+        source.save(out / source_path)
+        records.append(
+            {
+                "id": f"{split}-{i:06d}",
+                "image": image_path,
+                "source_image": source_path,
+                "grid": [rows, cols],
+                "answer": answer,
+                "prompt_direct": prompts["direct"],
+                "prompt_think": prompts["think"],
+            }
+        )
+    with open(out / f"{split}.jsonl", "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    return records
+
+
+def _content_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def plan_dataset(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
+    """Where the dataset for config lies (or will), without generating it."""
+    digest = dataset_hash(config, open_source(config).fingerprint())
+    return PuzzleDataset(Path(output_dir).resolve() / "puzzles" / digest, digest)
+
+
+def generate_puzzles(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
+    """Write the dataset for config under output_dir/puzzles/<hash>, or reuse it if it is already there.
+
+    Written to a temporary folder and renamed at the end: a killed run never leaves half a dataset."""
+    source = open_source(config)
+    digest = dataset_hash(config, source.fingerprint())
+    final = Path(output_dir).resolve() / "puzzles" / digest
+    if (final / "manifest.json").is_file():
+        return PuzzleDataset(final, digest)
+    tmp = final.with_name(f".{digest}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    try:
+        seen: dict[str, str] = {}
+        counts = {}
+        for split, count in (("train", config.n_train), ("test", config.n_test)):
+            records = _write_split(tmp, split, source.images(split, count, config.side), config, seen)
+            counts[split] = len(records)
+        dataset = PuzzleDataset(tmp, digest)
+        sheet_records = dataset.records("test")[: config.contact_sheet]
+        contact_sheet(dataset, sheet_records).save(tmp / "contact_sheet.png")
+        manifest = {
+            "dataset_hash": digest,
+            "generator_version": GENERATOR_VERSION,
+            "config": config.model_dump(mode="json"),
+            "side": config.side,
+            "counts": counts,
+            "source": asdict(source.report()),
+            "content_sha256": _content_hash(tmp),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if final.exists():  # another process finished first; theirs is identical
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PuzzleDataset(final, digest)
+
+
+def contact_sheet(dataset: PuzzleDataset, records: list[dict], cell: int = 160) -> Image.Image:
+    """Puzzles for people to look at: shuffled image, its answer, and the image restored from it."""
+    font = ImageFont.load_default(size=13)
+    label_h = 36
+    sheet = Image.new("RGB", (2 * cell + 30, len(records) * (cell + label_h) + 10), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, record in enumerate(records):
+        rows, cols = record["grid"]
+        shuffled = dataset.image(record)
+        restored = restore_image(shuffled, record["answer"], rows, cols)
+        y = 10 + row * (cell + label_h)
+        for col, im in enumerate((shuffled, restored)):
+            x = 10 + col * (cell + 10)
+            sheet.paste(im.resize((cell, cell), Image.Resampling.NEAREST), (x, y))
+            draw_grid(draw, x, y, cell, rows, cols)
+        draw.text((10, y + cell + 2), f"{record['id']}  answer: {format_answer(record['answer'])}",
+                  fill="black", font=font)  # fmt: skip
+        draw.text((10 + cell + 10, y + cell + 18), "restored", fill="gray", font=font)
+    return sheet
+
+
+def draw_grid(draw: ImageDraw.ImageDraw, x: int, y: int, size: int, rows: int, cols: int) -> None:
+    for r in range(1, rows):
+        draw.line([(x, y + r * size // rows), (x + size, y + r * size // rows)], fill="white", width=1)
+    for c in range(1, cols):
+        draw.line([(x + c * size // cols, y), (x + c * size // cols, y + size)], fill="white", width=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prefect wrapper: materializes the dataset's Asset. No Prefect result cache here: generate_puzzles is its
+# own content-addressed cache (a rerun finds manifest.json and returns in milliseconds), and unlike a
+# Prefect cache it notices a deleted dataset or a changed image folder.
+
+
+def puzzles_task(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
+    """Generate (or reuse) the dataset as a Prefect task that materializes assets.puzzle_dataset."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.assets import add_asset_metadata, materialize
+
+    from assets import puzzle_dataset
+
+    asset = puzzle_dataset(plan_dataset(config, output_dir).path)
+
+    @materialize(asset, name="generate-puzzles", retries=1)
+    def generate(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
+        dataset = generate_puzzles(config, output_dir)
+        manifest = dataset.manifest
+        add_asset_metadata(asset, {"dataset_hash": dataset.dataset_hash, "counts": manifest["counts"]})
+        create_markdown_artifact(
+            key="puzzle-dataset",
+            description="Jigsaw puzzle dataset",
+            markdown=(
+                f"### Puzzles `{dataset.dataset_hash}`\n\n| | |\n|---|---|\n"
+                f"| path | `{dataset.path}` |\n| grid | {config.grid} |\n| source | {config.source} |\n"
+                f"| side | {config.side} px |\n| train / test | {manifest['counts']['train']} / "
+                f"{manifest['counts']['test']} |\n| skipped files | {len(manifest['source']['skipped'])} |\n"
+                f"\nContact sheet: `{dataset.path / 'contact_sheet.png'}`"
+            ),
+        )
+        return dataset
+
+    return generate(config, output_dir)

@@ -1,0 +1,142 @@
+"""MLflow tracking: one parent run per study, one child run per stage, arm and evaluation.
+
+Default store: sqlite:///<output dir>/mlflow.db with artifacts in <output dir>/mlartifacts;
+$MLFLOW_TRACKING_URI or tracking.tracking_uri point elsewhere (e.g. http://127.0.0.1:5000).
+MLflow keeps the active run per thread, so code running in a Prefect worker thread opens its own
+child run with child_run(parent_run_id, ...), never relying on the caller's active run.
+The tracking URI is process-wide in MLflow: one study per process (run studies side by side as processes).
+
+    mlflow ui --backend-store-uri sqlite:///$PWD/runs/mlflow.db     # browse what a study logged
+"""
+
+import os
+import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from tasks.config import REPO_ROOT, StudyConfig  # noqa: E402
+from tasks.puzzles import PuzzleDataset  # noqa: E402
+
+# Read once, before anything here calls mlflow.set_tracking_uri, which writes this variable itself.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def tracking_uri(config: StudyConfig) -> str:
+    if config.tracking.tracking_uri:
+        return config.tracking.tracking_uri
+    if USER_TRACKING_URI:
+        return USER_TRACKING_URI
+    return f"sqlite:///{config.output.path / 'mlflow.db'}"
+
+
+def configure(config: StudyConfig) -> str:
+    """Point MLflow at the study's store and experiment; returns the experiment id."""
+    uri = tracking_uri(config)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = None
+    if uri.startswith("sqlite:"):  # a local store keeps its artifacts beside it, not in ./mlruns
+        artifacts = (config.output.path / "mlartifacts").as_uri()
+    try:
+        return mlflow.create_experiment(config.tracking.experiment, artifact_location=artifacts)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
+
+
+def git_sha() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        return f"{sha}-dirty" if dirty else sha
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def study_tags(config: StudyConfig) -> dict[str, str]:
+    return {
+        "study_id": config.study_id,
+        "profile": config.name,
+        "config_hash": config.config_hash(),
+        "git_sha": git_sha(),
+    }
+
+
+@contextmanager
+def study_run(config: StudyConfig, run_name: str | None = None) -> Iterator[str]:
+    """The study's parent run, with its config as params and artifact; yields the run id."""
+    experiment_id = configure(config)
+    tags = study_tags(config)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or config.study_id, tags=tags) as run:
+        mlflow.log_params(flat_params(config.model_dump(mode="json")))
+        mlflow.log_dict(config.model_dump(mode="json"), "config.json")
+        yield run.info.run_id
+
+
+@contextmanager
+def child_run(parent_run_id: str, name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
+    """A child run of parent_run_id, active in the calling thread (safe from Prefect worker threads)."""
+    parent = mlflow.get_run(parent_run_id)
+    inherited = {k: v for k, v in parent.data.tags.items() if k in {"study_id", "profile", "config_hash", "git_sha"}}
+    with mlflow.start_run(
+        experiment_id=parent.info.experiment_id,
+        run_name=name,
+        parent_run_id=parent_run_id,
+        nested=True,
+        tags={**inherited, **(tags or {})},
+    ) as run:
+        yield run.info.run_id
+
+
+def flat_params(tree: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {'puzzles.grid': '2x2', ...}; MLflow params are flat strings."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_params(value, f"{name}."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+def log_puzzle_dataset(dataset: PuzzleDataset) -> None:
+    """Manifest, contact sheet and both splits (as mlflow.data inputs) into the thread's active run."""
+    if mlflow.active_run() is None:
+        raise RuntimeError("no active MLflow run: log inside study_run() or child_run()")
+    manifest = dataset.manifest
+    mlflow.log_dict(manifest, "puzzles/manifest.json")
+    mlflow.log_artifact(str(dataset.path / "contact_sheet.png"), "puzzles")
+    mlflow.log_params({"puzzles.dataset_hash": dataset.dataset_hash, "puzzles.path": str(dataset.path)})
+    mlflow.log_metrics(
+        {f"puzzles.{split}_count": n for split, n in manifest["counts"].items()}
+        | {"puzzles.skipped_files": len(manifest["source"]["skipped"])}
+    )
+    for split in ("train", "test"):
+        frame = pd.DataFrame(dataset.records(split)).drop(columns=["prompt_direct", "prompt_think"])
+        frame["answer"] = frame["answer"].map(lambda a: " ".join(map(str, a)))
+        frame["grid"] = frame["grid"].map(lambda g: f"{g[0]}x{g[1]}")
+        with warnings.catch_warnings():  # MLflow registers two equal sources for local paths, and says so
+            warnings.simplefilter("ignore", UserWarning)
+            data = mlflow.data.from_pandas(
+                frame,
+                source=str(dataset.path / f"{split}.jsonl"),
+                name=f"puzzles-{dataset.dataset_hash}-{split}",
+                digest=dataset.dataset_hash[:8] + split[:2],
+            )
+        mlflow.log_input(data, context=split)

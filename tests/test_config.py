@@ -1,0 +1,112 @@
+import subprocess
+import sys
+
+import pytest
+
+from tasks.config import (
+    PROFILES_DIR,
+    REPO_ROOT,
+    ConfigError,
+    PuzzleConfig,
+    StudyConfig,
+    check_inputs,
+    load_config,
+)
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+def test_every_profile_loads(profile):
+    config = load_config(profile)
+    assert config.name == profile
+    rows, cols = config.puzzles.shape
+    assert config.puzzles.side % (28 * rows) == 0 and config.puzzles.side % (28 * cols) == 0
+
+
+def test_overrides_are_read_as_yaml(tmp_path):
+    config = load_config(
+        "micro",
+        [
+            "puzzles.grid=3x3",
+            "puzzles.difficulty=0.25",
+            "evaluation.benchmarks=[a, b]",
+            "arms.sft.enabled=false",
+        ],
+        output_dir=str(tmp_path),
+    )
+    assert config.puzzles.shape == (3, 3)
+    assert config.puzzles.side == 168  # smallest multiple of 84 that is >= 112
+    assert config.puzzles.difficulty == 0.25
+    assert config.evaluation.benchmarks == ["a", "b"]
+    assert config.arms.sft.enabled is False
+    assert config.output.path == tmp_path.resolve()
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("puzzles.grid=7x7", "puzzles.grid"),
+        ("puzzles.grid=1x1", "puzzles"),
+        ("puzzles.grid=three", "puzzles.grid"),
+        ("puzzles.image_size=100", "puzzles"),
+        ("puzzles.n_train=0", "puzzles.n_train"),
+        ("puzzles.difficulty=1.5", "puzzles.difficulty"),
+        ("puzzles.source=web", "puzzles.source"),
+        ("puzzles.colour=red", "puzzles.colour"),
+        ("nonsense=1", "nonsense"),
+        ("arms.rft.batch_size=10", "arms.rft"),
+        ("arms.sft.learning_rate=-1", "arms.sft.learning_rate"),
+    ],
+)
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_config("micro", [override])
+    assert f"{field}:" in str(err.value)
+
+
+def test_unknown_profile_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="known: .*micro.*tiny"):
+        load_config("nope")
+
+
+def test_folder_source_needs_an_existing_folder(tmp_path):
+    with pytest.raises(ConfigError, match="puzzles"):
+        load_config("micro", ["puzzles.source=folder"])
+    config = load_config("micro", ["puzzles.source=folder", f"puzzles.folder={tmp_path / 'missing'}"])
+    with pytest.raises(ConfigError, match="puzzles.folder: .*missing is not a directory"):
+        check_inputs(config)
+
+
+def test_study_id_ignores_where_results_go(tmp_path):
+    a = load_config("micro", output_dir=str(tmp_path / "a"))
+    b = load_config("micro", output_dir=str(tmp_path / "b"))
+    c = load_config("micro", ["puzzles.seed=1"], output_dir=str(tmp_path / "a"))
+    assert a.study_id == b.study_id != c.study_id
+    assert a.study_id.startswith("micro-")
+
+
+def test_config_renders_as_a_form_schema():
+    """The Prefect UI builds its form from this JSON schema: every field is described."""
+    schema = StudyConfig.model_json_schema()
+    for name, definition in schema["$defs"].items():
+        for field, spec in definition["properties"].items():
+            assert spec.get("description"), f"{name}.{field} has no description"
+    assert PuzzleConfig().side == 112
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "puzzles.grid=7x7"], "puzzles.grid"),
+        (["--set", "puzzles.bogus=1"], "puzzles.bogus: unknown key"),
+        (["--profile", "nope"], "no such profile"),
+        (["--set", "puzzles.source=folder", "--set", "puzzles.folder=/does/not/exist"], "puzzles.folder"),
+    ],
+)
+def test_cli_rejects_bad_config_with_exit_code_2(args, message, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.puzzles", "--profile", "micro", *args, "--output-dir", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "puzzles").exists()  # failed before any work

@@ -1,0 +1,47 @@
+"""The flows for real: Prefect (test harness), MLflow (sqlite under tmp), files on disk."""
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.puzzles import puzzles_flow
+from flows.study import study
+from tasks.tracking import tracking_uri
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(config):
+    client = MlflowClient(tracking_uri(config))
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_puzzles_flow_writes_and_tracks_the_dataset(prefect_harness, micro):
+    config = micro.model_copy(update={"puzzles": micro.puzzles.model_copy(update={"grid": "3x3", "source": "bundled"})})
+    path = puzzles_flow(config)
+    client, runs = _runs(config)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+    assert parent.data.tags["study_id"] == child.data.tags["study_id"] == config.study_id
+    assert parent.data.params["puzzles.grid"] == "3x3"
+    assert child.info.status == parent.info.status == "FINISHED"
+    assert child.data.params["puzzles.path"] == path
+    assert child.data.metrics["puzzles.train_count"] == config.puzzles.n_train
+    artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "puzzles")}
+    assert artifacts == {"puzzles/manifest.json", "puzzles/contact_sheet.png"}
+    contexts = {i.tags[0].value for i in child.inputs.dataset_inputs}
+    assert contexts == {"train", "test"}
+    # The artifacts live beside the store, under the output dir, not in ./mlruns.
+    assert (config.output.path / "mlartifacts").is_dir()
+
+
+def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
+    result = study(micro)
+    assert result["study_id"] == micro.study_id
+    run = mlflow.get_run(result["mlflow_run_id"])
+    assert run.data.tags["config_hash"] == micro.config_hash()
+    _, runs = _runs(micro)
+    assert {r.info.run_name for r in runs} == {micro.study_id, "puzzles"}
+    # An unchanged rerun reuses the dataset on disk.
+    assert study(micro)["puzzles"] == result["puzzles"]

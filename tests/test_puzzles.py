@@ -1,0 +1,268 @@
+import hashlib
+import json
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from tasks.config import PuzzleConfig
+from tasks.puzzles import (
+    PuzzleError,
+    Reward,
+    format_answer,
+    generate_puzzles,
+    make_prompt,
+    make_target,
+    open_source,
+    parse_answer,
+    plan_dataset,
+    restore_image,
+    score_answer,
+    shuffle_image,
+    well_formed_think,
+)
+
+permutations = st.integers(2, 36).flatmap(lambda n: st.permutations(list(range(1, n + 1))))
+
+
+# --- parser and reward -----------------------------------------------------------------------------------
+
+
+@given(text=st.text(), n=st.integers(1, 36))
+def test_parser_never_raises_and_returns_a_permutation_or_none(text, n):
+    parsed = parse_answer(text, n)
+    assert parsed is None or sorted(parsed) == list(range(1, n + 1))
+
+
+@given(blob=st.binary(max_size=2000), n=st.integers(2, 36))
+def test_parser_and_reward_take_binary_junk(blob, n):
+    parse_answer(blob, n)
+    reward = score_answer(blob, list(range(n, 0, -1)))
+    assert 0.0 <= reward.total <= 2.5
+
+
+@given(perm=permutations, sep=st.sampled_from([" ", ",", ", ", "\n", " | "]))
+def test_formatted_answers_parse_back(perm, sep):
+    assert parse_answer(sep.join(map(str, perm)), len(perm)) == perm
+    assert parse_answer(format_answer(perm), len(perm)) == perm
+
+
+@given(perm=permutations, noise=st.text(alphabet="abc <>/\n", max_size=30))
+def test_last_answer_block_wins(perm, noise):
+    wrong = list(reversed(perm))
+    text = f"<think>{noise}</think><answer>{format_answer(wrong)}</answer> later <answer>{format_answer(perm)}</answer>"
+    assert parse_answer(text, len(perm)) == perm
+
+
+@given(perm=permutations, guess=permutations)
+def test_reward_parts(perm, guess):
+    if len(guess) != len(perm):
+        assert score_answer(format_answer(guess), perm) == Reward(0.0, 0.0, 0.0)
+        return
+    reward = score_answer(format_answer(guess), perm)
+    right = sum(g == a for g, a in zip(guess, perm, strict=True))
+    assert reward.accuracy == pytest.approx(right / len(perm))
+    assert reward.exact == (1.0 if guess == perm else 0.0)
+    assert reward.format == 0.5
+    assert 0.5 <= reward.total <= 2.5
+
+
+def test_reward_examples():
+    assert score_answer("2 1 4 3", [2, 1, 4, 3]).total == 2.5
+    assert score_answer("2 1 3 4", [2, 1, 4, 3]).total == pytest.approx(0.5 + 0.5)
+    assert score_answer("1 1 1 1", [1, 2, 3, 4]).total == 0.0  # no partial credit for non-permutations
+    assert score_answer("1 2 3", [1, 2, 3, 4]).total == 0.0
+    assert score_answer("1 2 3 4 5", [1, 2, 3, 4]).total == 0.0
+    assert score_answer("-1 2 3 4", [1, 2, 3, 4]).total == 0.0
+    assert score_answer("", [2, 1]).total == 0.0
+    assert score_answer(None, [2, 1]).total == 0.0
+    think = "<think>top row swapped</think>\n<answer>2 1 4 3</answer>"
+    assert score_answer(think, [2, 1, 4, 3], "think").total == 2.5
+    assert score_answer("<answer>2 1 4 3</answer>", [2, 1, 4, 3], "think") == Reward(1.0, 1.0, 0.0)
+    assert score_answer("2 1 4 3", [2, 1, 4, 3], "think") == Reward(1.0, 1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("<think>x</think><answer>1 2</answer>", True),
+        ("  <think></think>\n <answer>1 2</answer>\n", True),
+        ("<answer>1 2</answer><think>x</think>", False),
+        ("<think>x</think>junk<answer>1 2</answer>", False),
+        ("<think>x</think><answer>1 2</answer>tail", False),
+        ("<think><think>x</think><answer>1 2</answer>", False),
+        ("<think>x</think><answer>1 2", False),
+    ],
+)
+def test_well_formed_think(text, ok):
+    assert well_formed_think(text) is ok
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "7" * 1_000_000,
+        "1 " * 500_000,
+        "<answer>" * 200_000,
+        "</answer>" * 200_000,
+        "<answer>" * 100_000 + "</answer>" * 100_000,
+        "<think>" * 100_000 + "</answer>",
+        "\x00\xff" * 500_000,
+    ],
+)
+def test_megabyte_inputs_stay_fast(text):
+    start = time.perf_counter()
+    for style in ("direct", "think"):
+        assert score_answer(text, [2, 1, 4, 3], style).exact == 0.0
+    assert time.perf_counter() - start < 2.0  # linear scans take milliseconds; a backtracking regex takes minutes
+
+
+def test_prompts_and_targets():
+    direct = make_prompt(2, 3, "direct")
+    assert "2x3 grid" in direct and "1 2 3\n4 5 6" in direct and "6 numbers" in direct
+    assert "<answer>" in make_prompt(3, 3, "think")
+    assert make_target([2, 1], "direct") == "2 1"
+    assert make_target([2, 1], "think", "swap") == "<think>swap</think><answer>2 1</answer>"
+    with pytest.raises(ValueError, match="prompt style"):
+        make_prompt(2, 2, "chatty")
+
+
+# --- images and datasets ---------------------------------------------------------------------------------
+
+
+@given(perm=st.sampled_from([(2, 2), (2, 3), (3, 3), (1, 4)]).flatmap(
+    lambda g: st.tuples(st.just(g), st.permutations(list(range(1, g[0] * g[1] + 1))))))  # fmt: skip
+@settings(max_examples=30, deadline=None)
+def test_restore_inverts_shuffle(perm):
+    (rows, cols), answer = perm
+    side = 28 * rows * cols
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    shuffled = shuffle_image(image, answer, rows, cols)
+    # Tile k of the shuffled image is the original tile at position answer[k].
+    h, w = side // rows, side // cols
+    k = 0
+    o = answer[k] - 1
+    assert np.array_equal(
+        np.asarray(shuffled)[:h, :w],
+        pixels[(o // cols) * h : (o // cols + 1) * h, (o % cols) * w : (o % cols + 1) * w],
+    )
+    assert np.array_equal(np.asarray(restore_image(shuffled, answer, rows, cols)), pixels)
+
+
+def _pixels(path) -> bytes:
+    return Image.open(path).convert("RGB").tobytes()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PuzzleConfig(n_train=12, n_test=6, contact_sheet=2),
+        PuzzleConfig(grid="3x3", source="bundled", n_train=10, n_test=5, contact_sheet=2),
+        PuzzleConfig(grid="2x3", difficulty=0.7, n_train=8, n_test=4, contact_sheet=2),
+    ],
+    ids=["synthetic-2x2", "bundled-3x3", "synthetic-2x3-hard"],
+)
+def test_dataset_rebuilds_sources_and_keeps_splits_apart(config, tmp_path):
+    dataset = generate_puzzles(config, tmp_path)
+    manifest = dataset.manifest
+    assert manifest["counts"] == {"train": config.n_train, "test": config.n_test}
+    rows, cols = config.shape
+    source_hashes = {}
+    for split in ("train", "test"):
+        records = dataset.records(split)
+        assert len(records) == manifest["counts"][split]
+        for record in records:
+            assert set(record) == {
+                "id",
+                "image",
+                "source_image",
+                "grid",
+                "answer",
+                "prompt_direct",
+                "prompt_think",
+            }
+            assert record["grid"] == [rows, cols]
+            assert sorted(record["answer"]) == list(range(1, rows * cols + 1))
+            assert record["answer"] != sorted(record["answer"])  # never the identity
+            shuffled = dataset.image(record)
+            assert shuffled.size == (config.side, config.side)
+            restored = restore_image(shuffled, record["answer"], rows, cols)
+            assert restored.tobytes() == _pixels(dataset.path / record["source_image"])
+            source_hashes.setdefault(split, set()).add(hashlib.sha256(restored.tobytes()).hexdigest())
+    assert not source_hashes["train"] & source_hashes["test"]
+    assert Image.open(dataset.path / "contact_sheet.png").size[0] > 0
+
+
+def test_bundled_photos_never_cross_splits():
+    source = open_source(PuzzleConfig(source="bundled", n_train=4, n_test=2))
+    assert source.pools["train"] and source.pools["test"]
+    assert not set(source.pools["train"]) & set(source.pools["test"])
+
+
+def test_same_config_same_bytes(tmp_path):
+    config = PuzzleConfig(grid="3x3", source="bundled", n_train=6, n_test=3, seed=4)
+    a = generate_puzzles(config, tmp_path / "a")
+    b = generate_puzzles(config, tmp_path / "b")
+    assert a.dataset_hash == b.dataset_hash == plan_dataset(config, tmp_path).dataset_hash
+    assert a.manifest == b.manifest
+    files_a = sorted(p.relative_to(a.path) for p in a.path.rglob("*") if p.is_file())
+    assert files_a == sorted(p.relative_to(b.path) for p in b.path.rglob("*") if p.is_file())
+    for rel in files_a:
+        assert (a.path / rel).read_bytes() == (b.path / rel).read_bytes(), rel
+    other = generate_puzzles(config.model_copy(update={"seed": 5}), tmp_path / "a")
+    assert other.dataset_hash != a.dataset_hash
+
+
+def test_rerun_reuses_the_dataset(tmp_path):
+    config = PuzzleConfig(n_train=4, n_test=2)
+    first = generate_puzzles(config, tmp_path)
+    stamp = (first.path / "train.jsonl").stat().st_mtime_ns
+    second = generate_puzzles(config, tmp_path)
+    assert second == first and (first.path / "train.jsonl").stat().st_mtime_ns == stamp
+    assert not [p for p in (tmp_path / "puzzles").iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def _write_folder(root, n_good: int):
+    rng = np.random.default_rng(1)
+    (root / "a" / "b").mkdir(parents=True)
+    for i in range(n_good):
+        sub = root / ("a/b" if i % 2 else "a")
+        Image.fromarray(rng.integers(0, 256, (90 + i, 130, 3), dtype=np.uint8)).save(sub / f"img{i}.png")
+    return root
+
+
+def test_folder_source_skips_and_counts_corrupt_files(tmp_path):
+    folder = _write_folder(tmp_path / "images", 6)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (folder / "a" / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    config = PuzzleConfig(source="folder", folder=str(folder), n_train=8, n_test=4)
+    dataset = generate_puzzles(config, tmp_path / "out")
+    source = dataset.manifest["source"]
+    assert source["kind"] == "folder"
+    assert sorted(source["skipped"]) == ["a/empty.png", "broken.jpg"]
+    assert source["ignored_non_image"] == 1
+    assert dataset.manifest["counts"] == {"train": 8, "test": 4}
+
+
+def test_folder_without_usable_images_is_a_clear_error(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for name in ("x.jpg", "y.png", "z.jpg"):
+        (folder / name).write_bytes(b"junk")
+    with pytest.raises(PuzzleError, match="no usable image"):
+        generate_puzzles(PuzzleConfig(source="folder", folder=str(folder)), tmp_path / "out")
+    with pytest.raises(PuzzleError, match="at least 2 image files"):
+        generate_puzzles(PuzzleConfig(source="folder", folder=str(tmp_path / "out")), tmp_path / "out2")
+    assert not (tmp_path / "out" / "puzzles").exists() or not any((tmp_path / "out" / "puzzles").iterdir())
+
+
+def test_manifest_is_json_without_timestamps(tmp_path):
+    dataset = generate_puzzles(PuzzleConfig(n_train=2, n_test=2), tmp_path)
+    text = (dataset.path / "manifest.json").read_text()
+    assert json.loads(text)["dataset_hash"] == dataset.dataset_hash
+    assert "time" not in text
