@@ -111,6 +111,22 @@ class ModelConfig(_Section):
         "auto", description="auto: float32 on CPU, bfloat16 on GPU."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
+    pretrain: bool = Field(
+        False,
+        description="micro/tiny only: pretrain the base in this study (see the pretrain section) instead of "
+        "loading the shipped checkpoint.",
+    )
+
+
+class PretrainConfig(_Section):
+    steps: int = Field(4000, ge=1, le=1_000_000, description="Optimizer steps of base-model pretraining.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Prior-knowledge items per step.")
+    learning_rate: float = Field(2e-3, gt=0, le=1.0, description="Peak learning rate (3x on the vision tower).")
+    warmup_steps: int = Field(100, ge=0, le=100_000, description="Linear warm-up, then cosine decay to 10%.")
+    eval_every: int = Field(250, ge=1, le=1_000_000, description="Held-out accuracy per task every N steps.")
+    eval_items: int = Field(200, ge=8, le=100_000, description="Held-out items per task in each evaluation.")
+    vocab_size: int = Field(768, ge=300, le=65_536, description="Size of the byte-level BPE vocabulary.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of initialisation and data order.")
 
 
 class SFTArmConfig(_Section):
@@ -190,10 +206,19 @@ class StudyConfig(_Section):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of model initialisation and training.")
     puzzles: PuzzleConfig = Field(default_factory=PuzzleConfig, description="The novel task.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
+    pretrain: PretrainConfig = Field(
+        default_factory=PretrainConfig, description="Pretraining of the tiny base on the tiny world."
+    )
     arms: ArmsConfig = Field(default_factory=ArmsConfig, description="The training arms.")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Benchmarks.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output location.")
+
+    @model_validator(mode="after")
+    def _check_pretrain(self) -> "StudyConfig":
+        if self.model.pretrain and self.model.name_or_path not in ("micro", "tiny", "small"):
+            raise ValueError("model.pretrain needs model.name_or_path micro, tiny or small")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,259 @@
+"""One way to get a model: the project's tiny Qwen2.5-VL-architecture models, or the real Qwen2.5-VL.
+
+`load_model(ModelConfig)` takes `micro` | `tiny` (the shipped, pretrained checkpoints in assets/),
+a local directory, or a hub id (offline unless HF_HUB_OFFLINE=0), and returns (model, processor).
+`batch(processor, samples)` is the one way to turn chat samples into model inputs, for pretraining,
+training and evaluation alike: it goes through the processor, which passes `mm_token_type_ids` (without
+it, transformers 5 gives image tokens plain 1D positions in training but 3D ones in `generate`).
+"""
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from tasks.config import REPO_ROOT, ModelConfig
+
+ASSETS = REPO_ROOT / "assets"
+SHIPPED = {"micro": ASSETS / "micro-base", "tiny": ASSETS / "tiny-base"}
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# Qwen-style chat. trim_blocks is on, so newlines are written explicitly. The assistant's content and its
+# <|im_end|> sit in a {% generation %} block, which gives TRL and our pretraining the assistant-only mask.
+CHAT_TEMPLATE = (
+    "{%- macro render(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- else -%}{%- for part in content -%}"
+    "{%- if part.type == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif part.type == 'text' -%}{{ part.text }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- for message in messages -%}"
+    "{%- if message.role == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ render(message.content) }}{{ '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message.role + '\\n' }}{{ render(message.content) }}{{ '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+# Text / vision sizes of the tiny models. Rope theta 10 with mrope_section [0, 8, 8] (temporal, height,
+# width): with Qwen's default (1e4, [4, 6, 6]) a tiny model cannot tell where an image token sits.
+TINY_SIZES = {
+    "micro": dict(hidden=64, layers=2, heads=2, kv_heads=1, ffn=256, v_depth=1, v_hidden=64, v_heads=2, v_ffn=128),
+    "tiny": dict(hidden=128, layers=4, heads=4, kv_heads=2, ffn=512, v_depth=2, v_hidden=64, v_heads=2, v_ffn=256),
+    "small": dict(hidden=256, layers=6, heads=8, kv_heads=2, ffn=768, v_depth=4, v_hidden=128, v_heads=4, v_ffn=512),
+}
+MIN_PIXELS, MAX_PIXELS = 28 * 28, 28 * 28 * 1024
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 768):
+    """A byte-level BPE (digits one token each) with Qwen's special tokens, as a transformers tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+    )
+    return tokenizer
+
+
+def build_processor(tokenizer):
+    from transformers import Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def tiny_model_config(size: str, tokenizer):
+    from transformers import Qwen2_5_VLConfig
+
+    s = TINY_SIZES[size]
+    ids = tokenizer.convert_tokens_to_ids
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=s["hidden"],
+            intermediate_size=s["ffn"],
+            num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"],
+            num_key_value_heads=s["kv_heads"],
+            max_position_embeddings=1024,
+            rope_parameters={"rope_type": "default", "rope_theta": 10.0, "mrope_section": [0, 8, 8]},
+            bos_token_id=ids("<|endoftext|>"),
+            eos_token_id=ids("<|im_end|>"),
+            pad_token_id=ids("<|endoftext|>"),
+            tie_word_embeddings=True,
+        ),
+        vision_config=dict(
+            depth=s["v_depth"],
+            hidden_size=s["v_hidden"],
+            intermediate_size=s["v_ffn"],
+            num_heads=s["v_heads"],
+            out_hidden_size=s["hidden"],
+            fullatt_block_indexes=[s["v_depth"] - 1],
+            window_size=112,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+
+
+def build_tiny_model(size: str, processor, seed: int = 0):
+    """A randomly initialised tiny Qwen2.5-VL (float32)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_model_config(size, processor.tokenizer))
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    return model
+
+
+class ModelLoadError(ValueError):
+    """The model named in the config cannot be loaded; the message says why."""
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """micro/tiny -> the shipped checkpoint; an existing directory -> itself; else a hub id (offline: cached)."""
+    if name_or_path in SHIPPED:
+        path = SHIPPED[name_or_path]
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"model.name_or_path: the shipped {name_or_path!r} checkpoint is missing at {path}; "
+                f"rebuild it with: python -m flows.pretrain_base --profile {name_or_path}"
+            )
+        return str(path)
+    path = Path(name_or_path).expanduser()
+    if path.exists() or name_or_path.startswith((".", "/", "~")):
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model.name_or_path: {path} is not a model directory (no config.json)")
+        return str(path.resolve())
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path):
+        raise ModelLoadError(
+            f"model.name_or_path: {name_or_path!r} is neither micro/tiny, a local directory, nor a hub id (org/name)"
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+            raise ModelLoadError(
+                f"model.name_or_path: {name_or_path!r} is a hub id, HF_HUB_OFFLINE=1 and it is not in the local "
+                "cache; download it first or give a local directory"
+            )
+    return name_or_path
+
+
+def pick_device(config: ModelConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("model.device: cuda asked for, but no GPU is available")
+    return torch.device(config.device)
+
+
+def pick_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
+    if config.dtype == "auto":  # bf16 on CPU is about 11x slower than fp32 and changes losses
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, config.dtype)
+
+
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def load_model(config: ModelConfig, name_or_path: str | None = None):
+    """(model, processor) for config; name_or_path overrides config.name_or_path (e.g. a checkpoint).
+
+    LoRA (finetune: lora) wraps only the language model's projections: the vision tower reuses the names
+    gate_proj/up_proj/down_proj, and a plain name list would adapt it too."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    path = resolve_model_path(name_or_path or config.name_or_path)
+    device = pick_device(config)
+    dtype = pick_dtype(config, device)
+    processor = AutoProcessor.from_pretrained(path)
+    processor.tokenizer.padding_side = "left"
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
+    if config.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=LORA_TARGETS)
+        )
+    return model, processor
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batches
+
+
+def chat(prompt: str, image: Image.Image | None = None, answer: str | None = None) -> list[dict]:
+    """One sample as chat messages: the image (if any) before the text, as in Qwen's own examples."""
+    content = ([{"type": "image", "image": image}] if image is not None else []) + [{"type": "text", "text": prompt}]
+    messages = [{"role": "user", "content": content}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
+
+
+def batch(processor, conversations: list[list[dict]], train: bool) -> dict:
+    """Model inputs for a list of conversations, left-padded.
+
+    train=True: each conversation ends with the assistant's answer and `labels` keep only the answer
+    tokens and <|im_end|>. train=False: the prompt ends with the assistant's turn opened, for generate."""
+    out = processor.apply_chat_template(
+        conversations,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"padding": True},
+        add_generation_prompt=not train,
+        return_assistant_tokens_mask=train,
+    )
+    if train:
+        mask = out.pop("assistant_masks")
+        out["labels"] = torch.where(mask.bool(), out["input_ids"], -100)
+    return dict(out)

@@ -1,0 +1,317 @@
+"""The tiny world: prior-knowledge tasks, and the tokenizer, processor and model configs of the project's
+own tiny Qwen2.5-VL-architecture models.
+
+The held-out split of each task is one of the tiny world's "general benchmarks": what a fine-tuned arm may
+forget. None of them is a jigsaw. The list-answer tasks ask about a numbered grid of positions in the same
+words the jigsaw prompt uses, so the base model answers a list prompt it has never seen with a list.
+
+    python -m flows.pretrain_base --profile tiny      # builds and pretrains the shipped base model
+"""
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# ---------------------------------------------------------------------------------------------------------
+# Drawing
+
+SIDE = 112  # 8x8 patches of 14 px -> 16 image tokens after the 2x2 merge
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 40),
+    "blue": (40, 70, 230),
+    "yellow": (240, 220, 20),
+    "purple": (140, 40, 180),
+    "orange": (250, 140, 0),
+    "white": (250, 250, 250),
+    "black": (15, 15, 15),
+}
+SHAPES = ("circle", "square", "triangle", "cross")
+BACKGROUND = (128, 128, 128)
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, size: float, colour) -> None:
+    r = size / 2
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    elif shape == "square":
+        draw.rectangle([cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85], fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=colour)
+    elif shape == "cross":
+        t = r * 0.35
+        draw.rectangle([cx - r, cy - t, cx + r, cy + t], fill=colour)
+        draw.rectangle([cx - t, cy - r, cx + t, cy + r], fill=colour)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+def canvas(background=BACKGROUND) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    image = Image.new("RGB", (SIDE, SIDE), background)
+    return image, ImageDraw.Draw(image)
+
+
+def pick(rng: random.Random, options: Iterable, exclude=()) -> object:
+    return rng.choice([o for o in options if o not in exclude])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prior-knowledge tasks. A generator draws one item from rng; `key` identifies the item, and its hash
+# decides the split, so the held-out split never shares an item with the train split.
+
+
+@dataclass
+class Item:
+    task: str
+    key: str
+    prompt: str
+    answer: str
+    image: Image.Image | None = None
+
+
+GRID_INTRO = "The image is a 2x2 grid of {what}. Positions are numbered row by row:\n1 2\n3 4\n"
+
+
+def colour_item(rng: random.Random) -> Item:
+    colour = pick(rng, COLOURS)
+    shape = pick(rng, SHAPES)
+    size, cx, cy = rng.uniform(30, 50), rng.uniform(30, 82), rng.uniform(30, 82)
+    background = pick(rng, [(128, 128, 128), (90, 90, 90), (170, 170, 170)])
+    image, draw = canvas(background)
+    draw_shape(draw, shape, cx, cy, size, COLOURS[colour])
+    prompt = rng.choice(
+        ["What colour is the shape?", "Name the colour of the shape in the image.", "Which colour is the shape?"]
+    )
+    return Item("colour", f"{colour}{shape}{size:.3f}{cx:.3f}{cy:.3f}{background}{prompt}", prompt, colour, image)
+
+
+def shape_item(rng: random.Random) -> Item:
+    colour, shape = pick(rng, COLOURS, exclude=("black",)), pick(rng, SHAPES)
+    size, cx, cy = rng.uniform(30, 50), rng.uniform(30, 82), rng.uniform(30, 82)
+    image, draw = canvas()
+    draw_shape(draw, shape, cx, cy, size, COLOURS[colour])
+    prompt = rng.choice(["What shape is in the image?", "Name the shape.", "Which shape do you see?"])
+    return Item("shape", f"{colour}{shape}{size:.3f}{cx:.3f}{cy:.3f}{prompt}", prompt, shape, image)
+
+
+def _scatter(rng: random.Random, n: int, size: float, box=(0, 0, SIDE, SIDE)) -> list[tuple[float, float]]:
+    """n centres inside box whose shapes of this size do not touch."""
+    x0, y0, x1, y1 = box
+    for _ in range(200):
+        points = [(rng.uniform(x0 + size, x1 - size), rng.uniform(y0 + size, y1 - size)) for _ in range(n)]
+        if all((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 > (1.3 * size) ** 2 for a in points for b in points if a < b):
+            return points
+    raise RuntimeError(f"cannot place {n} shapes of size {size} in {box}")
+
+
+def count_item(rng: random.Random) -> Item:
+    n = rng.randint(1, 6)
+    colour, shape = pick(rng, COLOURS, exclude=("black",)), pick(rng, SHAPES)
+    image, draw = canvas()
+    points = _scatter(rng, n, 16)
+    for cx, cy in points:
+        draw_shape(draw, shape, cx, cy, 16, COLOURS[colour])
+    prompt = rng.choice(
+        ["How many shapes are in the image?", "Count the shapes.", "How many shapes do you see? Answer with a number."]
+    )
+    return Item("count", f"{n}{colour}{shape}{points}{prompt}", prompt, str(n), image)
+
+
+@cache
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return data.images, data.target
+
+
+def digit_item(rng: random.Random) -> Item:
+    """scikit-learn's 8x8 digits, one digit pixel per 14 px patch."""
+    images, targets = _digits()
+    index = rng.randrange(len(images))
+    ink = np.array(COLOURS[rng.choice(["white", "yellow", "orange"])])
+    level = (images[index] / 16.0)[..., None]
+    pixels = (level * ink + (1 - level) * np.array([20, 20, 20])).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB").resize((SIDE, SIDE), Image.Resampling.NEAREST)
+    prompt = rng.choice(["Which digit is written in the image?", "Read the digit.", "What digit is this?"])
+    return Item("digit", f"digit{index}", prompt, str(targets[index]), image)
+
+
+def spatial_item(rng: random.Random) -> Item:
+    (c1, s1), (c2, s2) = rng.sample([(c, s) for c in COLOURS if c != "black" for s in SHAPES], 2)
+    while c1 == c2:
+        c2 = pick(rng, COLOURS, exclude=("black", c1))
+    axis = rng.choice(["x", "y"])
+    near, far = rng.uniform(20, 44), rng.uniform(68, 92)
+    other1, other2 = rng.uniform(20, 92), rng.uniform(20, 92)
+    first_low = rng.random() < 0.5
+    a, b = (near, far) if first_low else (far, near)
+    p1, p2 = ((a, other1), (b, other2)) if axis == "x" else ((other1, a), (other2, b))
+    image, draw = canvas()
+    draw_shape(draw, s1, *p1, 26, COLOURS[c1])
+    draw_shape(draw, s2, *p2, 26, COLOURS[c2])
+    if axis == "x":
+        prompt = f"Is the {c1} {s1} left or right of the {c2} {s2}?"
+        answer = "left" if first_low else "right"
+    else:
+        prompt = f"Is the {c1} {s1} above or below the {c2} {s2}?"
+        answer = "above" if first_low else "below"
+    return Item("spatial", f"{prompt}{p1}{p2}", prompt, answer, image)
+
+
+def arithmetic_item(rng: random.Random) -> Item:
+    """Text only. The held-out split tests remembered facts under held-out (problem, wording) pairs."""
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    op = rng.choice("+-")
+    if op == "-" and a < b:
+        a, b = b, a
+    value = a + b if op == "+" else a - b
+    expression = f"{a} {op} {b}"
+    prompt = rng.choice(
+        [
+            f"What is {expression}?",
+            f"Compute {expression}.",
+            f"{expression} = ? Answer with a number.",
+            f"Work out {expression} and give the result.",
+            f"Give the value of {expression}.",
+            f"Calculate {expression}.",
+        ]
+    )
+    return Item("arithmetic", prompt, prompt, str(value), None)
+
+
+def _code_table(names: list[str]) -> str:
+    return ", ".join(f"{name} {i}" for i, name in enumerate(names, 1))
+
+
+def quadrant_colours_item(rng: random.Random) -> Item:
+    palette = rng.sample(list(COLOURS), 4)
+    cells = [rng.randrange(4) for _ in range(4)]
+    image, draw = canvas()
+    for pos, code in enumerate(cells):
+        r, c = divmod(pos, 2)
+        draw.rectangle([c * 56, r * 56, c * 56 + 55, r * 56 + 55], fill=COLOURS[palette[code]])
+    prompt = GRID_INTRO.format(what=rng.choice(["coloured cells", "coloured tiles"])) + rng.choice(
+        [
+            f"Colour codes: {_code_table(palette)}. For each position in order, give the code of the colour there. "
+            "Answer with 4 numbers separated by spaces.",
+            f"For each position in order, give the colour code of the tile there ({_code_table(palette)}). "
+            "Answer with 4 numbers.",
+        ]
+    )
+    answer = " ".join(str(code + 1) for code in cells)
+    return Item("quadrant_colours", f"{palette}{cells}{prompt}", prompt, answer, image)
+
+
+def shape_positions_item(rng: random.Random) -> Item:
+    """Four different shapes in the four cells; for each named shape, the position it is in: a permutation."""
+    order = rng.sample(SHAPES, 4)  # the order the prompt names them in
+    placement = rng.sample(range(4), 4)  # position (0-based) of order[i]
+    image, draw = canvas()
+    colour = pick(rng, COLOURS, exclude=("black",))
+    for shape, pos in zip(order, placement, strict=True):
+        r, c = divmod(pos, 2)
+        draw_shape(draw, shape, c * 56 + 28 + rng.uniform(-6, 6), r * 56 + 28 + rng.uniform(-6, 6), 30, COLOURS[colour])
+    names = ", ".join(order)
+    prompt = GRID_INTRO.format(what="cells with one shape each") + rng.choice(
+        [
+            f"For each shape in the order {names}, give the position it is in. Answer with 4 numbers separated by spaces.",
+            f"Give the position of each shape, in the order {names}. Answer with 4 numbers.",
+        ]
+    )
+    answer = " ".join(str(p + 1) for p in placement)
+    return Item("shape_positions", f"{order}{placement}{colour}{prompt}", prompt, answer, image)
+
+
+def quadrant_counts_item(rng: random.Random) -> Item:
+    counts = [rng.randint(0, 3) for _ in range(4)]
+    colour, shape = pick(rng, COLOURS, exclude=("black",)), pick(rng, SHAPES)
+    image, draw = canvas()
+    for pos, n in enumerate(counts):
+        r, c = divmod(pos, 2)
+        for cx, cy in _scatter(rng, n, 12, (c * 56, r * 56, c * 56 + 56, r * 56 + 56)):
+            draw_shape(draw, shape, cx, cy, 12, COLOURS[colour])
+    draw.line([(56, 0), (56, SIDE)], fill=(255, 255, 255))
+    draw.line([(0, 56), (SIDE, 56)], fill=(255, 255, 255))
+    prompt = GRID_INTRO.format(what="cells") + rng.choice(
+        [
+            "For each position in order, give the number of shapes there. Answer with 4 numbers separated by spaces.",
+            "Count the shapes at each position, in order. Answer with 4 numbers.",
+        ]
+    )
+    return Item("quadrant_counts", f"{counts}{colour}{shape}{prompt}{rng.random()}", prompt, format_list(counts), image)
+
+
+def format_list(values: list[int]) -> str:
+    return " ".join(str(v) for v in values)
+
+
+PRIOR_TASKS: dict[str, Callable[[random.Random], Item]] = {
+    "colour": colour_item,
+    "shape": shape_item,
+    "count": count_item,
+    "digit": digit_item,
+    "spatial": spatial_item,
+    "arithmetic": arithmetic_item,
+    "quadrant_colours": quadrant_colours_item,
+    "shape_positions": shape_positions_item,
+    "quadrant_counts": quadrant_counts_item,
+}
+HELD_OUT_SHARE = 0.25
+
+
+def split_of(key: str) -> str:
+    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") / 2**32
+    return "test" if bucket < HELD_OUT_SHARE else "train"
+
+
+def item_stream(task: str, split: str, seed: int = 0) -> Iterator[Item]:
+    """Endless items of task whose key hashes into split; deterministic in (task, split, seed)."""
+    generator = PRIOR_TASKS[task]
+    rng = random.Random(f"{seed}-{task}-{split}")
+    misses = 0
+    while True:
+        item = generator(rng)
+        if split_of(f"{task}|{item.key}") == split:
+            misses = 0
+            yield item
+        else:
+            misses += 1
+            if misses > 1000:
+                raise RuntimeError(f"{task}: the {split} split is empty")
+
+
+def make_split(task: str, split: str, n: int, seed: int = 0) -> list[Item]:
+    """The first n distinct items (by key) of item_stream(task, split, seed)."""
+    items, keys = [], set()
+    for tries, item in enumerate(item_stream(task, split, seed)):
+        if tries > 100 * n:
+            raise RuntimeError(f"{task}: the {split} split has fewer than {n} distinct items")
+        if item.key not in keys:
+            keys.add(item.key)
+            items.append(item)
+            if len(items) == n:
+                return items
+    raise AssertionError("unreachable")
+
+
+def write_split(items: list[Item], out: Path) -> Path:
+    """items as <out>/<task>.jsonl (id, prompt, answer, image path relative to out) plus PNGs."""
+    out.mkdir(parents=True, exist_ok=True)
+    task = items[0].task
+    with open(out / f"{task}.jsonl", "w") as f:
+        for i, item in enumerate(items):
+            image = None
+            if item.image is not None:
+                image = f"images/{task}-{i:05d}.png"
+                (out / "images").mkdir(exist_ok=True)
+                item.image.save(out / image)
+            f.write(json.dumps({"id": f"{task}-{i:05d}", "prompt": item.prompt, "answer": item.answer, "image": image}) + "\n")
+    return out / f"{task}.jsonl"
