@@ -19,3 +19,26 @@ def puzzle_dataset(path: Path) -> Asset:
             description="Jigsaw puzzles: train.jsonl, test.jsonl, PNG images, manifest.json, contact_sheet.png",
         ),
     )
+
+
+def base_model(path_or_id: str) -> Asset:
+    """The study's base model: a checkpoint directory, or a hub id (hf://org/name)."""
+    path = Path(path_or_id)
+    key = path.resolve().as_uri() if path.exists() or path_or_id.startswith("/") else f"hf://{path_or_id}"
+    return Asset(key=key, properties=AssetProperties(name=f"base model {path.name}", description="Base model"))
+
+
+def prior_benchmarks(path: Path) -> Asset:
+    """The tiny world's held-out prior-knowledge sets: one JSONL (+ PNGs) per task."""
+    return Asset(
+        key=Path(path).resolve().as_uri(),
+        properties=AssetProperties(name=f"prior benchmarks {Path(path).name}", description="Held-out tiny-world tasks"),
+    )
+
+
+def arm_checkpoints(path: Path, arm: str) -> Asset:
+    """One training arm's folder: checkpoint-<step>/ directories, final/, and for rft rollouts.jsonl."""
+    return Asset(
+        key=Path(path).resolve().as_uri(),
+        properties=AssetProperties(name=f"arm {arm} {Path(path).name}", description=f"Training arm {arm}"),
+    )

@@ -3,25 +3,41 @@
     python -m flows.study --profile tiny            # what `make study` runs
 
 Stages land one issue at a time; the study runs every stage that exists, for real:
-  1. generate the jigsaw puzzles                                   (tasks/puzzles.py)
+  1. resolve the base model (shipped checkpoint, or pretrain it)   (tasks/base_model.py)
+  2. generate the jigsaw puzzles                                   (tasks/puzzles.py)
+  3. build the prior-knowledge benchmarks (held-out sets)          (tasks/world.py)
 """
 
+import mlflow
 from prefect import flow
 
 from flows.cli import run
 from flows.puzzles import make_puzzles
+from tasks.base_model import base_model_task, prior_benchmarks_task
 from tasks.config import StudyConfig, check_inputs
-from tasks.tracking import study_run, tracking_uri
+from tasks.tracking import child_run, study_run, tracking_uri
 
 
 @flow(name="study", log_prints=True)
 def study(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI form needs a default
-    """Run the forgetting study: puzzles, training arms, evaluation, report."""
+    """Run the forgetting study: base model, puzzles, training arms, evaluation, report."""
     check_inputs(config)
     with study_run(config) as run_id:
+        with child_run(run_id, "base", tags={"stage": "base", "arm": "base"}):
+            base = base_model_task(config, log=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
+            mlflow.log_param("base_model", base)
+        print(f"base model: {base}")
         dataset = make_puzzles(config, run_id)
+        benchmarks = prior_benchmarks_task(config)
+        print(f"prior-knowledge benchmarks: {benchmarks}")
     print(f"study {config.study_id} done. MLflow: {tracking_uri(config)} (parent run {run_id})")
-    return {"study_id": config.study_id, "mlflow_run_id": run_id, "puzzles": str(dataset.path)}
+    return {
+        "study_id": config.study_id,
+        "mlflow_run_id": run_id,
+        "base_model": base,
+        "puzzles": str(dataset.path),
+        "prior_benchmarks": str(benchmarks),
+    }
 
 
 if __name__ == "__main__":

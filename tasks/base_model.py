@@ -1,6 +1,6 @@
 """The study's base model: the shipped tiny checkpoint, a fresh pretraining, or a real Qwen2.5-VL.
 
-    python -m flows.pretrain_base --profile tiny     # rebuild assets/tiny-base, the shipped checkpoint
+python -m flows.pretrain_base --profile tiny     # rebuild assets/tiny-base, the shipped checkpoint
 """
 
 import time
@@ -37,7 +37,9 @@ def pretrain_base_model(config: StudyConfig, out: Path, log=lambda metrics, step
         "data": "tiny world train splits: " + ", ".join(PRIOR_TASKS),
         "data_hash": stable_hash({"tasks": list(PRIOR_TASKS), "seed": config.pretrain.seed}),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "heldout_accuracy": {k.removeprefix("heldout."): round(v, 4) for k, v in final.items() if k.startswith("heldout.")},
+        "heldout_accuracy": {
+            k.removeprefix("heldout."): round(v, 4) for k, v in final.items() if k.startswith("heldout.")
+        },
         "heldout_curve": {str(step): {k: round(v, 4) for k, v in s.items()} for step, s in history.items()},
         "jigsaw": {k.removeprefix("jigsaw."): round(v, 4) for k, v in probe.items()},
         "jigsaw_probe": "64 synthetic 2x2 puzzles (difficulty 0, 112 px), direct prompt, greedy and 8 samples at T=1",
@@ -70,3 +72,36 @@ def write_heldout_sets(config: StudyConfig) -> Path:
     (out / "done").write_text("\n".join(PRIOR_TASKS) + "\n")
     return out
 
+
+# ---------------------------------------------------------------------------------------------------------
+# Prefect wrappers. Both products are content-addressed folders that finish with a marker file
+# (model_card.json, done): a rerun finds them and returns at once.
+
+
+def base_model_task(config: StudyConfig, log=lambda metrics, step: None) -> str:
+    """Resolve the base model, pretraining it first when the study asks to; materializes assets.base_model."""
+    from prefect.assets import materialize
+
+    from assets import base_model
+
+    target = resolve_base(config)
+
+    @materialize(base_model(target), name="resolve-base-model")
+    def resolve(config: StudyConfig) -> str:
+        if config.model.pretrain and not (Path(target) / "model_card.json").is_file():
+            pretrain_base_model(config, Path(target), log)
+        return target
+
+    return resolve(config)
+
+
+def prior_benchmarks_task(config: StudyConfig) -> Path:
+    from prefect.assets import materialize
+
+    from assets import prior_benchmarks
+
+    @materialize(prior_benchmarks(heldout_dir(config)), name="build-prior-benchmarks")
+    def build(config: StudyConfig) -> Path:
+        return write_heldout_sets(config)
+
+    return build(config)

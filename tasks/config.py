@@ -121,7 +121,10 @@ class ModelConfig(_Section):
 class PretrainConfig(_Section):
     steps: int = Field(4000, ge=1, le=1_000_000, description="Optimizer steps of base-model pretraining.")
     batch_size: int = Field(32, ge=1, le=4096, description="Prior-knowledge items per step.")
-    learning_rate: float = Field(2e-3, gt=0, le=1.0, description="Peak learning rate (3x on the vision tower).")
+    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Peak learning rate.")
+    vision_lr_multiplier: float = Field(
+        1.0, gt=0, le=100.0, description="Learning rate of the vision tower and merger, as a multiple of the peak."
+    )
     warmup_steps: int = Field(100, ge=0, le=100_000, description="Linear warm-up, then cosine decay to 10%.")
     eval_every: int = Field(250, ge=1, le=1_000_000, description="Held-out accuracy per task every N steps.")
     eval_items: int = Field(200, ge=8, le=100_000, description="Held-out items per task in each evaluation.")
@@ -309,10 +312,15 @@ def load_config(
     return build_config(data)
 
 
-def check_inputs(config: StudyConfig) -> None:
-    """Checks that need the file system; run before any expensive work."""
+def check_inputs(config: StudyConfig, base_model: bool = True) -> None:
+    """Checks that need the file system; run before any expensive work. base_model=False skips the
+    check that the base model can be found (for the flow that builds it)."""
     p = config.puzzles
     if p.source == "folder":
         folder = Path(p.folder).expanduser()
         if not folder.is_dir():
             raise ConfigError(f"puzzles.folder: {folder} is not a directory")
+    if base_model and not config.model.pretrain:
+        from tasks.models import resolve_model_path  # raises ModelLoadError, a ConfigError
+
+        resolve_model_path(config.model.name_or_path)

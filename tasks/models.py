@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from tasks.config import REPO_ROOT, ModelConfig
+from tasks.config import REPO_ROOT, ConfigError, ModelConfig
 
 ASSETS = REPO_ROOT / "assets"
 SHIPPED = {"micro": ASSETS / "micro-base", "tiny": ASSETS / "tiny-base"}
@@ -153,7 +153,7 @@ def build_tiny_model(size: str, processor, seed: int = 0):
     return model
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(ConfigError):
     """The model named in the config cannot be loaded; the message says why."""
 
 

@@ -57,12 +57,15 @@ def lr_factor(step: int, config: PretrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def optimizer_for(model, lr: float) -> torch.optim.Optimizer:
-    """AdamW, with 3x the learning rate on the vision tower and its merger (they start from nothing)."""
-    vision = [p for n, p in model.named_parameters() if ".visual." in f".{n}" or n.startswith("visual")]
+def optimizer_for(model, config: PretrainConfig) -> torch.optim.Optimizer:
+    """AdamW; the vision tower and its merger get their own learning rate. Measured here: 2e-3 with 3x on
+    the vision tower left the colour-of-a-shape task on a plateau (loss 0.8 after 300 steps); 1e-3 with 1x
+    learned it (loss 0.03)."""
+    vision = [p for n, p in model.named_parameters() if "visual" in n.split(".")[:3]]
     ids = {id(p) for p in vision}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    groups = [{"params": rest, "lr": lr, "base_lr": lr}, {"params": vision, "lr": 3 * lr, "base_lr": 3 * lr}]
+    lr, vision_lr = config.learning_rate, config.learning_rate * config.vision_lr_multiplier
+    groups = [{"params": rest, "lr": lr, "base_lr": lr}, {"params": vision, "lr": vision_lr, "base_lr": vision_lr}]
     return torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=0.01)
 
 
@@ -121,7 +124,7 @@ def pretrain(
     torch.manual_seed(config.seed)
     model, processor = build_base(size, config)
     model.train()
-    optimizer = optimizer_for(model, config.learning_rate)
+    optimizer = optimizer_for(model, config)
     evaluation = held_out(config)
     history = {}
     started = time.perf_counter()
@@ -180,6 +183,10 @@ def save_base(model, processor, out: Path, card: dict) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     weights = out / "model.safetensors"
-    card = {**card, "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "size_bytes": weights.stat().st_size}
+    card = {
+        **card,
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "size_bytes": weights.stat().st_size,
+    }
     (out / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     return out

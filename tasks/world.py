@@ -222,7 +222,8 @@ def shape_positions_item(rng: random.Random) -> Item:
     names = ", ".join(order)
     prompt = GRID_INTRO.format(what="cells with one shape each") + rng.choice(
         [
-            f"For each shape in the order {names}, give the position it is in. Answer with 4 numbers separated by spaces.",
+            f"For each shape in the order {names}, give the position it is in. "
+            "Answer with 4 numbers separated by spaces.",
             f"Give the position of each shape, in the order {names}. Answer with 4 numbers.",
         ]
     )
@@ -313,5 +314,8 @@ def write_split(items: list[Item], out: Path) -> Path:
                 image = f"images/{task}-{i:05d}.png"
                 (out / "images").mkdir(exist_ok=True)
                 item.image.save(out / image)
-            f.write(json.dumps({"id": f"{task}-{i:05d}", "prompt": item.prompt, "answer": item.answer, "image": image}) + "\n")
+            f.write(
+                json.dumps({"id": f"{task}-{i:05d}", "prompt": item.prompt, "answer": item.answer, "image": image})
+                + "\n"
+            )
     return out / f"{task}.jsonl"

@@ -1,11 +1,14 @@
 """The flows for real: Prefect (test harness), MLflow (sqlite under tmp), files on disk."""
 
+from pathlib import Path
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.puzzles import puzzles_flow
 from flows.study import study
+from tasks import world
 from tasks.tracking import tracking_uri
 
 pytestmark = pytest.mark.slow
@@ -42,6 +45,26 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     run = mlflow.get_run(result["mlflow_run_id"])
     assert run.data.tags["config_hash"] == micro.config_hash()
     _, runs = _runs(micro)
-    assert {r.info.run_name for r in runs} == {micro.study_id, "puzzles"}
+    assert {r.info.run_name for r in runs} == {micro.study_id, "puzzles", "base"}
+    assert result["base_model"].endswith("assets/micro-base")
+    for task in world.PRIOR_TASKS:
+        lines = (Path(result["prior_benchmarks"]) / f"{task}.jsonl").read_text().splitlines()
+        assert len(lines) == micro.pretrain.eval_items
     # An unchanged rerun reuses the dataset on disk.
     assert study(micro)["puzzles"] == result["puzzles"]
+
+
+def test_study_can_pretrain_its_own_base(prefect_harness, tmp_path):
+    from tasks.config import load_config
+
+    config = load_config(
+        "micro",
+        ["model.pretrain=true", "pretrain.steps=8", "pretrain.eval_every=8", "pretrain.eval_items=8"],
+        output_dir=str(tmp_path),
+    )
+    result = study(config)
+    base = Path(result["base_model"])
+    assert base.parent == tmp_path / "base" and (base / "model_card.json").is_file()
+    stamp = (base / "model.safetensors").stat().st_mtime_ns
+    assert study(config)["base_model"] == str(base)  # reused, not pretrained again
+    assert (base / "model.safetensors").stat().st_mtime_ns == stamp

@@ -1,0 +1,50 @@
+"""Train the study's arms alone: sft and rft side by side, then rollout_sft on rft's correct rollouts.
+
+python -m flows.train --profile micro
+python -m flows.train --profile tiny --set arms.rft.enabled=false
+"""
+
+from prefect import flow
+
+from flows.cli import run
+from flows.puzzles import make_puzzles
+from tasks.base_model import base_model_task
+from tasks.config import StudyConfig, check_inputs
+from tasks.puzzles import PuzzleDataset
+from tasks.tracking import child_run, study_run, tracking_uri
+from tasks.training import ArmResult, arm_task
+
+
+def train_arms(config: StudyConfig, run_id: str, base: str, dataset: PuzzleDataset) -> dict[str, ArmResult]:
+    """SFT and RFT concurrently; rollout-SFT after RFT. Returns the enabled arms' results."""
+    arms = config.arms
+    futures = {}
+    if arms.sft.enabled:
+        futures["sft"] = arm_task(config, "sft", base, dataset).submit(config, "sft", base, dataset, run_id)
+    if arms.rft.enabled or arms.rollout_sft.enabled:
+        futures["rft"] = arm_task(config, "rft", base, dataset).submit(config, "rft", base, dataset, run_id)
+    results = {arm: future.result() for arm, future in futures.items()}
+    if arms.rollout_sft.enabled:
+        rft = results["rft"]
+        task = arm_task(config, "rollout_sft", base, dataset, upstream=rft)
+        results["rollout_sft"] = task(config, "rollout_sft", base, dataset, run_id, rft)
+    return results
+
+
+@flow(name="train", log_prints=True)
+def train_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI form needs a default
+    """Train the SFT, RFT and rollout-SFT arms on the puzzle train split."""
+    check_inputs(config)
+    with study_run(config, run_name=f"{config.study_id} train") as run_id:
+        with child_run(run_id, "base", tags={"stage": "base", "arm": "base"}):
+            base = base_model_task(config)
+        dataset = make_puzzles(config, run_id)
+        results = train_arms(config, run_id, base, dataset)
+    for arm, result in results.items():
+        print(f"{arm}: {result.final} ({len(result.checkpoints)} checkpoints)")
+    print(f"MLflow: {tracking_uri(config)} (run {run_id})")
+    return {arm: str(result.path) for arm, result in results.items()}
+
+
+if __name__ == "__main__":
+    run(train_flow)

@@ -1,0 +1,379 @@
+"""The study's treatments, with TRL's own trainers: `sft` (SFTTrainer on ground-truth answers), `rft`
+(GRPOTrainer with the puzzle reward) and `rollout_sft` (SFTTrainer on the RFT arm's correct rollouts).
+
+    python -m flows.train --profile micro --set arms.rft.enabled=false     # the arms alone
+
+Every arm: full fine-tuning or LoRA (tasks.models.load_model), fp32 on CPU and bf16 on GPU, a checkpoint
+every arms.checkpoint_every steps (kept: they are the learning curves), and a rerun resumes from the last
+checkpoint. Metrics go to the MLflow run active in the calling thread (Trainer's MLflow callback).
+"""
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tasks.config import ModelConfig, SFTArmConfig, StudyConfig
+from tasks.models import chat, load_model, pick_device
+from tasks.puzzles import PuzzleDataset, make_target, score_answer
+
+ARMS = ("sft", "rft", "rollout_sft")
+FINAL = "final"
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """What an arm leaves on disk; tasks pass this, never a model."""
+
+    arm: str
+    path: Path  # <arm dir>/final holds the trained model (or adapter) and processor
+    checkpoints: tuple[str, ...]  # checkpoint-<step> directories, oldest first
+    rollouts: Path | None = None  # rft: every rollout, one JSON line each
+
+    @property
+    def final(self) -> Path:
+        return self.path / FINAL
+
+
+def device_args(model: ModelConfig) -> dict:
+    """fp32 on CPU (TRL's bf16 default runs ~11x slower there and changes losses), bf16 on GPU."""
+    on_gpu = pick_device(model).type == "cuda"
+    return {"use_cpu": not on_gpu, "bf16": on_gpu, "fp16": False}
+
+
+def common_args(config: StudyConfig, out: Path, steps: int, lr: float, batch_size: int) -> dict:
+    return dict(
+        output_dir=str(out),
+        max_steps=steps,
+        learning_rate=lr,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=1,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        logging_steps=1,
+        save_steps=config.arms.checkpoint_every,
+        save_strategy="steps",
+        save_total_limit=None,
+        save_only_model=False,
+        report_to=["mlflow"],
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        **device_args(config.model),
+    )
+
+
+def last_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+
+def checkpoints(out: Path) -> tuple[str, ...]:
+    found = [p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return tuple(str(p) for p in sorted(found, key=lambda p: int(p.name.split("-")[-1])))
+
+
+def _finish(trainer, processor, out: Path) -> None:
+    """Save the final model (merged view not needed: LoRA saves the adapter) and processor atomically."""
+    tmp = out / f".{FINAL}.tmp"
+    trainer.save_model(str(tmp))
+    processor.save_pretrained(str(tmp))
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    tmp.rename(out / FINAL)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SFT: ground-truth answers (arm `sft`) or correct rollouts (arm `rollout_sft`)
+
+
+def sft_examples(dataset: PuzzleDataset, style: str) -> list[dict]:
+    """TRL's conversational vision format: messages with an image placeholder, images beside them."""
+    examples = []
+    for record in dataset.records("train"):
+        prompt = record[f"prompt_{style}"]
+        examples.append(
+            {
+                "messages": _messages(prompt, make_target(record["answer"], style)),
+                "images": [dataset.image(record)],
+            }
+        )
+    return examples
+
+
+def _messages(prompt: str, answer: str | None = None) -> list[dict]:
+    messages = chat(prompt, image=None, answer=answer)
+    messages[0]["content"].insert(0, {"type": "image"})  # TRL pairs placeholders with the `images` column
+    return messages
+
+
+def train_sft(config: StudyConfig, arm: str, arm_config: SFTArmConfig, base: str, examples: list[dict], out: Path):
+    """SFTTrainer with assistant-only loss; resumes from the last checkpoint in out."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / FINAL / "config.json").is_file() or (out / FINAL / "adapter_config.json").is_file():
+        return ArmResult(arm, out, checkpoints(out))
+    if not examples:
+        raise ValueError(f"{arm}: no training examples")
+    model, processor = load_model(config.model, base)
+    args = SFTConfig(
+        **common_args(config, out, arm_config.steps, arm_config.learning_rate, arm_config.batch_size),
+        assistant_only_loss=True,
+        max_length=None,
+        dataset_kwargs={"skip_prepare_dataset": False},
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=processor)
+    trainer.train(resume_from_checkpoint=last_checkpoint(out))
+    _finish(trainer, processor, out)
+    return ArmResult(arm, out, checkpoints(out))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RFT: GRPO with the puzzle reward. Every rollout is recorded (TRL's own completion log keeps a few).
+
+
+class RolloutRecorder:
+    """The reward function GRPOTrainer calls; scores with tasks.puzzles.score_answer and appends every
+    completion, with its reward parts and the training step, to a JSONL file."""
+
+    __name__ = "puzzle_reward"
+
+    def __init__(self, path: Path, style: str):
+        self.path, self.style = path, style
+        self.lock = threading.Lock()
+
+    def __call__(self, prompts, completions, answer, id, trainer_state=None, log_metric=None, **_) -> list[float]:
+        step = trainer_state.global_step if trainer_state is not None else -1
+        rewards, lines = [], []
+        for text, truth, puzzle_id in zip((c[0]["content"] for c in completions), answer, id, strict=True):
+            parts = score_answer(text, truth, self.style)
+            rewards.append(parts.total)
+            lines.append(
+                json.dumps(
+                    {
+                        "step": step,
+                        "puzzle_id": puzzle_id,
+                        "completion": text,
+                        "reward": parts.total,
+                        "accuracy": parts.accuracy,
+                        "exact": parts.exact,
+                        "format": parts.format,
+                    }
+                )
+            )
+        with self.lock, open(self.path, "a") as f:
+            f.write("\n".join(lines) + "\n")
+        if log_metric is not None:
+            n = len(rewards)
+            log_metric("reward_parts/exact_rate", sum(json.loads(x)["exact"] for x in lines) / n)
+            log_metric("reward_parts/valid_rate", sum(json.loads(x)["format"] > 0 for x in lines) / n)
+        return rewards
+
+
+def rft_examples(dataset: PuzzleDataset, style: str) -> list[dict]:
+    return [
+        {
+            "prompt": _messages(record[f"prompt_{style}"]),
+            "image": dataset.image(record),
+            "answer": record["answer"],
+            "id": record["id"],
+        }
+        for record in dataset.records("train")
+    ]
+
+
+def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path) -> ArmResult:
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    rft = config.arms.rft
+    out.mkdir(parents=True, exist_ok=True)
+    rollouts = out / "rollouts.jsonl"
+    if (out / FINAL).is_dir():
+        return ArmResult("rft", out, checkpoints(out), rollouts)
+    resume = last_checkpoint(out)
+    _truncate_rollouts(rollouts, resume)
+    model, processor = load_model(config.model, base)
+    style = config.arms.sft.prompt_style
+    args = GRPOConfig(
+        **common_args(config, out, rft.steps, rft.learning_rate, rft.batch_size),
+        num_generations=rft.num_generations,
+        beta=rft.beta,
+        temperature=rft.temperature,
+        max_completion_length=rft.max_new_tokens,
+        log_completions=False,
+        use_vllm=False,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[RolloutRecorder(rollouts, style)],
+        args=args,
+        train_dataset=Dataset.from_list(rft_examples(dataset, style)),
+        processing_class=processor,
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    _finish(trainer, processor, out)
+    return ArmResult("rft", out, checkpoints(out), rollouts)
+
+
+def _truncate_rollouts(path: Path, resume: str | None) -> None:
+    """On resume, drop rollouts recorded after the checkpoint: the resumed run samples those steps again."""
+    if not path.exists():
+        return
+    keep_through = int(resume.rsplit("-", 1)[-1]) if resume else -1
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < keep_through]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rollout-SFT data
+
+
+def correct_rollouts(rollouts: Path) -> list[dict]:
+    """Exact rollouts, de-duplicated on (puzzle, completion), in the order they were sampled."""
+    seen, kept = set(), []
+    with open(rollouts) as f:
+        for line in f:
+            r = json.loads(line)
+            key = (r["puzzle_id"], r["completion"].strip())
+            if r["exact"] > 0 and key not in seen:
+                seen.add(key)
+                kept.append(r)
+    return kept
+
+
+def rollout_sft_examples(dataset: PuzzleDataset, rollouts: list[dict], style: str) -> list[dict]:
+    records = {r["id"]: r for r in dataset.records("train")}
+    return [
+        {
+            "messages": _messages(records[r["puzzle_id"]][f"prompt_{style}"], r["completion"].strip()),
+            "images": [dataset.image(records[r["puzzle_id"]])],
+        }
+        for r in rollouts
+    ]
+
+
+def sample_correct_rollouts(
+    config: StudyConfig, checkpoint: str, dataset: PuzzleDataset, out: Path, samples: int | None = None
+) -> Path:
+    """Fresh rollouts from an RFT checkpoint on the train split, scored and written like training rollouts."""
+    from tasks.pretrain import generate
+
+    model, processor = load_model(config.model, checkpoint)
+    style = config.arms.sft.prompt_style
+    recorder = RolloutRecorder(out, style)
+    g = samples or config.arms.rft.num_generations
+    records = dataset.records("train")
+    torch.manual_seed(config.seed)
+    for i in range(0, len(records), 8):
+        chunk = records[i : i + 8]
+        conversations = [chat(r[f"prompt_{style}"], dataset.image(r)) for r in chunk for _ in range(g)]
+        texts = generate(
+            model,
+            processor,
+            conversations,
+            config.arms.rft.max_new_tokens,
+            do_sample=True,
+            temperature=config.arms.rft.temperature,
+        )
+        recorder(
+            prompts=None,
+            completions=[[{"content": t}] for t in texts],
+            answer=[r["answer"] for r in chunk for _ in range(g)],
+            id=[r["id"] for r in chunk for _ in range(g)],
+        )
+    return out
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Where each arm lives, and its Prefect task. An arm's folder is named by the hash of what determines it
+# (base, puzzles, model and arm settings, seed, and for rollout_sft the RFT arm it learns from), so
+# changing one arm's settings retrains that arm and what depends on it only.
+
+
+def arm_dir(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, upstream: str = "") -> Path:
+    from tasks.config import stable_hash
+
+    spec = {
+        "arm": arm,
+        "base": base,
+        "puzzles": dataset.dataset_hash,
+        "model": config.model.model_dump(mode="json"),
+        "settings": getattr(config.arms, arm).model_dump(mode="json"),
+        "prompt_style": config.arms.sft.prompt_style,
+        "checkpoint_every": config.arms.checkpoint_every,
+        "seed": config.seed,
+        "upstream": upstream,
+    }
+    return config.output.path / "arms" / f"{arm}-{stable_hash(spec)[:10]}"
+
+
+def run_arm(
+    config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, rft: ArmResult | None = None
+) -> ArmResult:
+    """Train one arm (the plain function behind the Prefect task)."""
+    out = arm_dir(config, arm, base, dataset, upstream=str(rft.path) if rft else "")
+    if arm == "sft":
+        return train_sft(config, arm, config.arms.sft, base, sft_examples(dataset, config.arms.sft.prompt_style), out)
+    if arm == "rft":
+        return train_rft(config, base, dataset, out)
+    if arm == "rollout_sft":
+        if rft is None:
+            raise ValueError("rollout_sft needs the rft arm's result")
+        rollouts = rollout_source(config, rft, dataset, out)
+        kept = correct_rollouts(rollouts)
+        if not kept:
+            raise ValueError(f"rollout_sft: no exact rollouts in {rollouts}; the RFT arm never solved a puzzle")
+        examples = rollout_sft_examples(dataset, kept, config.arms.sft.prompt_style)
+        return train_sft(config, arm, config.arms.rollout_sft, base, examples, out)
+    raise ValueError(f"unknown arm {arm!r}; arms are {ARMS}")
+
+
+def rollout_source(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, out: Path) -> Path:
+    """The rollouts rollout_sft learns from: RFT's recorded ones, or fresh samples from its final or
+    earliest checkpoint."""
+    source = config.arms.rollout_sft.rollout_source
+    if source == "training":
+        return rft.rollouts
+    path = out / f"rollouts-{source}.jsonl"
+    if not path.exists():
+        checkpoint = str(rft.final) if source == "final" or not rft.checkpoints else rft.checkpoints[0]
+        out.mkdir(parents=True, exist_ok=True)
+        sample_correct_rollouts(config, checkpoint, dataset, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").rename(path)
+    return path
+
+
+def arm_task(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, upstream: ArmResult | None = None):
+    """The Prefect task training `arm`, materializing its folder as an asset; call .submit(...) on it."""
+    from prefect.assets import materialize
+
+    from assets import arm_checkpoints
+
+    out = arm_dir(config, arm, base, dataset, upstream=str(upstream.path) if upstream else "")
+    return materialize(arm_checkpoints(out, arm), name=f"train-{arm}", retries=0)(_tracked_arm)
+
+
+def _tracked_arm(
+    config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, parent_run_id: str, rft: ArmResult | None = None
+) -> ArmResult:
+    import mlflow
+
+    from tasks.tracking import child_run
+
+    with child_run(parent_run_id, arm, tags={"arm": arm, "stage": "train"}):
+        result = run_arm(config, arm, base, dataset, rft)
+        mlflow.log_params({"arm_dir": str(result.path), "base_model": base, "checkpoints": len(result.checkpoints)})
+        if result.rollouts is not None and result.rollouts.exists():
+            mlflow.log_artifact(str(result.rollouts), "rollouts")
+        mlflow.log_artifacts(str(result.final), "final")
+    return result

@@ -1,0 +1,106 @@
+"""The three arms, for a few steps on the micro profile: real TRL trainers, real checkpoints."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tasks.config import load_config
+from tasks.models import SHIPPED
+from tasks.puzzles import generate_puzzles, make_target
+from tasks.training import (
+    arm_dir,
+    correct_rollouts,
+    rollout_sft_examples,
+    run_arm,
+    train_sft,
+)
+
+pytestmark = pytest.mark.slow
+BASE = str(SHIPPED["micro"])
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    torch.set_num_threads(2)
+    config = load_config("micro", output_dir=str(tmp_path))
+    return config, generate_puzzles(config.puzzles, tmp_path)
+
+
+def _weights(path) -> dict:
+    return load_file(str(path / "model.safetensors"))
+
+
+def _changed(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sft_trains_saves_checkpoints_and_changes_weights(setup):
+    config, dataset = setup
+    result = run_arm(config, "sft", BASE, dataset)
+    assert [c.rsplit("-", 1)[-1] for c in result.checkpoints] == ["2", "4"]
+    assert _changed(_weights(SHIPPED["micro"]), _weights(result.final))
+    assert (result.final / "preprocessor_config.json").is_file() or (result.final / "processor_config.json").is_file()
+    history = json.loads((result.final / "trainer_state.json").read_text())
+    assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4]
+
+
+def test_rft_records_every_rollout_with_its_reward(setup):
+    config, dataset = setup
+    result = run_arm(config, "rft", BASE, dataset)
+    rft = config.arms.rft
+    rows = [json.loads(line) for line in result.rollouts.read_text().splitlines()]
+    assert len(rows) == rft.steps * rft.batch_size  # every completion of every step
+    assert {r["step"] for r in rows} == set(range(rft.steps))
+    ids = {r["id"] for r in dataset.records("train")}
+    for row in rows:
+        assert row["puzzle_id"] in ids and isinstance(row["completion"], str)
+        assert row["reward"] == pytest.approx(row["accuracy"] + row["exact"] + row["format"])
+    assert _changed(_weights(SHIPPED["micro"]), _weights(result.final))
+
+
+def test_rollout_sft_learns_from_exact_rollouts_only(setup, tmp_path):
+    config, dataset = setup
+    records = dataset.records("train")[:3]
+    rows = []
+    for i, record in enumerate(records):
+        right = make_target(record["answer"], "direct")
+        wrong = make_target(list(reversed(record["answer"])), "direct")
+        rows += [
+            {"step": i, "puzzle_id": record["id"], "completion": right, "exact": 1.0},
+            {"step": i, "puzzle_id": record["id"], "completion": right + " ", "exact": 1.0},  # duplicate
+            {"step": i, "puzzle_id": record["id"], "completion": wrong, "exact": 0.0},
+        ]
+    path = tmp_path / "rollouts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = correct_rollouts(path)
+    assert [r["puzzle_id"] for r in kept] == [r["id"] for r in records]
+    examples = rollout_sft_examples(dataset, kept, "direct")
+    assert examples[0]["messages"][1]["content"][0]["text"] == make_target(records[0]["answer"], "direct")
+    out = tmp_path / "arms" / "rollout_sft-test"
+    result = train_sft(config, "rollout_sft", config.arms.rollout_sft, BASE, examples, out)
+    assert _changed(_weights(SHIPPED["micro"]), _weights(result.final))
+
+
+def test_a_killed_arm_resumes_from_its_last_checkpoint(setup, tmp_path):
+    config, dataset = setup
+    whole = run_arm(config, "sft", BASE, dataset)
+    # The same arm elsewhere, "killed" after checkpoint-2: final/ and checkpoint-4 never written.
+    other = load_config("micro", output_dir=str(tmp_path / "other"))
+    out = arm_dir(other, "sft", BASE, dataset)
+    out.parent.mkdir(parents=True)
+    shutil.copytree(whole.path, out)
+    shutil.rmtree(out / "final")
+    shutil.rmtree(out / "checkpoint-4")
+    stamp = (out / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns
+    resumed = run_arm(other, "sft", BASE, dataset)
+    history = json.loads((resumed.final / "trainer_state.json").read_text())
+    assert (out / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == stamp
+    assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4]  # 1-2 from the checkpoint, 3-4 resumed
+    a, b = _weights(whole.final), _weights(resumed.final)
+    # Close to the uninterrupted run, not bit-identical: the step-3 loss differs in the 3rd decimal after
+    # resuming (open question: TRL/Trainer resume numerics on CPU).
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-2

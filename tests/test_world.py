@@ -1,0 +1,171 @@
+"""The tiny world: tasks, tokenizer and processor, chat template, loader, pretraining."""
+
+import time
+
+import pytest
+import torch
+
+from tasks import world
+from tasks.config import ModelConfig, PretrainConfig
+from tasks.models import (
+    LORA_TARGETS,
+    SHIPPED,
+    ModelLoadError,
+    batch,
+    build_processor,
+    build_tiny_model,
+    chat,
+    load_model,
+    resolve_model_path,
+    train_tokenizer,
+)
+from tasks.pretrain import generate, pretrain, teacher_forced_correct, tokenizer_corpus
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_processor(train_tokenizer(tokenizer_corpus(seed=0, per_task=100), vocab_size=512))
+
+
+# --- tasks -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", list(world.PRIOR_TASKS))
+def test_tasks_are_deterministic_and_held_out_is_separate(task):
+    a = world.make_split(task, "test", 200, seed=0)
+    b = world.make_split(task, "test", 200, seed=0)
+    assert [(i.key, i.prompt, i.answer) for i in a] == [(i.key, i.prompt, i.answer) for i in b]
+    assert all((x.image is None) == (y.image is None) for x, y in zip(a, b, strict=True))
+    assert all(x.image is None or x.image.tobytes() == y.image.tobytes() for x, y in zip(a, b, strict=True))
+    assert len({i.key for i in a}) == 200  # 200 distinct held-out items
+    train = world.make_split(task, "train", 400, seed=0)
+    assert not {i.key for i in train} & {i.key for i in a}
+    assert all(world.split_of(f"{task}|{i.key}") == "test" for i in a)
+    assert all(i.image is None or i.image.size == (world.SIDE, world.SIDE) for i in a + train)
+    assert "jigsaw" not in " ".join(i.prompt for i in a).lower() and "shuffled" not in " ".join(i.prompt for i in a)
+
+
+def test_list_tasks_answer_with_lists_and_shape_positions_with_permutations():
+    for task in ("quadrant_colours", "shape_positions", "quadrant_counts"):
+        for item in world.make_split(task, "train", 20):
+            assert len(item.answer.split()) == 4 and "Positions are numbered row by row" in item.prompt
+    for item in world.make_split("shape_positions", "train", 50):
+        assert sorted(item.answer.split()) == ["1", "2", "3", "4"]
+
+
+# --- tokenizer, processor, chat template -----------------------------------------------------------------
+
+
+def test_processor_round_trips_offline(processor, tmp_path):
+    from transformers import AutoProcessor
+
+    processor.save_pretrained(tmp_path)
+    again = AutoProcessor.from_pretrained(tmp_path)
+    assert type(again).__name__ == "Qwen2_5_VLProcessor"
+    item = world.make_split("shape", "train", 1)[0]
+    one, two = (batch(p, [chat(item.prompt, item.image, item.answer)], train=True) for p in (processor, again))
+    assert torch.equal(one["input_ids"], two["input_ids"]) and torch.equal(one["labels"], two["labels"])
+    assert torch.equal(one["pixel_values"], two["pixel_values"])
+    # A 112 px image is 8x8 patches of 14 px, merged 2x2: 16 image tokens.
+    assert int((one["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum()) == 16
+    assert "mm_token_type_ids" in one
+
+
+def test_digits_are_one_token_each(processor):
+    tokens = processor.tokenizer.tokenize("12 + 345")
+    assert [t for t in tokens if t.isdigit()] == ["1", "2", "3", "4", "5"]
+    assert processor.tokenizer.decode(processor.tokenizer.encode("12 + 345")) == "12 + 345"
+
+
+def test_assistant_mask_covers_the_answer_and_im_end_only(processor):
+    items = [world.make_split(t, "train", 1)[0] for t in ("arithmetic", "quadrant_counts", "colour")]
+    inputs = batch(processor, [chat(i.prompt, i.image, i.answer) for i in items], train=True)
+    tokenizer = processor.tokenizer
+    for row, item in enumerate(items):
+        labelled = inputs["labels"][row][inputs["labels"][row] != -100]
+        assert tokenizer.decode(labelled) == item.answer + "<|im_end|>"
+    prompt_only = batch(processor, [chat(i.prompt, i.image) for i in items], train=False)
+    assert "labels" not in prompt_only
+    text = tokenizer.decode(prompt_only["input_ids"][0], skip_special_tokens=False)
+    assert text.rstrip("\n").endswith("<|im_start|>assistant") and "<|endoftext|>" in text  # left padding
+
+
+# --- loader ----------------------------------------------------------------------------------------------
+
+
+def test_loader_takes_shipped_names_and_local_dirs(processor, tmp_path):
+    model = build_tiny_model("micro", processor)
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    loaded, loaded_processor = load_model(ModelConfig(name_or_path=str(tmp_path / "m"), device="cpu"))
+    assert loaded.dtype == torch.float32 and loaded.device.type == "cpu"
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
+    assert loaded_processor.tokenizer.padding_side == "left"
+    for name in ("micro", "tiny"):
+        assert resolve_model_path(name) == str(SHIPPED[name])
+        assert (SHIPPED[name] / "model.safetensors").stat().st_size < 25 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("/no/such/dir", "not a model directory"),
+        ("./nope", "not a model directory"),
+        ("Qwen/Qwen2.5-VL-3B-Instruct", "HF_HUB_OFFLINE=1"),
+        ("not a model!", "neither micro/tiny"),
+    ],
+)
+def test_loader_errors_are_clear(name, message, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=message):
+        resolve_model_path(name)
+
+
+def test_lora_adapts_only_the_language_model(processor, tmp_path):
+    model = build_tiny_model("micro", processor)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    lora, _ = load_model(ModelConfig(name_or_path=str(tmp_path), finetune="lora", lora_rank=4, device="cpu"))
+    adapted = [n for n, _ in lora.named_parameters() if "lora_" in n]
+    assert adapted and all("language_model" in n for n in adapted)
+    assert any("mlp.down_proj" in n for n in adapted)  # the language model's MLP too
+    assert "language_model" in LORA_TARGETS
+
+
+# --- pretraining -----------------------------------------------------------------------------------------
+
+
+def test_micro_pretraining_smoke():
+    torch.set_num_threads(2)
+    losses = []
+    config = PretrainConfig(steps=40, batch_size=16, warmup_steps=5, eval_every=40, eval_items=8, vocab_size=512)
+    start = time.perf_counter()
+    _, _, history = pretrain("micro", config, log=lambda m, step: losses.append(m["loss"]) if "loss" in m else None)
+    assert time.perf_counter() - start < 60
+    assert sum(losses[-2:]) / 2 < 0.6 * sum(losses[:2]) / 2  # the loss falls
+    assert set(history[40]) >= {f"heldout.{t}" for t in world.PRIOR_TASKS}
+
+
+@pytest.mark.parametrize("size", ["micro", "tiny"])
+def test_teacher_forced_equals_greedy_generate_on_every_task(size):
+    """With batches through the processor, 3D image positions are the same in training and generate."""
+    model, processor = load_model(ModelConfig(name_or_path=size, device="cpu"))
+    items = [it for task in world.PRIOR_TASKS for it in world.make_split(task, "test", 6)]
+    forced = teacher_forced_correct(model, processor, items)
+    completions = generate(model, processor, [chat(i.prompt, i.image) for i in items], 12, do_sample=False)
+    greedy = [c.strip() == i.answer for c, i in zip(completions, items, strict=True)]
+    assert forced == greedy
+    if size == "tiny":
+        assert sum(greedy) / len(greedy) > 0.8  # the shipped base knows its world
+
+
+def test_pretraining_is_reproducible():
+    torch.set_num_threads(2)
+    config = PretrainConfig(steps=6, batch_size=8, warmup_steps=2, eval_every=6, eval_items=8, vocab_size=512)
+    first, _, _ = pretrain("micro", config)
+    second, _, _ = pretrain("micro", config)
+    assert all(
+        torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    )
