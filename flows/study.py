@@ -6,6 +6,7 @@ Stages land one issue at a time; the study runs every stage that exists, for rea
   1. resolve the base model (shipped checkpoint, or pretrain it)   (tasks/base_model.py)
   2. generate the jigsaw puzzles                                   (tasks/puzzles.py)
   3. build the prior-knowledge benchmarks (held-out sets)          (tasks/world.py)
+  4. train the arms: sft and rft side by side, then rollout_sft    (tasks/training.py)
 """
 
 import mlflow
@@ -13,6 +14,7 @@ from prefect import flow
 
 from flows.cli import run
 from flows.puzzles import make_puzzles
+from flows.train import train_arms
 from tasks.base_model import base_model_task, prior_benchmarks_task
 from tasks.config import StudyConfig, check_inputs
 from tasks.tracking import child_run, study_run, tracking_uri
@@ -30,6 +32,9 @@ def study(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
         dataset = make_puzzles(config, run_id)
         benchmarks = prior_benchmarks_task(config)
         print(f"prior-knowledge benchmarks: {benchmarks}")
+        arms = train_arms(config, run_id, base, dataset)
+        for arm, result in arms.items():
+            print(f"arm {arm}: {result.final}")
     print(f"study {config.study_id} done. MLflow: {tracking_uri(config)} (parent run {run_id})")
     return {
         "study_id": config.study_id,
@@ -37,6 +42,7 @@ def study(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
         "base_model": base,
         "puzzles": str(dataset.path),
         "prior_benchmarks": str(benchmarks),
+        "arms": {arm: str(result.final) for arm, result in arms.items()},
     }
 
 

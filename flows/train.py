@@ -12,12 +12,13 @@ from tasks.base_model import base_model_task
 from tasks.config import StudyConfig, check_inputs
 from tasks.puzzles import PuzzleDataset
 from tasks.tracking import child_run, study_run, tracking_uri
-from tasks.training import ArmResult, arm_task
+from tasks.training import ArmResult, NoCorrectRollouts, arm_task, preload
 
 
 def train_arms(config: StudyConfig, run_id: str, base: str, dataset: PuzzleDataset) -> dict[str, ArmResult]:
     """SFT and RFT concurrently; rollout-SFT after RFT. Returns the enabled arms' results."""
     arms = config.arms
+    preload()
     futures = {}
     if arms.sft.enabled:
         futures["sft"] = arm_task(config, "sft", base, dataset).submit(config, "sft", base, dataset, run_id)
@@ -27,7 +28,12 @@ def train_arms(config: StudyConfig, run_id: str, base: str, dataset: PuzzleDatas
     if arms.rollout_sft.enabled:
         rft = results["rft"]
         task = arm_task(config, "rollout_sft", base, dataset, upstream=rft)
-        results["rollout_sft"] = task(config, "rollout_sft", base, dataset, run_id, rft)
+        try:
+            results["rollout_sft"] = task(config, "rollout_sft", base, dataset, run_id, rft)
+        except NoCorrectRollouts as err:  # a finding about the base and RFT, not a crash: say so and go on
+            print(f"rollout_sft skipped: {err}")
+    if not arms.rft.enabled:
+        results.pop("rft", None)
     return results
 
 

@@ -24,6 +24,10 @@ ARMS = ("sft", "rft", "rollout_sft")
 FINAL = "final"
 
 
+class NoCorrectRollouts(RuntimeError):
+    """rollout_sft has nothing to learn from: the RFT arm never produced an exact answer."""
+
+
 @dataclass(frozen=True)
 class ArmResult:
     """What an arm leaves on disk; tasks pass this, never a model."""
@@ -36,6 +40,15 @@ class ArmResult:
     @property
     def final(self) -> Path:
         return self.path / FINAL
+
+
+def preload() -> None:
+    """Import TRL, datasets and the model classes in the calling thread. transformers and TRL import their
+    members lazily, and two arms importing them at once from Prefect worker threads race ("cannot import
+    name 'SFTConfig' from 'trl'")."""
+    import datasets  # noqa: F401
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration  # noqa: F401
+    from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer  # noqa: F401
 
 
 def device_args(model: ModelConfig) -> dict:
@@ -332,7 +345,7 @@ def run_arm(
         rollouts = rollout_source(config, rft, dataset, out)
         kept = correct_rollouts(rollouts)
         if not kept:
-            raise ValueError(f"rollout_sft: no exact rollouts in {rollouts}; the RFT arm never solved a puzzle")
+            raise NoCorrectRollouts(f"rollout_sft: no exact rollouts in {rollouts}; the RFT arm never solved a puzzle")
         examples = rollout_sft_examples(dataset, kept, config.arms.sft.prompt_style)
         return train_sft(config, arm, config.arms.rollout_sft, base, examples, out)
     raise ValueError(f"unknown arm {arm!r}; arms are {ARMS}")

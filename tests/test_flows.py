@@ -45,13 +45,20 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     run = mlflow.get_run(result["mlflow_run_id"])
     assert run.data.tags["config_hash"] == micro.config_hash()
     _, runs = _runs(micro)
-    assert {r.info.run_name for r in runs} == {micro.study_id, "puzzles", "base"}
+    names = {r.info.run_name for r in runs}
+    assert names == {micro.study_id, "puzzles", "base", "sft", "rft", "rollout_sft"}
+    assert set(result["arms"]) == {"sft", "rft"}  # the micro base never solves a puzzle: no rollout-SFT data
+    sft = next(r for r in runs if r.info.run_name == "sft")
+    assert sft.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"] and "train_loss" in sft.data.metrics
+    rft = next(r for r in runs if r.info.run_name == "rft")
+    assert "reward" in rft.data.metrics and rft.info.status == "FINISHED"
     assert result["base_model"].endswith("assets/micro-base")
     for task in world.PRIOR_TASKS:
         lines = (Path(result["prior_benchmarks"]) / f"{task}.jsonl").read_text().splitlines()
         assert len(lines) == micro.pretrain.eval_items
-    # An unchanged rerun reuses the dataset on disk.
-    assert study(micro)["puzzles"] == result["puzzles"]
+    # An unchanged rerun reuses the dataset and the trained arms on disk.
+    again = study(micro)
+    assert again["puzzles"] == result["puzzles"] and again["arms"] == result["arms"]
 
 
 def test_study_can_pretrain_its_own_base(prefect_harness, tmp_path):
