@@ -151,6 +151,7 @@ class RFTArmConfig(_Section):
     beta: float = Field(0.04, ge=0.0, le=10.0, description="KL penalty towards the base model.")
     temperature: float = Field(1.0, gt=0.0, le=5.0, description="Sampling temperature of rollouts.")
     max_new_tokens: int = Field(32, ge=1, le=8192, description="Longest completion sampled.")
+    use_vllm: bool = Field(False, description="GPU only: sample rollouts with TRL's vLLM integration (colocate).")
 
     @model_validator(mode="after")
     def _check(self) -> "RFTArmConfig":
@@ -176,6 +177,10 @@ class ArmsConfig(_Section):
         default_factory=RolloutSFTArmConfig, description="SFT on the RFT arm's correct rollouts."
     )
     checkpoint_every: int = Field(50, ge=1, le=1_000_000, description="Save a checkpoint every N steps.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on GPU).")
+    deepspeed: str | None = Field(
+        None, description="Path to a DeepSpeed JSON config passed to the trainers (multi-GPU, via accelerate launch)."
+    )
 
 
 class EvaluationConfig(_Section):
@@ -320,6 +325,13 @@ def check_inputs(config: StudyConfig, base_model: bool = True) -> None:
         folder = Path(p.folder).expanduser()
         if not folder.is_dir():
             raise ConfigError(f"puzzles.folder: {folder} is not a directory")
+    if config.arms.deepspeed and not Path(config.arms.deepspeed).expanduser().is_file():
+        raise ConfigError(f"arms.deepspeed: {config.arms.deepspeed} is not a file")
+    if config.arms.rft.use_vllm:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("arms.rft.use_vllm: vLLM rollouts need a GPU, and none is available")
     if base_model and not config.model.pretrain:
         from tasks.models import resolve_model_path  # raises ModelLoadError, a ConfigError
 

@@ -76,6 +76,8 @@ def common_args(config: StudyConfig, out: Path, steps: int, lr: float, batch_siz
         data_seed=config.seed,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        gradient_checkpointing=config.arms.gradient_checkpointing,
+        deepspeed=config.arms.deepspeed,
         **device_args(config.model),
     )
 
@@ -124,6 +126,15 @@ def _messages(prompt: str, answer: str | None = None) -> list[dict]:
     return messages
 
 
+def sft_args(config: StudyConfig, arm_config: SFTArmConfig, out: Path) -> dict:
+    """SFTConfig keywords for the sft and rollout_sft arms."""
+    return dict(
+        **common_args(config, out, arm_config.steps, arm_config.learning_rate, arm_config.batch_size),
+        assistant_only_loss=True,
+        max_length=None,
+    )
+
+
 def train_sft(config: StudyConfig, arm: str, arm_config: SFTArmConfig, base: str, examples: list[dict], out: Path):
     """SFTTrainer with assistant-only loss; resumes from the last checkpoint in out."""
     from datasets import Dataset
@@ -135,12 +146,7 @@ def train_sft(config: StudyConfig, arm: str, arm_config: SFTArmConfig, base: str
     if not examples:
         raise ValueError(f"{arm}: no training examples")
     model, processor = load_model(config.model, base)
-    args = SFTConfig(
-        **common_args(config, out, arm_config.steps, arm_config.learning_rate, arm_config.batch_size),
-        assistant_only_loss=True,
-        max_length=None,
-        dataset_kwargs={"skip_prepare_dataset": False},
-    )
+    args = SFTConfig(**sft_args(config, arm_config, out))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=processor)
     trainer.train(resume_from_checkpoint=last_checkpoint(out))
     _finish(trainer, processor, out)
@@ -201,11 +207,25 @@ def rft_examples(dataset: PuzzleDataset, style: str) -> list[dict]:
     ]
 
 
+def grpo_args(config: StudyConfig, out: Path) -> dict:
+    """GRPOConfig keywords for the rft arm."""
+    rft = config.arms.rft
+    return dict(
+        **common_args(config, out, rft.steps, rft.learning_rate, rft.batch_size),
+        num_generations=rft.num_generations,
+        beta=rft.beta,
+        temperature=rft.temperature,
+        max_completion_length=rft.max_new_tokens,
+        log_completions=False,
+        use_vllm=rft.use_vllm,
+        vllm_mode="colocate",
+    )
+
+
 def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path) -> ArmResult:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    rft = config.arms.rft
     out.mkdir(parents=True, exist_ok=True)
     rollouts = out / "rollouts.jsonl"
     if (out / FINAL).is_dir():
@@ -214,19 +234,10 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path)
     _truncate_rollouts(rollouts, resume)
     model, processor = load_model(config.model, base)
     style = config.arms.sft.prompt_style
-    args = GRPOConfig(
-        **common_args(config, out, rft.steps, rft.learning_rate, rft.batch_size),
-        num_generations=rft.num_generations,
-        beta=rft.beta,
-        temperature=rft.temperature,
-        max_completion_length=rft.max_new_tokens,
-        log_completions=False,
-        use_vllm=False,
-    )
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[RolloutRecorder(rollouts, style)],
-        args=args,
+        args=GRPOConfig(**grpo_args(config, out)),
         train_dataset=Dataset.from_list(rft_examples(dataset, style)),
         processing_class=processor,
     )

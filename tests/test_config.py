@@ -110,3 +110,14 @@ def test_cli_rejects_bad_config_with_exit_code_2(args, message, tmp_path):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert not (tmp_path / "puzzles").exists()  # failed before any work
+
+
+def test_gpu_only_settings_fail_fast_on_cpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="arms.rft.use_vllm: .*need a GPU"):
+        check_inputs(load_config("micro", ["arms.rft.use_vllm=true"]))
+    with pytest.raises(ConfigError, match="arms.deepspeed: .* is not a file"):
+        check_inputs(load_config("micro", [f"arms.deepspeed={tmp_path / 'ds.json'}"]))
