@@ -7,6 +7,7 @@ training and evaluation alike: it goes through the processor, which passes `mm_t
 it, transformers 5 gives image tokens plain 1D positions in training but 3D ones in `generate`).
 """
 
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -169,8 +170,10 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(path)
     path = Path(name_or_path).expanduser()
     if path.exists() or name_or_path.startswith((".", "/", "~")):
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"model.name_or_path: {path} is not a model directory (no config.json)")
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise ModelLoadError(
+                f"model.name_or_path: {path} is not a model directory (no config.json or adapter_config.json)"
+            )
         return str(path.resolve())
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path):
         raise ModelLoadError(
@@ -216,6 +219,13 @@ def load_model(config: ModelConfig, name_or_path: str | None = None):
     dtype = pick_dtype(config, device)
     processor = AutoProcessor.from_pretrained(path)
     processor.tokenizer.padding_side = "left"
+    adapter = Path(path) / "adapter_config.json"
+    if adapter.is_file():  # a trained LoRA arm: its base, with the adapter on top (trainable when LoRA)
+        from peft import PeftModel
+
+        base = json.loads(adapter.read_text())["base_model_name_or_path"]
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(resolve_model_path(base), dtype=dtype).to(device)
+        return PeftModel.from_pretrained(model, path, is_trainable=config.finetune == "lora"), processor
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
     if config.finetune == "lora":
         from peft import LoraConfig, get_peft_model

@@ -20,8 +20,9 @@ import torch
 
 from tasks import world
 from tasks.config import PretrainConfig, PuzzleConfig
+from tasks.evaluation import puzzle_scores
 from tasks.models import batch, build_processor, build_tiny_model, chat, train_tokenizer
-from tasks.puzzles import generate_puzzles, parse_answer
+from tasks.puzzles import generate_puzzles
 
 # How often each task is drawn: the slow learners (shape, count, digit, arithmetic, lists) get more.
 TASK_WEIGHTS = {
@@ -101,16 +102,6 @@ def teacher_forced_exact(model, processor, items: list[world.Item], batch_size: 
     return sum(correct) / len(correct)
 
 
-@torch.no_grad()
-def generate(model, processor, conversations: list[list[dict]], max_new_tokens: int, **sampling) -> list[str]:
-    """Completions (text after the prompt, special tokens dropped) for a list of prompt-only conversations."""
-    model.eval()
-    inputs = batch(processor, conversations, train=False)
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
-    return processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
 def held_out(config: PretrainConfig) -> dict[str, list[world.Item]]:
     return {task: world.make_split(task, "test", config.eval_items, config.seed) for task in world.PRIOR_TASKS}
 
@@ -151,30 +142,13 @@ def pretrain(
 
 def jigsaw_probe(model, processor, n: int = 64, samples: int = 8, seed: int = 0) -> dict[str, float]:
     """How the base answers the jigsaw prompt it has never seen (2x2 synthetic puzzles, direct style):
-    greedy exact accuracy, share of greedy answers that are valid permutations, and pass@samples."""
-    config = PuzzleConfig(n_train=1, n_test=n, seed=seed)
+    greedy exact accuracy, share of valid permutations, and pass@samples at temperature 1."""
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = generate_puzzles(config, Path(tmp))
-        records = dataset.records("test")
-        conversations = [chat(r["prompt_direct"], dataset.image(r)) for r in records]
-        answers = [r["answer"] for r in records]
-        greedy = generate(model, processor, conversations, 16, do_sample=False)
-        torch.manual_seed(seed)
-        sampled = generate(
-            model, processor, [c for c in conversations for _ in range(samples)], 16, do_sample=True, temperature=1.0
-        )
-    parsed = [parse_answer(g, 4) for g in greedy]
-    hits = [
-        any(parse_answer(s, 4) == a for s in sampled[i * samples : (i + 1) * samples]) for i, a in enumerate(answers)
-    ]
-    sampled_valid = [parse_answer(s, 4) is not None for s in sampled]
-    return {
-        "jigsaw.greedy_exact": sum(p == a for p, a in zip(parsed, answers, strict=True)) / n,
-        "jigsaw.greedy_valid": sum(p is not None for p in parsed) / n,
-        "jigsaw.sampled_valid": sum(sampled_valid) / len(sampled_valid),
-        f"jigsaw.pass_at_{samples}": sum(hits) / n,
-        "jigsaw.chance_exact": 1 / 23,  # uniform over the 23 non-identity permutations of 4
-    }
+        dataset = generate_puzzles(PuzzleConfig(n_train=1, n_test=n, seed=seed), Path(tmp))
+        scores = puzzle_scores(model, processor, dataset, samples=samples, seed=seed)
+    probe = {k.replace("puzzle.", "jigsaw."): v for k, v in scores.items()}
+    probe["jigsaw.chance_exact"] = 1 / 23  # uniform over the 23 non-identity permutations of 4
+    return probe
 
 
 def save_base(model, processor, out: Path, card: dict) -> Path:

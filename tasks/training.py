@@ -287,7 +287,7 @@ def sample_correct_rollouts(
     config: StudyConfig, checkpoint: str, dataset: PuzzleDataset, out: Path, samples: int | None = None
 ) -> Path:
     """Fresh rollouts from an RFT checkpoint on the train split, scored and written like training rollouts."""
-    from tasks.pretrain import generate
+    from tasks.evaluation import generate
 
     model, processor = load_model(config.model, checkpoint)
     style = config.arms.sft.prompt_style
@@ -377,6 +377,19 @@ def rollout_source(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, 
     return path
 
 
+def final_puzzle_scores(config: StudyConfig, result: ArmResult, dataset: PuzzleDataset) -> dict[str, float]:
+    """Greedy puzzle scores of the arm's final model on the test split (evaluation.limit puzzles), cached
+    in final/puzzle_scores.json."""
+    from tasks.evaluation import puzzle_scores
+
+    path = result.final / "puzzle_scores.json"
+    if not path.is_file():
+        model, processor = load_model(config.model, str(result.final))
+        scores = puzzle_scores(model, processor, dataset, config.arms.sft.prompt_style, config.evaluation.limit)
+        path.write_text(json.dumps(scores, indent=1))
+    return json.loads(path.read_text())
+
+
 def arm_task(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, upstream: ArmResult | None = None):
     """The Prefect task training `arm`, materializing its folder as an asset; call .submit(...) on it."""
     from prefect.assets import materialize
@@ -397,6 +410,7 @@ def _tracked_arm(
     with child_run(parent_run_id, arm, tags={"arm": arm, "stage": "train"}):
         result = run_arm(config, arm, base, dataset, rft)
         mlflow.log_params({"arm_dir": str(result.path), "base_model": base, "checkpoints": len(result.checkpoints)})
+        mlflow.log_metrics(final_puzzle_scores(config, result, dataset))
         if result.rollouts is not None and result.rollouts.exists():
             mlflow.log_artifact(str(result.rollouts), "rollouts")
         mlflow.log_artifacts(str(result.final), "final")

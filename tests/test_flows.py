@@ -50,6 +50,7 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     assert set(result["arms"]) == {"sft", "rft"}  # the micro base never solves a puzzle: no rollout-SFT data
     sft = next(r for r in runs if r.info.run_name == "sft")
     assert sft.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"] and "train_loss" in sft.data.metrics
+    assert 0.0 <= sft.data.metrics["puzzle.exact"] <= sft.data.metrics["puzzle.valid"] <= 1.0
     rft = next(r for r in runs if r.info.run_name == "rft")
     assert "reward" in rft.data.metrics and rft.info.status == "FINISHED"
     assert result["base_model"].endswith("assets/micro-base")

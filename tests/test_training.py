@@ -104,3 +104,18 @@ def test_a_killed_arm_resumes_from_its_last_checkpoint(setup, tmp_path):
     # Close to the uninterrupted run, not bit-identical: the step-3 loss differs in the 3rd decimal after
     # resuming (open question: TRL/Trainer resume numerics on CPU).
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-2
+
+
+def test_lora_arm_saves_an_adapter_that_loads_back(setup, tmp_path):
+    from tasks.config import ModelConfig
+    from tasks.models import load_model
+    from tasks.training import final_puzzle_scores
+
+    config, dataset = setup
+    config = config.model_copy(update={"model": ModelConfig(name_or_path="micro", finetune="lora", lora_rank=4)})
+    result = run_arm(config, "sft", BASE, dataset)
+    assert (result.final / "adapter_config.json").is_file() and not (result.final / "model.safetensors").exists()
+    model, _ = load_model(config.model, str(result.final))
+    assert any("lora_" in n for n, _ in model.named_parameters())
+    scores = final_puzzle_scores(config, result, dataset)
+    assert set(scores) == {"puzzle.exact", "puzzle.valid", "puzzle.reward"}

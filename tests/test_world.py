@@ -7,6 +7,7 @@ import torch
 
 from tasks import world
 from tasks.config import ModelConfig, PretrainConfig
+from tasks.evaluation import generate
 from tasks.models import (
     LORA_TARGETS,
     SHIPPED,
@@ -19,7 +20,7 @@ from tasks.models import (
     resolve_model_path,
     train_tokenizer,
 )
-from tasks.pretrain import generate, pretrain, teacher_forced_correct, tokenizer_corpus
+from tasks.pretrain import pretrain, teacher_forced_correct, tokenizer_corpus
 
 
 @pytest.fixture(scope="module")
