@@ -102,6 +102,18 @@ def teacher_forced_exact(model, processor, items: list[world.Item], batch_size: 
     return sum(correct) / len(correct)
 
 
+def per_item_loss(model, inputs: dict) -> torch.Tensor:
+    """Cross-entropy averaged over each item's answer tokens, then over items. The model's own loss averages
+    over all answer tokens of the batch, so a list answer (8 tokens) weighs four times a one-word answer
+    and the list tasks drown the rest."""
+    labels = inputs.pop("labels")
+    logits = model(**inputs).logits[:, :-1]
+    target = labels[:, 1:]
+    mask = target != -100
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
+    return ((ce * mask).sum(1) / mask.sum(1)).mean()
+
+
 def held_out(config: PretrainConfig) -> dict[str, list[world.Item]]:
     return {task: world.make_split(task, "test", config.eval_items, config.seed) for task in world.PRIOR_TASKS}
 
@@ -124,7 +136,7 @@ def pretrain(
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         inputs = batch(processor, [chat(it.prompt, it.image, it.answer) for it in items], train=True)
-        loss = model(**inputs).loss
+        loss = per_item_loss(model, inputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

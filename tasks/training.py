@@ -9,7 +9,7 @@ checkpoint. Metrics go to the MLflow run active in the calling thread (Trainer's
 """
 
 import json
-import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +96,7 @@ def checkpoints(out: Path) -> tuple[str, ...]:
 def _finish(trainer, processor, out: Path) -> None:
     """Save the final model (merged view not needed: LoRA saves the adapter) and processor atomically."""
     tmp = out / f".{FINAL}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
     processor.save_pretrained(str(tmp))
     (tmp / "trainer_state.json").write_text(json.dumps(trainer.state.log_history, indent=1))
@@ -141,7 +142,7 @@ def train_sft(config: StudyConfig, arm: str, arm_config: SFTArmConfig, base: str
     from trl import SFTConfig, SFTTrainer
 
     out.mkdir(parents=True, exist_ok=True)
-    if (out / FINAL / "config.json").is_file() or (out / FINAL / "adapter_config.json").is_file():
+    if (out / FINAL).is_dir():  # written last, by an atomic rename
         return ArmResult(arm, out, checkpoints(out))
     if not examples:
         raise ValueError(f"{arm}: no training examples")
@@ -313,9 +314,6 @@ def sample_correct_rollouts(
             id=[r["id"] for r in chunk for _ in range(g)],
         )
     return out
-
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -102,13 +102,23 @@ def shape_item(rng: random.Random) -> Item:
 
 
 def _scatter(rng: random.Random, n: int, size: float, box=(0, 0, SIDE, SIDE)) -> list[tuple[float, float]]:
-    """n centres inside box whose shapes of this size do not touch."""
+    """n centres inside box whose shapes of this size do not touch: distinct cells of a grid, jittered."""
     x0, y0, x1, y1 = box
-    for _ in range(200):
-        points = [(rng.uniform(x0 + size, x1 - size), rng.uniform(y0 + size, y1 - size)) for _ in range(n)]
-        if all((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 > (1.3 * size) ** 2 for a in points for b in points if a < b):
-            return points
-    raise RuntimeError(f"cannot place {n} shapes of size {size} in {box}")
+    per_row = int((x1 - x0) // (1.35 * size))
+    if per_row * per_row < n:
+        raise ValueError(f"cannot place {n} shapes of size {size} in {box}")
+    cell = (x1 - x0) / per_row
+    slack = (cell - size) / 2
+    points = []
+    for index in rng.sample(range(per_row * per_row), n):
+        r, c = divmod(index, per_row)
+        points.append(
+            (
+                x0 + c * cell + cell / 2 + rng.uniform(-slack, slack) * 0.8,
+                y0 + r * cell + cell / 2 + rng.uniform(-slack, slack) * 0.8,
+            )
+        )
+    return points
 
 
 def count_item(rng: random.Random) -> Item:
