@@ -22,7 +22,7 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tasks.config import REPO_ROOT, StudyConfig  # noqa: E402
-from tasks.puzzles import PuzzleDataset  # noqa: E402
+from tasks.puzzles import PuzzleDataset, format_answer  # noqa: E402
 
 # Read once, before anything here calls mlflow.set_tracking_uri, which writes this variable itself.
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
@@ -129,7 +129,7 @@ def log_puzzle_dataset(dataset: PuzzleDataset) -> None:
     )
     for split in ("train", "test"):
         frame = pd.DataFrame(dataset.records(split)).drop(columns=["prompt_direct", "prompt_think"])
-        frame["answer"] = frame["answer"].map(lambda a: " ".join(map(str, a)))
+        frame["answer"] = frame["answer"].map(format_answer)
         frame["grid"] = frame["grid"].map(lambda g: f"{g[0]}x{g[1]}")
         with warnings.catch_warnings():  # MLflow registers two equal sources for local paths, and says so
             warnings.simplefilter("ignore", UserWarning)

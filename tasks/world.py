@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tasks.puzzles import format_answer  # one list format for every list answer, jigsaw included
+
 # ---------------------------------------------------------------------------------------------------------
 # Drawing
 
@@ -216,7 +218,7 @@ def quadrant_colours_item(rng: random.Random) -> Item:
             "Answer with 4 numbers.",
         ]
     )
-    answer = " ".join(str(code + 1) for code in cells)
+    answer = format_answer([code + 1 for code in cells])
     return Item("quadrant_colours", f"{palette}{cells}{prompt}", prompt, answer, image)
 
 
@@ -237,7 +239,7 @@ def shape_positions_item(rng: random.Random) -> Item:
             f"Give the position of each shape, in the order {names}. Answer with 4 numbers.",
         ]
     )
-    answer = " ".join(str(p + 1) for p in placement)
+    answer = format_answer([p + 1 for p in placement])
     return Item("shape_positions", f"{order}{placement}{colour}{prompt}", prompt, answer, image)
 
 
@@ -257,11 +259,9 @@ def quadrant_counts_item(rng: random.Random) -> Item:
             "Count the shapes at each position, in order. Answer with 4 numbers.",
         ]
     )
-    return Item("quadrant_counts", f"{counts}{colour}{shape}{prompt}{rng.random()}", prompt, format_list(counts), image)
-
-
-def format_list(values: list[int]) -> str:
-    return " ".join(str(v) for v in values)
+    return Item(
+        "quadrant_counts", f"{counts}{colour}{shape}{prompt}{rng.random()}", prompt, format_answer(counts), image
+    )
 
 
 PRIOR_TASKS: dict[str, Callable[[random.Random], Item]] = {
