@@ -6,7 +6,7 @@ Stages land one issue at a time; the study runs every stage that exists, for rea
   1. resolve the base model (shipped checkpoint, or pretrain it)   (tasks/base_model.py)
   2. generate the jigsaw puzzles                                   (tasks/puzzles.py)
   3. build the prior-knowledge benchmarks (held-out sets)          (tasks/world.py)
-  4. train the arms: sft and rft side by side, then rollout_sft    (tasks/training.py)
+  4. train the arms: sft, rft, then rollout_sft on rft's rollouts (tasks/training.py)
 """
 
 import mlflow

@@ -1,4 +1,4 @@
-"""Train the study's arms alone: sft and rft side by side, then rollout_sft on rft's correct rollouts.
+"""Train the study's arms alone: sft, rft, then rollout_sft on rft's correct rollouts.
 
 python -m flows.train --profile micro
 python -m flows.train --profile tiny --set arms.rft.enabled=false
@@ -16,15 +16,19 @@ from tasks.training import ArmResult, NoCorrectRollouts, arm_task, preload
 
 
 def train_arms(config: StudyConfig, run_id: str, base: str, dataset: PuzzleDataset) -> dict[str, ArmResult]:
-    """SFT and RFT concurrently; rollout-SFT after RFT. Returns the enabled arms' results."""
+    """SFT, then RFT, then rollout-SFT on RFT's rollouts. Returns the enabled arms' results.
+
+    One after the other, not side by side: the HF Trainer keeps process-global accelerate state
+    (TrainingArguments resets AcceleratorState when it sets up its device), and two trainers in one process
+    raced on it ("AcceleratorState object has no attribute distributed_type"). Arms run concurrently only as
+    separate processes (separate flow runs)."""
     arms = config.arms
     preload()
-    futures = {}
+    results = {}
     if arms.sft.enabled:
-        futures["sft"] = arm_task(config, "sft", base, dataset).submit(config, "sft", base, dataset, run_id)
+        results["sft"] = arm_task(config, "sft", base, dataset)(config, "sft", base, dataset, run_id)
     if arms.rft.enabled or arms.rollout_sft.enabled:
-        futures["rft"] = arm_task(config, "rft", base, dataset).submit(config, "rft", base, dataset, run_id)
-    results = {arm: future.result() for arm, future in futures.items()}
+        results["rft"] = arm_task(config, "rft", base, dataset)(config, "rft", base, dataset, run_id)
     if arms.rollout_sft.enabled:
         rft = results["rft"]
         task = arm_task(config, "rollout_sft", base, dataset, upstream=rft)

@@ -10,6 +10,7 @@ it, transformers 5 gives image tokens plain 1D positions in training but 3D ones
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -212,9 +213,20 @@ def load_model(config: ModelConfig, name_or_path: str | None = None):
 
     LoRA (finetune: lora) wraps only the language model's projections: the vision tower reuses the names
     gate_proj/up_proj/down_proj, and a plain name list would adapt it too."""
+    path = resolve_model_path(name_or_path or config.name_or_path)
+    with LOADING:  # from_pretrained is not thread-safe: two arms loading at once got meta tensors
+        return _load(config, path)
+
+
+# transformers builds models under a meta-device context; when two Prefect worker threads (the sft and rft
+# arms) load at the same time, one of them was left with meta tensors ("Cannot copy out of meta tensor").
+# Hold LOADING around anything else that calls from_pretrained (GRPOTrainer loads its reference model).
+LOADING = threading.RLock()
+
+
+def _load(config: ModelConfig, path: str):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    path = resolve_model_path(name_or_path or config.name_or_path)
     device = pick_device(config)
     dtype = pick_dtype(config, device)
     processor = AutoProcessor.from_pretrained(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tasks.config import ModelConfig, SFTArmConfig, StudyConfig
-from tasks.models import chat, load_model, pick_device
+from tasks.models import LOADING, chat, load_model, pick_device
 from tasks.puzzles import PuzzleDataset, make_target, score_answer
 
 ARMS = ("sft", "rft", "rollout_sft")
@@ -44,8 +44,7 @@ class ArmResult:
 
 def preload() -> None:
     """Import TRL, datasets and the model classes in the calling thread. transformers and TRL import their
-    members lazily, and two arms importing them at once from Prefect worker threads race ("cannot import
-    name 'SFTConfig' from 'trl'")."""
+    members lazily, and two threads importing them at once race ("cannot import name 'SFTConfig' from 'trl'")."""
     import datasets  # noqa: F401
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration  # noqa: F401
     from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer  # noqa: F401
@@ -148,7 +147,10 @@ def train_sft(config: StudyConfig, arm: str, arm_config: SFTArmConfig, base: str
         raise ValueError(f"{arm}: no training examples")
     model, processor = load_model(config.model, base)
     args = SFTConfig(**sft_args(config, arm_config, out))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=processor)
+    with LOADING:
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=processor
+        )
     trainer.train(resume_from_checkpoint=last_checkpoint(out))
     _finish(trainer, processor, out)
     return ArmResult(arm, out, checkpoints(out))
@@ -235,13 +237,15 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path)
     _truncate_rollouts(rollouts, resume)
     model, processor = load_model(config.model, base)
     style = config.arms.sft.prompt_style
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=[RolloutRecorder(rollouts, style)],
-        args=GRPOConfig(**grpo_args(config, out)),
-        train_dataset=Dataset.from_list(rft_examples(dataset, style)),
-        processing_class=processor,
-    )
+    examples = Dataset.from_list(rft_examples(dataset, style))
+    with LOADING:  # with beta > 0 and full fine-tuning, GRPOTrainer loads a reference model here
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[RolloutRecorder(rollouts, style)],
+            args=GRPOConfig(**grpo_args(config, out)),
+            train_dataset=examples,
+            processing_class=processor,
+        )
     trainer.train(resume_from_checkpoint=resume)
     _finish(trainer, processor, out)
     return ArmResult("rft", out, checkpoints(out), rollouts)
