@@ -11,7 +11,7 @@ checkpoint. Metrics go to the MLflow run active in the calling thread (Trainer's
 import json
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -172,29 +172,20 @@ class RolloutRecorder:
 
     def __call__(self, prompts, completions, answer, id, trainer_state=None, log_metric=None, **_) -> list[float]:
         step = trainer_state.global_step if trainer_state is not None else -1
-        rewards, lines = [], []
-        for text, truth, puzzle_id in zip((c[0]["content"] for c in completions), answer, id, strict=True):
-            parts = score_answer(text, truth, self.style)
-            rewards.append(parts.total)
-            lines.append(
-                json.dumps(
-                    {
-                        "step": step,
-                        "puzzle_id": puzzle_id,
-                        "completion": text,
-                        "reward": parts.total,
-                        "accuracy": parts.accuracy,
-                        "exact": parts.exact,
-                        "format": parts.format,
-                    }
-                )
+        texts = [c[0]["content"] for c in completions]
+        scored = [score_answer(text, truth, self.style) for text, truth in zip(texts, answer, strict=True)]
+        lines = [
+            json.dumps(
+                {"step": step, "puzzle_id": puzzle_id, "completion": text, "reward": parts.total, **asdict(parts)}
             )
+            for text, puzzle_id, parts in zip(texts, id, scored, strict=True)
+        ]
         with self.lock, open(self.path, "a") as f:
             f.write("\n".join(lines) + "\n")
+        rewards = [parts.total for parts in scored]
         if log_metric is not None:
-            n = len(rewards)
-            log_metric("reward_parts/exact_rate", sum(json.loads(x)["exact"] for x in lines) / n)
-            log_metric("reward_parts/valid_rate", sum(json.loads(x)["format"] > 0 for x in lines) / n)
+            log_metric("reward_parts/exact_rate", sum(parts.exact for parts in scored) / len(scored))
+            log_metric("reward_parts/valid_rate", sum(parts.format > 0 for parts in scored) / len(scored))
         return rewards
 
 
