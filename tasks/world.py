@@ -1,5 +1,5 @@
-"""The tiny world: prior-knowledge tasks, and the tokenizer, processor and model configs of the project's
-own tiny Qwen2.5-VL-architecture models.
+"""The tiny world: the prior-knowledge tasks the project's tiny base model learns in pretraining
+(tokenizer, processor and model configs live in tasks/models.py, the training loop in tasks/pretrain.py).
 
 The held-out split of each task is one of the tiny world's "general benchmarks": what a fine-tuned arm may
 forget. None of them is a jigsaw. The list-answer tasks ask about a numbered grid of positions in the same
