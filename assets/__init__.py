@@ -1,8 +1,8 @@
 """Prefect Assets: one key per data product of the study, so the Prefect UI's events show what each
 task materialized and from what. Keys are file:// URIs of where the product lies.
 
-This folder also holds the study's shipped static inputs (the tiny base checkpoint, its processor,
-the lm-eval task YAMLs) as they land.
+This folder also holds the study's shipped static inputs: the tiny base checkpoints (micro-base, tiny-base)
+with their processors, and the lm-eval task YAMLs of the tiny world's benchmarks and the puzzle (lm_eval/).
 """
 
 from pathlib import Path
@@ -41,4 +41,20 @@ def arm_checkpoints(path: Path, arm: str) -> Asset:
     return Asset(
         key=Path(path).resolve().as_uri(),
         properties=AssetProperties(name=f"arm {arm} {Path(path).name}", description=f"Training arm {arm}"),
+    )
+
+
+def evaluation(path: Path, arm: str, step: int) -> Asset:
+    """One model's evaluation: evaluation.json (benchmark rows, dynamics) and samples.jsonl (per item)."""
+    return Asset(
+        key=Path(path).resolve().as_uri(),
+        properties=AssetProperties(name=f"evaluation {arm} step {step}", description=f"lm-eval results of {arm}"),
+    )
+
+
+def report(path: Path) -> Asset:
+    """The study's report folder: summary.json, forgetting/curves/dynamics CSVs, report.md, plots."""
+    return Asset(
+        key=Path(path).resolve().as_uri(),
+        properties=AssetProperties(name=f"report {Path(path).parent.name}", description="Forgetting report"),
     )

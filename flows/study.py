@@ -7,16 +7,20 @@ Stages land one issue at a time; the study runs every stage that exists, for rea
   2. generate the jigsaw puzzles                                   (tasks/puzzles.py)
   3. build the prior-knowledge benchmarks (held-out sets)          (tasks/world.py)
   4. train the arms: sft, rft, then rollout_sft on rft's rollouts (tasks/training.py)
+  5. evaluate the base, every arm and its checkpoints with lm-eval (tasks/evaluation.py)
+  6. forgetting, learning dynamics, plots: the report              (tasks/analysis.py)
 """
 
 import mlflow
 from prefect import flow
 
 from flows.cli import run
+from flows.evaluate import evaluate_and_report
 from flows.puzzles import make_puzzles
 from flows.train import train_arms
 from tasks.base_model import base_model_task, prior_benchmarks_task
 from tasks.config import StudyConfig, check_inputs
+from tasks.evaluation import check_benchmarks
 from tasks.tracking import child_run, study_run, tracking_uri
 
 
@@ -24,6 +28,7 @@ from tasks.tracking import child_run, study_run, tracking_uri
 def study(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI form needs a default
     """Run the forgetting study: base model, puzzles, training arms, evaluation, report."""
     check_inputs(config)
+    check_benchmarks(config.evaluation.benchmarks)
     with study_run(config) as run_id:
         with child_run(run_id, "base", tags={"stage": "base", "arm": "base"}):
             base = base_model_task(config, log=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
@@ -35,6 +40,7 @@ def study(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
         arms = train_arms(config, run_id, base, dataset)
         for arm, result in arms.items():
             print(f"arm {arm}: {result.final}")
+        summary = evaluate_and_report(config, run_id, base, dataset, benchmarks, arms)
     print(f"study {config.study_id} done. MLflow: {tracking_uri(config)} (parent run {run_id})")
     return {
         "study_id": config.study_id,
@@ -43,6 +49,8 @@ def study(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
         "puzzles": str(dataset.path),
         "prior_benchmarks": str(benchmarks),
         "arms": {arm: str(result.final) for arm, result in arms.items()},
+        "report": str(config.output.path / config.study_id / "report"),
+        "summary": summary,
     }
 
 

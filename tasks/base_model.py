@@ -58,7 +58,7 @@ def resolve_base(config: StudyConfig) -> str:
 
 
 def heldout_dir(config: StudyConfig) -> Path:
-    spec = {"tasks": list(PRIOR_TASKS), "n": config.pretrain.eval_items, "seed": config.pretrain.seed}
+    spec = {"tasks": list(PRIOR_TASKS), "n": config.pretrain.eval_items, "seed": config.pretrain.seed, "version": 2}
     return config.output.path / "world" / f"heldout-{stable_hash(spec)[:10]}"
 
 

@@ -208,14 +208,17 @@ def pick_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
-def load_model(config: ModelConfig, name_or_path: str | None = None):
+def load_model(config: ModelConfig, name_or_path: str | None = None, trainable: bool = True):
     """(model, processor) for config; name_or_path overrides config.name_or_path (e.g. a checkpoint).
+    trainable=False (evaluation): no fresh LoRA adapter, a trained adapter loaded frozen, eval mode.
 
     LoRA (finetune: lora) wraps only the language model's projections: the vision tower reuses the names
     gate_proj/up_proj/down_proj, and a plain name list would adapt it too."""
     path = resolve_model_path(name_or_path or config.name_or_path)
     with LOADING:  # from_pretrained is not thread-safe: two arms loading at once got meta tensors
-        return _load(config, path)
+        model, processor = _load(config, path, trainable)
+    model.train(trainable)
+    return model, processor
 
 
 # transformers builds models under a meta-device context; when two Prefect worker threads (the sft and rft
@@ -224,7 +227,7 @@ def load_model(config: ModelConfig, name_or_path: str | None = None):
 LOADING = threading.RLock()
 
 
-def _load(config: ModelConfig, path: str):
+def _load(config: ModelConfig, path: str, trainable: bool):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     device = pick_device(config)
@@ -237,9 +240,9 @@ def _load(config: ModelConfig, path: str):
 
         base = json.loads(adapter.read_text())["base_model_name_or_path"]
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(resolve_model_path(base), dtype=dtype).to(device)
-        return PeftModel.from_pretrained(model, path, is_trainable=config.finetune == "lora"), processor
+        return PeftModel.from_pretrained(model, path, is_trainable=trainable and config.finetune == "lora"), processor
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
-    if config.finetune == "lora":
+    if trainable and config.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(

@@ -285,7 +285,7 @@ def sample_correct_rollouts(
     """Fresh rollouts from an RFT checkpoint on the train split, scored and written like training rollouts."""
     from tasks.evaluation import generate
 
-    model, processor = load_model(config.model, checkpoint)
+    model, processor = load_model(config.model, checkpoint, trainable=False)
     style = config.arms.sft.prompt_style
     recorder = RolloutRecorder(out, style)
     g = samples or config.arms.rft.num_generations
@@ -339,8 +339,11 @@ def run_arm(
 ) -> ArmResult:
     """Train one arm (the plain function behind the Prefect task)."""
     out = arm_dir(config, arm, base, dataset, upstream=str(rft.path) if rft else "")
+    style = config.arms.sft.prompt_style
     if arm == "sft":
-        return train_sft(config, arm, config.arms.sft, base, sft_examples(dataset, config.arms.sft.prompt_style), out)
+        records = dataset.records("train")
+        write_training_data(out, [(r["id"], make_target(r["answer"], style)) for r in records])
+        return train_sft(config, arm, config.arms.sft, base, sft_examples(dataset, style), out)
     if arm == "rft":
         return train_rft(config, base, dataset, out)
     if arm == "rollout_sft":
@@ -350,9 +353,43 @@ def run_arm(
         kept = correct_rollouts(rollouts)
         if not kept:
             raise NoCorrectRollouts(f"rollout_sft: no exact rollouts in {rollouts}; the RFT arm never solved a puzzle")
-        examples = rollout_sft_examples(dataset, kept, config.arms.sft.prompt_style)
-        return train_sft(config, arm, config.arms.rollout_sft, base, examples, out)
+        write_training_data(out, [(r["puzzle_id"], r["completion"].strip()) for r in kept])
+        return train_sft(config, arm, config.arms.rollout_sft, base, rollout_sft_examples(dataset, kept, style), out)
     raise ValueError(f"unknown arm {arm!r}; arms are {ARMS}")
+
+
+TRAINING_DATA = "training_data.jsonl"
+
+
+def write_training_data(out: Path, pairs: list[tuple[str, str]]) -> None:
+    """What an SFT arm trains on, as {puzzle_id, completion} lines (the rft arm's is rollouts.jsonl):
+    the learning-dynamics analysis scores it under the base model."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / TRAINING_DATA).is_file():
+        lines = [json.dumps({"puzzle_id": pid, "completion": text}) for pid, text in pairs]
+        (out / f"{TRAINING_DATA}.tmp").write_text("".join(line + "\n" for line in lines))
+        (out / f"{TRAINING_DATA}.tmp").rename(out / TRAINING_DATA)
+
+
+def training_data(result: ArmResult) -> Path:
+    """The completions an arm was trained on: ground truth (sft), its own rollouts (rft), or the correct
+    rollouts it kept (rollout_sft); one JSON line each with puzzle_id and completion."""
+    return result.rollouts if result.arm == "rft" else result.path / TRAINING_DATA
+
+
+def finished_arms(config: StudyConfig, base: str, dataset: PuzzleDataset) -> dict[str, ArmResult]:
+    """The enabled arms already trained for this config (their final/ exists), without training anything."""
+    found = {}
+    for arm in ARMS:
+        upstream = found.get("rft") if arm == "rollout_sft" else None
+        if arm == "rollout_sft" and upstream is None:
+            upstream_dir = arm_dir(config, "rft", base, dataset)
+            upstream = ArmResult("rft", upstream_dir, checkpoints(upstream_dir), upstream_dir / "rollouts.jsonl")
+        out = arm_dir(config, arm, base, dataset, upstream=str(upstream.path) if upstream else "")
+        if getattr(config.arms, arm).enabled and (out / FINAL).is_dir():
+            rollouts = out / "rollouts.jsonl" if arm == "rft" else None
+            found[arm] = ArmResult(arm, out, checkpoints(out), rollouts)
+    return found
 
 
 def rollout_source(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, out: Path) -> Path:
@@ -377,7 +414,7 @@ def final_puzzle_scores(config: StudyConfig, result: ArmResult, dataset: PuzzleD
 
     path = result.final / "puzzle_scores.json"
     if not path.is_file():
-        model, processor = load_model(config.model, str(result.final))
+        model, processor = load_model(config.model, str(result.final), trainable=False)
         scores = puzzle_scores(model, processor, dataset, config.arms.sft.prompt_style, config.evaluation.limit)
         path.write_text(json.dumps(scores, indent=1))
     return json.loads(path.read_text())

@@ -277,6 +277,42 @@ PRIOR_TASKS: dict[str, Callable[[random.Random], Item]] = {
 }
 HELD_OUT_SHARE = 0.25
 
+# The answer format of each task, for the format check of evaluation: an answer outside its task's format
+# (a list of numbers to a colour question) is format collapse, not ignorance.
+ANSWER_FORMATS: dict[str, str] = {
+    "colour": "one_of:" + ",".join(COLOURS),
+    "shape": "one_of:" + ",".join(SHAPES),
+    "count": "number",
+    "digit": "number",
+    "spatial": "one_of:left,right,above,below",
+    "arithmetic": "number",
+    "quadrant_colours": "numbers:4",
+    "shape_positions": "numbers:4",
+    "quadrant_counts": "numbers:4",
+}
+
+
+def _words(text: str) -> list[str]:
+    return text.replace(",", " ").split()
+
+
+def grade(text: str, answer: str, fmt: str) -> tuple[bool, bool]:
+    """(correct, in_format) of a model's answer under fmt: `one_of:a,b,...` (one of these words), `number`
+    (one integer) or `numbers:K` (K integers separated by spaces or commas). Case and a final full stop are
+    ignored; never raises."""
+    text = str(text).strip().lower().removesuffix(".").strip()
+    kind, _, arg = fmt.partition(":")
+    if kind == "one_of":
+        return text == answer.lower(), text in arg.split(",")
+    if kind == "number":
+        ok = text.removeprefix("-").isdigit()
+        return ok and int(text) == int(answer), ok
+    if kind == "numbers":
+        words = _words(text)
+        ok = len(words) == int(arg) and all(w.isdigit() for w in words)
+        return ok and [int(w) for w in words] == [int(w) for w in _words(answer)], ok
+    raise ValueError(f"unknown answer format {fmt!r}")
+
 
 def split_of(key: str) -> str:
     bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") / 2**32
@@ -314,7 +350,7 @@ def make_split(task: str, split: str, n: int, seed: int = 0) -> list[Item]:
 
 
 def write_split(items: list[Item], out: Path) -> Path:
-    """items as <out>/<task>.jsonl (id, prompt, answer, image path relative to out) plus PNGs."""
+    """items as <out>/<task>.jsonl (id, prompt, answer, answer format, image path relative to out) plus PNGs."""
     out.mkdir(parents=True, exist_ok=True)
     task = items[0].task
     with open(out / f"{task}.jsonl", "w") as f:
@@ -325,7 +361,15 @@ def write_split(items: list[Item], out: Path) -> Path:
                 (out / "images").mkdir(exist_ok=True)
                 item.image.save(out / image)
             f.write(
-                json.dumps({"id": f"{task}-{i:05d}", "prompt": item.prompt, "answer": item.answer, "image": image})
+                json.dumps(
+                    {
+                        "id": f"{task}-{i:05d}",
+                        "prompt": item.prompt,
+                        "answer": item.answer,
+                        "format": ANSWER_FORMATS[task],
+                        "image": image,
+                    }
+                )
                 + "\n"
             )
     return out / f"{task}.jsonl"

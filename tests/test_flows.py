@@ -1,8 +1,10 @@
 """The flows for real: Prefect (test harness), MLflow (sqlite under tmp), files on disk."""
 
+import json
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -46,7 +48,17 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     assert run.data.tags["config_hash"] == micro.config_hash()
     _, runs = _runs(micro)
     names = {r.info.run_name for r in runs}
-    assert names == {micro.study_id, "puzzles", "base", "sft", "rft", "rollout_sft"}
+    assert names == {
+        micro.study_id,
+        "puzzles",
+        "base",
+        "sft",
+        "rft",
+        "rollout_sft",
+        "eval-base",
+        "eval-sft",
+        "eval-rft",
+    }
     assert set(result["arms"]) == {"sft", "rft"}  # the micro base never solves a puzzle: no rollout-SFT data
     sft = next(r for r in runs if r.info.run_name == "sft")
     assert sft.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"] and "train_loss" in sft.data.metrics
@@ -57,6 +69,20 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     for task in world.PRIOR_TASKS:
         lines = (Path(result["prior_benchmarks"]) / f"{task}.jsonl").read_text().splitlines()
         assert len(lines) == micro.pretrain.eval_items
+    # Every arm evaluated through lm-eval at each checkpoint; the report holds base and arms, on the parent run too.
+    report = Path(result["report"])
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["study_id"] == micro.study_id and set(summary["arms"]) == {"base", "sft", "rft"}
+    for values in summary["arms"].values():
+        assert 0.0 <= values["puzzle_exact"] <= 1.0 and 0.0 <= values["prior_mean"] <= 1.0
+    assert {p.name for p in report.glob("*.png")} == {"tradeoff.png", "forgetting.png", "dynamics.png"}
+    curves = pd.read_csv(report / "curves.csv")
+    assert sorted(curves[curves.arm == "sft"].step) == [0, 2, 4]  # evaluation.every 2, 4 steps
+    eval_sft = next(r for r in runs if r.info.run_name == "eval-sft")
+    assert eval_sft.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"]
+    history = MlflowClient(tracking_uri(micro)).get_metric_history(eval_sft.info.run_id, "prior_mean")
+    assert [m.step for m in history] == [2, 4]
+    assert run.data.metrics.keys() >= {"sft.puzzle_exact", "rft.mean_forgetting", "base.prior_mean"}
     # An unchanged rerun reuses the dataset and the trained arms on disk.
     again = study(micro)
     assert again["puzzles"] == result["puzzles"] and again["arms"] == result["arms"]

@@ -1,0 +1,109 @@
+"""Evaluate the base model and every trained arm (final model and checkpoints) through lm-eval, then
+compute forgetting and learning dynamics and write the report. Runs alone after flows.train, or as the
+study's last stages.
+
+    python -m flows.evaluate --profile tiny       # arms not trained yet for this config are left out
+"""
+
+import mlflow
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.cli import run
+from flows.puzzles import make_puzzles
+from tasks.analysis import forgetting_pivot, read_evaluation, report_task, summary_frame, without_nan
+from tasks.base_model import base_model_task, prior_benchmarks_task
+from tasks.config import StudyConfig, check_inputs
+from tasks.evaluation import BenchmarkData, check_benchmarks, data_nll, eval_targets, evaluation_task
+from tasks.puzzles import PuzzleDataset
+from tasks.tracking import child_run, study_run, tracking_uri
+from tasks.training import ArmResult, finished_arms, training_data
+
+
+def eval_metrics(record: dict) -> dict[str, float]:
+    """One evaluation as flat MLflow metrics: per benchmark its score and format-ok rate, plus dynamics."""
+    metrics = {}
+    for row in record["benchmarks"]:
+        name = row["benchmark"]
+        metrics[f"{name}.{row['metric']}"] = row["value"]
+        if row["format_failures"] is not None:
+            metrics[f"{name}.format_ok"] = 1 - row["format_failures"] / row["n"]
+    prior = [r["value"] for r in record["benchmarks"] if r["benchmark"] != record["puzzle_benchmark"]]
+    puzzle = [r["value"] for r in record["benchmarks"] if r["benchmark"] == record["puzzle_benchmark"]]
+    metrics["puzzle_exact"] = puzzle[0] if puzzle else float("nan")
+    metrics["prior_mean"] = sum(prior) / len(prior) if prior else float("nan")
+    for key, value in (record.get("param_distance") or {}).items():
+        metrics[f"param_distance.{key}"] = value
+    for name, value in record["answer_logprob"].items():
+        metrics[f"{name}.answer_logprob"] = value
+    return metrics
+
+
+def evaluate_and_report(
+    config: StudyConfig, run_id: str, base: str, dataset: PuzzleDataset, heldout, arms: dict[str, ArmResult]
+) -> dict:
+    """Evaluate every target (child run per arm, metrics at each checkpoint's step), score each arm's
+    training data under the base, write <output>/<study-id>/report/, log it, print the forgetting table."""
+    data = BenchmarkData(str(heldout), str(dataset.path), config.arms.sft.prompt_style)
+    targets = eval_targets(config, base, arms)
+    folders = []
+    for arm in ["base", *arms]:
+        with child_run(run_id, f"eval-{arm}", tags={"stage": "evaluate", "arm": arm}):
+            for target in [t for t in targets if t.arm == arm]:
+                folder = evaluation_task(config, target, data, base)
+                record, _ = read_evaluation(folder)
+                metrics = eval_metrics(record)
+                mlflow.log_metrics(metrics, step=target.step)
+                folders.append(folder)
+                print(
+                    f"evaluated {arm} step {target.step}: puzzle {metrics['puzzle_exact']:.3f}, "
+                    f"prior mean {metrics['prior_mean']:.3f} ({record['seconds']} s)"
+                )
+            mlflow.log_artifacts(str(folder), "final_evaluation")
+    nll = {arm: data_nll(config, base, arm, training_data(result), dataset) for arm, result in arms.items()}
+    out = config.output.path / config.study_id / "report"
+    final_steps = {arm: getattr(config.arms, arm).steps for arm in arms}
+    summary = report_task(out, config.study_id, folders, nll, final_steps)
+    mlflow.log_metrics(
+        {f"{arm}.{k}": v for arm, values in summary["arms"].items() for k, v in values.items() if k != "step"},
+        run_id=run_id,
+    )
+    mlflow.log_dict(without_nan(summary), "report/summary.json", run_id=run_id)
+    mlflow.log_artifacts(str(out), "report", run_id=run_id)
+    table = summary_frame(summary)
+    create_table_artifact(
+        without_nan(table.round(4).to_dict("records")), key="study-summary", description=config.study_id
+    )
+    create_markdown_artifact((out / "report.md").read_text(), key="study-report", description=str(out))
+    print(f"\nstudy {config.study_id}: {out}\n{table.round(3).to_string(index=False)}")
+    print("\nforgetting (score - base; negative = forgotten):")
+    print(forgetting_pivot_text(out))
+    print(summary["dynamics"]["statement"])
+    return summary
+
+
+def forgetting_pivot_text(report_dir) -> str:
+    import pandas as pd
+
+    return forgetting_pivot(pd.read_csv(report_dir / "forgetting.csv")).round(3).to_string(index=False)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI form needs a default
+    """Evaluate the base model and the trained arms on every benchmark; write the forgetting report."""
+    check_inputs(config)
+    check_benchmarks(config.evaluation.benchmarks)
+    with study_run(config, run_name=f"{config.study_id} evaluate") as run_id:
+        with child_run(run_id, "base", tags={"stage": "base", "arm": "base"}):
+            base = base_model_task(config)
+        dataset = make_puzzles(config, run_id)
+        heldout = prior_benchmarks_task(config)
+        arms = finished_arms(config, base, dataset)
+        print(f"trained arms found: {', '.join(arms) or 'none (evaluating the base only)'}")
+        summary = evaluate_and_report(config, run_id, base, dataset, heldout, arms)
+    print(f"MLflow: {tracking_uri(config)} (run {run_id})")
+    return summary
+
+
+if __name__ == "__main__":
+    run(evaluate_flow)

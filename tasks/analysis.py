@@ -1,0 +1,392 @@
+"""The study's answer from its evaluations: forgetting deltas, learning curves, learning dynamics, plots,
+and the report folder. Plain functions over evaluation records (tasks/evaluation.py writes them); no
+model here, and Prefect only in the wrapper at the bottom.
+
+Sign conventions, used everywhere:
+- forgetting.csv `delta` = arm score - base score (negative: the arm got worse);
+- summary `mean_forgetting` = mean over prior benchmarks of (base - arm), positive meaning forgotten.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+ARM_ORDER = ("base", "sft", "rft", "rollout_sft")
+
+
+def _order(arm: str) -> int:
+    return ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables from evaluation records. A record: {arm, step, benchmarks: [{benchmark, metric, value, stderr, n,
+# format_failures}], puzzle_benchmark, answer_logprob: {benchmark: mean}, param_distance: {l2, relative}}.
+
+
+def read_evaluation(folder: Path) -> tuple[dict, list[dict]]:
+    """An evaluation folder (tasks.evaluation.evaluate_target): its record and per-item samples."""
+    record = json.loads((folder / "evaluation.json").read_text())
+    with open(folder / "samples.jsonl") as f:
+        return record, [json.loads(line) for line in f]
+
+
+def benchmark_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per (arm, step, benchmark) with value, stderr, n, format_failures, answer_logprob, kind."""
+    rows = []
+    for rec in records:
+        for b in rec["benchmarks"]:
+            rows.append(
+                {
+                    "arm": rec["arm"],
+                    "step": rec["step"],
+                    **b,
+                    "answer_logprob": rec.get("answer_logprob", {}).get(b["benchmark"], math.nan),
+                    "kind": "puzzle" if b["benchmark"] == rec["puzzle_benchmark"] else "prior",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def curves(records: list[dict]) -> pd.DataFrame:
+    """Per (arm, step): puzzle_exact, prior_mean, forgetting (base prior_mean - prior_mean), format_collapse
+    (share of prior answers outside their format), parameter distance, and the mean change of held-out
+    answer log-probability against the base. The base appears as step 0 of every arm."""
+    frame = benchmark_frame(records)
+    base = frame[frame.arm == "base"]
+    if base.empty:
+        raise ValueError("curves need the base model's evaluation")
+    base_prior = base[base.kind == "prior"]
+    base_logprob = base_prior.set_index("benchmark")["answer_logprob"]
+    distance = {(r["arm"], r["step"]): r.get("param_distance") or {} for r in records}
+    out = []
+    for (arm, step), group in frame.groupby(["arm", "step"]):
+        prior = group[group.kind == "prior"]
+        puzzle = group[group.kind == "puzzle"]
+        failures = prior.format_failures.dropna()
+        change = (prior.set_index("benchmark")["answer_logprob"] - base_logprob).dropna()
+        out.append(
+            {
+                "arm": arm,
+                "step": int(step),
+                "puzzle_exact": float(puzzle.value.iloc[0]) if len(puzzle) else math.nan,
+                "prior_mean": float(prior.value.mean()),
+                "forgetting": float(base_prior.value.mean() - prior.value.mean()),
+                "format_collapse": float(failures.sum() / prior.n[failures.index].sum()) if len(failures) else math.nan,
+                "param_l2": distance[(arm, step)].get("l2", math.nan),
+                "param_relative": distance[(arm, step)].get("relative", math.nan),
+                "logprob_change": float(change.mean()) if len(change) else math.nan,
+            }
+        )
+    table = pd.DataFrame(out)
+    base_rows, trained = table[table.arm == "base"], table[table.arm != "base"]
+    if not trained.empty:  # the base is where every arm starts
+        table = pd.concat([trained] + [base_rows.assign(arm=a) for a in trained.arm.unique()], ignore_index=True)
+    return _sorted(table)
+
+
+def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    order = table.arm.map(_order)
+    return table.assign(_o=order).sort_values(["_o", "arm", "step"]).drop(columns="_o").reset_index(drop=True)
+
+
+def paired_stderr(base_scores: list[float], arm_scores: list[float]) -> float:
+    """Standard error of the mean per-item difference (arm - base) on the same items."""
+    diffs = [a - b for a, b in zip(arm_scores, base_scores, strict=True)]
+    n = len(diffs)
+    if n < 2:
+        return math.nan
+    mean = sum(diffs) / n
+    return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
+
+
+def forgetting_table(base: dict, finals: list[dict], samples: dict[tuple[str, int], list[dict]]) -> pd.DataFrame:
+    """Per (arm, benchmark) of each arm's final model: base, score, delta = score - base, the paired standard
+    error of delta over the shared items (unpaired sqrt(se_a^2 + se_b^2) when per-item scores are missing),
+    and the arm's format failures."""
+    base_rows = {b["benchmark"]: b for b in base["benchmarks"]}
+    base_items = _item_scores(samples.get((base["arm"], base["step"]), []))
+    rows = []
+    for rec in sorted(finals, key=lambda r: _order(r["arm"])):
+        items = _item_scores(samples.get((rec["arm"], rec["step"]), []))
+        for b in rec["benchmarks"]:
+            name, ref = b["benchmark"], base_rows.get(b["benchmark"])
+            if ref is None:
+                continue
+            shared = sorted(set(items.get(name, {})) & set(base_items.get(name, {})))
+            if len(shared) >= 2:
+                stderr = paired_stderr([base_items[name][i] for i in shared], [items[name][i] for i in shared])
+            else:
+                stderr = math.sqrt(b["stderr"] ** 2 + ref["stderr"] ** 2)
+            rows.append(
+                {
+                    "arm": rec["arm"],
+                    "benchmark": name,
+                    "kind": "puzzle" if name == rec["puzzle_benchmark"] else "prior",
+                    "base": ref["value"],
+                    "score": b["value"],
+                    "delta": b["value"] - ref["value"],
+                    "stderr": stderr,
+                    "format_failures": b["format_failures"],
+                    "n": b["n"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _item_scores(samples: list[dict]) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for s in samples:
+        out.setdefault(s["benchmark"], {})[s["doc_id"]] = s["score"]
+    return out
+
+
+def summary(study_id: str, base: dict, finals: list[dict]) -> dict:
+    """For base and each arm's final model: puzzle_exact, prior_mean, mean_forgetting (mean over prior
+    benchmarks of base - score; positive = forgotten), format_collapse (share of prior answers out of format)."""
+    frame = benchmark_frame([base, *finals])
+    base_prior = frame[(frame.arm == "base") & (frame.kind == "prior")].set_index("benchmark").value
+    arms = {}
+    for rec in sorted([base, *finals], key=lambda r: _order(r["arm"])):
+        rows = frame[(frame.arm == rec["arm"]) & (frame.step == rec["step"])]
+        prior = rows[rows.kind == "prior"].set_index("benchmark")
+        puzzle = rows[rows.kind == "puzzle"]
+        failures = prior.format_failures.dropna()
+        arms[rec["arm"]] = {
+            "step": int(rec["step"]),
+            "puzzle_exact": float(puzzle.value.iloc[0]) if len(puzzle) else math.nan,
+            "prior_mean": float(prior.value.mean()),
+            "mean_forgetting": float((base_prior - prior.value).dropna().mean()),
+            "format_collapse": float(failures.sum() / prior.n[failures.index].sum()) if len(failures) else math.nan,
+        }
+    return {"study_id": study_id, "arms": arms}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Learning dynamics
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); nan with fewer than 3 points or a constant side."""
+    pairs = [(a, b) for a, b in zip(x, y, strict=True) if not (math.isnan(a) or math.isnan(b))]
+    if len(pairs) < 3:
+        return math.nan
+    xs, ys = pd.Series([p[0] for p in pairs]).rank(), pd.Series([p[1] for p in pairs]).rank()
+    if xs.std() == 0 or ys.std() == 0:
+        return math.nan
+    return float(xs.corr(ys))
+
+
+def dynamics(curve: pd.DataFrame, data_nll: dict[str, dict]) -> tuple[pd.DataFrame, dict]:
+    """Per (arm, step) after step 0: forgetting beside the base model's per-token NLL (and perplexity) of the
+    arm's training data, the parameter distance and the answer log-probability change; and how well each
+    of data NLL and parameter distance ranks forgetting across arms and checkpoints (Spearman)."""
+    table = curve[curve.step > 0][["arm", "step", "forgetting", "param_l2", "param_relative", "logprob_change"]].copy()
+    table["data_nll"] = table.arm.map(lambda a: data_nll.get(a, {}).get("nll_per_token", math.nan))
+    table["data_ppl"] = table.data_nll.map(lambda v: math.exp(v) if not math.isnan(v) else math.nan)
+    points = len(table)
+    rho_data = spearman(table.data_nll.tolist(), table.forgetting.tolist())
+    rho_params = spearman(table.param_relative.tolist(), table.forgetting.tolist())
+    findings = {
+        "points": points,
+        "spearman_forgetting_vs_data_nll": rho_data,
+        "spearman_forgetting_vs_param_distance": rho_params,
+        "data_nll": {a: v.get("nll_per_token") for a, v in data_nll.items()},
+        "statement": explain(rho_data, rho_params, points),
+    }
+    return table.reset_index(drop=True), findings
+
+
+def explain(rho_data: float, rho_params: float, points: int) -> str:
+    """The dynamics result in one plain sentence, whatever it is."""
+
+    def fmt(r: float) -> str:
+        return "undefined" if math.isnan(r) else f"{r:+.2f}"
+
+    if math.isnan(rho_data) and math.isnan(rho_params):
+        return f"Too few points ({points}) with variation to rank forgetting against either measure."
+    better = "neither"
+    if not math.isnan(rho_data) and (math.isnan(rho_params) or abs(rho_data) > abs(rho_params)):
+        better = "the base model's NLL of the training data"
+    elif not math.isnan(rho_params) and (math.isnan(rho_data) or abs(rho_params) > abs(rho_data)):
+        better = "the parameter distance from the base"
+    return (
+        f"Across {points} arm checkpoints, forgetting has Spearman rho {fmt(rho_data)} with the base model's NLL of "
+        f"each arm's training data and {fmt(rho_params)} with the relative parameter distance from the base; "
+        f"{better} ranks forgetting better here."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots and the report folder
+
+
+def plot_tradeoff(curve: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for arm, group in curve.groupby("arm", sort=False):
+        group = group.sort_values("step")
+        ax.plot(group.puzzle_exact, group.prior_mean, marker="o", label=arm)
+        last = group.iloc[-1]
+        ax.annotate(f"{int(last.step)}", (last.puzzle_exact, last.prior_mean), fontsize=7)
+    first = curve.sort_values("step").iloc[0]
+    ax.scatter([first.puzzle_exact], [first.prior_mean], color="black", zorder=3, label="base")
+    ax.set_xlabel("puzzle exact accuracy (test split)")
+    ax.set_ylabel("prior-knowledge accuracy (mean of held-out benchmarks)")
+    ax.set_title("Learning vs forgetting along training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_forgetting(table: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prior = table[table.kind == "prior"]
+    benchmarks = list(dict.fromkeys(prior.benchmark))
+    arms = list(dict.fromkeys(prior.arm))
+    fig, ax = plt.subplots(figsize=(max(6, len(benchmarks) * 0.9), 4))
+    width = 0.8 / max(len(arms), 1)
+    for i, arm in enumerate(arms):
+        rows = prior[prior.arm == arm].set_index("benchmark").reindex(benchmarks)
+        xs = [j + i * width for j in range(len(benchmarks))]
+        ax.bar(xs, rows.delta, width, yerr=rows.stderr, label=arm, capsize=2)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks([j + width * (len(arms) - 1) / 2 for j in range(len(benchmarks))])
+    ax.set_xticklabels([b.removeprefix("tiny_world_") for b in benchmarks], rotation=30, ha="right")
+    ax.set_ylabel("score - base (below 0: forgotten)")
+    ax.set_title("Forgetting per benchmark (final models, +-1 s.e.)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_dynamics(table: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    for arm, group in table.groupby("arm", sort=False):
+        axes[0].scatter(group.data_nll, group.forgetting, label=arm)
+        axes[1].scatter(group.param_relative, group.forgetting, label=arm)
+    axes[0].set_xlabel("base-model NLL per token of the arm's training data")
+    axes[1].set_xlabel("relative parameter distance from base")
+    axes[0].set_ylabel("forgetting (base - prior mean)")
+    for ax in axes:
+        ax.axhline(0, color="black", linewidth=0.6)
+    axes[1].legend()
+    fig.suptitle("What tracks forgetting (every checkpoint)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.{digits}f}"
+        return "" if v is None else str(v)
+
+    head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    return head + "".join("| " + " | ".join(cell(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
+
+
+def summary_frame(summary_: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"arm": arm, **values} for arm, values in summary_["arms"].items()])
+
+
+def forgetting_pivot(table: pd.DataFrame) -> pd.DataFrame:
+    """arm x benchmark deltas (the table the CLI prints)."""
+    pivot = table.pivot(index="benchmark", columns="arm", values="delta")
+    pivot = pivot[[a for a in sorted(pivot.columns, key=_order)]]
+    pivot.index = [b.removeprefix("tiny_world_") for b in pivot.index]
+    return pivot.reset_index(names="benchmark")
+
+
+def write_report(
+    out: Path,
+    study_id: str,
+    records: list[dict],
+    samples: dict[tuple[str, int], list[dict]],
+    data_nll: dict[str, dict],
+    final_steps: dict[str, int],
+) -> dict:
+    """Fill out (the study's report/ folder): summary.json, forgetting.csv, curves.csv, dynamics.csv,
+    report.md and the three plots. Returns the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    by_key = {(r["arm"], r["step"]): r for r in records}
+    base = by_key[("base", 0)]
+    finals = [by_key[(arm, step)] for arm, step in final_steps.items() if arm != "base" and (arm, step) in by_key]
+    summary_ = summary(study_id, base, finals)
+    table = forgetting_table(base, finals, samples)
+    curve = curves(records)
+    dyn, findings = dynamics(curve, data_nll)
+    summary_["dynamics"] = findings
+    (out / "summary.json").write_text(json.dumps(without_nan(summary_), indent=1) + "\n")
+    table.to_csv(out / "forgetting.csv", index=False)
+    curve.to_csv(out / "curves.csv", index=False)
+    dyn.to_csv(out / "dynamics.csv", index=False)
+    plot_tradeoff(curve, out / "tradeoff.png")
+    plot_forgetting(table, out / "forgetting.png")
+    plot_dynamics(dyn, out / "dynamics.png")
+    (out / "report.md").write_text(report_markdown(summary_, table, findings))
+    return summary_
+
+
+def report_markdown(summary_: dict, table: pd.DataFrame, findings: dict) -> str:
+    return (
+        f"## Study {summary_['study_id']}\n\n"
+        "Final models. `mean_forgetting` = mean over prior benchmarks of (base - score): positive means forgotten.\n\n"
+        + markdown_table(summary_frame(summary_))
+        + "\n### Forgetting per benchmark (score - base)\n\n"
+        + markdown_table(forgetting_pivot(table))
+        + f"\n### Learning dynamics\n\n{findings['statement']}\n\n"
+        "![trade-off](tradeoff.png) ![forgetting](forgetting.png) ![dynamics](dynamics.png)\n"
+    )
+
+
+def without_nan(obj):
+    """obj with every NaN float as None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: without_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [without_nan(v) for v in obj]
+    return None if isinstance(obj, float) and math.isnan(obj) else obj
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prefect wrapper
+
+
+def report_task(out: Path, study_id: str, evaluations: list[Path], data_nll: dict, final_steps: dict) -> dict:
+    """write_report from evaluation folders, as a Prefect task materializing the report folder with the
+    evaluations as its upstream assets."""
+    from prefect.assets import materialize
+
+    from assets import report
+
+    def build(out: Path, study_id: str, evaluations: list[Path], data_nll: dict, final_steps: dict) -> dict:
+        records, samples = [], {}
+        for folder in evaluations:
+            record, items = read_evaluation(folder)
+            samples[(record["arm"], record["step"])] = items
+            records.append(record)
+        return write_report(out, study_id, records, samples, data_nll, final_steps)
+
+    task = materialize(report(out), name="report", asset_deps=[Path(p).resolve().as_uri() for p in evaluations])
+    return task(build)(out, study_id, evaluations, data_nll, final_steps)

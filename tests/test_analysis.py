@@ -1,0 +1,124 @@
+"""Forgetting, curves and dynamics math on small hand-made evaluation records."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from tasks.analysis import curves, dynamics, forgetting_table, paired_stderr, spearman, summary, write_report
+
+
+def record(arm, step, puzzle, a, b, failures=(0, 0), logprob=(-1.0, -1.0), distance=0.0, n=4):
+    return {
+        "arm": arm,
+        "step": step,
+        "puzzle_benchmark": "jigsaw",
+        "benchmarks": [
+            {"benchmark": "jigsaw", "metric": "exact_match", "value": puzzle, "stderr": 0.1, "n": n,
+             "format_failures": 0},
+            {"benchmark": "a", "metric": "exact_match", "value": a, "stderr": 0.1, "n": n,
+             "format_failures": failures[0]},
+            {"benchmark": "b", "metric": "exact_match", "value": b, "stderr": 0.2, "n": n,
+             "format_failures": failures[1]},
+        ],
+        "answer_logprob": {"a": logprob[0], "b": logprob[1]},
+        "param_distance": {"l2": distance * 10, "relative": distance},
+    }  # fmt: skip
+
+
+def samples(arm, step, a_scores, b_scores):
+    return {
+        (arm, step): [{"benchmark": "a", "doc_id": i, "score": s} for i, s in enumerate(a_scores)]
+        + [{"benchmark": "b", "doc_id": i, "score": s} for i, s in enumerate(b_scores)]
+    }
+
+
+BASE = record("base", 0, 0.0, 1.0, 0.5)
+SFT = record("sft", 10, 1.0, 0.25, 0.5, failures=(2, 1), logprob=(-3.0, -2.0), distance=0.3)
+RFT = record("rft", 10, 0.5, 1.0, 0.5, logprob=(-1.0, -1.5), distance=0.1)
+SAMPLES = samples("base", 0, [1, 1, 1, 1], [1, 1, 0, 0]) | samples("sft", 10, [0, 1, 0, 0], [0, 1, 1, 0])
+
+
+def test_summary_signs_and_format_collapse():
+    s = summary("study-x", BASE, [SFT, RFT])
+    assert list(s["arms"]) == ["base", "sft", "rft"]
+    assert s["arms"]["base"]["mean_forgetting"] == 0.0
+    # (1.0 - 0.25 + 0.5 - 0.5) / 2: positive = forgotten
+    assert s["arms"]["sft"]["mean_forgetting"] == pytest.approx(0.375)
+    assert s["arms"]["sft"]["prior_mean"] == pytest.approx(0.375)
+    assert s["arms"]["sft"]["puzzle_exact"] == 1.0
+    assert s["arms"]["sft"]["format_collapse"] == pytest.approx(3 / 8)
+    assert s["arms"]["rft"]["mean_forgetting"] == 0.0 and s["arms"]["rft"]["format_collapse"] == 0.0
+
+
+def test_paired_stderr():
+    assert paired_stderr([1, 1, 0, 0], [1, 1, 0, 0]) == 0.0
+    # differences -1, 0, 1, 0: mean 0, sample variance 2/3, s.e. sqrt(2/3 / 4)
+    assert paired_stderr([1, 1, 0, 0], [0, 1, 1, 0]) == pytest.approx(math.sqrt(2 / 3 / 4))
+    assert math.isnan(paired_stderr([1], [0]))
+
+
+def test_forgetting_table_deltas_and_stderr():
+    table = forgetting_table(BASE, [SFT, RFT], SAMPLES).set_index(["arm", "benchmark"])
+    assert table.loc[("sft", "a"), "delta"] == pytest.approx(-0.75)
+    assert table.loc[("sft", "a"), "stderr"] == pytest.approx(paired_stderr([1, 1, 1, 1], [0, 1, 0, 0]))
+    assert table.loc[("sft", "b"), "stderr"] == pytest.approx(paired_stderr([1, 1, 0, 0], [0, 1, 1, 0]))
+    # no per-item scores for rft: the unpaired combination of the two standard errors
+    assert table.loc[("rft", "b"), "stderr"] == pytest.approx(math.sqrt(0.2**2 + 0.2**2))
+    assert table.loc[("sft", "jigsaw"), "kind"] == "puzzle" and table.loc[("sft", "jigsaw"), "delta"] == 1.0
+    assert table.loc[("sft", "a"), "format_failures"] == 2
+
+
+def test_curves_start_every_arm_at_the_base():
+    curve = curves([BASE, SFT, RFT])
+    assert list(zip(curve.arm, curve.step, strict=True)) == [("sft", 0), ("sft", 10), ("rft", 0), ("rft", 10)]
+    sft = curve[(curve.arm == "sft") & (curve.step == 10)].iloc[0]
+    assert sft.forgetting == pytest.approx(0.375)
+    assert sft.logprob_change == pytest.approx(((-3.0 + 1.0) + (-2.0 + 1.0)) / 2)
+    assert sft.param_relative == 0.3
+    with pytest.raises(ValueError, match="base"):
+        curves([SFT])
+
+
+def test_spearman():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert math.isnan(spearman([1, 2], [1, 2]))
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_dynamics_says_which_measure_tracks_forgetting():
+    records = [BASE] + [
+        record(arm, step, 1.0, 1.0 - f, 0.5, distance=d)
+        for arm, step, f, d in [
+            ("sft", 5, 0.4, 0.1),
+            ("sft", 10, 0.6, 0.2),
+            ("rft", 5, 0.0, 0.3),
+            ("rft", 10, 0.1, 0.4),
+        ]
+    ]
+    table, findings = dynamics(curves(records), {"sft": {"nll_per_token": 3.0}, "rft": {"nll_per_token": 0.5}})
+    assert len(table) == findings["points"] == 4
+    assert table.data_ppl.tolist() == pytest.approx([math.exp(3.0)] * 2 + [math.exp(0.5)] * 2)
+    # forgetting is high where the data NLL is high, and falls as parameter distance grows here
+    assert findings["spearman_forgetting_vs_data_nll"] > 0.8
+    assert findings["spearman_forgetting_vs_param_distance"] < 0
+    assert "NLL of the training data ranks forgetting better" in findings["statement"]
+
+
+def test_write_report_fills_the_folder(tmp_path):
+    out = tmp_path / "report"
+    s = write_report(out, "study-x", [BASE, SFT, RFT], SAMPLES, {"sft": {"nll_per_token": 2.0}}, {"sft": 10, "rft": 10})
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "summary.json", "forgetting.csv", "curves.csv", "dynamics.csv", "report.md",
+        "tradeoff.png", "forgetting.png", "dynamics.png",
+    }  # fmt: skip
+    saved = json.loads((out / "summary.json").read_text())  # valid JSON: NaN written as null
+    assert saved["study_id"] == "study-x" and set(saved["arms"]) == {"base", "sft", "rft"}
+    assert saved["arms"]["sft"] == pytest.approx(s["arms"]["sft"])
+    forgetting = pd.read_csv(out / "forgetting.csv")
+    assert {"arm", "benchmark", "base", "score", "delta", "stderr", "format_failures"} <= set(forgetting.columns)
+    assert "| sft |" in (out / "report.md").read_text()
