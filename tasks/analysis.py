@@ -132,7 +132,8 @@ def forgetting_table(base: dict, finals: list[dict], samples: dict[tuple[str, in
                     "n": b["n"],
                 }
             )
-    return pd.DataFrame(rows)
+    columns = ["arm", "benchmark", "kind", "base", "score", "delta", "stderr", "format_failures", "n"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _item_scores(samples: list[dict]) -> dict[str, dict[int, float]]:
@@ -239,7 +240,7 @@ def plot_tradeoff(curve: pd.DataFrame, path: Path) -> Path:
     ax.set_xlabel("puzzle exact accuracy (test split)")
     ax.set_ylabel("prior-knowledge accuracy (mean of held-out benchmarks)")
     ax.set_title("Learning vs forgetting along training")
-    ax.legend()
+    _legend(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -266,7 +267,7 @@ def plot_forgetting(table: pd.DataFrame, path: Path) -> Path:
     ax.set_xticklabels([b.removeprefix("tiny_world_") for b in benchmarks], rotation=30, ha="right")
     ax.set_ylabel("score - base (below 0: forgotten)")
     ax.set_title("Forgetting per benchmark (final models, +-1 s.e.)")
-    ax.legend()
+    _legend(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -288,12 +289,17 @@ def plot_dynamics(table: pd.DataFrame, path: Path) -> Path:
     axes[0].set_ylabel("forgetting (base - prior mean)")
     for ax in axes:
         ax.axhline(0, color="black", linewidth=0.6)
-    axes[1].legend()
+    _legend(axes[1])
     fig.suptitle("What tracks forgetting (every checkpoint)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:  # nothing to label when only the base was evaluated
+        ax.legend()
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:

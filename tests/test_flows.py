@@ -102,3 +102,13 @@ def test_study_can_pretrain_its_own_base(prefect_harness, tmp_path):
     stamp = (base / "model.safetensors").stat().st_mtime_ns
     assert study(config)["base_model"] == str(base)  # reused, not pretrained again
     assert (base / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_evaluate_flow_alone_reports_what_is_trained(prefect_harness, micro):
+    from flows.evaluate import evaluate_flow
+
+    summary = evaluate_flow(micro)  # nothing trained yet for this config: the base alone
+    assert set(summary["arms"]) == {"base"} and summary["arms"]["base"]["mean_forgetting"] == 0.0
+    assert "Too few points" in summary["dynamics"]["statement"]
+    report = micro.output.path / micro.study_id / "report"
+    assert (report / "forgetting.csv").is_file() and (report / "tradeoff.png").is_file()
