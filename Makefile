@@ -6,6 +6,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= tiny
 ARGS    ?=
+SERVERS_DIR ?= runs/servers
 
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
@@ -13,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY=true
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: install study test lint format clean
+.PHONY: install study test lint format clean servers servers-stop serve
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,18 @@ install: $(VENV)/.installed
 
 study: install
 	$(PY) -m flows.study --profile $(PROFILE) $(ARGS)
+
+# Prefect (http://127.0.0.1:4200) and MLflow (http://127.0.0.1:5000) servers, data under SERVERS_DIR.
+servers: install
+	$(PY) -m deployments.servers start --dir $(SERVERS_DIR)
+
+servers-stop:
+	$(PY) -m deployments.servers stop --dir $(SERVERS_DIR)
+
+# Serve the study and stage flows as deployments on the servers above (UI triggers, cron from the profile).
+serve: install
+	PREFECT_API_URL=http://127.0.0.1:4200/api MLFLOW_TRACKING_URI=http://127.0.0.1:5000 \
+	$(PY) -m deployments.serve --profile $(PROFILE) $(ARGS)
 
 lint: install
 	$(PY) -m ruff check .

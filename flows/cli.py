@@ -24,13 +24,18 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(flow: Callable[[StudyConfig], object], argv: list[str] | None = None, base_model: bool = True) -> None:
-    """Build the config from the command line, check it (base_model: that the base model can be found),
-    then run flow(config)."""
+def run(
+    flow: Callable[[StudyConfig], object],
+    argv: list[str] | None = None,
+    base_model: bool = True,
+    benchmarks: bool = True,
+) -> None:
+    """Build the config from the command line, check it (base_model: that the base model can be found;
+    benchmarks: that lm-eval knows the benchmarks), then run flow(config)."""
     args = parse_args(argv, (flow.__doc__ or "").strip().splitlines()[0] if flow.__doc__ else None)
     try:
         config = load_config(args.profile, args.overrides, args.output_dir)
-        check_inputs(config, base_model)
+        check_inputs(config, base_model, benchmarks)
     except (ConfigError, PuzzleError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -14,7 +14,7 @@ from flows.puzzles import make_puzzles
 from tasks.analysis import forgetting_pivot, read_evaluation, report_task, summary_frame, without_nan
 from tasks.base_model import base_model_task, prior_benchmarks_task
 from tasks.config import StudyConfig, check_inputs
-from tasks.evaluation import BenchmarkData, check_benchmarks, data_nll, eval_targets, evaluation_task
+from tasks.evaluation import BenchmarkData, data_nll, eval_targets, evaluation_task
 from tasks.puzzles import PuzzleDataset
 from tasks.tracking import child_run, study_run, tracking_uri
 from tasks.training import ArmResult, finished_arms, training_data
@@ -40,10 +40,17 @@ def eval_metrics(record: dict) -> dict[str, float]:
 
 
 def evaluate_and_report(
-    config: StudyConfig, run_id: str, base: str, dataset: PuzzleDataset, heldout, arms: dict[str, ArmResult]
+    config: StudyConfig,
+    run_id: str,
+    base: str,
+    dataset: PuzzleDataset,
+    heldout,
+    arms: dict[str, ArmResult],
+    progress=lambda done, what: None,
 ) -> dict:
     """Evaluate every target (child run per arm, metrics at each checkpoint's step), score each arm's
-    training data under the base, write <output>/<study-id>/report/, log it, print the forgetting table."""
+    training data under the base, write <output>/<study-id>/report/, log it, print the forgetting table.
+    progress(share done, what) after each evaluation."""
     data = BenchmarkData(str(heldout), str(dataset.path), config.arms.sft.prompt_style)
     targets = eval_targets(config, base, arms)
     folders = []
@@ -55,6 +62,7 @@ def evaluate_and_report(
                 metrics = eval_metrics(record)
                 mlflow.log_metrics(metrics, step=target.step)
                 folders.append(folder)
+                progress(len(folders) / (len(targets) + 1), f"evaluated {arm} step {target.step}")
                 print(
                     f"evaluated {arm} step {target.step}: puzzle {metrics['puzzle_exact']:.3f}, "
                     f"prior mean {metrics['prior_mean']:.3f} ({record['seconds']} s)"
@@ -64,6 +72,7 @@ def evaluate_and_report(
     out = config.output.path / config.study_id / "report"
     final_steps = {arm: getattr(config.arms, arm).steps for arm in arms}
     summary = report_task(out, config.study_id, folders, nll, final_steps)
+    progress(1, "report written")
     mlflow.log_metrics(
         {f"{arm}.{k}": v for arm, values in summary["arms"].items() for k, v in values.items() if k != "step"},
         run_id=run_id,
@@ -92,7 +101,6 @@ def forgetting_pivot_text(report_dir) -> str:
 def evaluate_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI form needs a default
     """Evaluate the base model and the trained arms on every benchmark; write the forgetting report."""
     check_inputs(config)
-    check_benchmarks(config.evaluation.benchmarks)
     with study_run(config, run_name=f"{config.study_id} evaluate") as run_id:
         with child_run(run_id, "base", tags={"stage": "base", "arm": "base"}):
             base = base_model_task(config)

@@ -52,4 +52,4 @@ def pretrain_base(config: StudyConfig = StudyConfig(), destination: str | None =
 
 
 if __name__ == "__main__":
-    run(pretrain_base, base_model=False)
+    run(pretrain_base, base_model=False, benchmarks=False)

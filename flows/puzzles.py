@@ -29,7 +29,7 @@ def make_puzzles(config: StudyConfig, parent_run_id: str) -> PuzzleDataset:
 @flow(name="puzzles", log_prints=True)
 def puzzles_flow(config: StudyConfig = StudyConfig()) -> str:  # noqa: B008 - the UI form needs a default
     """Generate the jigsaw puzzle dataset and log it to MLflow."""
-    check_inputs(config, base_model=False)
+    check_inputs(config, base_model=False, benchmarks=False)
     with study_run(config, run_name=f"{config.study_id} puzzles") as run_id:
         dataset = make_puzzles(config, run_id)
     print(f"MLflow: {tracking_uri(config)} (run {run_id})")
@@ -37,4 +37,4 @@ def puzzles_flow(config: StudyConfig = StudyConfig()) -> str:  # noqa: B008 - th
 
 
 if __name__ == "__main__":
-    run(puzzles_flow, base_model=False)
+    run(puzzles_flow, base_model=False, benchmarks=False)

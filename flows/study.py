@@ -13,6 +13,7 @@ Stages land one issue at a time; the study runs every stage that exists, for rea
 
 import mlflow
 from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.cli import run
 from flows.evaluate import evaluate_and_report
@@ -20,27 +21,41 @@ from flows.puzzles import make_puzzles
 from flows.train import train_arms
 from tasks.base_model import base_model_task, prior_benchmarks_task
 from tasks.config import StudyConfig, check_inputs
-from tasks.evaluation import check_benchmarks
 from tasks.tracking import child_run, study_run, tracking_uri
+
+
+class Progress:
+    """The study's progress as one Prefect progress artifact (the flow run's Artifacts tab): call it with
+    the percent done and what was just finished."""
+
+    def __init__(self) -> None:
+        self.artifact = create_progress_artifact(0.0, key="study-progress", description="starting")
+
+    def __call__(self, percent: float, what: str) -> None:
+        update_progress_artifact(self.artifact, min(100.0, percent), description=what)
 
 
 @flow(name="study", log_prints=True)
 def study(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI form needs a default
     """Run the forgetting study: base model, puzzles, training arms, evaluation, report."""
     check_inputs(config)
-    check_benchmarks(config.evaluation.benchmarks)
+    progress = Progress()
     with study_run(config) as run_id:
         with child_run(run_id, "base", tags={"stage": "base", "arm": "base"}):
             base = base_model_task(config, log=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
             mlflow.log_param("base_model", base)
         print(f"base model: {base}")
+        progress(5, "base model")
         dataset = make_puzzles(config, run_id)
         benchmarks = prior_benchmarks_task(config)
         print(f"prior-knowledge benchmarks: {benchmarks}")
-        arms = train_arms(config, run_id, base, dataset)
+        progress(10, "puzzles and prior-knowledge benchmarks")
+        arms = train_arms(config, run_id, base, dataset, progress=lambda done, what: progress(10 + 50 * done, what))
         for arm, result in arms.items():
             print(f"arm {arm}: {result.final}")
-        summary = evaluate_and_report(config, run_id, base, dataset, benchmarks, arms)
+        summary = evaluate_and_report(
+            config, run_id, base, dataset, benchmarks, arms, progress=lambda done, what: progress(60 + 40 * done, what)
+        )
     print(f"study {config.study_id} done. MLflow: {tracking_uri(config)} (parent run {run_id})")
     return {
         "study_id": config.study_id,

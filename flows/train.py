@@ -15,8 +15,11 @@ from tasks.tracking import child_run, study_run, tracking_uri
 from tasks.training import ArmResult, NoCorrectRollouts, arm_task, preload
 
 
-def train_arms(config: StudyConfig, run_id: str, base: str, dataset: PuzzleDataset) -> dict[str, ArmResult]:
-    """SFT, then RFT, then rollout-SFT on RFT's rollouts. Returns the enabled arms' results.
+def train_arms(
+    config: StudyConfig, run_id: str, base: str, dataset: PuzzleDataset, progress=lambda done, what: None
+) -> dict[str, ArmResult]:
+    """SFT, then RFT, then rollout-SFT on RFT's rollouts. Returns the enabled arms' results; progress(share
+    done, what) after each arm.
 
     One after the other, not side by side: the HF Trainer keeps process-global accelerate state
     (TrainingArguments resets AcceleratorState when it sets up its device), and two trainers in one process
@@ -27,8 +30,10 @@ def train_arms(config: StudyConfig, run_id: str, base: str, dataset: PuzzleDatas
     results = {}
     if arms.sft.enabled:
         results["sft"] = arm_task(config, "sft", base, dataset)(config, "sft", base, dataset, run_id)
+        progress(1 / 3, "sft arm trained")
     if arms.rft.enabled or arms.rollout_sft.enabled:
         results["rft"] = arm_task(config, "rft", base, dataset)(config, "rft", base, dataset, run_id)
+        progress(2 / 3, "rft arm trained")
     if arms.rollout_sft.enabled:
         rft = results["rft"]
         task = arm_task(config, "rollout_sft", base, dataset, upstream=rft)
@@ -36,6 +41,7 @@ def train_arms(config: StudyConfig, run_id: str, base: str, dataset: PuzzleDatas
             results["rollout_sft"] = task(config, "rollout_sft", base, dataset, run_id, rft)
         except NoCorrectRollouts as err:  # a finding about the base and RFT, not a crash: say so and go on
             print(f"rollout_sft skipped: {err}")
+        progress(1, "rollout_sft arm trained")
     if not arms.rft.enabled:
         results.pop("rft", None)
     return results
@@ -44,7 +50,7 @@ def train_arms(config: StudyConfig, run_id: str, base: str, dataset: PuzzleDatas
 @flow(name="train", log_prints=True)
 def train_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI form needs a default
     """Train the SFT, RFT and rollout-SFT arms on the puzzle train split."""
-    check_inputs(config)
+    check_inputs(config, benchmarks=False)
     with study_run(config, run_name=f"{config.study_id} train") as run_id:
         with child_run(run_id, "base", tags={"stage": "base", "arm": "base"}):
             base = base_model_task(config)
@@ -57,4 +63,4 @@ def train_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the
 
 
 if __name__ == "__main__":
-    run(train_flow)
+    run(train_flow, benchmarks=False)

@@ -223,12 +223,24 @@ def explain(rho_data: float, rho_params: float, points: int) -> str:
 # Plots and the report folder
 
 
-def plot_tradeoff(curve: pd.DataFrame, path: Path) -> Path:
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_tradeoff(curve: pd.DataFrame, path: Path) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for arm, group in curve.groupby("arm", sort=False):
         group = group.sort_values("step")
@@ -241,18 +253,11 @@ def plot_tradeoff(curve: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("prior-knowledge accuracy (mean of held-out benchmarks)")
     ax.set_title("Learning vs forgetting along training")
     _legend(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_forgetting(table: pd.DataFrame, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     prior = table[table.kind == "prior"]
     benchmarks = list(dict.fromkeys(prior.benchmark))
     arms = list(dict.fromkeys(prior.arm))
@@ -268,18 +273,11 @@ def plot_forgetting(table: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("score - base (below 0: forgotten)")
     ax.set_title("Forgetting per benchmark (final models, +-1 s.e.)")
     _legend(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_dynamics(table: pd.DataFrame, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
     for arm, group in table.groupby("arm", sort=False):
         axes[0].scatter(group.data_nll, group.forgetting, label=arm)
@@ -291,10 +289,7 @@ def plot_dynamics(table: pd.DataFrame, path: Path) -> Path:
         ax.axhline(0, color="black", linewidth=0.6)
     _legend(axes[1])
     fig.suptitle("What tracks forgetting (every checkpoint)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _legend(ax) -> None:

@@ -11,6 +11,7 @@ import torch
 from tasks.config import StudyConfig, stable_hash
 from tasks.models import resolve_model_path
 from tasks.pretrain import jigsaw_probe, pretrain, save_base
+from tasks.storage import write_once
 from tasks.world import PRIOR_TASKS, make_split, write_split
 
 
@@ -65,17 +66,17 @@ def heldout_dir(config: StudyConfig) -> Path:
 def write_heldout_sets(config: StudyConfig) -> Path:
     """The tiny world's general benchmarks: one JSONL (+ PNGs) per prior-knowledge task's held-out split."""
     out = heldout_dir(config)
-    if (out / "done").is_file():
+    if out.is_dir():
         return out
-    for task in PRIOR_TASKS:
-        write_split(make_split(task, "test", config.pretrain.eval_items, config.pretrain.seed), out)
-    (out / "done").write_text("\n".join(PRIOR_TASKS) + "\n")
+    with write_once(out) as tmp:
+        for task in PRIOR_TASKS:
+            write_split(make_split(task, "test", config.pretrain.eval_items, config.pretrain.seed), tmp)
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Prefect wrappers. Both products are content-addressed folders that finish with a marker file
-# (model_card.json, done): a rerun finds them and returns at once.
+# Prefect wrappers. Both products are content-addressed folders (the base finishes with model_card.json,
+# the held-out sets appear whole): a rerun finds them and returns at once.
 
 
 def base_model_task(config: StudyConfig, log=lambda metrics, step: None) -> str:

@@ -201,6 +201,15 @@ class TrackingConfig(_Section):
     experiment: str = Field("forgetting-study", min_length=1, description="MLflow experiment name.")
 
 
+class ScheduleConfig(_Section):
+    cron: str | None = Field(
+        None,
+        pattern=r"^(\S+\s+){4}\S+$",
+        description="Served deployments rerun the study on this cron schedule, e.g. '0 3 * * 1' (empty: none).",
+    )
+    timezone: str = Field("UTC", min_length=1, description="Time zone of the cron schedule.")
+
+
 class OutputConfig(_Section):
     dir: str | None = Field(None, description="Where runs are written. Empty: runs/ in the repository.")
 
@@ -221,6 +230,7 @@ class StudyConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Benchmarks.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output location.")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Reruns of served deployments.")
 
     @model_validator(mode="after")
     def _check_pretrain(self) -> "StudyConfig":
@@ -234,8 +244,8 @@ class StudyConfig(_Section):
         return v.strip()
 
     def config_hash(self) -> str:
-        """Hash of everything that changes results (not where they are written or tracked)."""
-        return stable_hash(self.model_dump(mode="json", exclude={"output", "tracking"}))
+        """Hash of everything that changes results (not where they are written or tracked, nor when rerun)."""
+        return stable_hash(self.model_dump(mode="json", exclude={"output", "tracking", "schedule"}))
 
     @property
     def study_id(self) -> str:
@@ -317,9 +327,10 @@ def load_config(
     return build_config(data)
 
 
-def check_inputs(config: StudyConfig, base_model: bool = True) -> None:
-    """Checks that need the file system; run before any expensive work. base_model=False skips the
-    check that the base model can be found (for the flow that builds it)."""
+def check_inputs(config: StudyConfig, base_model: bool = True, benchmarks: bool = True) -> None:
+    """Checks that need the file system or the network; run before any expensive work. base_model=False
+    skips the check that the base model can be found (for the flow that builds it), benchmarks=False the
+    check that lm-eval knows every benchmark name (for flows that evaluate nothing)."""
     p = config.puzzles
     if p.source == "folder":
         folder = Path(p.folder).expanduser()
@@ -332,6 +343,13 @@ def check_inputs(config: StudyConfig, base_model: bool = True) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError("arms.rft.use_vllm: vLLM rollouts need a GPU, and none is available")
+    from tasks.tracking import check_tracking
+
+    check_tracking(config)
+    if benchmarks:
+        from tasks.evaluation import check_benchmarks  # raises EvaluationError, a ConfigError
+
+        check_benchmarks(config.evaluation.benchmarks)
     if base_model and not config.model.pretrain:
         from tasks.models import resolve_model_path  # raises ModelLoadError, a ConfigError
 

@@ -26,8 +26,10 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from PIL import Image
 
+from tasks.config import ConfigError
 from tasks.models import batch, chat
 from tasks.puzzles import PuzzleDataset, format_answer, parse_answer, score_answer
+from tasks.storage import write_once
 from tasks.world import grade
 
 LM_EVAL_TASKS = Path(__file__).resolve().parent.parent / "assets" / "lm_eval"
@@ -35,7 +37,7 @@ TINY_WORLD = "tiny_world"
 PUZZLE_BENCHMARKS = {"direct": "jigsaw", "think": "jigsaw_think"}  # the puzzle test split, by prompt style
 
 
-class EvaluationError(ValueError):
+class EvaluationError(ConfigError):
     """A benchmark cannot run: unknown name, missing data."""
 
 
@@ -500,11 +502,9 @@ def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) 
         model, processor, ev.benchmarks, data, ev.limit, ev.batch_size, base_state(config, base)
     )
     record = {"arm": target.arm, "step": target.step, "model": target.path, **record}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-    (tmp / "evaluation.json").write_text(json.dumps(record, indent=1) + "\n")
-    tmp.rename(out)
+    with write_once(out) as tmp:
+        (tmp / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+        (tmp / "evaluation.json").write_text(json.dumps(record, indent=1) + "\n")
     return out
 
 

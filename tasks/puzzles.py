@@ -12,7 +12,6 @@ import json
 import os
 import random
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tasks.config import PuzzleConfig, stable_hash
+from tasks.storage import write_once
 
 # Bump when a change to this file changes the bytes of a generated dataset.
 GENERATOR_VERSION = 1
@@ -465,10 +465,8 @@ def generate_puzzles(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
     final = Path(output_dir).resolve() / "puzzles" / digest
     if (final / "manifest.json").is_file():
         return PuzzleDataset(final, digest)
-    tmp = final.with_name(f".{digest}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    try:
+    with write_once(final) as tmp:
+        (tmp / "images").mkdir()
         seen: dict[str, str] = {}
         counts = {}
         for split, count in (("train", config.n_train), ("test", config.n_test)):
@@ -487,13 +485,6 @@ def generate_puzzles(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
             "content_sha256": _content_hash(tmp),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if final.exists():  # another process finished first; theirs is identical
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return PuzzleDataset(final, digest)
 
 

@@ -10,7 +10,10 @@ The tracking URI is process-wide in MLflow: one study per process (run studies s
 """
 
 import os
+import socket
 import subprocess
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +24,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tasks.config import REPO_ROOT, StudyConfig  # noqa: E402
+from tasks.config import REPO_ROOT, ConfigError, StudyConfig  # noqa: E402
 from tasks.puzzles import PuzzleDataset, format_answer  # noqa: E402
 
 # Read once, before anything here calls mlflow.set_tracking_uri, which writes this variable itself.
@@ -34,6 +37,20 @@ def tracking_uri(config: StudyConfig) -> str:
     if USER_TRACKING_URI:
         return USER_TRACKING_URI
     return f"sqlite:///{config.output.path / 'mlflow.db'}"
+
+
+def check_tracking(config: StudyConfig, timeout: float = 5.0) -> None:
+    """An http(s) tracking URI must answer MLflow's /health within seconds (MLflow's client would retry for
+    minutes, after the expensive work): ConfigError otherwise. Local stores need nothing."""
+    uri = tracking_uri(config)
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise ConfigError(f"tracking.tracking_uri: no MLflow server answers at {uri} ({reason})") from None
 
 
 def configure(config: StudyConfig) -> str:
@@ -77,11 +94,47 @@ def study_tags(config: StudyConfig) -> dict[str, str]:
     }
 
 
+def process_tags() -> dict[str, str]:
+    """Which process owns a run, so a later process can tell a killed run from a live one."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_orphaned_runs(experiment_id: str) -> list[str]:
+    """Runs left RUNNING by a process of this host that is gone (killed: no `finally` ran) are marked
+    FAILED, children included, so the MLflow UI does not show them running forever. Returns their ids."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.host = '{host}'", max_results=1000
+    )
+    closed = []
+    for run in runs:
+        pid = run.data.tags.get("pid", "")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            client.set_tag(run.info.run_id, "failure", f"process {pid} on {host} ended without closing this run")
+            client.set_terminated(run.info.run_id, "FAILED")
+            closed.append(run.info.run_id)
+    return closed
+
+
 @contextmanager
 def study_run(config: StudyConfig, run_name: str | None = None) -> Iterator[str]:
-    """The study's parent run, with its config as params and artifact; yields the run id."""
+    """The study's parent run, with its config as params and artifact; yields the run id. Runs an earlier,
+    killed process left RUNNING are marked FAILED first."""
     experiment_id = configure(config)
-    tags = study_tags(config)
+    for run_id in close_orphaned_runs(experiment_id):
+        print(f"MLflow run {run_id} was left running by a killed process: marked FAILED")
+    tags = study_tags(config) | process_tags()
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or config.study_id, tags=tags) as run:
         mlflow.log_params(flat_params(config.model_dump(mode="json")))
         mlflow.log_dict(config.model_dump(mode="json"), "config.json")
@@ -98,7 +151,7 @@ def child_run(parent_run_id: str, name: str, tags: dict[str, str] | None = None)
         run_name=name,
         parent_run_id=parent_run_id,
         nested=True,
-        tags={**inherited, **(tags or {})},
+        tags={**inherited, **process_tags(), **(tags or {})},
     ) as run:
         yield run.info.run_id
 

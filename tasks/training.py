@@ -87,6 +87,20 @@ def last_checkpoint(out: Path) -> str | None:
     return get_last_checkpoint(str(out)) if out.is_dir() else None
 
 
+@torch.no_grad()
+def restore_weights(model, config: StudyConfig, checkpoint: str | None) -> None:
+    """Put a checkpoint's weights into the model a resumed trainer trains. transformers' Trainer loads them
+    with load_state_dict, without the key mapping save_pretrained applied (Qwen2.5-VL is saved as
+    `model.layers.*`, held as `model.language_model.layers.*`): it loads nothing and only warns, and the run
+    goes on from the base weights with the checkpoint's optimizer state. Loading through from_pretrained maps
+    the keys. (LoRA checkpoints hold adapter weights under PEFT's own names, which the Trainer loads right.)
+    Called after the trainer is built, so a reference model (GRPO's KL term) stays the base."""
+    if checkpoint is None or (Path(checkpoint) / "adapter_config.json").is_file():
+        return
+    saved, _ = load_model(config.model, checkpoint, trainable=False)
+    model.load_state_dict(saved.state_dict(), strict=True)
+
+
 def checkpoints(out: Path) -> tuple[str, ...]:
     found = [p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
     return tuple(str(p) for p in sorted(found, key=lambda p: int(p.name.split("-")[-1])))
@@ -151,7 +165,9 @@ def train_sft(config: StudyConfig, arm: str, arm_config: SFTArmConfig, base: str
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=processor
         )
-    trainer.train(resume_from_checkpoint=last_checkpoint(out))
+    resume = last_checkpoint(out)
+    restore_weights(trainer.model, config, resume)
+    trainer.train(resume_from_checkpoint=resume)
     _finish(trainer, processor, out)
     return ArmResult(arm, out, checkpoints(out))
 
@@ -237,6 +253,7 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path)
             train_dataset=examples,
             processing_class=processor,
         )
+    restore_weights(trainer.model, config, resume)
     trainer.train(resume_from_checkpoint=resume)
     _finish(trainer, processor, out)
     return ArmResult("rft", out, checkpoints(out), rollouts)

@@ -1,0 +1,35 @@
+"""Content-addressed folders, written whole or not at all.
+
+Every data product lives in a folder named by the hash of what determines it, so a rerun finds it and
+two studies that need the same product share it. `write_once` fills a private temporary sibling and
+renames it into place at the end: a killed writer leaves no half folder, and when two processes make the
+same product at once, the first rename wins and the other's identical copy is dropped.
+"""
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def write_once(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside final; on success it becomes final (unless final appeared
+    meanwhile, written by another process); on failure it is removed."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp)  # another process finished first; its folder is identical
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,203 @@
+"""The study as people run it: served deployments triggered through the Prefect API, a kill -9 and a
+rerun, two studies at once, the servers, and bad input that must fail before any work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from deployments import servers
+from deployments.serve import PREFECT_YAML, prefect_yaml
+from tasks.config import REPO_ROOT, ConfigError, load_config
+from tasks.tracking import close_orphaned_runs, configure, process_tags, tracking_uri
+
+pytestmark = pytest.mark.slow
+QUICK = ["--set", "arms.rollout_sft.enabled=false"]  # micro's base never solves a puzzle: nothing to learn from
+
+
+def _env() -> dict:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the test harness's server
+    env.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri in this process writes it; flows pick their own
+    return env
+
+
+def _study_command(out: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "flows.study", "--profile", "micro", "--output-dir", str(out), *QUICK, *overrides]
+
+
+def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"process ended (rc {process.returncode}) before {what}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _summary(out: Path, config) -> dict:
+    return json.loads((out / config.study_id / "report" / "summary.json").read_text())
+
+
+def test_prefect_yaml_is_generated_from_the_profiles():
+    assert PREFECT_YAML.read_text() == prefect_yaml([load_config("tiny"), load_config("micro")]), (
+        "deployments/prefect.yaml is stale: run python -m deployments.serve --write-yaml"
+    )
+
+
+def test_unreachable_mlflow_fails_in_seconds(tmp_path):
+    config = load_config("micro", ["tracking.tracking_uri=http://127.0.0.1:9"], output_dir=str(tmp_path))
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.study", "--profile", "micro", "--output-dir", str(tmp_path),
+         "--set", "tracking.tracking_uri=http://127.0.0.1:9"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "no MLflow server answers at http://127.0.0.1:9" in result.stderr
+    assert time.monotonic() - started < 60 and not (tmp_path / "puzzles").exists()
+    with pytest.raises(ConfigError, match="tracking.tracking_uri"):
+        from tasks.tracking import check_tracking
+
+        check_tracking(config)
+
+
+def test_unknown_benchmark_fails_before_training(tmp_path):
+    result = subprocess.run(
+        _study_command(tmp_path, "--set", "evaluation.benchmarks=[tiny_world,no_such_task]"),
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and "no_such_task" in result.stderr
+    assert not (tmp_path / "arms").exists()
+
+
+def test_runs_of_a_killed_process_are_marked_failed(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # configure() sets it; undone after the test
+    config = load_config("micro", output_dir=str(tmp_path))
+    experiment = configure(config)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    client = mlflow.MlflowClient(tracking_uri(config))
+    orphan = client.create_run(experiment, tags={**process_tags(), "pid": dead.stdout.strip()}).info.run_id
+    live = client.create_run(experiment, tags=process_tags()).info.run_id  # this process: alive
+    assert close_orphaned_runs(experiment) == [orphan]
+    assert client.get_run(orphan).info.status == "FAILED" and client.get_run(live).info.status == "RUNNING"
+
+
+def test_kill_9_during_rft_then_rerun_resumes(prefect_harness, tmp_path):
+    """kill -9 while the RFT arm trains; the same command again reuses what finished, continues RFT from its
+    last checkpoint, marks the killed MLflow run FAILED, and writes the report an uninterrupted run writes."""
+    overrides = ["--set", "arms.rft.steps=24", "--set", "arms.checkpoint_every=4", "--set", "evaluation.every=12"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    process = subprocess.Popen(
+        _study_command(killed, *overrides), cwd=REPO_ROOT, env=_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    checkpoint = _wait_for(
+        lambda: next(iter(killed.glob("arms/rft-*/checkpoint-8")), None), 300, "an RFT checkpoint", process
+    )
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    rft = checkpoint.parent
+    assert not (rft / "final").exists()
+    sft_final = next(killed.glob("arms/sft-*/final"))
+    stamps = {p: p.stat().st_mtime_ns for p in (sft_final, rft / "checkpoint-4", rft / "checkpoint-8")}
+    subprocess.run(_study_command(killed, *overrides), cwd=REPO_ROOT, env=_env(), check=True, timeout=600)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing finished was redone
+    assert (rft / "final").is_dir() and (rft / "checkpoint-24").is_dir()
+    steps = [json.loads(line)["step"] for line in (rft / "rollouts.jsonl").read_text().splitlines()]
+    assert sorted(set(steps)) == list(range(24)) and steps == sorted(steps)  # each step's rollouts once
+
+    config = load_config("micro", [o for o in overrides if o != "--set"] + ["arms.rollout_sft.enabled=false"])
+    client = mlflow.MlflowClient(f"sqlite:///{killed}/mlflow.db")
+    experiment = client.get_experiment_by_name(config.tracking.experiment).experiment_id
+    runs = client.search_runs([experiment], filter_string=f"tags.mlflow.runName = '{config.study_id}'")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+
+    subprocess.run(_study_command(clean, *overrides), cwd=REPO_ROOT, env=_env(), check=True, timeout=600)
+    assert _summary(killed, config)["arms"] == _summary(clean, config)["arms"]
+
+
+def test_two_studies_at_once_in_one_output_dir(prefect_harness, tmp_path):
+    """Two seeds side by side, sharing the output dir (and so the puzzles, held-out sets, base evaluation)."""
+    quick = ["--set", "arms.rft.enabled=false"]
+    processes = [
+        subprocess.Popen(
+            _study_command(tmp_path, *quick, "--set", f"seed={seed}"),
+            cwd=REPO_ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for seed in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    configs = [
+        load_config("micro", ["arms.rft.enabled=false", "arms.rollout_sft.enabled=false", f"seed={s}"]) for s in (0, 1)
+    ]
+    summaries = [_summary(tmp_path, c) for c in configs]
+    assert summaries[0]["study_id"] != summaries[1]["study_id"]
+    assert all(set(s["arms"]) == {"base", "sft"} for s in summaries)
+    assert summaries[0]["arms"]["base"] == summaries[1]["arms"]["base"]  # the same base, evaluated once
+    assert len(list(tmp_path.glob("puzzles/*"))) == 1 and len(list(tmp_path.glob("arms/sft-*"))) == 2
+    assert not list(tmp_path.glob("**/.*.tmp-*"))
+
+
+def test_served_study_runs_when_triggered_with_a_changed_parameter(prefect_harness, tmp_path):
+    """What the UI does: the served deployment, triggered through the API with one field changed."""
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115
+    server = subprocess.Popen(
+        [sys.executable, "-m", "deployments.serve", "--profile", "micro", "--output-dir", str(tmp_path)],
+        cwd=REPO_ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+
+        def deployed():
+            with get_client(sync_client=True) as client:
+                try:
+                    return client.read_deployment_by_name("study/micro")
+                except Exception:
+                    return None
+
+        _wait_for(deployed, 120, "the served deployment", server)
+        config = load_config(
+            "micro", ["arms.rft.enabled=false", "arms.rollout_sft.enabled=false", "arms.sft.steps=2"], str(tmp_path)
+        )
+        run = run_deployment("study/micro", parameters={"config": config.model_dump(mode="json")}, timeout=300)
+        assert run.state.is_completed(), (tmp_path / "serve.log").read_text()[-3000:]
+        summary = _summary(tmp_path, config)
+        assert set(summary["arms"]) == {"base", "sft"} and summary["arms"]["sft"]["step"] == 2
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def test_make_servers_starts_and_stops_both(tmp_path):
+    folder = tmp_path / "servers"
+    args = ["--dir", str(folder), "--prefect-port", "14200", "--mlflow-port", "15000"]
+    started = subprocess.run(
+        [sys.executable, "-m", "deployments.servers", "start", *args], cwd=REPO_ROOT, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert servers.healthy("http://127.0.0.1:14200/api/health") and servers.healthy("http://127.0.0.1:15000/health")
+        assert (folder / "mlflow.db").is_file() and (folder / "prefect").is_dir()
+    finally:
+        subprocess.run([sys.executable, "-m", "deployments.servers", "stop", *args], cwd=REPO_ROOT, timeout=120)
+    assert not servers.healthy("http://127.0.0.1:14200/api/health")
+    assert not servers.healthy("http://127.0.0.1:15000/health")
+    assert not list(folder.glob("*.pid"))
