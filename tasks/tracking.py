@@ -56,9 +56,30 @@ def check_tracking(config: StudyConfig, timeout: float = 5.0) -> None:
 def configure(config: StudyConfig) -> str:
     """Point MLflow at the study's store and experiment; returns the experiment id."""
     uri = tracking_uri(config)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    with _creation_lock(uri):
+        return _experiment_id(config, uri)
+
+
+@contextmanager
+def _creation_lock(uri: str) -> Iterator[None]:
+    """Two studies starting at once on a new SQLite store would both create its tables; one at a time."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _experiment_id(config: StudyConfig, uri: str) -> str:
     experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
     if experiment is not None:
         return experiment.experiment_id
