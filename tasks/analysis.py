@@ -389,5 +389,7 @@ def report_task(out: Path, study_id: str, evaluations: list[Path], data_nll: dic
             records.append(record)
         return write_report(out, study_id, records, samples, data_nll, final_steps)
 
-    task = materialize(report(out), name="report", asset_deps=[Path(p).resolve().as_uri() for p in evaluations])
+    task = materialize(
+        report(out), name="report", asset_deps=[Path(p).resolve().as_uri() for p in evaluations], retries=1
+    )
     return task(build)(out, study_id, evaluations, data_nll, final_steps)

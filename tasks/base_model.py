@@ -87,7 +87,7 @@ def base_model_task(config: StudyConfig, log=lambda metrics, step: None) -> str:
 
     target = resolve_base(config)
 
-    @materialize(base_model(target), name="resolve-base-model")
+    @materialize(base_model(target), name="resolve-base-model", retries=1)
     def resolve(config: StudyConfig) -> str:
         if config.model.pretrain and not (Path(target) / "model_card.json").is_file():
             pretrain_base_model(config, Path(target), log)
@@ -101,7 +101,7 @@ def prior_benchmarks_task(config: StudyConfig) -> Path:
 
     from assets import prior_benchmarks
 
-    @materialize(prior_benchmarks(heldout_dir(config)), name="build-prior-benchmarks")
+    @materialize(prior_benchmarks(heldout_dir(config)), name="build-prior-benchmarks", retries=1)
     def build(config: StudyConfig) -> Path:
         return write_heldout_sets(config)
 

@@ -557,5 +557,7 @@ def evaluation_task(config, target: EvalTarget, data: BenchmarkData, base: str) 
         name=f"evaluate-{target.arm}",
         task_run_name=f"evaluate-{target.arm}-{target.step}",
         asset_deps=[Path(target.path).resolve().as_uri()] if Path(target.path).exists() else None,
+        retries=1,
+        retry_delay_seconds=5,
     )(evaluate_target)
     return task(config, target, data, base)

@@ -444,7 +444,27 @@ def arm_task(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, u
     from assets import arm_checkpoints
 
     out = arm_dir(config, arm, base, dataset, upstream=str(upstream.path) if upstream else "")
-    return materialize(arm_checkpoints(out, arm), name=f"train-{arm}", retries=0)(_tracked_arm)
+    # One retry for transient failures: it resumes from the arm's last checkpoint, so it costs little.
+    return materialize(
+        arm_checkpoints(out, arm),
+        name=f"train-{arm}",
+        retries=1,
+        retry_delay_seconds=5,
+        retry_condition_fn=_worth_retrying,
+    )(_tracked_arm)
+
+
+def _worth_retrying(task, task_run, state) -> bool:
+    """Not when the arm failed for a reason a retry cannot change: bad input, or no rollouts to learn from."""
+    from tasks.config import ConfigError
+
+    try:
+        state.result()
+    except (NoCorrectRollouts, ConfigError):
+        return False
+    except Exception:
+        return True
+    return True
 
 
 def _tracked_arm(

@@ -201,3 +201,22 @@ def test_make_servers_starts_and_stops_both(tmp_path):
     assert not servers.healthy("http://127.0.0.1:14200/api/health")
     assert not servers.healthy("http://127.0.0.1:15000/health")
     assert not list(folder.glob("*.pid"))
+
+
+def test_prefect_yaml_deploys_to_a_process_work_pool(prefect_harness):
+    from prefect import get_client
+
+    env = {**_env(), "FORGETTING_STUDY_ROOT": str(REPO_ROOT)}
+    prefect = [str(Path(sys.executable).with_name("prefect")), "--no-prompt"]
+    pool = ["work-pool", "create", "forgetting-process", "--type", "process", "--overwrite"]
+    subprocess.run(prefect + pool, cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=120)
+    result = subprocess.run(
+        prefect + ["deploy", "--all", "--prefect-file", str(PREFECT_YAML)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with get_client(sync_client=True) as client:
+        for name in ("study/tiny", "evaluate/tiny", "train/micro"):
+            deployment = client.read_deployment_by_name(name)
+            assert deployment.work_pool_name == "forgetting-process"
+            assert deployment.parameters["config"]["name"] == name.split("/")[1]
