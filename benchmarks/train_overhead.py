@@ -4,11 +4,15 @@
 
 Both sides train the same model on the same puzzles with the same TRL config for --steps steps, one
 after the other in one process (fixed torch threads); the arm side also pays for what the study adds
-(MLflow logging, checkpoints, rollout recording). Target: ratio <= 1.10.
+(MLflow logging, checkpoints, rollout recording, the final save). Two readings per arm:
+- step time: median time from one step's start to the next's (everything the training loop does per
+  step, logging and checkpointing included), the first 3 steps left out as warm-up. Target: ratio <= 1.10.
+- total: wall time of the whole call, set-up (model load, trainer construction, MLflow run) included.
 """
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -49,10 +53,25 @@ def direct_rft(config, base, dataset, out: Path) -> None:
     ).train()
 
 
-def timed(fn) -> float:
+STEP_STARTS: list[float] = []
+
+
+def _record_step_start(original):
+    def on_step_begin(self, args, state, control):
+        STEP_STARTS.append(time.perf_counter())
+        return original(self, args, state, control)
+
+    return on_step_begin
+
+
+def timed(fn) -> tuple[float, float]:
+    """(total seconds, median seconds per step after 3 warm-up steps) of one training call."""
+    STEP_STARTS.clear()
     start = time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    end = time.perf_counter()
+    steps = [b - a for a, b in zip(STEP_STARTS, STEP_STARTS[1:] + [end], strict=True)][3:]
+    return end - start, statistics.median(steps)
 
 
 def main() -> None:
@@ -63,6 +82,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     preload()
+    from transformers.trainer_callback import CallbackHandler
+
+    CallbackHandler.on_step_begin = _record_step_start(CallbackHandler.on_step_begin)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
@@ -74,7 +96,6 @@ def main() -> None:
         import mlflow
 
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        rows = []
         with mlflow.start_run():
             arm_sft = timed(lambda: train_sft(config, "sft", config.arms.sft, base, examples, tmp / "arm-sft"))
             plain_sft = timed(lambda: direct_sft(config, base, examples, tmp / "direct-sft"))
@@ -82,9 +103,14 @@ def main() -> None:
             plain_rft = timed(lambda: direct_rft(config, base, dataset, tmp / "direct-rft"))
         rows = [("sft", arm_sft, plain_sft), ("rft", arm_rft, plain_rft)]
     print(f"\nprofile {args.profile}, {args.steps} steps, {args.threads} threads")
-    print(f"{'arm':<6}{'project s':>12}{'direct TRL s':>14}{'ratio':>8}")
-    for arm, ours, theirs in rows:
-        print(f"{arm:<6}{ours:>12.2f}{theirs:>14.2f}{ours / theirs:>8.3f}")
+    print(
+        f"{'arm':<6}{'step s: project':>16}{'direct':>8}{'ratio':>7}{'total s: project':>18}{'direct':>8}{'ratio':>7}"
+    )
+    for arm, (ours, our_step), (theirs, their_step) in rows:
+        print(
+            f"{arm:<6}{our_step:>16.3f}{their_step:>8.3f}{our_step / their_step:>7.3f}"
+            f"{ours:>18.2f}{theirs:>8.2f}{ours / theirs:>7.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from PIL import Image
 from tasks.config import ConfigError
 from tasks.models import batch, chat
 from tasks.puzzles import PuzzleDataset, format_answer, parse_answer, score_answer
-from tasks.storage import write_once
+from tasks.storage import write_once, write_text_once
 from tasks.world import grade
 
 LM_EVAL_TASKS = Path(__file__).resolve().parent.parent / "assets" / "lm_eval"
@@ -537,7 +537,7 @@ def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDa
         "nll_per_example": -sum(logp for logp, _, _ in scored) / len(scored),
         "greedy_share": sum(g for _, _, g in scored) / len(scored),  # the base would have answered exactly this
     }
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    write_text_once(path, json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -19,6 +19,7 @@ import torch
 from tasks.config import ModelConfig, SFTArmConfig, StudyConfig
 from tasks.models import LOADING, chat, load_model, pick_device
 from tasks.puzzles import PuzzleDataset, make_target, score_answer
+from tasks.storage import write_text_once
 
 ARMS = ("sft", "rft", "rollout_sft")
 FINAL = "final"
@@ -82,9 +83,17 @@ def common_args(config: StudyConfig, out: Path, steps: int, lr: float, batch_siz
 
 
 def last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(out)) if out.is_dir() else None
+    """The newest complete checkpoint in out, to resume from. A run killed while saving leaves a checkpoint
+    without a readable trainer_state.json (the Trainer writes it last, after weights, optimizer and RNG
+    state): such half-written checkpoints are removed, and training redoes those steps."""
+    for checkpoint in reversed(checkpoints(out)):
+        try:
+            json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+            return checkpoint
+        except (OSError, ValueError, KeyError):
+            print(f"removing {checkpoint}: written only in part (killed while saving)")
+            shutil.rmtree(checkpoint)
+    return None
 
 
 @torch.no_grad()
@@ -264,8 +273,14 @@ def _truncate_rollouts(path: Path, resume: str | None) -> None:
     if not path.exists():
         return
     keep_through = int(resume.rsplit("-", 1)[-1]) if resume else -1
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < keep_through]
-    path.write_text("".join(line + "\n" for line in lines))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] < keep_through:
+                kept.append(line)
+        except (ValueError, KeyError):  # the last line, torn by a kill mid-write
+            continue
+    write_text_once(path, "".join(line + "\n" for line in kept))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -384,8 +399,7 @@ def write_training_data(out: Path, pairs: list[tuple[str, str]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not (out / TRAINING_DATA).is_file():
         lines = [json.dumps({"puzzle_id": pid, "completion": text}) for pid, text in pairs]
-        (out / f"{TRAINING_DATA}.tmp").write_text("".join(line + "\n" for line in lines))
-        (out / f"{TRAINING_DATA}.tmp").rename(out / TRAINING_DATA)
+        write_text_once(out / TRAINING_DATA, "".join(line + "\n" for line in lines))
 
 
 def training_data(result: ArmResult) -> Path:
@@ -433,7 +447,7 @@ def final_puzzle_scores(config: StudyConfig, result: ArmResult, dataset: PuzzleD
     if not path.is_file():
         model, processor = load_model(config.model, str(result.final), trainable=False)
         scores = puzzle_scores(model, processor, dataset, config.arms.sft.prompt_style, config.evaluation.limit)
-        path.write_text(json.dumps(scores, indent=1))
+        write_text_once(path, json.dumps(scores, indent=1))
     return json.loads(path.read_text())
 
 

@@ -88,13 +88,14 @@ def test_rollout_sft_learns_from_exact_rollouts_only(setup, tmp_path):
 def test_a_killed_arm_resumes_from_its_last_checkpoint(setup, tmp_path):
     config, dataset = setup
     whole = run_arm(config, "sft", BASE, dataset)
-    # The same arm elsewhere, "killed" after checkpoint-2: final/ and checkpoint-4 never written.
+    # The same arm elsewhere, "killed" while saving checkpoint-4: final/ never written, checkpoint-4 in part.
     other = load_config("micro", output_dir=str(tmp_path / "other"))
     out = arm_dir(other, "sft", BASE, dataset)
     out.parent.mkdir(parents=True)
     shutil.copytree(whole.path, out)
     shutil.rmtree(out / "final")
-    shutil.rmtree(out / "checkpoint-4")
+    (out / "checkpoint-4" / "trainer_state.json").unlink()
+    (out / "checkpoint-4" / "config.json").write_text('{"model_type": "qwen2')
     stamp = (out / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns
     resumed = run_arm(other, "sft", BASE, dataset)
     history = json.loads((resumed.final / "trainer_state.json").read_text())
