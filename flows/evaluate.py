@@ -5,18 +5,20 @@ study's last stages.
     python -m flows.evaluate --profile tiny       # arms not trained yet for this config are left out
 """
 
+from pathlib import Path
+
 import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.cli import run
 from flows.puzzles import make_puzzles
-from tasks.analysis import forgetting_pivot, read_evaluation, report_task, summary_frame, without_nan
-from tasks.base_model import base_model_task, prior_benchmarks_task
+from tasks.analysis import aggregate_task, forgetting_pivot, read_evaluation, report_task, summary_frame, without_nan
+from tasks.base_model import prior_benchmarks_task, tracked_base_model
 from tasks.config import StudyConfig, check_inputs
 from tasks.evaluation import BenchmarkData, data_nll, eval_targets, evaluation_task
 from tasks.puzzles import PuzzleDataset
-from tasks.tracking import child_run, study_run, tracking_uri
+from tasks.tracking import child_run, seed_run, study_run, tracking_uri
 from tasks.training import ArmResult, finished_arms, training_data
 
 
@@ -91,6 +93,28 @@ def evaluate_and_report(
     return summary
 
 
+def aggregate_and_report(config: StudyConfig, run_id: str, reports: dict[int, str]) -> dict:
+    """The several-seed report from each seed's report (mean and 95% CI), logged on the parent run, shown
+    in Prefect, printed."""
+    out = config.output.path / config.study_id / "report"
+    summary = aggregate_task(out, config.study_id, {seed: Path(path) for seed, path in reports.items()})
+    mlflow.log_metrics(
+        {
+            f"{arm}.{metric}{suffix}": stats[key]
+            for arm, values in summary["arms"].items()
+            for metric, stats in values.items()
+            for key, suffix in (("mean", ""), ("ci95", ".ci95"))
+            if stats[key] is not None
+        },
+        run_id=run_id,
+    )
+    mlflow.log_artifacts(str(out), "report", run_id=run_id)
+    markdown = (out / "report.md").read_text()
+    create_markdown_artifact(markdown, key="study-report", description=str(out))
+    print(f"\nstudy {config.study_id} over seeds {config.seeds}: {out}\n{markdown}")
+    return summary
+
+
 def forgetting_pivot_text(report_dir) -> str:
     import pandas as pd
 
@@ -102,13 +126,18 @@ def evaluate_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - 
     """Evaluate the base model and the trained arms on every benchmark; write the forgetting report."""
     check_inputs(config)
     with study_run(config, run_name=f"{config.study_id} evaluate") as run_id:
-        with child_run(run_id, "base", tags={"stage": "base", "arm": "base"}):
-            base = base_model_task(config)
-        dataset = make_puzzles(config, run_id)
-        heldout = prior_benchmarks_task(config)
-        arms = finished_arms(config, base, dataset)
-        print(f"trained arms found: {', '.join(arms) or 'none (evaluating the base only)'}")
-        summary = evaluate_and_report(config, run_id, base, dataset, heldout, arms)
+        reports = {}
+        for one in config.per_seed():  # with `seeds`, each seed in turn, then the mean and CI over seeds
+            with seed_run(run_id, config, one.seed) as one_run:
+                base = tracked_base_model(one, one_run)
+                dataset = make_puzzles(one, one_run)
+                heldout = prior_benchmarks_task(one)
+                arms = finished_arms(one, base, dataset)
+                print(f"seed {one.seed}: trained arms found: {', '.join(arms) or 'none (evaluating the base only)'}")
+                summary = evaluate_and_report(one, one_run, base, dataset, heldout, arms)
+                reports[one.seed] = str(one.output.path / one.study_id / "report")
+        if config.seeds:
+            summary = aggregate_and_report(config, run_id, reports)
     print(f"MLflow: {tracking_uri(config)} (run {run_id})")
     return summary
 

@@ -9,19 +9,19 @@ Stages land one issue at a time; the study runs every stage that exists, for rea
   4. train the arms: sft, rft, then rollout_sft on rft's rollouts (tasks/training.py)
   5. evaluate the base, every arm and its checkpoints with lm-eval (tasks/evaluation.py)
   6. forgetting, learning dynamics, plots: the report              (tasks/analysis.py)
+With `seeds: [0, 1, 2]` stages 1-6 run once per seed and a last stage reports mean and 95% CI over seeds.
 """
 
-import mlflow
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.cli import run
-from flows.evaluate import evaluate_and_report
+from flows.evaluate import aggregate_and_report, evaluate_and_report
 from flows.puzzles import make_puzzles
 from flows.train import train_arms
-from tasks.base_model import base_model_task, prior_benchmarks_task
+from tasks.base_model import prior_benchmarks_task, tracked_base_model
 from tasks.config import StudyConfig, check_inputs
-from tasks.tracking import child_run, study_run, tracking_uri
+from tasks.tracking import seed_run, study_run, tracking_uri
 
 
 class Progress:
@@ -41,25 +41,40 @@ def study(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
     check_inputs(config)
     progress = Progress()
     with study_run(config) as run_id:
-        with child_run(run_id, "base", tags={"stage": "base", "arm": "base"}):
-            base = base_model_task(config, log=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
-            mlflow.log_param("base_model", base)
-        print(f"base model: {base}")
-        progress(5, "base model")
-        dataset = make_puzzles(config, run_id)
-        benchmarks = prior_benchmarks_task(config)
-        print(f"prior-knowledge benchmarks: {benchmarks}")
-        progress(10, "puzzles and prior-knowledge benchmarks")
-        arms = train_arms(config, run_id, base, dataset, progress=lambda done, what: progress(10 + 50 * done, what))
-        for arm, result in arms.items():
-            print(f"arm {arm}: {result.final}")
-        summary = evaluate_and_report(
-            config, run_id, base, dataset, benchmarks, arms, progress=lambda done, what: progress(60 + 40 * done, what)
-        )
+        if not config.seeds:
+            result = one_seed(config, run_id, progress)
+        else:  # the same study once per seed (each a child run), then mean and 95% CI over seeds
+            seeds, share = {}, 100 / len(config.seeds)
+            for i, one in enumerate(config.per_seed()):
+                with seed_run(run_id, config, one.seed) as one_run:
+                    seeds[one.seed] = one_seed(one, one_run, lambda p, w, i=i: progress((i + p / 100) * share, w))
+            result = {
+                "study_id": config.study_id,
+                "seeds": seeds,
+                "report": str(config.output.path / config.study_id / "report"),
+            }
+            result["summary"] = aggregate_and_report(config, run_id, {s: r["report"] for s, r in seeds.items()})
+        result["mlflow_run_id"] = run_id
     print(f"study {config.study_id} done. MLflow: {tracking_uri(config)} (parent run {run_id})")
+    return result
+
+
+def one_seed(config: StudyConfig, run_id: str, progress) -> dict:
+    """The study for config.seed, its stages logged as child runs of run_id."""
+    base = tracked_base_model(config, run_id)
+    progress(5, "base model")
+    dataset = make_puzzles(config, run_id)
+    benchmarks = prior_benchmarks_task(config)
+    print(f"prior-knowledge benchmarks: {benchmarks}")
+    progress(10, "puzzles and prior-knowledge benchmarks")
+    arms = train_arms(config, run_id, base, dataset, progress=lambda done, what: progress(10 + 50 * done, what))
+    for arm, result in arms.items():
+        print(f"arm {arm}: {result.final}")
+    summary = evaluate_and_report(
+        config, run_id, base, dataset, benchmarks, arms, progress=lambda done, what: progress(60 + 40 * done, what)
+    )
     return {
         "study_id": config.study_id,
-        "mlflow_run_id": run_id,
         "base_model": base,
         "puzzles": str(dataset.path),
         "prior_benchmarks": str(benchmarks),

@@ -8,10 +8,10 @@ from prefect import flow
 
 from flows.cli import run
 from flows.puzzles import make_puzzles
-from tasks.base_model import base_model_task
+from tasks.base_model import tracked_base_model
 from tasks.config import StudyConfig, check_inputs
 from tasks.puzzles import PuzzleDataset
-from tasks.tracking import child_run, study_run, tracking_uri
+from tasks.tracking import seed_run, study_run, tracking_uri
 from tasks.training import ArmResult, NoCorrectRollouts, arm_task, preload
 
 
@@ -51,15 +51,18 @@ def train_arms(
 def train_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI form needs a default
     """Train the SFT, RFT and rollout-SFT arms on the puzzle train split."""
     check_inputs(config, benchmarks=False)
+    paths = {}
     with study_run(config, run_name=f"{config.study_id} train") as run_id:
-        with child_run(run_id, "base", tags={"stage": "base", "arm": "base"}):
-            base = base_model_task(config)
-        dataset = make_puzzles(config, run_id)
-        results = train_arms(config, run_id, base, dataset)
-    for arm, result in results.items():
-        print(f"{arm}: {result.final} ({len(result.checkpoints)} checkpoints)")
+        for one in config.per_seed():  # with `seeds`, each seed in turn
+            with seed_run(run_id, config, one.seed) as one_run:
+                base = tracked_base_model(one, one_run)
+                dataset = make_puzzles(one, one_run)
+                results = train_arms(one, one_run, base, dataset)
+            for arm, result in results.items():
+                print(f"seed {one.seed} {arm}: {result.final} ({len(result.checkpoints)} checkpoints)")
+                paths[f"{arm}" if not config.seeds else f"{arm}/seed-{one.seed}"] = str(result.path)
     print(f"MLflow: {tracking_uri(config)} (run {run_id})")
-    return {arm: str(result.path) for arm, result in results.items()}
+    return paths
 
 
 if __name__ == "__main__":

@@ -239,12 +239,20 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_tradeoff(curve: pd.DataFrame, path: Path) -> Path:
+def plot_tradeoff(curve: pd.DataFrame, path: Path, spread: bool = False) -> Path:
+    """Puzzle accuracy against prior-knowledge accuracy along training, a line per arm; spread: error bars
+    from the `*_ci95` columns of a several-seed curve."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for arm, group in curve.groupby("arm", sort=False):
         group = group.sort_values("step")
-        ax.plot(group.puzzle_exact, group.prior_mean, marker="o", label=arm)
+        if spread:
+            ax.errorbar(
+                group.puzzle_exact, group.prior_mean, xerr=group.puzzle_exact_ci95, yerr=group.prior_mean_ci95,
+                marker="o", capsize=2, label=arm,
+            )  # fmt: skip
+        else:
+            ax.plot(group.puzzle_exact, group.prior_mean, marker="o", label=arm)
         last = group.iloc[-1]
         ax.annotate(f"{int(last.step)}", (last.puzzle_exact, last.prior_mean), fontsize=7)
     first = curve.sort_values("step").iloc[0]
@@ -256,7 +264,7 @@ def plot_tradeoff(curve: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_forgetting(table: pd.DataFrame, path: Path) -> Path:
+def plot_forgetting(table: pd.DataFrame, path: Path, spread: str = "+-1 s.e.") -> Path:
     plt = _pyplot()
     prior = table[table.kind == "prior"]
     benchmarks = list(dict.fromkeys(prior.benchmark))
@@ -271,7 +279,7 @@ def plot_forgetting(table: pd.DataFrame, path: Path) -> Path:
     ax.set_xticks([j + width * (len(arms) - 1) / 2 for j in range(len(benchmarks))])
     ax.set_xticklabels([b.removeprefix("tiny_world_") for b in benchmarks], rotation=30, ha="right")
     ax.set_ylabel("score - base (below 0: forgotten)")
-    ax.set_title("Forgetting per benchmark (final models, +-1 s.e.)")
+    ax.set_title(f"Forgetting per benchmark (final models, {spread})")
     _legend(ax)
     return _save(fig, path)
 
@@ -393,3 +401,113 @@ def report_task(out: Path, study_id: str, evaluations: list[Path], data_nll: dic
         report(out), name="report", asset_deps=[Path(p).resolve().as_uri() for p in evaluations], retries=1
     )
     return task(build)(out, study_id, evaluations, data_nll, final_steps)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Several seeds: mean and 95% confidence interval of every number, from each seed's report
+
+
+def mean_ci(values: list[float]) -> dict:
+    """Mean, half-width of the 95% t-interval (nan for one value) and the values themselves."""
+    clean = [v for v in values if v is not None and not math.isnan(v)]
+    if not clean:
+        return {"mean": math.nan, "ci95": math.nan, "values": values}
+    mean = sum(clean) / len(clean)
+    if len(clean) < 2:
+        return {"mean": mean, "ci95": math.nan, "values": values}
+    from scipy.stats import t
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in clean) / (len(clean) - 1))
+    return {"mean": mean, "ci95": float(t.ppf(0.975, len(clean) - 1)) * sd / math.sqrt(len(clean)), "values": values}
+
+
+def _over_seeds(frames: dict[int, pd.DataFrame], keys: list[str], columns: list[str]) -> pd.DataFrame:
+    """Rows of every seed's table grouped by keys: mean, 95% CI half-width (`<col>_ci95`) and seed count."""
+    table = pd.concat([f.assign(seed=s) for s, f in frames.items()], ignore_index=True)
+    rows = []
+    for key, group in table.groupby(keys, sort=False):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        for column in columns:
+            stats = mean_ci(group[column].astype(float).tolist())
+            row[column], row[f"{column}_ci95"] = stats["mean"], stats["ci95"]
+        row["seeds"] = group.seed.nunique()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def aggregate_reports(out: Path, study_id: str, reports: dict[int, Path]) -> dict:
+    """The report of a several-seed study from each seed's report folder: summary.json (per arm and metric:
+    mean, ci95, values by seed), forgetting.csv, curves.csv and dynamics.csv with mean and CI columns,
+    report.md and plots showing the spread."""
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = {s: json.loads((Path(r) / "summary.json").read_text()) for s, r in reports.items()}
+    seeds = list(summaries)
+    metrics = ("puzzle_exact", "prior_mean", "mean_forgetting", "format_collapse")
+    arms = list(dict.fromkeys(arm for s in summaries.values() for arm in s["arms"]))
+    summary_ = {
+        "study_id": study_id,
+        "seeds": seeds,
+        "seed_studies": {s: summaries[s]["study_id"] for s in seeds},
+        "arms": {
+            arm: {m: mean_ci([summaries[s]["arms"].get(arm, {}).get(m, math.nan) for s in seeds]) for m in metrics}
+            for arm in arms
+        },
+    }
+    rho = ("spearman_forgetting_vs_data_nll", "spearman_forgetting_vs_param_distance")
+    summary_["dynamics"] = {
+        k: mean_ci([math.nan if summaries[s]["dynamics"][k] is None else summaries[s]["dynamics"][k] for s in seeds])
+        for k in rho
+    }
+    read = {
+        name: {s: pd.read_csv(Path(r) / f"{name}.csv") for s, r in reports.items()}
+        for name in ("forgetting", "curves", "dynamics")
+    }
+    table = _over_seeds(read["forgetting"], ["arm", "benchmark", "kind"], ["base", "score", "delta"])
+    curve = _over_seeds(
+        read["curves"], ["arm", "step"], ["puzzle_exact", "prior_mean", "forgetting", "format_collapse"]
+    )
+    dyn = pd.concat([f.assign(seed=s) for s, f in read["dynamics"].items()], ignore_index=True)
+    (out / "summary.json").write_text(json.dumps(without_nan(summary_), indent=1) + "\n")
+    table.to_csv(out / "forgetting.csv", index=False)
+    curve.to_csv(out / "curves.csv", index=False)
+    dyn.to_csv(out / "dynamics.csv", index=False)
+    plot_tradeoff(curve, out / "tradeoff.png", spread=True)
+    plot_forgetting(table.assign(stderr=table.delta_ci95), out / "forgetting.png", spread="95% CI over seeds")
+    plot_dynamics(dyn, out / "dynamics.png")
+    (out / "report.md").write_text(aggregate_markdown(summary_, table))
+    return summary_
+
+
+def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
+    def cell(stats: dict) -> str:
+        if stats["mean"] is None or math.isnan(stats["mean"]):
+            return ""
+        ci = stats["ci95"]
+        return f"{stats['mean']:.3f}" + ("" if ci is None or math.isnan(ci) else f" ± {ci:.3f}")
+
+    rows = [{"arm": arm, **{m: cell(v) for m, v in values.items()}} for arm, values in summary_["arms"].items()]
+    pivot = table.assign(
+        value=[
+            f"{d:.3f} ± {c:.3f}" if not math.isnan(c) else f"{d:.3f}"
+            for d, c in zip(table.delta, table.delta_ci95, strict=True)
+        ]
+    ).pivot(index="benchmark", columns="arm", values="value")
+    pivot = pivot[sorted(pivot.columns, key=_order)].reset_index()
+    return (
+        f"## Study {summary_['study_id']} over seeds {summary_['seeds']}\n\n"
+        "Mean ± 95% CI half-width over seeds, final models; `mean_forgetting` positive means forgotten.\n\n"
+        + markdown_table(pd.DataFrame(rows))
+        + "\n### Forgetting per benchmark (score - base)\n\n"
+        + markdown_table(pivot)
+        + "\n![trade-off](tradeoff.png) ![forgetting](forgetting.png) ![dynamics](dynamics.png)\n"
+    )
+
+
+def aggregate_task(out: Path, study_id: str, reports: dict[int, Path]) -> dict:
+    """aggregate_reports as a Prefect task materializing the several-seed report, lineage from each seed's."""
+    from prefect.assets import materialize
+
+    from assets import report
+
+    deps = [Path(p).resolve().as_uri() for p in reports.values()]
+    return materialize(report(out), name="aggregate-seeds", asset_deps=deps)(aggregate_reports)(out, study_id, reports)

@@ -96,6 +96,19 @@ def base_model_task(config: StudyConfig, log=lambda metrics, step: None) -> str:
     return resolve(config)
 
 
+def tracked_base_model(config: StudyConfig, parent_run_id: str) -> str:
+    """base_model_task inside an MLflow child run `base` (pretraining curves, when the study pretrains)."""
+    import mlflow
+
+    from tasks.tracking import child_run
+
+    with child_run(parent_run_id, "base", tags={"stage": "base", "arm": "base"}):
+        base = base_model_task(config, log=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
+        mlflow.log_param("base_model", base)
+    print(f"base model: {base}")
+    return base
+
+
 def prior_benchmarks_task(config: StudyConfig) -> Path:
     from prefect.assets import materialize
 

@@ -221,6 +221,12 @@ class OutputConfig(_Section):
 class StudyConfig(_Section):
     name: str = Field("tiny", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Study name; prefixes the id.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of model initialisation and training.")
+    seeds: list[int] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Run the arms and evaluations once per seed (e.g. [0, 1, 2]) and report mean and 95% CI; "
+        "empty: the one `seed`.",
+    )
     puzzles: PuzzleConfig = Field(default_factory=PuzzleConfig, description="The novel task.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
     pretrain: PretrainConfig = Field(
@@ -242,6 +248,18 @@ class StudyConfig(_Section):
     @classmethod
     def _strip(cls, v: str) -> str:
         return v.strip()
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v) or any(s < 0 or s > 2**31 - 1 for s in v):
+            raise ValueError(f"seeds must be distinct integers in [0, 2^31 - 1], got {v}")
+        return v
+
+    def per_seed(self) -> list["StudyConfig"]:
+        """One single-seed config per entry of seeds (each is the study with that `seed`, sharing its outputs),
+        or [self] when seeds is empty."""
+        return [self.model_copy(update={"seed": s, "seeds": []}) for s in self.seeds] or [self]
 
     def config_hash(self) -> str:
         """Hash of everything that changes results (not where they are written or tracked, nor when rerun)."""

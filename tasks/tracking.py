@@ -177,6 +177,16 @@ def child_run(parent_run_id: str, name: str, tags: dict[str, str] | None = None)
         yield run.info.run_id
 
 
+@contextmanager
+def seed_run(parent_run_id: str, config: StudyConfig, seed: int) -> Iterator[str]:
+    """Where one seed of a study logs: a child run `seed N` when the study has several seeds, else the parent."""
+    if not config.seeds:
+        yield parent_run_id
+        return
+    with child_run(parent_run_id, f"seed {seed}", tags={"stage": "seed", "seed": str(seed)}) as run_id:
+        yield run_id
+
+
 def flat_params(tree: dict, prefix: str = "") -> dict[str, str]:
     """Nested config -> {'puzzles.grid': '2x2', ...}; MLflow params are flat strings."""
     out = {}

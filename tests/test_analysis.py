@@ -6,7 +6,17 @@ import math
 import pandas as pd
 import pytest
 
-from tasks.analysis import curves, dynamics, forgetting_table, paired_stderr, spearman, summary, write_report
+from tasks.analysis import (
+    aggregate_reports,
+    curves,
+    dynamics,
+    forgetting_table,
+    mean_ci,
+    paired_stderr,
+    spearman,
+    summary,
+    write_report,
+)
 
 
 def record(arm, step, puzzle, a, b, failures=(0, 0), logprob=(-1.0, -1.0), distance=0.0, n=4):
@@ -122,3 +132,40 @@ def test_write_report_fills_the_folder(tmp_path):
     forgetting = pd.read_csv(out / "forgetting.csv")
     assert {"arm", "benchmark", "base", "score", "delta", "stderr", "format_failures"} <= set(forgetting.columns)
     assert "| sft |" in (out / "report.md").read_text()
+
+
+def test_mean_ci():
+    stats = mean_ci([1.0, 2.0, 3.0])
+    assert stats["mean"] == 2.0 and stats["ci95"] == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    assert math.isnan(mean_ci([0.5])["ci95"]) and mean_ci([0.5])["mean"] == 0.5
+    assert mean_ci([1.0, math.nan, 3.0])["mean"] == 2.0
+
+
+def test_aggregate_reports_over_seeds(tmp_path):
+    reports = {}
+    for seed, shift in ((0, 0.0), (1, 0.1)):
+        sft = record("sft", 10, 1.0, 0.25 + shift, 0.5, distance=0.3)
+        reports[seed] = tmp_path / f"seed{seed}"
+        write_report(
+            reports[seed],
+            f"s{seed}",
+            [BASE, sft, RFT],
+            SAMPLES,
+            {"sft": {"nll_per_token": 2.0}},
+            {"sft": 10, "rft": 10},
+        )
+    out = tmp_path / "all"
+    s = aggregate_reports(out, "study-all", reports)
+    assert s["seeds"] == [0, 1] and s["seed_studies"] == {0: "s0", 1: "s1"}
+    forgetting = s["arms"]["sft"]["mean_forgetting"]
+    assert forgetting["values"] == pytest.approx([0.375, 0.325]) and forgetting["mean"] == pytest.approx(0.35)
+    assert forgetting["ci95"] == pytest.approx(
+        12.7062 * (0.05 / math.sqrt(2)) / math.sqrt(2), rel=1e-4
+    )  # t * sd / sqrt(n)
+    assert s["arms"]["rft"]["mean_forgetting"]["ci95"] == 0.0
+    table = pd.read_csv(out / "forgetting.csv").set_index(["arm", "benchmark"])
+    assert table.loc[("sft", "a"), "delta"] == pytest.approx(-0.7) and table.loc[("sft", "a"), "seeds"] == 2
+    curve = pd.read_csv(out / "curves.csv")
+    assert {"puzzle_exact_ci95", "prior_mean_ci95"} <= set(curve.columns)
+    assert {p.name for p in out.glob("*.png")} == {"tradeoff.png", "forgetting.png", "dynamics.png"}
+    assert "±" in (out / "report.md").read_text()

@@ -112,3 +112,27 @@ def test_evaluate_flow_alone_reports_what_is_trained(prefect_harness, micro):
     assert "Too few points" in summary["dynamics"]["statement"]
     report = micro.output.path / micro.study_id / "report"
     assert (report / "forgetting.csv").is_file() and (report / "tradeoff.png").is_file()
+
+
+def test_study_over_seeds_reports_mean_and_ci(prefect_harness, tmp_path):
+    from tasks.config import load_config
+
+    config = load_config(
+        "micro", ["seeds=[0,1]", "arms.rft.enabled=false", "arms.rollout_sft.enabled=false"], output_dir=str(tmp_path)
+    )
+    result = study(config)
+    assert set(result["seeds"]) == {0, 1}
+    summary = json.loads((Path(result["report"]) / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and set(summary["arms"]) == {"base", "sft"}
+    sft = summary["arms"]["sft"]["puzzle_exact"]
+    assert len(sft["values"]) == 2 and min(sft["values"]) <= sft["mean"] <= max(sft["values"])
+    # each seed is the single-seed study with that seed: its own report, reused by a later single-seed run
+    for seed, one in result["seeds"].items():
+        assert one["study_id"] == config.model_copy(update={"seed": seed, "seeds": []}).study_id
+        assert Path(one["report"]).is_dir()
+    _, runs = _runs(config)
+    seed_runs = [r for r in runs if r.data.tags.get("stage") == "seed"]
+    assert sorted(r.info.run_name for r in seed_runs) == ["seed 0", "seed 1"]
+    assert all(r.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"] for r in seed_runs)
+    parent = mlflow.get_run(result["mlflow_run_id"])
+    assert {"sft.puzzle_exact", "sft.puzzle_exact.ci95"} <= parent.data.metrics.keys()
