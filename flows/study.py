@@ -12,6 +12,12 @@ Stages land one issue at a time; the study runs every stage that exists, for rea
 With `seeds: [0, 1, 2]` stages 1-6 run once per seed and a last stage reports mean and 95% CI over seeds.
 """
 
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
@@ -20,7 +26,7 @@ from flows.evaluate import aggregate_and_report, evaluate_and_report
 from flows.puzzles import make_puzzles
 from flows.train import train_arms
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
-from tasks.config import StudyConfig, check_inputs
+from tasks.config import REPO_ROOT, StudyConfig, check_inputs
 from tasks.tracking import seed_run, study_run, tracking_uri
 
 
@@ -39,7 +45,7 @@ class Progress:
 def study(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI form needs a default
     """Run the forgetting study: base model, puzzles, training arms, evaluation, report."""
     check_inputs(config)
-    progress = Progress()
+    progress, started = Progress(), time.perf_counter()
     with study_run(config) as run_id:
         if not config.seeds:
             result = one_seed(config, run_id, progress)
@@ -55,8 +61,27 @@ def study(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
             }
             result["summary"] = aggregate_and_report(config, run_id, {s: r["report"] for s, r in seeds.items()})
         result["mlflow_run_id"] = run_id
+    record_run(config, Path(result["report"]), time.perf_counter() - started)
     print(f"study {config.study_id} done. MLflow: {tracking_uri(config)} (parent run {run_id})")
     return result
+
+
+def record_run(config: StudyConfig, report: Path, seconds: float) -> None:
+    """How to reproduce the report: its config as a profile, the command, and how long this run took
+    (work already on disk from earlier runs is not counted again)."""
+    profile = config.model_dump(mode="json", exclude={"output", "tracking", "schedule"})
+    (report / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    run_info = {
+        "command": f"python -m flows.study --profile {_shown(report / 'config.yaml')}",
+        "wall_time_s": round(seconds, 1),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    (report / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
+
+
+def _shown(path: Path) -> str:
+    """path relative to the repository when it lies inside it (runs/...), else absolute."""
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def one_seed(config: StudyConfig, run_id: str, progress) -> dict:

@@ -169,3 +169,23 @@ def test_aggregate_reports_over_seeds(tmp_path):
     assert {"puzzle_exact_ci95", "prior_mean_ci95"} <= set(curve.columns)
     assert {p.name for p in out.glob("*.png")} == {"tradeoff.png", "forgetting.png", "dynamics.png"}
     assert "±" in (out / "report.md").read_text()
+
+
+def test_publish_fills_the_readme_block_from_a_report(tmp_path):
+    from flows.publish import BEGIN, END, publish
+    from tasks.config import load_config
+
+    config = load_config("micro", output_dir=str(tmp_path / "runs"))
+    report = tmp_path / "runs" / config.study_id / "report"
+    write_report(report, config.study_id, [BASE, SFT, RFT], SAMPLES, {}, {"sft": 10, "rft": 10})
+    (report / "config.yaml").write_text("name: micro\n")
+    (report / "run.json").write_text(json.dumps({"command": "python -m flows.study --profile X", "wall_time_s": 90,
+                                                 "finished": "2026-11-25T20:00:00+00:00"}))  # fmt: skip
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# t\n\n{BEGIN}\nold\n{END}\n\n## after\n")
+    publish(config, readme=readme, out=tmp_path / "docs" / "results")
+    text = readme.read_text()
+    assert "old" not in text and text.endswith(f"{END}\n\n## after\n")
+    assert "`python -m flows.study --profile X`" in text and "1.5 min" in text
+    assert "(docs/results/tradeoff.png)" in text and "| sft |" in text
+    assert (tmp_path / "docs" / "results" / "tradeoff.png").is_file()

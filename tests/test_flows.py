@@ -136,3 +136,7 @@ def test_study_over_seeds_reports_mean_and_ci(prefect_harness, tmp_path):
     assert all(r.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"] for r in seed_runs)
     parent = mlflow.get_run(result["mlflow_run_id"])
     assert {"sft.puzzle_exact", "sft.puzzle_exact.ci95"} <= parent.data.metrics.keys()
+    # the report says how to reproduce it: its config as a profile (the same study id) and the command
+    run_info = json.loads((Path(result["report"]) / "run.json").read_text())
+    assert run_info["command"].endswith("report/config.yaml") and run_info["wall_time_s"] > 0
+    assert load_config(str(Path(result["report"]) / "config.yaml")).study_id == config.study_id
