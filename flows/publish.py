@@ -26,9 +26,10 @@ def results_block(report: Path, link_prefix: str) -> str:
     for plot in PLOTS:
         markdown = markdown.replace(f"({plot})", f"({link_prefix}{plot})")
     return (
-        f"Reproduce: `{run['command']}` (the profile is `{link_prefix}config.yaml`). The run that wrote this finished "
-        f"{run['finished']} after {run['wall_time_s'] / 60:.1f} min on 2 CPU cores (outputs already on disk are "
-        "reused, not recomputed).\n\n" + markdown.replace("## Study", "#### Study", 1).replace("### ", "##### ")
+        f"Reproduce: `python -m flows.study --profile {link_prefix}config.yaml` (the study's own config, saved with "
+        f"its report). The run that wrote this finished {run['finished']} after {run['wall_time_s'] / 60:.1f} min "
+        "on 2 CPU cores (outputs already on disk are reused, not recomputed).\n\n"
+        + markdown.replace("## Study", "#### Study", 1).replace("### ", "##### ")
     )
 
 

@@ -186,6 +186,6 @@ def test_publish_fills_the_readme_block_from_a_report(tmp_path):
     publish(config, readme=readme, out=tmp_path / "docs" / "results")
     text = readme.read_text()
     assert "old" not in text and text.endswith(f"{END}\n\n## after\n")
-    assert "`python -m flows.study --profile X`" in text and "1.5 min" in text
+    assert "`python -m flows.study --profile docs/results/config.yaml`" in text and "1.5 min" in text
     assert "(docs/results/tradeoff.png)" in text and "| sft |" in text
     assert (tmp_path / "docs" / "results" / "tradeoff.png").is_file()
