@@ -29,8 +29,8 @@ def results_block(report: Path, link_prefix: str) -> str:
         f"Reproduce: `python -m flows.study --profile {link_prefix}config.yaml` (the study's own config, saved with "
         f"its report). The run that wrote this finished {run['finished']} after {run['wall_time_s'] / 60:.1f} min "
         "on 2 CPU cores (outputs already on disk are reused, not recomputed).\n\n"
-        + markdown.replace("## Study", "#### Study", 1).replace("### ", "##### ")
-    )
+        + "".join(f"##{line}" if line.startswith("#") else line for line in markdown.splitlines(keepends=True))
+    )  # the report's headings two levels down, under the README's "## Results"
 
 
 def publish(config: StudyConfig, readme: Path = REPO_ROOT / "README.md", out: Path = RESULTS_DIR) -> Path:

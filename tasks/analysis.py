@@ -493,13 +493,18 @@ def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
         ]
     ).pivot(index="benchmark", columns="arm", values="value")
     pivot = pivot[sorted(pivot.columns, key=_order)].reset_index()
+    rho = summary_["dynamics"]
     return (
         f"## Study {summary_['study_id']} over seeds {summary_['seeds']}\n\n"
         "Mean ± 95% CI half-width over seeds, final models; `mean_forgetting` positive means forgotten.\n\n"
         + markdown_table(pd.DataFrame(rows))
         + "\n### Forgetting per benchmark (score - base)\n\n"
         + markdown_table(pivot)
-        + "\n![trade-off](tradeoff.png) ![forgetting](forgetting.png) ![dynamics](dynamics.png)\n"
+        + "\n### Learning dynamics\n\nSpearman rank correlation, across each seed's arm checkpoints, of forgetting "
+        + f"with the base model's NLL of the arm's training data: {cell(rho['spearman_forgetting_vs_data_nll'])}; "
+        + f"with the relative parameter distance from the base: {cell(rho['spearman_forgetting_vs_param_distance'])} "
+        + "(mean ± 95% CI over seeds).\n\n"
+        + "![trade-off](tradeoff.png) ![forgetting](forgetting.png) ![dynamics](dynamics.png)\n"
     )
 
 
