@@ -5,6 +5,7 @@ study's last stages.
     python -m flows.evaluate --profile tiny       # arms not trained yet for this config are left out
 """
 
+import functools
 from pathlib import Path
 
 import mlflow
@@ -17,6 +18,7 @@ from tasks.analysis import aggregate_task, forgetting_pivot, read_evaluation, re
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
 from tasks.config import StudyConfig, check_inputs
 from tasks.evaluation import BenchmarkData, data_nll, eval_targets, evaluation_task
+from tasks.models import load_model
 from tasks.puzzles import PuzzleDataset
 from tasks.tracking import child_run, seed_run, study_run, tracking_uri
 from tasks.training import ArmResult, finished_arms, training_data
@@ -70,7 +72,8 @@ def evaluate_and_report(
                     f"prior mean {metrics['prior_mean']:.3f} ({record['seconds']} s)"
                 )
             mlflow.log_artifacts(str(folder), "final_evaluation")
-    nll = {arm: data_nll(config, base, arm, training_data(result), dataset) for arm, result in arms.items()}
+    load_base = functools.cache(lambda: load_model(config.model, base, trainable=False))  # once, if at all
+    nll = {arm: data_nll(config, base, arm, training_data(result), dataset, load_base) for arm, result in arms.items()}
     out = config.output.path / config.study_id / "report"
     final_steps = {arm: getattr(config.arms, arm).steps for arm in arms}
     summary = report_task(out, config.study_id, folders, nll, final_steps)

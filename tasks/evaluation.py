@@ -508,9 +508,10 @@ def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) 
     return out
 
 
-def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset) -> dict:
+def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset, load_base=None) -> dict:
     """Per-token negative log-likelihood under the BASE model of the completions an arm trained on (answer
-    tokens only; up to DATA_NLL_ITEMS examples, evenly spaced), cached beside the data."""
+    tokens only; up to DATA_NLL_ITEMS examples, evenly spaced), cached beside the data. load_base() gives the
+    base (model, processor) when it must be scored: pass a cached loader to score several arms with one load."""
     from tasks.config import stable_hash
     from tasks.models import load_model
 
@@ -526,7 +527,7 @@ def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDa
     style = config.arms.sft.prompt_style
     records = {r["id"]: r for r in dataset.records("train")}
     prompts = [chat(records[r["puzzle_id"]][f"prompt_{style}"], dataset.image(records[r["puzzle_id"]])) for r in rows]
-    model, processor = load_model(config.model, base, trainable=False)
+    model, processor = (load_base or (lambda: load_model(config.model, base, trainable=False)))()
     scored = continuation_logprobs(model, processor, prompts, [r["completion"] for r in rows])
     tokens = sum(n for _, n, _ in scored)
     result = {
