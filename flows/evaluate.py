@@ -74,7 +74,7 @@ def evaluate_and_report(
             mlflow.log_artifacts(str(folder), "final_evaluation")
     load_base = functools.cache(lambda: load_model(config.model, base, trainable=False))  # once, if at all
     nll = {arm: data_nll(config, base, arm, training_data(result), dataset, load_base) for arm, result in arms.items()}
-    out = config.output.path / config.study_id / "report"
+    out = config.report_dir
     final_steps = {arm: getattr(config.arms, arm).steps for arm in arms}
     summary = report_task(out, config.study_id, folders, nll, final_steps)
     progress(1, "report written")
@@ -82,7 +82,6 @@ def evaluate_and_report(
         {f"{arm}.{k}": v for arm, values in summary["arms"].items() for k, v in values.items() if k != "step"},
         run_id=run_id,
     )
-    mlflow.log_dict(without_nan(summary), "report/summary.json", run_id=run_id)
     mlflow.log_artifacts(str(out), "report", run_id=run_id)
     table = summary_frame(summary)
     create_table_artifact(
@@ -99,7 +98,7 @@ def evaluate_and_report(
 def aggregate_and_report(config: StudyConfig, run_id: str, reports: dict[int, str]) -> dict:
     """The several-seed report from each seed's report (mean and 95% CI), logged on the parent run, shown
     in Prefect, printed."""
-    out = config.output.path / config.study_id / "report"
+    out = config.report_dir
     summary = aggregate_task(out, config.study_id, {seed: Path(path) for seed, path in reports.items()})
     mlflow.log_metrics(
         {
@@ -138,7 +137,7 @@ def evaluate_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - 
                 arms = finished_arms(one, base, dataset)
                 print(f"seed {one.seed}: trained arms found: {', '.join(arms) or 'none (evaluating the base only)'}")
                 summary = evaluate_and_report(one, one_run, base, dataset, heldout, arms)
-                reports[one.seed] = str(one.output.path / one.study_id / "report")
+                reports[one.seed] = str(one.report_dir)
         if config.seeds:
             summary = aggregate_and_report(config, run_id, reports)
     print(f"MLflow: {tracking_uri(config)} (run {run_id})")

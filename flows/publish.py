@@ -35,7 +35,7 @@ def results_block(report: Path, link_prefix: str) -> str:
 
 def publish(config: StudyConfig, readme: Path = REPO_ROOT / "README.md", out: Path = RESULTS_DIR) -> Path:
     """Copy the study's report files to out and replace the README's results block with them."""
-    report = config.output.path / config.study_id / "report"
+    report = config.report_dir
     if not (report / "run.json").is_file():
         raise ConfigError(f"no finished report for study {config.study_id} at {report}: run flows.study first")
     text = readme.read_text()

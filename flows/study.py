@@ -57,7 +57,7 @@ def study(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
             result = {
                 "study_id": config.study_id,
                 "seeds": seeds,
-                "report": str(config.output.path / config.study_id / "report"),
+                "report": str(config.report_dir),
             }
             result["summary"] = aggregate_and_report(config, run_id, {s: r["report"] for s, r in seeds.items()})
         result["mlflow_run_id"] = run_id
@@ -104,7 +104,7 @@ def one_seed(config: StudyConfig, run_id: str, progress) -> dict:
         "puzzles": str(dataset.path),
         "prior_benchmarks": str(benchmarks),
         "arms": {arm: str(result.final) for arm, result in arms.items()},
-        "report": str(config.output.path / config.study_id / "report"),
+        "report": str(config.report_dir),
         "summary": summary,
     }
 

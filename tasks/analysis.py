@@ -49,6 +49,12 @@ def benchmark_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def format_collapse(prior: pd.DataFrame) -> float:
+    """Share of answers outside their benchmark's format, over the prior benchmarks that check formats."""
+    failures = prior.format_failures.dropna()
+    return float(failures.sum() / prior.n[failures.index].sum()) if len(failures) else math.nan
+
+
 def curves(records: list[dict]) -> pd.DataFrame:
     """Per (arm, step): puzzle_exact, prior_mean, forgetting (base prior_mean - prior_mean), format_collapse
     (share of prior answers outside their format), parameter distance, and the mean change of held-out
@@ -64,7 +70,6 @@ def curves(records: list[dict]) -> pd.DataFrame:
     for (arm, step), group in frame.groupby(["arm", "step"]):
         prior = group[group.kind == "prior"]
         puzzle = group[group.kind == "puzzle"]
-        failures = prior.format_failures.dropna()
         change = (prior.set_index("benchmark")["answer_logprob"] - base_logprob).dropna()
         out.append(
             {
@@ -73,7 +78,7 @@ def curves(records: list[dict]) -> pd.DataFrame:
                 "puzzle_exact": float(puzzle.value.iloc[0]) if len(puzzle) else math.nan,
                 "prior_mean": float(prior.value.mean()),
                 "forgetting": float(base_prior.value.mean() - prior.value.mean()),
-                "format_collapse": float(failures.sum() / prior.n[failures.index].sum()) if len(failures) else math.nan,
+                "format_collapse": format_collapse(prior),
                 "param_l2": distance[(arm, step)].get("l2", math.nan),
                 "param_relative": distance[(arm, step)].get("relative", math.nan),
                 "logprob_change": float(change.mean()) if len(change) else math.nan,
@@ -153,13 +158,12 @@ def summary(study_id: str, base: dict, finals: list[dict]) -> dict:
         rows = frame[(frame.arm == rec["arm"]) & (frame.step == rec["step"])]
         prior = rows[rows.kind == "prior"].set_index("benchmark")
         puzzle = rows[rows.kind == "puzzle"]
-        failures = prior.format_failures.dropna()
         arms[rec["arm"]] = {
             "step": int(rec["step"]),
             "puzzle_exact": float(puzzle.value.iloc[0]) if len(puzzle) else math.nan,
             "prior_mean": float(prior.value.mean()),
             "mean_forgetting": float((base_prior - prior.value).dropna().mean()),
-            "format_collapse": float(failures.sum() / prior.n[failures.index].sum()) if len(failures) else math.nan,
+            "format_collapse": format_collapse(prior),
         }
     return {"study_id": study_id, "arms": arms}
 

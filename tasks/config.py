@@ -269,6 +269,11 @@ class StudyConfig(_Section):
     def study_id(self) -> str:
         return f"{self.name}-{self.config_hash()[:10]}"
 
+    @property
+    def report_dir(self) -> Path:
+        """Where the study's report goes: <output>/<study id>/report."""
+        return self.output.path / self.study_id / "report"
+
 
 def stable_hash(obj: Any) -> str:
     """sha256 of the canonical JSON of obj."""
