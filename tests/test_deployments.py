@@ -45,6 +45,18 @@ def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _complete(found) -> Path | None:
+    """A checkpoint the Trainer has finished saving (trainer_state.json is written last); killing the run
+    while it saves leaves a partial one, which a rerun removes and redoes (test_training tests that)."""
+    for checkpoint in found:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return checkpoint
+        except (OSError, ValueError):
+            return None
+    return None
+
+
 def _summary(out: Path, config) -> dict:
     return json.loads((out / config.study_id / "report" / "summary.json").read_text())
 
@@ -101,9 +113,7 @@ def test_kill_9_during_rft_then_rerun_resumes(prefect_harness, tmp_path):
         _study_command(killed, *overrides), cwd=REPO_ROOT, env=_env(), start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    checkpoint = _wait_for(
-        lambda: next(iter(killed.glob("arms/rft-*/checkpoint-8")), None), 300, "an RFT checkpoint", process
-    )
+    checkpoint = _wait_for(lambda: _complete(killed.glob("arms/rft-*/checkpoint-8")), 300, "an RFT checkpoint", process)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     rft = checkpoint.parent
