@@ -76,7 +76,7 @@ def evaluate_and_report(
     nll = {arm: data_nll(config, base, arm, training_data(result), dataset, load_base) for arm, result in arms.items()}
     out = config.report_dir
     final_steps = {arm: getattr(config.arms, arm).steps for arm in arms}
-    summary = report_task(out, config.study_id, folders, nll, final_steps)
+    summary = report_task(out, config.study_id, folders, nll, final_steps, config.evaluation.matched_accuracy)
     progress(1, "report written")
     mlflow.log_metrics(
         {f"{arm}.{k}": v for arm, values in summary["arms"].items() for k, v in values.items() if k != "step"},

@@ -148,9 +148,29 @@ def _item_scores(samples: list[dict]) -> dict[str, dict[int, float]]:
     return out
 
 
-def summary(study_id: str, base: dict, finals: list[dict]) -> dict:
+def at_accuracy(curve: pd.DataFrame, level: float) -> dict[str, dict]:
+    """Per trained arm, from its evaluated checkpoints: the first step whose puzzle exact accuracy reaches
+    level (`steps_to_matched`; how fast the arm learns the task) and the forgetting and format collapse at
+    that checkpoint (`forgetting_at_matched`, `format_collapse_at_matched`): arms compared at matched task
+    skill rather than at their last step. NaN where an arm never reaches level."""
+    out = {}
+    for arm, rows in curve[curve.arm != "base"].groupby("arm", sort=False):
+        reached = rows[rows.puzzle_exact >= level].sort_values("step")
+        first = reached.iloc[0] if len(reached) else None
+        out[arm] = {
+            "steps_to_matched": math.nan if first is None else int(first.step),
+            "forgetting_at_matched": math.nan if first is None else float(first.forgetting),
+            "format_collapse_at_matched": math.nan if first is None else float(first.format_collapse),
+        }
+    return out
+
+
+def summary(
+    study_id: str, base: dict, finals: list[dict], curve: pd.DataFrame | None = None, level: float = 0.6
+) -> dict:
     """For base and each arm's final model: puzzle_exact, prior_mean, mean_forgetting (mean over prior
-    benchmarks of base - score; positive = forgotten), format_collapse (share of prior answers out of format)."""
+    benchmarks of base - score; positive = forgotten), format_collapse (share of prior answers out of format);
+    with the curves, each arm's at_accuracy(curve, level) too."""
     frame = benchmark_frame([base, *finals])
     base_prior = frame[(frame.arm == "base") & (frame.kind == "prior")].set_index("benchmark").value
     arms = {}
@@ -165,7 +185,11 @@ def summary(study_id: str, base: dict, finals: list[dict]) -> dict:
             "mean_forgetting": float((base_prior - prior.value).dropna().mean()),
             "format_collapse": format_collapse(prior),
         }
-    return {"study_id": study_id, "arms": arms}
+    if curve is not None:
+        for arm, values in at_accuracy(curve, level).items():
+            if arm in arms:
+                arms[arm].update(values)
+    return {"study_id": study_id, "arms": arms, "matched_accuracy": level}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -338,6 +362,7 @@ def write_report(
     samples: dict[tuple[str, int], list[dict]],
     data_nll: dict[str, dict],
     final_steps: dict[str, int],
+    matched_accuracy: float = 0.6,
 ) -> dict:
     """Fill out (the study's report/ folder): summary.json, forgetting.csv, curves.csv, dynamics.csv,
     report.md and the three plots. Returns the summary."""
@@ -345,9 +370,9 @@ def write_report(
     by_key = {(r["arm"], r["step"]): r for r in records}
     base = by_key[("base", 0)]
     finals = [by_key[(arm, step)] for arm, step in final_steps.items() if arm != "base" and (arm, step) in by_key]
-    summary_ = summary(study_id, base, finals)
-    table = forgetting_table(base, finals, samples)
     curve = curves(records)
+    summary_ = summary(study_id, base, finals, curve, matched_accuracy)
+    table = forgetting_table(base, finals, samples)
     dyn, findings = dynamics(curve, data_nll)
     summary_["dynamics"] = findings
     (out / "summary.json").write_text(json.dumps(without_nan(summary_), indent=1) + "\n")
@@ -364,12 +389,20 @@ def write_report(
 def report_markdown(summary_: dict, table: pd.DataFrame, findings: dict) -> str:
     return (
         f"## Study {summary_['study_id']}\n\n"
-        "Final models. `mean_forgetting` = mean over prior benchmarks of (base - score): positive means forgotten.\n\n"
+        "Final models. `mean_forgetting` = mean over prior benchmarks of (base - score): positive means forgotten. "
+        + _matched_note(summary_["matched_accuracy"])
         + markdown_table(summary_frame(summary_))
         + "\n### Forgetting per benchmark (score - base)\n\n"
         + markdown_table(forgetting_pivot(table))
         + f"\n### Learning dynamics\n\n{findings['statement']}\n\n"
         "![trade-off](tradeoff.png) ![forgetting](forgetting.png) ![dynamics](dynamics.png)\n"
+    )
+
+
+def _matched_note(level: float) -> str:
+    return (
+        f"`steps_to_matched`: first evaluated step with puzzle exact accuracy >= {level:g}; "
+        "`forgetting_at_matched`, `format_collapse_at_matched`: at that checkpoint (empty: never reached).\n\n"
     )
 
 
@@ -386,25 +419,29 @@ def without_nan(obj):
 # Prefect wrapper
 
 
-def report_task(out: Path, study_id: str, evaluations: list[Path], data_nll: dict, final_steps: dict) -> dict:
+def report_task(
+    out: Path, study_id: str, evaluations: list[Path], data_nll: dict, final_steps: dict, matched_accuracy: float
+) -> dict:
     """write_report from evaluation folders, as a Prefect task materializing the report folder with the
     evaluations as its upstream assets."""
     from prefect.assets import materialize
 
     from assets import report
 
-    def build(out: Path, study_id: str, evaluations: list[Path], data_nll: dict, final_steps: dict) -> dict:
+    def build(
+        out: Path, study_id: str, evaluations: list[Path], data_nll: dict, final_steps: dict, matched_accuracy: float
+    ) -> dict:
         records, samples = [], {}
         for folder in evaluations:
             record, items = read_evaluation(folder)
             samples[(record["arm"], record["step"])] = items
             records.append(record)
-        return write_report(out, study_id, records, samples, data_nll, final_steps)
+        return write_report(out, study_id, records, samples, data_nll, final_steps, matched_accuracy)
 
     task = materialize(
         report(out), name="report", asset_deps=[Path(p).resolve().as_uri() for p in evaluations], retries=1
     )
-    return task(build)(out, study_id, evaluations, data_nll, final_steps)
+    return task(build)(out, study_id, evaluations, data_nll, final_steps, matched_accuracy)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -446,12 +483,21 @@ def aggregate_reports(out: Path, study_id: str, reports: dict[int, Path]) -> dic
     out.mkdir(parents=True, exist_ok=True)
     summaries = {s: json.loads((Path(r) / "summary.json").read_text()) for s, r in reports.items()}
     seeds = list(summaries)
-    metrics = ("puzzle_exact", "prior_mean", "mean_forgetting", "format_collapse")
+    metrics = (
+        "puzzle_exact",
+        "prior_mean",
+        "mean_forgetting",
+        "format_collapse",
+        "steps_to_matched",
+        "forgetting_at_matched",
+        "format_collapse_at_matched",
+    )
     arms = list(dict.fromkeys(arm for s in summaries.values() for arm in s["arms"]))
     summary_ = {
         "study_id": study_id,
         "seeds": seeds,
         "seed_studies": {s: summaries[s]["study_id"] for s in seeds},
+        "matched_accuracy": summaries[seeds[0]].get("matched_accuracy", math.nan),
         "arms": {
             arm: {m: mean_ci([summaries[s]["arms"].get(arm, {}).get(m, math.nan) for s in seeds]) for m in metrics}
             for arm in arms
@@ -483,13 +529,16 @@ def aggregate_reports(out: Path, study_id: str, reports: dict[int, Path]) -> dic
 
 
 def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
-    def cell(stats: dict) -> str:
+    def cell(stats: dict, digits: int = 3) -> str:
         if stats["mean"] is None or math.isnan(stats["mean"]):
             return ""
         ci = stats["ci95"]
-        return f"{stats['mean']:.3f}" + ("" if ci is None or math.isnan(ci) else f" ± {ci:.3f}")
+        return f"{stats['mean']:.{digits}f}" + ("" if ci is None or math.isnan(ci) else f" ± {ci:.{digits}f}")
 
-    rows = [{"arm": arm, **{m: cell(v) for m, v in values.items()}} for arm, values in summary_["arms"].items()]
+    rows = [
+        {"arm": arm, **{m: cell(v, 0 if m.startswith("steps") else 3) for m, v in values.items()}}
+        for arm, values in summary_["arms"].items()
+    ]
     pivot = table.assign(
         value=[
             f"{d:.3f} ± {c:.3f}" if not math.isnan(c) else f"{d:.3f}"
@@ -500,7 +549,9 @@ def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
     rho = summary_["dynamics"]
     return (
         f"## Study {summary_['study_id']} over seeds {summary_['seeds']}\n\n"
-        "Mean ± 95% CI half-width over seeds, final models; `mean_forgetting` positive means forgotten.\n\n"
+        "Mean ± 95% CI half-width over seeds, final models; `mean_forgetting` positive means forgotten. "
+        + _matched_note(summary_["matched_accuracy"])
+        + "A seed that never reached the level is left out of that column's mean (see summary.json).\n\n"
         + markdown_table(pd.DataFrame(rows))
         + "\n### Forgetting per benchmark (score - base)\n\n"
         + markdown_table(pivot)

@@ -191,6 +191,12 @@ class EvaluationConfig(_Section):
     limit: int | None = Field(None, ge=1, description="At most this many items per benchmark (empty: all).")
     batch_size: int = Field(32, ge=1, le=4096, description="Items generated per batch.")
     every: int = Field(100, ge=1, le=1_000_000, description="Evaluate intermediate checkpoints every N steps.")
+    matched_accuracy: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Puzzle exact accuracy at which arms are compared: steps to reach it, forgetting there.",
+    )
 
 
 class TrackingConfig(_Section):

@@ -8,6 +8,7 @@ import pytest
 
 from tasks.analysis import (
     aggregate_reports,
+    at_accuracy,
     curves,
     dynamics,
     forgetting_table,
@@ -91,6 +92,29 @@ def test_curves_start_every_arm_at_the_base():
         curves([SFT])
 
 
+def test_arms_compared_at_matched_puzzle_accuracy():
+    records = [BASE] + [
+        record(arm, step, puzzle, 1.0 - f, 0.5)
+        for arm, step, puzzle, f in [
+            ("sft", 5, 0.7, 0.4),
+            ("sft", 10, 1.0, 0.6),
+            ("rft", 5, 0.3, 0.0),
+            ("rft", 10, 0.6, 0.1),
+            ("rft", 15, 0.9, 0.2),
+            ("rollout_sft", 5, 0.5, 0.2),
+        ]
+    ]
+    curve = curves(records)
+    matched = at_accuracy(curve, 0.6)
+    assert matched["sft"]["steps_to_matched"] == 5 and matched["sft"]["forgetting_at_matched"] == pytest.approx(0.2)
+    assert matched["rft"]["steps_to_matched"] == 10 and matched["rft"]["forgetting_at_matched"] == pytest.approx(0.05)
+    assert math.isnan(matched["rollout_sft"]["steps_to_matched"])  # never reached: no number made up
+    assert math.isnan(matched["rollout_sft"]["forgetting_at_matched"])
+    final = summary("study-x", BASE, [records[2], records[5]], curve, 0.6)
+    assert final["matched_accuracy"] == 0.6 and final["arms"]["rft"]["steps_to_matched"] == 10
+    assert "steps_to_matched" not in final["arms"]["base"]
+
+
 def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -163,6 +187,8 @@ def test_aggregate_reports_over_seeds(tmp_path):
         12.7062 * (0.05 / math.sqrt(2)) / math.sqrt(2), rel=1e-4
     )  # t * sd / sqrt(n)
     assert s["arms"]["rft"]["mean_forgetting"]["ci95"] == 0.0
+    assert s["arms"]["sft"]["steps_to_matched"]["mean"] == 10 and s["matched_accuracy"] == 0.6
+    assert math.isnan(s["arms"]["rft"]["steps_to_matched"]["mean"])  # puzzle 0.5 < 0.6 in both seeds
     table = pd.read_csv(out / "forgetting.csv").set_index(["arm", "benchmark"])
     assert table.loc[("sft", "a"), "delta"] == pytest.approx(-0.7) and table.loc[("sft", "a"), "seeds"] == 2
     curve = pd.read_csv(out / "curves.csv")
