@@ -129,6 +129,11 @@ class PretrainConfig(_Section):
     eval_every: int = Field(250, ge=1, le=1_000_000, description="Held-out accuracy per task every N steps.")
     eval_items: int = Field(200, ge=8, le=100_000, description="Held-out items per task in each evaluation.")
     vocab_size: int = Field(768, ge=300, le=65_536, description="Size of the byte-level BPE vocabulary.")
+    image_position: Literal["first", "last"] = Field(
+        "last",
+        description="Where the chat template puts a user turn's image: before its text, or after it (a tiny "
+        "model learns faster: the answer is then always the same distance from the image).",
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of initialisation and data order.")
 
 

@@ -34,24 +34,47 @@ SPECIAL_TOKENS = [
 
 # Qwen-style chat. trim_blocks is on, so newlines are written explicitly. The assistant's content and its
 # <|im_end|> sit in a {% generation %} block, which gives TRL and our pretraining the assistant-only mask.
-CHAT_TEMPLATE = (
-    "{%- macro render(content) -%}"
-    "{%- if content is string -%}{{ content }}"
-    "{%- else -%}{%- for part in content -%}"
-    "{%- if part.type == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif part.type == 'text' -%}{{ part.text }}"
-    "{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "{%- endmacro -%}"
-    "{%- for message in messages -%}"
-    "{%- if message.role == 'assistant' -%}"
-    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ render(message.content) }}{{ '<|im_end|>' }}{% endgeneration %}"
-    "{{ '\\n' }}"
-    "{%- else -%}"
-    "{{ '<|im_start|>' + message.role + '\\n' }}{{ render(message.content) }}{{ '<|im_end|>\\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
+# Where a user turn's image goes is the template's choice, saved with the processor, so every caller builds
+# messages the same way (image part, then text) and each model reads images where it learned to:
+#   first: in the order of the content parts, as Qwen's own template does (the shipped bases until now);
+#   last:  after the text. A tiny model's rotary positions (theta 10) have no position-free dimensions, so
+#          the answer finds image tokens by content only at a distance it has learned; with the image last
+#          that distance is the same for every prompt. Measured: 600 pretraining steps on colour, shape,
+#          count, digit and arithmetic reached held-out mean 0.317 with the image last, 0.203 with it first.
+_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+_RENDER = {
+    "first": (
+        "{%- for part in content -%}"
+        "{%- if part.type == 'image' -%}" + _IMAGE + "{%- elif part.type == 'text' -%}{{ part.text }}{%- endif -%}"
+        "{%- endfor -%}"
+    ),
+    "last": (
+        "{%- for part in content if part.type == 'text' -%}{{ part.text }}{%- endfor -%}"
+        "{%- for part in content if part.type == 'image' -%}" + _IMAGE + "{%- endfor -%}"
+    ),
+}
+
+
+def chat_template(image_position: str = "last") -> str:
+    if image_position not in _RENDER:
+        raise ValueError(f"image_position must be 'first' or 'last', got {image_position!r}")
+    return (
+        "{%- macro render(content) -%}"
+        "{%- if content is string -%}{{ content }}"
+        "{%- else -%}" + _RENDER[image_position] + "{%- endif -%}"
+        "{%- endmacro -%}"
+        "{%- for message in messages -%}"
+        "{%- if message.role == 'assistant' -%}"
+        "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ render(message.content) }}{{ '<|im_end|>' }}"
+        "{% endgeneration %}"
+        "{{ '\\n' }}"
+        "{%- else -%}"
+        "{{ '<|im_start|>' + message.role + '\\n' }}{{ render(message.content) }}{{ '<|im_end|>\\n' }}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+    )
+
 
 # Text / vision sizes of the tiny models. Rope theta 10 with mrope_section [0, 8, 8] (temporal, height,
 # width): with Qwen's default (1e4, [4, 6, 6]) a tiny model cannot tell where an image token sits.
@@ -63,7 +86,7 @@ TINY_SIZES = {
 MIN_PIXELS, MAX_PIXELS = 28 * 28, 28 * 28 * 1024
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 768):
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 768, image_position: str = "last"):
     """A byte-level BPE (digits one token each) with Qwen's special tokens, as a transformers tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -86,12 +109,13 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 768):
         pad_token="<|endoftext|>",
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
         padding_side="left",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template(image_position),
     )
     return tokenizer
 
 
 def build_processor(tokenizer):
+    """Qwen2.5-VL's processor around the tokenizer, with the tokenizer's chat template."""
     from transformers import Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
@@ -100,7 +124,7 @@ def build_processor(tokenizer):
         image_processor=Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
-        chat_template=CHAT_TEMPLATE,
+        chat_template=tokenizer.chat_template,
     )
 
 

@@ -46,7 +46,9 @@ def tokenizer_corpus(seed: int, per_task: int = 400) -> list[str]:
 
 def build_base(size: str, config: PretrainConfig):
     """Tokenizer, processor and a randomly initialised model of the given size."""
-    processor = build_processor(train_tokenizer(tokenizer_corpus(config.seed), config.vocab_size))
+    processor = build_processor(
+        train_tokenizer(tokenizer_corpus(config.seed), config.vocab_size, image_position=config.image_position)
+    )
     return build_tiny_model(size, processor, seed=config.seed), processor
 
 

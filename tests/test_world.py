@@ -91,6 +91,31 @@ def test_assistant_mask_covers_the_answer_and_im_end_only(processor):
     assert text.rstrip("\n").endswith("<|im_start|>assistant") and "<|endoftext|>" in text  # left padding
 
 
+def test_the_template_puts_the_image_where_the_model_was_built_to_read_it():
+    from tasks.models import SHIPPED, chat_template
+
+    item = world.make_split("colour", "train", 1)[0]
+    text = {}
+    for where in ("first", "last"):
+        p = build_processor(train_tokenizer(tokenizer_corpus(seed=0, per_task=20), 400, image_position=where))
+        text[where] = p.apply_chat_template(chat(item.prompt, item.image, item.answer), tokenize=False)
+    image = "<|vision_start|><|image_pad|><|vision_end|>"
+    assert text["first"].startswith(f"<|im_start|>user\n{image}{item.prompt}<|im_end|>")
+    assert text["last"].startswith(f"<|im_start|>user\n{item.prompt}{image}<|im_end|>")
+    assert text["first"].endswith(f"<|im_start|>assistant\n{item.answer}<|im_end|>\n")
+    # The shipped bases carry the template they were built with (image first): "first" renders it exactly.
+    from transformers import AutoProcessor
+
+    conversations = [chat(item.prompt, item.image, item.answer), chat("What is 2 + 3?")]
+    for name in ("micro", "tiny"):
+        shipped = AutoProcessor.from_pretrained(SHIPPED[name])
+        saved = shipped.apply_chat_template(conversations, tokenize=False)
+        shipped.chat_template = chat_template("first")
+        assert shipped.apply_chat_template(conversations, tokenize=False) == saved
+    with pytest.raises(ValueError, match="image_position"):
+        chat_template("middle")
+
+
 # --- loader ----------------------------------------------------------------------------------------------
 
 
