@@ -280,7 +280,8 @@ def _load(config: ModelConfig, path: str, trainable: bool):
 
 
 def chat(prompt: str, image: Image.Image | None = None, answer: str | None = None) -> list[dict]:
-    """One sample as chat messages: the image (if any) before the text, as in Qwen's own examples."""
+    """One sample as chat messages: the image (if any) before the text, as in Qwen's own examples (where
+    the tiny models' chat template renders it is its own choice: see chat_template)."""
     content = ([{"type": "image", "image": image}] if image is not None else []) + [{"type": "text", "text": prompt}]
     messages = [{"role": "user", "content": content}]
     if answer is not None:

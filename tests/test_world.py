@@ -16,6 +16,7 @@ from tasks.models import (
     build_processor,
     build_tiny_model,
     chat,
+    chat_template,
     load_model,
     resolve_model_path,
     train_tokenizer,
@@ -92,8 +93,6 @@ def test_assistant_mask_covers_the_answer_and_im_end_only(processor):
 
 
 def test_the_template_puts_the_image_where_the_model_was_built_to_read_it():
-    from tasks.models import SHIPPED, chat_template
-
     item = world.make_split("colour", "train", 1)[0]
     text = {}
     for where in ("first", "last"):
