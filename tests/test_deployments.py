@@ -48,13 +48,14 @@ def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | 
 def _complete(found) -> Path | None:
     """A checkpoint the Trainer has finished saving (trainer_state.json is written last); killing the run
     while it saves leaves a partial one, which a rerun removes and redoes (test_training tests that)."""
-    for checkpoint in found:
-        try:
-            json.loads((checkpoint / "trainer_state.json").read_text())
-            return checkpoint
-        except (OSError, ValueError):
-            return None
-    return None
+    checkpoint = next(iter(found), None)
+    if checkpoint is None:
+        return None
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+        return checkpoint
+    except (OSError, ValueError):
+        return None
 
 
 def _summary(out: Path, config) -> dict:
