@@ -24,20 +24,6 @@ from tasks.evaluation import puzzle_scores
 from tasks.models import batch, build_processor, build_tiny_model, chat, train_tokenizer
 from tasks.puzzles import generate_puzzles
 
-# How often each task is drawn: the slow learners (shape, count, digit, arithmetic, lists) get more.
-TASK_WEIGHTS = {
-    "colour": 1.0,
-    "shape": 2.0,
-    "count": 2.0,
-    "digit": 2.0,
-    "spatial": 1.0,
-    "arithmetic": 2.0,
-    "quadrant_colours": 1.0,
-    "shape_positions": 1.5,
-    "quadrant_counts": 1.5,
-}
-
-
 def tokenizer_corpus(seed: int, per_task: int = 400) -> list[str]:
     """Prompts and answers of the train splits (never a jigsaw): what the tokenizer is trained on."""
     items = [it for task in world.PRIOR_TASKS for it in world.make_split(task, "train", per_task, seed)]
@@ -73,12 +59,13 @@ def optimizer_for(model, config: PretrainConfig) -> torch.optim.Optimizer:
 
 
 def train_batches(config: PretrainConfig):
-    """Endless lists of Items, tasks drawn by TASK_WEIGHTS."""
+    """Endless lists of Items, each task drawn equally often. Measured (1500 steps of 16): equal draws reached
+    held-out mean 0.39 where weights favouring the slow tasks reached 0.30 in 1000 steps of 32 (same time)."""
     streams = {task: world.item_stream(task, "train", config.seed) for task in world.PRIOR_TASKS}
     rng = random.Random(config.seed)
-    tasks, weights = list(TASK_WEIGHTS), list(TASK_WEIGHTS.values())
+    tasks = list(world.PRIOR_TASKS)
     while True:
-        yield [next(streams[t]) for t in rng.choices(tasks, weights, k=config.batch_size)]
+        yield [next(streams[t]) for t in rng.choices(tasks, k=config.batch_size)]
 
 
 @torch.no_grad()
@@ -116,6 +103,25 @@ def per_item_loss(model, inputs: dict) -> torch.Tensor:
     return ((ce * mask).sum(1) / mask.sum(1)).mean()
 
 
+def length_group(item: world.Item) -> tuple[bool, bool]:
+    """Items of a group have prompts of about the same length: text-only, one-word answer, list answer."""
+    return item.image is None, world.ANSWER_FORMATS[item.task].startswith("numbers")
+
+
+def backward_by_length(model, processor, items: list[world.Item]) -> float:
+    """per_item_loss over items, its gradient accumulated one length group at a time: the same gradient as
+    one padded batch, without padding a one-word question to the length of a list prompt (benchmarks/
+    pretrain_step.py, 16 items, 2 cores: 0.35 s a step against 0.39 s padded). Returns the loss."""
+    total = 0.0
+    for _, group in itertools.groupby(sorted(items, key=length_group), key=length_group):
+        group = list(group)
+        inputs = batch(processor, [chat(it.prompt, it.image, it.answer) for it in group], train=True)
+        loss = per_item_loss(model, inputs) * len(group) / len(items)
+        loss.backward()
+        total += loss.item()
+    return total
+
+
 def held_out(config: PretrainConfig) -> dict[str, list[world.Item]]:
     return {task: world.make_split(task, "test", config.eval_items, config.seed) for task in world.PRIOR_TASKS}
 
@@ -137,14 +143,12 @@ def pretrain(
         factor = lr_factor(step, config)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        inputs = batch(processor, [chat(it.prompt, it.image, it.answer) for it in items], train=True)
-        loss = per_item_loss(model, inputs)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = backward_by_length(model, processor, items)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 10 == 0 or step == config.steps - 1:
-            log({"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm)}, step)
+            log({"loss": loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm)}, step)
         if (step + 1) % config.eval_every == 0 or step == config.steps - 1:
             scores = {f"heldout.{t}": teacher_forced_exact(model, processor, its) for t, its in evaluation.items()}
             scores["heldout.mean"] = sum(scores.values()) / len(scores)
