@@ -24,6 +24,7 @@ from tasks.evaluation import puzzle_scores
 from tasks.models import batch, build_processor, build_tiny_model, chat, train_tokenizer
 from tasks.puzzles import generate_puzzles
 
+
 def tokenizer_corpus(seed: int, per_task: int = 400) -> list[str]:
     """Prompts and answers of the train splits (never a jigsaw): what the tokenizer is trained on."""
     items = [it for task in world.PRIOR_TASKS for it in world.make_split(task, "train", per_task, seed)]
