@@ -4,9 +4,9 @@
 
 Both sides take the same items (every prior-knowledge task drawn equally, as pretraining does) on the same
 freshly built tiny model, in one process with fixed torch threads, alternating step by step which goes
-first; each side does forward and backward (the weights do not change, so both see the same model). Reported: median seconds per step and the
-ratio grouped / padded, and the largest difference between the two sides' losses (the same loss, computed
-in groups).
+first; each side does forward and backward (the weights do not change, so both see the same model).
+Reported: median seconds per step, the ratio grouped / padded, and the largest difference between the two
+sides' losses (the same loss, computed in groups).
 """
 
 import argparse
