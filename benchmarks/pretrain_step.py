@@ -35,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = PretrainConfig(batch_size=args.batch_size)
     model, processor = build_base("tiny", config)
-    sides = {"padded": padded_step, "grouped": lambda m, p, items: backward_by_length(m, p, items)}
+    sides = {"padded": padded_step, "grouped": backward_by_length}
     times = {name: [] for name in sides}
     gaps = []
     for step, items in zip(range(args.steps), train_batches(config), strict=False):
