@@ -49,8 +49,7 @@ def test_tasks_are_deterministic_and_held_out_is_separate(task):
 
 def test_list_tasks_answer_with_lists_and_quadrant_shapes_with_permutations():
     for task in ("quadrant_colours", "quadrant_shapes", "quadrant_counts"):
-        items = world.make_split(task, "train", 20)
-        for item in items:
+        for item in world.make_split(task, "train", 20):
             assert len(item.answer.split()) == 4 and "Positions are numbered row by row" in item.prompt
     # a fixed code table, as a jigsaw's map from tile to original position is fixed
     for task, names in (("quadrant_colours", world.CELL_COLOURS), ("quadrant_shapes", world.SHAPES)):
