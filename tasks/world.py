@@ -212,7 +212,7 @@ def code_table(names: Iterable[str]) -> str:
 # reading the cells) the tiny model stayed at chance on every list task after 4000 pretraining steps.
 # Every list answer is a permutation of 1..4, as a jigsaw's is: measured on the base before this rule (colour
 # codes drawn with repeats), the jigsaw prompt got list answers with repeated numbers, a valid permutation
-# only 14% of the time, and RFT had almost nothing to reward.
+# only 14% of the time, and RFT had almost nothing to reward; the base built with this rule: 53%.
 CELL_COLOURS = ("red", "green", "blue", "yellow")
 
 
