@@ -16,12 +16,11 @@ import time
 import torch
 
 from tasks.config import PretrainConfig
-from tasks.models import batch, chat
-from tasks.pretrain import backward_by_length, build_base, per_item_loss, train_batches
+from tasks.pretrain import backward_by_length, build_base, item_batch, per_item_loss, train_batches
 
 
 def padded_step(model, processor, items) -> float:
-    loss = per_item_loss(model, batch(processor, [chat(it.prompt, it.image, it.answer) for it in items], train=True))
+    loss = per_item_loss(model, item_batch(processor, items))
     loss.backward()
     return loss.item()
 

@@ -69,6 +69,11 @@ def train_batches(config: PretrainConfig):
         yield [next(streams[t]) for t in rng.choices(tasks, k=config.batch_size)]
 
 
+def item_batch(processor, items: list[world.Item]) -> dict:
+    """Prompt, image and answer of each item as one training batch through the processor (labels included)."""
+    return batch(processor, [chat(it.prompt, it.image, it.answer) for it in items], train=True)
+
+
 @torch.no_grad()
 def teacher_forced_correct(model, processor, items: list[world.Item], batch_size: int = 64) -> list[bool]:
     """Per item: is every answer token (and <|im_end|>) the argmax? This equals greedy-generate exact match
@@ -78,7 +83,7 @@ def teacher_forced_correct(model, processor, items: list[world.Item], batch_size
     correct = []
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
-        inputs = batch(processor, [chat(it.prompt, it.image, it.answer) for it in chunk], train=True)
+        inputs = item_batch(processor, chunk)
         labels = inputs.pop("labels")
         predicted = model(**inputs).logits[:, :-1].argmax(-1)
         target = labels[:, 1:]
@@ -116,7 +121,7 @@ def backward_by_length(model, processor, items: list[world.Item]) -> float:
     total = 0.0
     for _, group in itertools.groupby(sorted(items, key=length_group), key=length_group):
         group = list(group)
-        inputs = batch(processor, [chat(it.prompt, it.image, it.answer) for it in group], train=True)
+        inputs = item_batch(processor, group)
         loss = per_item_loss(model, inputs) * len(group) / len(items)
         loss.backward()
         total += loss.item()
