@@ -165,12 +165,46 @@ def at_accuracy(curve: pd.DataFrame, level: float) -> dict[str, dict]:
     return out
 
 
+def common_accuracy(curve: pd.DataFrame) -> float:
+    """The highest puzzle exact accuracy every trained arm reaches at one of its evaluated checkpoints; NaN
+    when that is no more than the base's (some arm never learned anything)."""
+    trained = curve[curve.arm != "base"]
+    if trained.empty:
+        return math.nan
+    level = float(trained.groupby("arm").puzzle_exact.max().min())
+    base = trained[trained.step == 0].puzzle_exact
+    return level if len(base) and level > float(base.max()) else math.nan
+
+
+def forgetting_at_level(curve: pd.DataFrame, level: float) -> dict[str, float]:
+    """Per trained arm, the forgetting where its puzzle accuracy first reaches level, interpolated linearly
+    between the evaluated checkpoints on either side of the crossing (a step that overshoots the level
+    would otherwise charge the arm for skill it has beyond it). NaN where the arm never reaches level."""
+    out = {}
+    for arm, rows in curve[curve.arm != "base"].groupby("arm", sort=False):
+        rows = rows.sort_values("step").reset_index(drop=True)
+        reached = rows.index[rows.puzzle_exact >= level]
+        if math.isnan(level) or not len(reached):
+            out[arm] = math.nan
+            continue
+        i = reached[0]
+        if i == 0:
+            out[arm] = float(rows.forgetting[0])
+            continue
+        before, after = rows.iloc[i - 1], rows.iloc[i]
+        share = (level - before.puzzle_exact) / (after.puzzle_exact - before.puzzle_exact)
+        out[arm] = float(before.forgetting + share * (after.forgetting - before.forgetting))
+    return out
+
+
 def summary(
     study_id: str, base: dict, finals: list[dict], curve: pd.DataFrame | None = None, level: float = 0.6
 ) -> dict:
     """For base and each arm's final model: puzzle_exact, prior_mean, mean_forgetting (mean over prior
     benchmarks of base - score; positive = forgotten), format_collapse (share of prior answers out of format);
-    with the curves, each arm's at_accuracy(curve, level) too."""
+    with the curves, each arm's at_accuracy(curve, level) too, and `forgetting_at_common`: its forgetting at
+    `common_accuracy`, the highest puzzle accuracy every arm reaches (arms matched on skill even when some
+    never reach level)."""
     frame = benchmark_frame([base, *finals])
     base_prior = frame[(frame.arm == "base") & (frame.kind == "prior")].set_index("benchmark").value
     arms = {}
@@ -185,11 +219,16 @@ def summary(
             "mean_forgetting": float((base_prior - prior.value).dropna().mean()),
             "format_collapse": format_collapse(prior),
         }
+    out = {"study_id": study_id, "arms": arms, "matched_accuracy": level}
     if curve is not None:
         for arm, values in at_accuracy(curve, level).items():
             if arm in arms:
                 arms[arm].update(values)
-    return {"study_id": study_id, "arms": arms, "matched_accuracy": level}
+        out["common_accuracy"] = common_accuracy(curve)
+        for arm, value in forgetting_at_level(curve, out["common_accuracy"]).items():
+            if arm in arms:
+                arms[arm]["forgetting_at_common"] = value
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -390,7 +429,7 @@ def report_markdown(summary_: dict, table: pd.DataFrame, findings: dict) -> str:
     return (
         f"## Study {summary_['study_id']}\n\n"
         "Final models. `mean_forgetting` = mean over prior benchmarks of (base - score): positive means forgotten. "
-        + _matched_note(summary_["matched_accuracy"])
+        + _matched_note(summary_["matched_accuracy"], _number(summary_.get("common_accuracy", math.nan)))
         + markdown_table(summary_frame(summary_))
         + "\n### Forgetting per benchmark (score - base)\n\n"
         + markdown_table(forgetting_pivot(table))
@@ -399,11 +438,17 @@ def report_markdown(summary_: dict, table: pd.DataFrame, findings: dict) -> str:
     )
 
 
-def _matched_note(level: float) -> str:
+def _matched_note(level: float, common: str) -> str:
     return (
         f"`steps_to_matched`: first evaluated step with puzzle exact accuracy >= {level:g}; "
-        "`forgetting_at_matched`, `format_collapse_at_matched`: at that checkpoint (empty: never reached).\n\n"
+        "`forgetting_at_matched`, `format_collapse_at_matched`: at that checkpoint (empty: never reached). "
+        f"`forgetting_at_common`: forgetting where the arm's curve first reaches {common}, the highest puzzle "
+        "accuracy every arm reaches, interpolated linearly between the evaluated checkpoints around it.\n\n"
     )
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "no level above the base's" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def without_nan(obj):
@@ -491,6 +536,7 @@ def aggregate_reports(out: Path, study_id: str, reports: dict[int, Path]) -> dic
         "steps_to_matched",
         "forgetting_at_matched",
         "format_collapse_at_matched",
+        "forgetting_at_common",
     )
     arms = list(dict.fromkeys(arm for s in summaries.values() for arm in s["arms"]))
     summary_ = {
@@ -498,6 +544,7 @@ def aggregate_reports(out: Path, study_id: str, reports: dict[int, Path]) -> dic
         "seeds": seeds,
         "seed_studies": {s: summaries[s]["study_id"] for s in seeds},
         "matched_accuracy": summaries[seeds[0]].get("matched_accuracy", math.nan),
+        "common_accuracy": mean_ci([summaries[s].get("common_accuracy", math.nan) for s in seeds]),
         "arms": {
             arm: {m: mean_ci([summaries[s]["arms"].get(arm, {}).get(m, math.nan) for s in seeds]) for m in metrics}
             for arm in arms
@@ -550,7 +597,9 @@ def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
     return (
         f"## Study {summary_['study_id']} over seeds {summary_['seeds']}\n\n"
         "Mean ± 95% CI half-width over seeds, final models; `mean_forgetting` positive means forgotten. "
-        + _matched_note(summary_["matched_accuracy"])
+        + _matched_note(
+            summary_["matched_accuracy"], f"{cell(summary_['common_accuracy']) or 'no level'} (each seed its own)"
+        )
         + "A seed that never reached the level is left out of that column's mean (see summary.json).\n\n"
         + markdown_table(pd.DataFrame(rows))
         + "\n### Forgetting per benchmark (score - base)\n\n"

@@ -155,6 +155,13 @@ class RFTArmConfig(_Section):
     num_generations: int = Field(8, ge=2, le=256, description="Group size G: completions per prompt.")
     beta: float = Field(0.04, ge=0.0, le=10.0, description="KL penalty towards the base model.")
     temperature: float = Field(1.0, gt=0.0, le=5.0, description="Sampling temperature of rollouts.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group",
+        description="Advantage scaling: by the group's reward std (GRPO), the batch's, or none (Dr. GRPO).",
+    )
+    entropy_coef: float = Field(
+        0.0, ge=0.0, le=1.0, description="Weight of the mean-token-entropy bonus in the loss (0: none)."
+    )
     max_new_tokens: int = Field(32, ge=1, le=8192, description="Longest completion sampled.")
     use_vllm: bool = Field(False, description="GPU only: sample rollouts with TRL's vLLM integration (colocate).")
 

@@ -211,7 +211,22 @@ class RolloutRecorder:
         if log_metric is not None:
             log_metric("reward_parts/exact_rate", sum(parts.exact for parts in scored) / len(scored))
             log_metric("reward_parts/valid_rate", sum(parts.format > 0 for parts in scored) / len(scored))
+            for name, value in group_diversity(id, texts, rewards).items():
+                log_metric(f"groups/{name}", value)
         return rewards
+
+
+def group_diversity(puzzle_ids: list, texts: list[str], rewards: list[float]) -> dict[str, float]:
+    """How much a batch's groups (the completions of one puzzle) still differ. A group whose rewards are
+    all equal has zero advantage and teaches GRPO nothing; a policy collapsing onto one answer shows as
+    zero_spread rising towards 1 and distinct_answers falling towards 1."""
+    groups: dict = {}
+    for puzzle_id, text, reward in zip(puzzle_ids, texts, rewards, strict=True):
+        groups.setdefault(puzzle_id, []).append((text.strip(), reward))
+    return {
+        "zero_spread": sum(len({r for _, r in g}) == 1 for g in groups.values()) / len(groups),
+        "distinct_answers": sum(len({t for t, _ in g}) for g in groups.values()) / len(groups),
+    }
 
 
 def rft_examples(dataset: PuzzleDataset, style: str) -> list[dict]:
@@ -234,6 +249,8 @@ def grpo_args(config: StudyConfig, out: Path) -> dict:
         num_generations=rft.num_generations,
         beta=rft.beta,
         temperature=rft.temperature,
+        scale_rewards=rft.scale_rewards,
+        entropy_coef=rft.entropy_coef,
         max_completion_length=rft.max_new_tokens,
         log_completions=False,
         use_vllm=rft.use_vllm,

@@ -9,8 +9,10 @@ import pytest
 from tasks.analysis import (
     aggregate_reports,
     at_accuracy,
+    common_accuracy,
     curves,
     dynamics,
+    forgetting_at_level,
     forgetting_table,
     mean_ci,
     paired_stderr,
@@ -113,6 +115,19 @@ def test_arms_compared_at_matched_puzzle_accuracy():
     final = summary("study-x", BASE, [records[2], records[5]], curve, 0.6)
     assert final["matched_accuracy"] == 0.6 and final["arms"]["rft"]["steps_to_matched"] == 10
     assert "steps_to_matched" not in final["arms"]["base"]
+    # every arm reaches 0.5 (rollout_sft's best); forgetting there, interpolated between checkpoints
+    assert common_accuracy(curve) == 0.5
+    at_common = forgetting_at_level(curve, 0.5)
+    assert at_common["sft"] == pytest.approx(0.2 * 0.5 / 0.7)  # base (0.0, 0) -> step 5 (0.7, 0.2)
+    assert at_common["rft"] == pytest.approx(0.05 * 2 / 3)  # step 5 (0.3, 0) -> step 10 (0.6, 0.05)
+    assert at_common["rollout_sft"] == pytest.approx(0.1)  # reached exactly at step 5
+    assert final["common_accuracy"] == 0.5 and final["arms"]["sft"]["forgetting_at_common"] == at_common["sft"]
+
+
+def test_no_common_accuracy_when_an_arm_never_beats_the_base():
+    curve = curves([BASE, SFT, record("rft", 10, 0.0, 1.0, 0.5)])
+    assert math.isnan(common_accuracy(curve))
+    assert all(math.isnan(v) for v in forgetting_at_level(curve, common_accuracy(curve)).values())
 
 
 def test_spearman():
@@ -189,6 +204,8 @@ def test_aggregate_reports_over_seeds(tmp_path):
     assert s["arms"]["rft"]["mean_forgetting"]["ci95"] == 0.0
     assert s["arms"]["sft"]["steps_to_matched"]["mean"] == 10 and s["matched_accuracy"] == 0.6
     assert math.isnan(s["arms"]["rft"]["steps_to_matched"]["mean"])  # puzzle 0.5 < 0.6 in both seeds
+    assert s["common_accuracy"]["values"] == [0.5, 0.5]  # rft's best; sft from base (0.0) to 1.0 at step 10
+    assert s["arms"]["sft"]["forgetting_at_common"]["values"] == pytest.approx([0.375 / 2, 0.325 / 2])
     table = pd.read_csv(out / "forgetting.csv").set_index(["arm", "benchmark"])
     assert table.loc[("sft", "a"), "delta"] == pytest.approx(-0.7) and table.loc[("sft", "a"), "seeds"] == 2
     curve = pd.read_csv(out / "curves.csv")

@@ -13,6 +13,7 @@ from tasks.puzzles import generate_puzzles, make_target
 from tasks.training import (
     arm_dir,
     correct_rollouts,
+    group_diversity,
     rollout_sft_examples,
     run_arm,
     train_sft,
@@ -60,6 +61,16 @@ def test_rft_records_every_rollout_with_its_reward(setup):
         assert row["puzzle_id"] in ids and isinstance(row["completion"], str)
         assert row["reward"] == pytest.approx(row["accuracy"] + row["exact"] + row["format"])
     assert _changed(_weights(SHIPPED["micro"]), _weights(result.final))
+    logged = [h for h in json.loads((result.final / "trainer_state.json").read_text()) if "loss" in h]
+    assert all(0 <= h["groups/zero_spread"] <= 1 for h in logged)
+    assert all(1 <= h["groups/distinct_answers"] <= rft.num_generations for h in logged)
+
+
+def test_group_diversity_counts_groups_that_teach_grpo_nothing():
+    ids = ["a", "a", "a", "b", "b", "b"]
+    texts = ["1 2 3 4", " 1 2 3 4", "1 2 3 4", "2 1 3 4", "4 3 2 1", "2 1 3 4"]
+    rewards = [0.5, 0.5, 0.5, 1.0, 0.0, 1.0]
+    assert group_diversity(ids, texts, rewards) == {"zero_spread": 0.5, "distinct_answers": 1.5}
 
 
 def test_rollout_sft_learns_from_exact_rollouts_only(setup, tmp_path):
