@@ -126,6 +126,13 @@ class PretrainConfig(_Section):
         1.0, gt=0, le=100.0, description="Learning rate of the vision tower and merger, as a multiple of the peak."
     )
     warmup_steps: int = Field(100, ge=0, le=100_000, description="Linear warm-up, then cosine decay to 10%.")
+    vision_warmup_steps: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Steps that train the vision tower alone first, with linear heads reading the image-only "
+        "tasks' answers from its output (0: none).",
+    )
     eval_every: int = Field(250, ge=1, le=1_000_000, description="Held-out accuracy per task every N steps.")
     eval_items: int = Field(200, ge=8, le=100_000, description="Held-out items per task in each evaluation.")
     vocab_size: int = Field(768, ge=300, le=65_536, description="Size of the byte-level BPE vocabulary.")

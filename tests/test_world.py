@@ -21,7 +21,7 @@ from tasks.models import (
     resolve_model_path,
     train_tokenizer,
 )
-from tasks.pretrain import pretrain, teacher_forced_correct, tokenizer_corpus
+from tasks.pretrain import VISION_TASKS, build_base, pretrain, teacher_forced_correct, tokenizer_corpus, warm_up_vision
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +189,21 @@ def test_teacher_forced_equals_greedy_generate_on_every_task(size):
     assert forced == greedy
     if size == "tiny":
         assert sum(greedy) / len(greedy) > 0.3  # the shipped weights load and answer (model_card: held-out mean 0.45)
+
+
+def test_vision_warmup_trains_the_vision_tower_alone():
+    torch.set_num_threads(2)
+    config = PretrainConfig(steps=1, batch_size=14, warmup_steps=2, eval_items=8, vocab_size=512, seed=3)
+    model, processor = build_base("micro", config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    losses = []
+    scores = warm_up_vision(
+        model, processor, config.model_copy(update={"vision_warmup_steps": 12}), lambda m, step: losses.append(m)
+    )
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all(n.startswith("model.visual.") for n in changed)
+    assert set(scores) == {f"vision_warmup.{t}" for t in VISION_TASKS} and all(0 <= v <= 1 for v in scores.values())
+    assert losses[-1] == scores and losses[0]["vision_warmup.loss"] > 0
 
 
 def test_pretraining_is_reproducible():
