@@ -373,13 +373,18 @@ def _legend(ax) -> None:
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
-    def cell(v) -> str:
+    def cell(v, column: str) -> str:
         if isinstance(v, float):
-            return "" if math.isnan(v) else f"{v:.{digits}f}"
+            if math.isnan(v):
+                return ""
+            return f"{v:.0f}" if column.startswith("step") else f"{v:.{digits}f}"  # steps: NaN made them floats
         return "" if v is None else str(v)
 
     head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
-    return head + "".join("| " + " | ".join(cell(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
+    return head + "".join(
+        "| " + " | ".join(cell(v, c) for v, c in zip(row, frame.columns, strict=True)) + " |\n"
+        for row in frame.itertuples(index=False)
+    )
 
 
 def summary_frame(summary_: dict) -> pd.DataFrame:
