@@ -134,8 +134,11 @@ VISION_TASKS = ("colour", "shape", "count", "digit", "quadrant_colours", "quadra
 
 
 class VisionHeads(torch.nn.Module):
-    """One linear head per image-only task on the vision tower's merged tokens, flattened (so the k-th
-    number of a list answer can read its own cell); it predicts every word of the answer."""
+    """One linear head per image-only task, applied to every merged image token: a one-word answer is read
+    from the mean of all tokens' logits, the k-th number of a 2x2 list answer from the mean over the tokens of
+    cell k. So each token must carry what its own part of the image shows, which is what the language model
+    attends to later. (Measured: heads on all tokens flattened reached 0.93-1.0 on the list tasks, but the
+    language model trained after them read colour worse than with no warm-up: 0.22 against 0.55 at 1500 steps.)"""
 
     def __init__(self, visual, processor, seed: int):
         super().__init__()
@@ -143,18 +146,21 @@ class VisionHeads(torch.nn.Module):
         sample = {t: world.make_split(t, "train", 64, seed) for t in VISION_TASKS}
         self.labels = {t: sorted({w for it in items for w in it.answer.split()}) for t, items in sample.items()}
         self.slots = {t: len(items[0].answer.split()) for t, items in sample.items()}
-        features = self.features([sample[VISION_TASKS[0]][0]]).shape[1]
-        self.heads = torch.nn.ModuleDict(
-            {t: torch.nn.Linear(features, self.slots[t] * len(self.labels[t])) for t in VISION_TASKS}
-        )
+        width = self.features([sample[VISION_TASKS[0]][0]]).shape[-1]
+        self.heads = torch.nn.ModuleDict({t: torch.nn.Linear(width, len(self.labels[t])) for t in VISION_TASKS})
 
     def features(self, items: list[world.Item]) -> torch.Tensor:
+        """(items, tokens, width): the merged tokens, row by row over the image."""
         pixels = self.processor.image_processor([it.image for it in items], return_tensors="pt")
         merged = self.visual(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).pooler_output
-        return merged.reshape(len(items), -1)
+        return merged.reshape(len(items), -1, merged.shape[-1])
 
     def logits(self, task: str, items: list[world.Item]) -> torch.Tensor:
-        return self.heads[task](self.features(items)).view(len(items), self.slots[task], len(self.labels[task]))
+        """(items, slots, labels): token logits averaged over the whole image, or over each cell of the grid."""
+        per_token = self.heads[task](self.features(items))
+        side, cells = math.isqrt(per_token.shape[1]), math.isqrt(self.slots[task])
+        grid = per_token.view(len(items), cells, side // cells, cells, side // cells, -1)
+        return grid.mean(dim=(2, 4)).flatten(1, 2)
 
     def targets(self, task: str, items: list[world.Item]) -> torch.Tensor:
         return torch.tensor([[self.labels[task].index(w) for w in it.answer.split()] for it in items])
@@ -173,8 +179,10 @@ def warm_up_vision(model, processor, config: PretrainConfig, log=lambda metrics,
     """Train the vision tower and merger alone for config.vision_warmup_steps, as real VLMs pretrain their
     image encoder before the language model reads it: each step draws batch_size items of the image-only
     tasks, equally often; the heads are dropped afterwards. Returns the heads' held-out exact accuracy per
-    task. Measured before it was built in (tiny, 2000 steps of 16 on four tasks, then 1500 VLM steps):
-    held-out mean 0.283 against 0.228 without."""
+    task. Measured (tiny, 2000 warm-up steps of 16 in 8 min, then 1500 steps of the usual pretraining with the
+    tiny profile's settings, held-out mean over the nine tasks): 0.35 against 0.23 without the warm-up; colour
+    1.0 against 0.55, colour code per cell 0.89 against 0.23, the other tasks within 0.05 of each other. The
+    heads themselves reached colour 1.0, shape 0.53, count 0.82, digit 0.60, the list tasks 1.0, 0.88, 0.78."""
     heads = VisionHeads(model.model.visual, processor, config.seed)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=config.learning_rate, weight_decay=0.01)
     streams = {t: world.item_stream(t, "train", config.seed + 1) for t in VISION_TASKS}
