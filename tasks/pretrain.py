@@ -179,7 +179,7 @@ def warm_up_vision(model, processor, config: PretrainConfig, log=lambda metrics,
     """Train the vision tower and merger alone for config.vision_warmup_steps, as real VLMs pretrain their
     image encoder before the language model reads it: each step draws batch_size items of the image-only
     tasks, equally often; the heads are dropped afterwards. Returns the heads' held-out exact accuracy per
-    task. Measured (tiny, 2000 warm-up steps of 16 in 8 min, then 1500 steps of the usual pretraining with the
+    task. Measured (tiny, 2000 warm-up steps of 16 in 6-8 min, then 1500 steps of the usual pretraining with the
     tiny profile's settings, held-out mean over the nine tasks): 0.35 against 0.23 without the warm-up; colour
     1.0 against 0.55, colour code per cell 0.89 against 0.23, the other tasks within 0.05 of each other. The
     heads themselves reached colour 1.0, shape 0.53, count 0.82, digit 0.60, the list tasks 1.0, 0.88, 0.78."""
