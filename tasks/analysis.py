@@ -452,8 +452,11 @@ def _matched_note(level: float, common: str) -> str:
     )
 
 
+NO_COMMON_LEVEL = "no level above the base's"
+
+
 def _number(value: float | None, digits: int = 3) -> str:
-    return "no level above the base's" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+    return NO_COMMON_LEVEL if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def without_nan(obj):
@@ -603,7 +606,7 @@ def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
         f"## Study {summary_['study_id']} over seeds {summary_['seeds']}\n\n"
         "Mean ± 95% CI half-width over seeds, final models; `mean_forgetting` positive means forgotten. "
         + _matched_note(
-            summary_["matched_accuracy"], f"{cell(summary_['common_accuracy']) or 'no level'} (each seed its own)"
+            summary_["matched_accuracy"], f"{cell(summary_['common_accuracy']) or NO_COMMON_LEVEL} (each seed its own)"
         )
         + "A seed that never reached the level is left out of that column's mean (see summary.json).\n\n"
         + markdown_table(pd.DataFrame(rows))

@@ -13,6 +13,7 @@ import math
 import random
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -192,11 +193,9 @@ def warm_up_vision(model, processor, config: PretrainConfig, log=lambda metrics,
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * lr_factor(step, schedule)
         optimizer.zero_grad(set_to_none=True)
-        drawn = rng.choices(VISION_TASKS, k=config.batch_size)
         loss = 0.0
-        for task in dict.fromkeys(drawn):
-            part = heads.loss(task, [next(streams[task]) for _ in range(drawn.count(task))])
-            part = part * drawn.count(task) / len(drawn)
+        for task, n in Counter(rng.choices(VISION_TASKS, k=config.batch_size)).items():
+            part = heads.loss(task, [next(streams[task]) for _ in range(n)]) * n / config.batch_size
             part.backward()
             loss += part.item()
         torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
