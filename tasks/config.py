@@ -60,6 +60,14 @@ class PuzzleConfig(_Section):
         description="synthetic only. 0: a smooth colour gradient across the image tells each tile where "
         "it belongs; 1: no gradient, only clutter whose edges continue across tiles.",
     )
+    cue: Literal["gradient", "code_colours"] = Field(
+        "gradient",
+        description="synthetic only. gradient: red grows to the right, green downwards (the corners dark, red, "
+        "green, yellow: the base's colour codes mostly disagree with the tiles' positions); code_colours: "
+        "corners red, green, blue, yellow, the base's colour codes 1..4, so its own answers are often right "
+        "(a control for how far the ground truth sits from the base).",
+        exclude_if=lambda cue: cue == "gradient",  # left out of dumps and hashes at its default: ids unchanged
+    )
     n_train: int = Field(512, ge=1, le=1_000_000, description="Puzzles in the train split.")
     n_test: int = Field(128, ge=1, le=100_000, description="Puzzles in the test split.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the puzzle generator.")

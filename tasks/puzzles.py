@@ -183,19 +183,37 @@ def score_answer(text: object, answer: list[int], style: str = "direct") -> Rewa
 # Image sources. Each yields the unshuffled square image of puzzle i of a split.
 
 
-def synthetic_image(rng: np.random.Generator, side: int, difficulty: float) -> Image.Image:
-    """Gradient (red grows left to right, green top to bottom) plus clutter; difficulty trades one for
-    the other. At 0 a tile's red and green say where it belongs; at 1 only edges that run on across
-    tiles do."""
+# The synthetic image's corners for puzzles.cue 'code_colours' (top-left, top-right, bottom-left,
+# bottom-right): the tiny world's colour codes 1..4 (tasks/world.py, red 1, green 2, blue 3, yellow 4), so a
+# tile's colour code is its original position and the base's own answers are often right.
+CODE_CORNERS = ((220, 30, 30), (30, 170, 40), (40, 70, 230), (240, 220, 20))
+
+
+def synthetic_image(rng: np.random.Generator, side: int, difficulty: float, cue: str = "gradient") -> Image.Image:
+    """A colour cue plus clutter; difficulty trades one for the other. At 0 a tile's colour says where it
+    belongs; at 1 only edges that run on across tiles do. cue 'gradient': red grows left to right, green top
+    to bottom (corners dark, red, green, yellow), over a random blue wave; 'code_colours': a blend of the
+    CODE_CORNERS with a little noise."""
     ramp = np.linspace(0.0, 1.0, side, dtype=np.float32)
-    amplitude = 220.0 * (1.0 - difficulty)
-    jitter = difficulty * (255.0 - amplitude)
-    red = 16 + rng.uniform(0, jitter + 1) + amplitude * ramp[None, :]
-    green = 16 + rng.uniform(0, jitter + 1) + amplitude * ramp[:, None]
-    # Blue is a random wave: every image differs, and the red/green cue is left alone.
-    fx, fy = rng.uniform(-3, 3, 2)
-    blue = 128 + 80 * np.sin(2 * np.pi * (fx * ramp[None, :] + fy * ramp[:, None]) + rng.uniform(0, 2 * np.pi))
-    pixels = np.stack(np.broadcast_arrays(red, green, blue), axis=-1)
+    if cue == "code_colours":
+        corners = np.array(CODE_CORNERS, dtype=np.float32)
+        x, y = ramp[None, :, None], ramp[:, None, None]
+        blend = (1 - x) * (1 - y) * corners[0] + x * (1 - y) * corners[1] + (1 - x) * y * corners[2]
+        pixels = blend + x * y * corners[3] + rng.normal(0, 6, (side, side, 3))
+        if difficulty > 0:
+            pixels = (1.0 - difficulty) * pixels + difficulty * rng.uniform(0, 255, 3)
+    elif cue == "gradient":
+        amplitude = 220.0 * (1.0 - difficulty)
+        jitter = difficulty * (255.0 - amplitude)
+        red = 16 + rng.uniform(0, jitter + 1) + amplitude * ramp[None, :]
+        green = 16 + rng.uniform(0, jitter + 1) + amplitude * ramp[:, None]
+        # Blue is a random wave: every image differs, and the red/green cue is left alone.
+        fx, fy = rng.uniform(-3, 3, 2)
+        phase = rng.uniform(0, 2 * np.pi)
+        blue = 128 + 80 * np.sin(2 * np.pi * (fx * ramp[None, :] + fy * ramp[:, None]) + phase)
+        pixels = np.stack(np.broadcast_arrays(red, green, blue), axis=-1)
+    else:
+        raise ValueError(f"synthetic cue must be 'gradient' or 'code_colours', got {cue!r}")
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     for _ in range(round(difficulty * 12)):
@@ -362,7 +380,7 @@ class SyntheticSource:
     def images(self, split: str, count: int, side: int) -> Iterator[Image.Image]:
         for i in range(count):
             rng = np.random.default_rng([self.config.seed, SPLITS.index(split), i])
-            yield synthetic_image(rng, side, self.config.difficulty)
+            yield synthetic_image(rng, side, self.config.difficulty, self.config.cue)
 
     def report(self) -> SourceReport:
         return SourceReport("synthetic", "synthetic", {s: 0 for s in SPLITS}, [])

@@ -51,6 +51,7 @@ def test_overrides_are_read_as_yaml(tmp_path):
         ("puzzles.n_train=0", "puzzles.n_train"),
         ("puzzles.difficulty=1.5", "puzzles.difficulty"),
         ("puzzles.source=web", "puzzles.source"),
+        ("puzzles.cue=stripes", "puzzles.cue"),
         ("puzzles.colour=red", "puzzles.colour"),
         ("nonsense=1", "nonsense"),
         ("arms.rft.batch_size=10", "arms.rft"),
@@ -82,6 +83,17 @@ def test_study_id_ignores_where_results_go(tmp_path):
     c = load_config("micro", ["puzzles.seed=1"], output_dir=str(tmp_path / "a"))
     assert a.study_id == b.study_id != c.study_id
     assert a.study_id.startswith("micro-")
+
+
+def test_puzzle_cue_at_its_default_leaves_ids_as_they_were():
+    """puzzles.cue came after studies were published under their ids: at its default it is left out of the
+    dumps the ids hash (and loads back as the default); set, it names a different study."""
+    config = load_config("micro")
+    assert "cue" not in config.model_dump(mode="json")["puzzles"]
+    assert StudyConfig.model_validate(config.model_dump(mode="json")) == config
+    other = load_config("micro", ["puzzles.cue=code_colours"])
+    assert other.model_dump(mode="json")["puzzles"]["cue"] == "code_colours"
+    assert other.study_id != config.study_id
 
 
 def test_config_renders_as_a_form_schema():

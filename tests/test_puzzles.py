@@ -22,6 +22,8 @@ from tasks.puzzles import (
     restore_image,
     score_answer,
     shuffle_image,
+    synthetic_image,
+    tile_boxes,
     well_formed_think,
 )
 
@@ -215,6 +217,28 @@ def test_same_config_same_bytes(tmp_path):
         assert (a.path / rel).read_bytes() == (b.path / rel).read_bytes(), rel
     other = generate_puzzles(config.model_copy(update={"seed": 5}), tmp_path / "a")
     assert other.dataset_hash != a.dataset_hash
+
+
+@pytest.mark.parametrize(
+    ("cue", "homes"), [("gradient", "dark red green yellow"), ("code_colours", "red green blue yellow")]
+)
+def test_synthetic_cue_colours_each_tile_by_its_home(cue, homes):
+    """Each original quadrant's mean colour is the cue's: with code_colours, the tiny world's colour codes 1..4."""
+    references = {
+        "dark": (16, 16, 128),
+        "red": (220, 30, 30),
+        "green": (30, 170, 40),
+        "blue": (40, 70, 230),
+        "yellow": (240, 220, 20),
+    }
+    image = synthetic_image(np.random.default_rng(0), 112, 0.0, cue)
+    pixels = np.asarray(image, dtype=np.float32)
+    for (x0, y0, x1, y1), name in zip(tile_boxes(112, 2, 2), homes.split(), strict=True):
+        mean = pixels[y0:y1, x0:x1].reshape(-1, 3).mean(0)
+        nearest = min(references, key=lambda r: np.linalg.norm(mean - np.array(references[r])))
+        assert nearest == name, (cue, name, mean)
+    with pytest.raises(ValueError, match="cue"):
+        synthetic_image(np.random.default_rng(0), 112, 0.0, "stripes")
 
 
 def test_rerun_reuses_the_dataset(tmp_path):
