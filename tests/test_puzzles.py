@@ -10,6 +10,7 @@ from PIL import Image
 
 from tasks.config import PuzzleConfig
 from tasks.puzzles import (
+    CODE_CORNERS,
     PuzzleError,
     Reward,
     format_answer,
@@ -26,6 +27,7 @@ from tasks.puzzles import (
     tile_boxes,
     well_formed_think,
 )
+from tasks.world import CELL_COLOURS, COLOURS
 
 permutations = st.integers(2, 36).flatmap(lambda n: st.permutations(list(range(1, n + 1))))
 
@@ -224,13 +226,8 @@ def test_same_config_same_bytes(tmp_path):
 )
 def test_synthetic_cue_colours_each_tile_by_its_home(cue, homes):
     """Each original quadrant's mean colour is the cue's: with code_colours, the tiny world's colour codes 1..4."""
-    references = {
-        "dark": (16, 16, 128),
-        "red": (220, 30, 30),
-        "green": (30, 170, 40),
-        "blue": (40, 70, 230),
-        "yellow": (240, 220, 20),
-    }
+    assert tuple(COLOURS[c] for c in CELL_COLOURS) == CODE_CORNERS  # the codes the base learned
+    references = {"dark": (16, 16, 128), **{c: COLOURS[c] for c in CELL_COLOURS}}
     image = synthetic_image(np.random.default_rng(0), 112, 0.0, cue)
     pixels = np.asarray(image, dtype=np.float32)
     for (x0, y0, x1, y1), name in zip(tile_boxes(112, 2, 2), homes.split(), strict=True):
