@@ -196,10 +196,10 @@ def synthetic_image(rng: np.random.Generator, side: int, difficulty: float, cue:
     CODE_CORNERS with a little noise."""
     ramp = np.linspace(0.0, 1.0, side, dtype=np.float32)
     if cue == "code_colours":
-        corners = np.array(CODE_CORNERS, dtype=np.float32)
         x, y = ramp[None, :, None], ramp[:, None, None]
-        blend = (1 - x) * (1 - y) * corners[0] + x * (1 - y) * corners[1] + (1 - x) * y * corners[2]
-        pixels = blend + x * y * corners[3] + rng.normal(0, 6, (side, side, 3))
+        weights = ((1 - x) * (1 - y), x * (1 - y), (1 - x) * y, x * y)  # bilinear, one per corner
+        blend = sum(w * np.array(c, dtype=np.float32) for w, c in zip(weights, CODE_CORNERS, strict=True))
+        pixels = blend + rng.normal(0, 6, (side, side, 3))
         if difficulty > 0:
             pixels = (1.0 - difficulty) * pixels + difficulty * rng.uniform(0, 255, 3)
     elif cue == "gradient":
