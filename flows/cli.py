@@ -13,7 +13,10 @@ from tasks.config import ConfigError, StudyConfig, check_inputs, load_config
 from tasks.puzzles import PuzzleError
 
 
-def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None, description: str, extend: Callable[[argparse.ArgumentParser], object] | None = None
+) -> argparse.Namespace:
+    """The shared arguments; extend(parser) adds a flow's own."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--profile", default="tiny", help="profile in configs/ (micro, tiny, ...) or a YAML path")
     parser.add_argument(
@@ -21,6 +24,8 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
         help="override one config value, e.g. --set puzzles.grid=3x3 (repeatable)",
     )  # fmt: skip
     parser.add_argument("--output-dir", default=None, help="where runs are written (default: runs/)")
+    if extend is not None:
+        extend(parser)
     return parser.parse_args(argv)
 
 

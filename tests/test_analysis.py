@@ -214,8 +214,8 @@ def test_aggregate_reports_over_seeds(tmp_path):
     assert "±" in (out / "report.md").read_text()
 
 
-def test_publish_fills_the_readme_block_from_a_report(tmp_path):
-    from flows.publish import BEGIN, END, publish
+def _published_report(tmp_path):
+    """A micro config whose report folder holds a finished (synthetic) report."""
     from tasks.config import load_config
 
     config = load_config("micro", output_dir=str(tmp_path / "runs"))
@@ -224,11 +224,40 @@ def test_publish_fills_the_readme_block_from_a_report(tmp_path):
     (report / "config.yaml").write_text("name: micro\n")
     (report / "run.json").write_text(json.dumps({"command": "python -m flows.study --profile X", "wall_time_s": 90,
                                                  "finished": "2026-11-25T20:00:00+00:00"}))  # fmt: skip
+    return config
+
+
+def test_publish_fills_the_readme_block_from_a_report(tmp_path):
+    from flows.publish import markers, publish
+
+    config = _published_report(tmp_path)
+    begin, end = markers("results")
     readme = tmp_path / "README.md"
-    readme.write_text(f"# t\n\n{BEGIN}\nold\n{END}\n\n## after\n")
-    publish(config, readme=readme, out=tmp_path / "docs" / "results")
+    readme.write_text(f"# t\n\n{begin}\nold\n{end}\n\n## after\n")
+    publish(config, readme=readme)
     text = readme.read_text()
-    assert "old" not in text and text.endswith(f"{END}\n\n## after\n")
+    assert "old" not in text and text.endswith(f"{end}\n\n## after\n")
     assert "`python -m flows.study --profile docs/results/config.yaml`" in text and "1.5 min" in text
     assert "(docs/results/tradeoff.png)" in text and "| sft |" in text
     assert (tmp_path / "docs" / "results" / "tradeoff.png").is_file()
+
+
+def test_publish_fills_a_named_block_and_leaves_the_others(tmp_path):
+    from flows.publish import main, markers, publish
+    from tasks.config import ConfigError
+
+    config = _published_report(tmp_path)
+    (begin, end), (c_begin, c_end) = markers("results"), markers("results-control")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{begin}\nmain study\n{end}\n\n{c_begin}\nold\n{c_end}\n")
+    publish(config, readme=readme, block="results-control")
+    text = readme.read_text()
+    assert "main study" in text and "old" not in text
+    assert "(docs/results-control/tradeoff.png)" in text
+    assert (tmp_path / "docs" / "results-control" / "summary.json").is_file()
+    assert not (tmp_path / "docs" / "results").exists()
+    with pytest.raises(ConfigError, match="no <!-- other:begin -->"):
+        publish(config, readme=readme, block="other")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--profile", "micro", "--block", "Results Two"])
+    assert exit_.value.code == 2
