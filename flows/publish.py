@@ -1,5 +1,6 @@
 """Put a study's report into the README's Results section, untouched by hand: the report's markdown tables,
-its plots (copied to docs/results/), the command that reproduces it and the wall time of the run that wrote it.
+its plots (copied to docs/<block>/, docs/results/ by default), the command that reproduces it and the wall
+time of the run that wrote it.
 
     python -m flows.study --profile tiny --set seeds=[0,1,2]
     python -m flows.publish --profile tiny --set seeds=[0,1,2]     # the same config: finds that study's report

@@ -463,10 +463,11 @@ def eval_targets(config, base: str, arms: dict) -> list[EvalTarget]:
 
 def eval_dir(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path:
     from tasks.config import stable_hash
+    from tasks.models import model_fingerprint
 
     spec = {
         "model": target.path,
-        "base": base,
+        "base": model_fingerprint(base),
         "benchmarks": config.evaluation.benchmarks,
         "limit": config.evaluation.limit,
         "data": vars(data),

@@ -216,6 +216,36 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """What results made from a model are cached under: its content, not its name. A local directory: the
+    sha256 of its top-level files (weights, config, tokenizer and processor files; the model card left out),
+    so rebuilding assets/tiny-base in place invalidates the arms and evaluations made from the old one. A hub
+    id: the id and, when it is in the local cache, the snapshot (commit) it resolves to. Kept per process,
+    keyed on the files' sizes and modification times: a 7B model is hashed once (about 15 s)."""
+    import hashlib
+
+    path = Path(name_or_path)
+    if not path.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+        return f"{name_or_path}@{Path(cached).parent.name}" if isinstance(cached, str) else name_or_path
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name != "model_card.json")
+    key = (str(path.resolve()), *((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for p in files:
+            digest.update(p.name.encode() + b"\0")
+            with open(p, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 24), b""):
+                    digest.update(block)
+        _FINGERPRINTS[key] = digest.hexdigest()
+    return _FINGERPRINTS[key]
+
+
 def pick_device(config: ModelConfig) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -362,16 +362,17 @@ def sample_correct_rollouts(
 
 # ---------------------------------------------------------------------------------------------------------
 # Where each arm lives, and its Prefect task. An arm's folder is named by the hash of what determines it
-# (base, puzzles, model and arm settings, seed, and for rollout_sft the RFT arm it learns from), so
-# changing one arm's settings retrains that arm and what depends on it only.
+# (the base model's content, puzzles, model and arm settings, seed, and for rollout_sft the RFT arm it learns
+# from), so changing one arm's settings retrains that arm and what depends on it only.
 
 
 def arm_dir(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, upstream: str = "") -> Path:
     from tasks.config import stable_hash
+    from tasks.models import model_fingerprint
 
     spec = {
         "arm": arm,
-        "base": base,
+        "base": model_fingerprint(base),
         "puzzles": dataset.dataset_hash,
         "model": config.model.model_dump(mode="json"),
         "settings": getattr(config.arms, arm).model_dump(mode="json"),

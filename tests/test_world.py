@@ -1,5 +1,6 @@
 """The tiny world: tasks, tokenizer and processor, chat template, loader, pretraining."""
 
+import shutil
 import time
 
 import pytest
@@ -18,6 +19,7 @@ from tasks.models import (
     chat,
     chat_template,
     load_model,
+    model_fingerprint,
     resolve_model_path,
     train_tokenizer,
 )
@@ -151,6 +153,36 @@ def test_loader_errors_are_clear(name, message, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match=message):
         resolve_model_path(name)
+
+
+def test_cached_results_follow_the_base_models_content_not_its_path(tmp_path):
+    """A base rebuilt in place (same folder, new weights) must not reuse arms or evaluations of the old one."""
+    from types import SimpleNamespace
+
+    from tasks.config import load_config
+    from tasks.evaluation import BenchmarkData, EvalTarget, eval_dir
+    from tasks.training import arm_dir
+
+    config = load_config("micro", output_dir=str(tmp_path / "out"))
+    base, copy = tmp_path / "base", tmp_path / "copy"
+    shutil.copytree(SHIPPED["micro"], base)
+    shutil.copytree(SHIPPED["micro"], copy)
+    dataset = SimpleNamespace(dataset_hash="puzzles")
+    data = BenchmarkData(tiny_world_dir=str(tmp_path / "heldout"), puzzles_dir=str(tmp_path / "puzzles"))
+
+    def keys(path):
+        target = EvalTarget("base", 0, str(base))
+        return arm_dir(config, "sft", str(path), dataset), eval_dir(config, target, data, str(path))
+
+    before = keys(base)
+    assert model_fingerprint(str(base)) == model_fingerprint(str(copy))  # content, so a clone shares its cache
+    weights = base / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1  # one bit of the last weight
+    weights.write_bytes(bytes(blob))
+    after = keys(base)
+    assert before[0] != after[0] and before[1] != after[1]
+    assert model_fingerprint("org/not-cached") == "org/not-cached"
 
 
 def test_lora_adapts_only_the_language_model(processor, tmp_path):
