@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from tasks.config import StudyConfig, stable_hash
-from tasks.models import resolve_model_path
+from tasks.models import pick_device, resolve_model_path
 from tasks.pretrain import jigsaw_probe, pretrain, save_base
 from tasks.storage import write_once
 from tasks.world import PRIOR_TASKS, make_split, write_split
@@ -25,7 +25,8 @@ def pretrain_base_model(config: StudyConfig, out: Path, log=lambda metrics, step
     """Pretrain config.model.name_or_path (micro/tiny/small) on the tiny world and save it with its card."""
     size = config.model.name_or_path
     started = time.perf_counter()
-    model, processor, history = pretrain(size, config.pretrain, log=log)
+    device = pick_device(config.model)
+    model, processor, history = pretrain(size, config.pretrain, log=log, device=device)
     wall = time.perf_counter() - started
     probe = jigsaw_probe(model, processor, seed=config.pretrain.seed)
     log(probe, config.pretrain.steps)
@@ -46,6 +47,7 @@ def pretrain_base_model(config: StudyConfig, out: Path, log=lambda metrics, step
         "jigsaw_probe": "64 synthetic 2x2 puzzles (difficulty 0, 112 px), direct prompt, greedy and 8 samples at T=1",
         "wall_time_s": round(wall, 1),
         "torch_threads": torch.get_num_threads(),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
     }
     save_base(model, processor, out, card)
     return card
