@@ -220,7 +220,7 @@ def test_teacher_forced_equals_greedy_generate_on_every_task(size):
     greedy = [c.strip() == i.answer for c, i in zip(completions, items, strict=True)]
     assert forced == greedy
     if size == "tiny":
-        assert sum(greedy) / len(greedy) > 0.3  # the shipped weights load and answer (model_card: held-out mean 0.45)
+        assert sum(greedy) / len(greedy) > 0.45  # the shipped weights load and answer (model_card: held-out mean 0.665)
 
 
 def test_vision_warmup_trains_the_vision_tower_alone():
