@@ -514,9 +514,11 @@ def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDa
     tokens only; up to DATA_NLL_ITEMS examples, evenly spaced), cached beside the data. load_base() gives the
     base (model, processor) when it must be scored: pass a cached loader to score several arms with one load."""
     from tasks.config import stable_hash
-    from tasks.models import load_model
+    from tasks.models import load_model, model_fingerprint
 
-    path = training_data.with_name(f"base_nll-{stable_hash([base, DATA_NLL_ITEMS, EVAL_VERSION])[:10]}.json")
+    # Keyed on the base's content: SFT's data (the puzzles' ground truth) is shared by studies of other bases.
+    key = stable_hash([model_fingerprint(base), DATA_NLL_ITEMS, EVAL_VERSION])
+    path = training_data.with_name(f"base_nll-{key[:10]}.json")
     if path.is_file():
         return json.loads(path.read_text())
     with open(training_data) as f:

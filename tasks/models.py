@@ -224,7 +224,7 @@ def model_fingerprint(name_or_path: str) -> str:
     sha256 of its top-level files (weights, config, tokenizer and processor files; the model card left out),
     so rebuilding assets/tiny-base in place invalidates the arms and evaluations made from the old one. A hub
     id: the id and, when it is in the local cache, the snapshot (commit) it resolves to. Kept per process,
-    keyed on the files' sizes and modification times: a 7B model is hashed once (about 15 s)."""
+    keyed on the files' sizes and modification times, so a 7B model's 15 GB are read once a process."""
     import hashlib
 
     path = Path(name_or_path)
