@@ -72,10 +72,13 @@ def main() -> None:
         ((name, overrides),) = variants.items()
         run_one(name, args.out, args.profile, overrides, args.threads)
         return
-    from tasks.config import load_config
+    from tasks.config import ConfigError, load_config
 
-    for overrides in variants.values():  # a bad key or value stops the sweep before anything starts
-        load_config(args.profile, overrides)
+    for name, overrides in variants.items():  # a bad key or value stops the sweep before anything starts
+        try:
+            load_config(args.profile, overrides)
+        except ConfigError as err:
+            raise SystemExit(f"variant {name}: {err}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     procs = {}
