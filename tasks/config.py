@@ -60,12 +60,13 @@ class PuzzleConfig(_Section):
         description="synthetic only. 0: a smooth colour gradient across the image tells each tile where "
         "it belongs; 1: no gradient, only clutter whose edges continue across tiles.",
     )
-    cue: Literal["gradient", "code_colours"] = Field(
+    cue: Literal["gradient", "code_colours", "new_colours"] = Field(
         "gradient",
         description="synthetic only. gradient: red grows to the right, green downwards (the corners dark, red, "
         "green, yellow: the base's colour codes mostly disagree with the tiles' positions); code_colours: "
         "corners red, green, blue, yellow, the base's colour codes 1..4, so its own answers are often right "
-        "(a control for how far the ground truth sits from the base).",
+        "(a control for how far the ground truth sits from the base); new_colours: corners black, orange, purple, "
+        "white, colours the base names but has no code for (the map is new to it and contradicts none of its codes).",
         exclude_if=lambda cue: cue == "gradient",  # left out of dumps and hashes at its default: ids unchanged
     )
     n_train: int = Field(512, ge=1, le=1_000_000, description="Puzzles in the train split.")
@@ -194,6 +195,14 @@ class RolloutSFTArmConfig(SFTArmConfig):
         "training",
         description="training: the RFT arm's recorded correct rollouts; final/early: fresh samples "
         "from the final or an early RFT checkpoint, kept when correct.",
+    )
+    samples_per_puzzle: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="final/early: fresh samples drawn per train puzzle (empty: arms.rft.num_generations). "
+        "An exact answer is kept once per puzzle, so a model that is mostly right gains little from more.",
+        exclude_if=lambda n: n is None,  # left out of dumps and hashes at its default: ids unchanged
     )
 
 

@@ -183,22 +183,28 @@ def score_answer(text: object, answer: list[int], style: str = "direct") -> Rewa
 # Image sources. Each yields the unshuffled square image of puzzle i of a split.
 
 
-# The synthetic image's corners for puzzles.cue 'code_colours' (top-left, top-right, bottom-left,
-# bottom-right): the tiny world's colour codes 1..4 (tasks/world.py, red 1, green 2, blue 3, yellow 4), so a
-# tile's colour code is its original position and the base's own answers are often right.
+# The synthetic image's corners (top-left, top-right, bottom-left, bottom-right) for the corner cues.
+# 'code_colours': the tiny world's colour codes 1..4 (tasks/world.py, red 1, green 2, blue 3, yellow 4), so a
+# tile's colour code is its original position and the base's own answers are often right. 'new_colours':
+# black, orange, purple, white, colours the base names but has no code for, so the puzzle's colour-to-position
+# map is new to it and contradicts nothing it knows.
 CODE_CORNERS = ((220, 30, 30), (30, 170, 40), (40, 70, 230), (240, 220, 20))
+NEW_CORNERS = ((15, 15, 15), (250, 140, 0), (140, 40, 180), (250, 250, 250))
+CORNER_CUES = {"code_colours": CODE_CORNERS, "new_colours": NEW_CORNERS}
+CUES = ("gradient", *CORNER_CUES)
 
 
 def synthetic_image(rng: np.random.Generator, side: int, difficulty: float, cue: str = "gradient") -> Image.Image:
     """A colour cue plus clutter; difficulty trades one for the other. At 0 a tile's colour says where it
     belongs; at 1 only edges that run on across tiles do. cue 'gradient': red grows left to right, green top
-    to bottom (corners dark, red, green, yellow), over a random blue wave; 'code_colours': a blend of the
-    CODE_CORNERS with a little noise."""
+    to bottom (corners dark, red, green, yellow), over a random blue wave; 'code_colours' and 'new_colours':
+    a blend of their CORNER_CUES with a little noise."""
     ramp = np.linspace(0.0, 1.0, side, dtype=np.float32)
-    if cue == "code_colours":
+    if cue in CORNER_CUES:
         x, y = ramp[None, :, None], ramp[:, None, None]
         weights = ((1 - x) * (1 - y), x * (1 - y), (1 - x) * y, x * y)  # bilinear, one per corner
-        blend = sum(w * np.array(c, dtype=np.float32) for w, c in zip(weights, CODE_CORNERS, strict=True))
+        corners = CORNER_CUES[cue]
+        blend = sum(w * np.array(c, dtype=np.float32) for w, c in zip(weights, corners, strict=True))
         pixels = blend + rng.normal(0, 6, (side, side, 3))
         if difficulty > 0:
             pixels = (1.0 - difficulty) * pixels + difficulty * rng.uniform(0, 255, 3)
@@ -213,7 +219,7 @@ def synthetic_image(rng: np.random.Generator, side: int, difficulty: float, cue:
         blue = 128 + 80 * np.sin(2 * np.pi * (fx * ramp[None, :] + fy * ramp[:, None]) + phase)
         pixels = np.stack(np.broadcast_arrays(red, green, blue), axis=-1)
     else:
-        raise ValueError(f"synthetic cue must be 'gradient' or 'code_colours', got {cue!r}")
+        raise ValueError(f"synthetic cue must be one of {', '.join(CUES)}, got {cue!r}")
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     for _ in range(round(difficulty * 12)):

@@ -451,7 +451,8 @@ def rollout_source(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, 
     if not path.exists():
         checkpoint = str(rft.final) if source == "final" or not rft.checkpoints else rft.checkpoints[0]
         out.mkdir(parents=True, exist_ok=True)
-        sample_correct_rollouts(config, checkpoint, dataset, path.with_suffix(".tmp"))
+        samples = config.arms.rollout_sft.samples_per_puzzle
+        sample_correct_rollouts(config, checkpoint, dataset, path.with_suffix(".tmp"), samples)
         path.with_suffix(".tmp").rename(path)
     return path
 

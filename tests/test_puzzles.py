@@ -11,6 +11,7 @@ from PIL import Image
 from tasks.config import PuzzleConfig
 from tasks.puzzles import (
     CODE_CORNERS,
+    NEW_CORNERS,
     PuzzleError,
     Reward,
     format_answer,
@@ -222,12 +223,20 @@ def test_same_config_same_bytes(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("cue", "homes"), [("gradient", "dark red green yellow"), ("code_colours", "red green blue yellow")]
+    ("cue", "homes"),
+    [
+        ("gradient", "dark red green yellow"),
+        ("code_colours", "red green blue yellow"),
+        ("new_colours", "black orange purple white"),
+    ],
 )
 def test_synthetic_cue_colours_each_tile_by_its_home(cue, homes):
-    """Each original quadrant's mean colour is the cue's: with code_colours, the tiny world's colour codes 1..4."""
+    """Each original quadrant's mean colour is nearest its own corner's: with code_colours, the tiny world's
+    colour codes 1..4; with new_colours, colours the base can name that are none of its codes."""
     assert tuple(COLOURS[c] for c in CELL_COLOURS) == CODE_CORNERS  # the codes the base learned
-    references = {"dark": (16, 16, 128), **{c: COLOURS[c] for c in CELL_COLOURS}}
+    new = ("black", "orange", "purple", "white")
+    assert tuple(COLOURS[c] for c in new) == NEW_CORNERS and not set(new) & set(CELL_COLOURS)
+    references = {name: COLOURS.get(name, (16, 16, 128)) for name in homes.split()}  # dark: the gradient's
     image = synthetic_image(np.random.default_rng(0), 112, 0.0, cue)
     pixels = np.asarray(image, dtype=np.float32)
     for (x0, y0, x1, y1), name in zip(tile_boxes(112, 2, 2), homes.split(), strict=True):

@@ -11,10 +11,12 @@ from tasks.config import load_config
 from tasks.models import SHIPPED
 from tasks.puzzles import generate_puzzles, make_target
 from tasks.training import (
+    ArmResult,
     arm_dir,
     correct_rollouts,
     group_diversity,
     rollout_sft_examples,
+    rollout_source,
     run_arm,
     train_sft,
 )
@@ -94,6 +96,28 @@ def test_rollout_sft_learns_from_exact_rollouts_only(setup, tmp_path):
     out = tmp_path / "arms" / "rollout_sft-test"
     result = train_sft(config, "rollout_sft", config.arms.rollout_sft, BASE, examples, out)
     assert _changed(_weights(SHIPPED["micro"]), _weights(result.final))
+
+
+def test_fresh_rollouts_draw_samples_per_puzzle_from_the_rft_model(setup, tmp_path):
+    """rollout_source final samples every train puzzle samples_per_puzzle times (default: the RFT group
+    size) from the RFT arm's final model, and the setting names the arm's folder only when it is set."""
+    config, dataset = setup
+    rft_dir = tmp_path / "rft"
+    shutil.copytree(SHIPPED["micro"], rft_dir / "final")  # stands in for a trained RFT model
+    rft = ArmResult("rft", rft_dir, (), rft_dir / "rollouts.jsonl")
+    n = len(dataset.records("train"))
+    folders = set()
+    for samples, expected in [(None, config.arms.rft.num_generations), (2, 2)]:
+        one = config.model_copy(deep=True)
+        one.arms.rollout_sft.rollout_source = "final"
+        one.arms.rollout_sft.samples_per_puzzle = samples
+        out = tmp_path / f"rollout_sft-{samples}"
+        rows = [json.loads(line) for line in rollout_source(one, rft, dataset, out).read_text().splitlines()]
+        assert len(rows) == n * expected
+        assert {r["puzzle_id"] for r in rows} == {r["id"] for r in dataset.records("train")}
+        folders.add(arm_dir(one, "rollout_sft", BASE, dataset))
+    assert "samples_per_puzzle" not in config.arms.rollout_sft.model_dump(mode="json")  # ids as before
+    assert len(folders) == 2
 
 
 def test_a_killed_arm_resumes_from_its_last_checkpoint(setup, tmp_path):
