@@ -236,7 +236,8 @@ def test_synthetic_cue_colours_each_tile_by_its_home(cue, homes):
     assert tuple(COLOURS[c] for c in CELL_COLOURS) == CODE_CORNERS  # the codes the base learned
     new = ("black", "orange", "purple", "white")
     assert tuple(COLOURS[c] for c in new) == NEW_CORNERS and not set(new) & set(CELL_COLOURS)
-    references = {name: COLOURS.get(name, (16, 16, 128)) for name in homes.split()}  # dark: the gradient's
+    # The gradient's dark corner, the codes, and the cue's own corners
+    references = {"dark": (16, 16, 128), **{c: COLOURS[c] for c in (*CELL_COLOURS, *homes.split()) if c in COLOURS}}
     image = synthetic_image(np.random.default_rng(0), 112, 0.0, cue)
     pixels = np.asarray(image, dtype=np.float32)
     for (x0, y0, x1, y1), name in zip(tile_boxes(112, 2, 2), homes.split(), strict=True):
