@@ -1,6 +1,6 @@
 """Pretrain the tiny base model on the tiny world and ship it in assets/<size>-base.
 
-    python -m flows.pretrain_base --profile tiny                 # assets/tiny-base (about 27 min, 2 cores)
+    python -m flows.pretrain_base --profile tiny                 # assets/tiny-base (about 60 min, 2 cores)
     python -m flows.pretrain_base --profile micro                # assets/micro-base (the test profile's base)
 
 Writes model.safetensors, the processor (tokenizer, chat template, image processor) and model_card.json

@@ -28,7 +28,7 @@ def pretrain_base_model(config: StudyConfig, out: Path, log=lambda metrics, step
     device = pick_device(config.model)
     model, processor, history = pretrain(size, config.pretrain, log=log, device=device)
     wall = time.perf_counter() - started
-    probe = jigsaw_probe(model, processor, seed=config.pretrain.seed)
+    probe = jigsaw_probe(model, processor, seed=config.pretrain.seed, puzzles=config.puzzles)
     log(probe, config.pretrain.steps)
     final = history[max(history)]
     card = {
@@ -44,13 +44,19 @@ def pretrain_base_model(config: StudyConfig, out: Path, log=lambda metrics, step
         },
         "heldout_curve": {str(step): {k: round(v, 4) for k, v in s.items()} for step, s in history.items()},
         "jigsaw": {k.removeprefix("jigsaw."): round(v, 4) for k, v in probe.items()},
-        "jigsaw_probe": "64 synthetic 2x2 puzzles (difficulty 0, 112 px), direct prompt, greedy and 8 samples at T=1",
+        "jigsaw_probe": f"64 test puzzles of the profile's settings ({probe_puzzles(config)}), direct prompt, "
+        "greedy and 8 samples at T=1",
         "wall_time_s": round(wall, 1),
         "torch_threads": torch.get_num_threads(),
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
     }
     save_base(model, processor, out, card)
     return card
+
+
+def probe_puzzles(config: StudyConfig) -> str:
+    p = config.puzzles
+    return f"{p.grid} {p.source}, cue {p.cue}, difficulty {p.difficulty}"
 
 
 def resolve_base(config: StudyConfig) -> str:

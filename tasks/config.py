@@ -142,6 +142,14 @@ class PretrainConfig(_Section):
         description="Steps that train the vision tower alone first, with linear heads reading the image-only "
         "tasks' answers from its output (0: none).",
     )
+    vision_aux_weight: float = Field(
+        0.0,
+        ge=0,
+        le=100.0,
+        description="Weight of an auxiliary loss during pretraining: linear heads read the image-only tasks' "
+        "answers from the vision tower's output on every batch (0: none).",
+        exclude_if=lambda w: w == 0.0,  # left out of dumps and hashes at its default: ids unchanged
+    )
     eval_every: int = Field(250, ge=1, le=1_000_000, description="Held-out accuracy per task every N steps.")
     eval_items: int = Field(200, ge=8, le=100_000, description="Held-out items per task in each evaluation.")
     vocab_size: int = Field(768, ge=300, le=65_536, description="Size of the byte-level BPE vocabulary.")

@@ -117,21 +117,23 @@ def length_group(item: world.Item) -> tuple[bool, bool]:
     return item.image is None, world.ANSWER_FORMATS[item.task].startswith("numbers")
 
 
-def backward_by_length(model, processor, items: list[world.Item]) -> float:
+def backward_by_length(model, processor, items: list[world.Item], aux: "VisionAux | None" = None) -> float:
     """per_item_loss over items, its gradient accumulated one length group at a time: the same gradient as
     one padded batch, without padding a one-word question to the length of a list prompt (benchmarks/
-    pretrain_step.py, 16 items, 2 cores: 0.35 s a step against 0.39 s padded). Returns the loss."""
+    pretrain_step.py, 16 items, 2 cores: 0.35 s a step against 0.39 s padded). With aux, its loss on each
+    group is added. Returns the language-model loss."""
     total = 0.0
     for _, group in itertools.groupby(sorted(items, key=length_group), key=length_group):
         group = list(group)
         inputs = item_batch(processor, group, model.device)
         loss = per_item_loss(model, inputs) * len(group) / len(items)
-        loss.backward()
+        extra = aux.loss(group, len(items)) if aux is not None else None
+        (loss if extra is None else loss + extra).backward()
         total += loss.item()
     return total
 
 
-# Image tasks whose answer depends on the image alone (spatial names its two shapes in the prompt, arithmetic
+# Image tasks whose answer depends on the image alone (spatial asks about one side of the image, arithmetic
 # has no image): what the vision warm-up reads from the vision tower.
 VISION_TASKS = ("colour", "shape", "count", "digit", "quadrant_colours", "quadrant_shapes", "quadrant_counts")
 
@@ -160,9 +162,10 @@ class VisionHeads(torch.nn.Module):
         merged = self.visual(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).pooler_output
         return merged.reshape(len(items), -1, merged.shape[-1])
 
-    def logits(self, task: str, items: list[world.Item]) -> torch.Tensor:
-        """(items, slots, labels): token logits averaged over the whole image, or over each cell of the grid."""
-        per_token = self.heads[task](self.features(items))
+    def logits(self, task: str, items: list[world.Item], features: torch.Tensor | None = None) -> torch.Tensor:
+        """(items, slots, labels): token logits averaged over the whole image, or over each cell of the grid;
+        from the given features (items, tokens, width) when the vision tower has already run on items."""
+        per_token = self.heads[task](self.features(items) if features is None else features)
         side, cells = math.isqrt(per_token.shape[1]), math.isqrt(self.slots[task])
         grid = per_token.view(len(items), cells, side // cells, cells, side // cells, -1)
         return grid.mean(dim=(2, 4)).flatten(1, 2)
@@ -171,14 +174,49 @@ class VisionHeads(torch.nn.Module):
         labels = [[self.labels[task].index(w) for w in it.answer.split()] for it in items]
         return torch.tensor(labels, device=next(self.visual.parameters()).device)
 
-    def loss(self, task: str, items: list[world.Item]) -> torch.Tensor:
-        logits = self.logits(task, items)
+    def loss(self, task: str, items: list[world.Item], features: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.logits(task, items, features)
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), self.targets(task, items).flatten())
 
     @torch.no_grad()
     def accuracy(self, task: str, items: list[world.Item]) -> float:
         right = (self.logits(task, items).argmax(-1) == self.targets(task, items)).all(dim=1)
         return right.float().mean().item()
+
+
+class VisionAux:
+    """An auxiliary loss on the vision tower all through pretraining: VisionHeads reads the image-only tasks'
+    answers from the merged image tokens of the model's own forward pass (caught by a hook, so the vision
+    tower runs once a batch). The language model alone trains the vision tower slowly: measured with the
+    tower and heads alone (900 steps of 16), colour code per cell reached 0.92-0.98 and count per cell 0.86,
+    where the whole model pretrained on the language loss only stood at 0.12 and 0.23 after 6000 steps."""
+
+    def __init__(self, model, processor, seed: int, weight: float):
+        self.heads = VisionHeads(model.model.visual, processor, seed).to(model.device)
+        self.weight, self.features = weight, None
+        self.hook = model.model.visual.register_forward_hook(self.keep)
+
+    def keep(self, module, args, output) -> None:
+        self.features = output.pooler_output
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.heads.heads.parameters())
+
+    def loss(self, items: list[world.Item], total: int) -> torch.Tensor | None:
+        """The heads' loss on the image-only items of the last forward pass, weighted by their share of a
+        batch of `total` items; None when there is none."""
+        images = [it for it in items if it.image is not None]
+        if not images or self.features is None:
+            return None
+        features = self.features.reshape(len(images), -1, self.features.shape[-1])
+        parts = []
+        for task in sorted({it.task for it in images} & set(VISION_TASKS)):
+            index = [i for i, it in enumerate(images) if it.task == task]
+            parts.append(self.heads.loss(task, [images[i] for i in index], features[index]) * len(index) / total)
+        return self.weight * sum(parts) if parts else None
+
+    def close(self) -> None:
+        self.hook.remove()
 
 
 def warm_up_vision(model, processor, config: PretrainConfig, log=lambda metrics, step: None) -> dict[str, float]:
@@ -232,6 +270,10 @@ def pretrain(
     model.to(device).train()
     history = {0: warm_up_vision(model, processor, config, log)} if config.vision_warmup_steps else {}
     optimizer = optimizer_for(model, config)
+    aux = VisionAux(model, processor, config.seed, config.vision_aux_weight) if config.vision_aux_weight else None
+    if aux is not None:
+        lr = config.learning_rate * config.vision_lr_multiplier
+        optimizer.add_param_group({"params": aux.parameters(), "lr": lr, "base_lr": lr})
     evaluation = held_out(config)
     started = time.perf_counter()
     for step, items in enumerate(itertools.islice(train_batches(config), config.steps)):
@@ -239,7 +281,7 @@ def pretrain(
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         optimizer.zero_grad(set_to_none=True)
-        loss = backward_by_length(model, processor, items)
+        loss = backward_by_length(model, processor, items, aux)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 10 == 0 or step == config.steps - 1:
@@ -250,14 +292,20 @@ def pretrain(
             scores["elapsed_s"] = time.perf_counter() - started
             history[step + 1] = scores
             log(scores, step + 1)
+    if aux is not None:
+        aux.close()
     return model, processor, history
 
 
-def jigsaw_probe(model, processor, n: int = 64, samples: int = 8, seed: int = 0) -> dict[str, float]:
-    """How the base answers the jigsaw prompt it has never seen (2x2 synthetic puzzles, direct style):
-    greedy exact accuracy, share of valid permutations, and pass@samples at temperature 1."""
+def jigsaw_probe(
+    model, processor, n: int = 64, samples: int = 8, seed: int = 0, puzzles: PuzzleConfig | None = None
+) -> dict[str, float]:
+    """How the base answers the jigsaw prompt it has never seen (n test puzzles of the given puzzle settings,
+    default 2x2 synthetic ones, direct style): greedy exact accuracy, share of valid permutations, and
+    pass@samples at temperature 1."""
+    puzzles = (puzzles or PuzzleConfig()).model_copy(update={"n_train": 1, "n_test": n, "seed": seed})
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = generate_puzzles(PuzzleConfig(n_train=1, n_test=n, seed=seed), Path(tmp))
+        dataset = generate_puzzles(puzzles, Path(tmp))
         scores = puzzle_scores(model, processor, dataset, samples=samples, seed=seed)
     probe = {k.replace("puzzle.", "jigsaw."): v for k, v in scores.items()}
     probe["jigsaw.chance_exact"] = 1 / 23  # uniform over the 23 non-identity permutations of 4

@@ -160,26 +160,36 @@ def digit_item(rng: random.Random) -> Item:
     return Item("digit", f"digit{index}", prompt, str(targets[index]), image)
 
 
+SIDES = {"x": ("left", "right"), "y": ("top", "bottom")}
+
+
 def spatial_item(rng: random.Random) -> Item:
-    (c1, s1), (c2, s2) = rng.sample([(c, s) for c in COLOURS if c != "black" for s in SHAPES], 2)
-    while c1 == c2:
-        c2 = pick(rng, COLOURS, exclude=("black", c1))
+    """Two shapes of different colours apart along one axis; the question names a side, the answer is the
+    colour of the shape there. The model reads it by where image tokens sit, as it reads a cell of a grid.
+    Measured: the form before (`Is the red circle left or right of the blue cross?`), which asks where a shape
+    named by its content is, stayed at chance in the tiny base (0.56 after 6000 steps; 'left' to every
+    left/right question): rotary positions steer which tokens attention reads, but what it reads carries no
+    position, so a small model finds "the red one is on the left" much harder than "the left one is red"."""
+    c1, c2 = rng.sample([c for c in COLOURS if c != "black"], 2)
+    s1, s2 = pick(rng, SHAPES), pick(rng, SHAPES)
     axis = rng.choice(["x", "y"])
     near, far = rng.uniform(20, 44), rng.uniform(68, 92)
     other1, other2 = rng.uniform(20, 92), rng.uniform(20, 92)
-    first_low = rng.random() < 0.5
-    a, b = (near, far) if first_low else (far, near)
-    p1, p2 = ((a, other1), (b, other2)) if axis == "x" else ((other1, a), (other2, b))
+    p1, p2 = ((near, other1), (far, other2)) if axis == "x" else ((other1, near), (other2, far))
     image, draw = canvas()
-    draw_shape(draw, s1, *p1, 26, COLOURS[c1])
+    draw_shape(draw, s1, *p1, 26, COLOURS[c1])  # the shape on the low side (left or top)
     draw_shape(draw, s2, *p2, 26, COLOURS[c2])
-    if axis == "x":
-        prompt = f"Is the {c1} {s1} left or right of the {c2} {s2}?"
-        answer = "left" if first_low else "right"
-    else:
-        prompt = f"Is the {c1} {s1} above or below the {c2} {s2}?"
-        answer = "above" if first_low else "below"
-    return Item("spatial", f"{prompt}{p1}{p2}", prompt, answer, image)
+    low = rng.random() < 0.5
+    side = SIDES[axis][0 if low else 1]
+    where = "on the" if axis == "x" else "at the"
+    prompt = rng.choice(
+        [
+            f"What colour is the shape {where} {side}?",
+            f"Of the two shapes, which colour is the one {where} {side}?",
+            f"Name the colour of the {side} shape.",
+        ]
+    )
+    return Item("spatial", f"{prompt}{p1}{p2}{c1}{c2}{s1}{s2}", prompt, c1 if low else c2, image)
 
 
 def arithmetic_item(rng: random.Random) -> Item:
@@ -303,7 +313,7 @@ ANSWER_FORMATS: dict[str, str] = {
     "shape": "one_of:" + ",".join(SHAPES),
     "count": "number",
     "digit": "number",
-    "spatial": "one_of:left,right,above,below",
+    "spatial": "one_of:" + ",".join(COLOURS),
     "arithmetic": "number",
     "quadrant_colours": "numbers:4",
     "quadrant_shapes": "numbers:4",
