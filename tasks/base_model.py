@@ -12,7 +12,7 @@ from tasks.config import StudyConfig, stable_hash
 from tasks.models import pick_device, resolve_model_path
 from tasks.pretrain import jigsaw_probe, pretrain, save_base
 from tasks.storage import write_once
-from tasks.world import PRIOR_TASKS, make_split, write_split
+from tasks.world import PRIOR_TASKS, fingerprint, make_split, write_split
 
 
 def pretrain_dir(config: StudyConfig) -> Path:
@@ -37,7 +37,7 @@ def pretrain_base_model(config: StudyConfig, out: Path, log=lambda metrics, step
         "seed": config.pretrain.seed,
         "pretrain": config.pretrain.model_dump(mode="json"),
         "data": "tiny world train splits: " + ", ".join(PRIOR_TASKS),
-        "data_hash": stable_hash({"tasks": list(PRIOR_TASKS), "seed": config.pretrain.seed}),
+        "data_hash": fingerprint("train", config.pretrain.seed),
         "parameters": sum(p.numel() for p in model.parameters()),
         "heldout_accuracy": {
             k.removeprefix("heldout."): round(v, 4) for k, v in final.items() if k.startswith("heldout.")
@@ -67,7 +67,7 @@ def resolve_base(config: StudyConfig) -> str:
 
 
 def heldout_dir(config: StudyConfig) -> Path:
-    spec = {"tasks": list(PRIOR_TASKS), "n": config.pretrain.eval_items, "seed": config.pretrain.seed, "version": 2}
+    spec = {"items": fingerprint("test", config.pretrain.seed), "n": config.pretrain.eval_items}
     return config.output.path / "world" / f"heldout-{stable_hash(spec)[:10]}"
 
 

@@ -378,6 +378,19 @@ def make_split(task: str, split: str, n: int, seed: int = 0) -> list[Item]:
     raise AssertionError("unreachable")
 
 
+@cache
+def fingerprint(split: str, seed: int = 0, n: int = 20) -> str:
+    """sha256 over the first n items of every task's split (key, prompt, answer, image bytes): it changes
+    when a task's items do, so folders and cards named by it never mix two versions of the world."""
+    digest = hashlib.sha256()
+    for task in PRIOR_TASKS:
+        for item in make_split(task, split, n, seed):
+            digest.update(f"{task}|{item.key}|{item.prompt}|{item.answer}|".encode())
+            if item.image is not None:
+                digest.update(item.image.tobytes())
+    return digest.hexdigest()
+
+
 def write_split(items: list[Item], out: Path) -> Path:
     """items as <out>/<task>.jsonl (id, prompt, answer, answer format, image path relative to out) plus PNGs."""
     out.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,21 @@ def test_tasks_are_deterministic_and_held_out_is_separate(task):
     assert "jigsaw" not in " ".join(i.prompt for i in a).lower() and "shuffled" not in " ".join(i.prompt for i in a)
 
 
+def test_the_world_fingerprint_follows_the_items(monkeypatch):
+    before = world.fingerprint("test", 0)
+    assert world.fingerprint("train", 0) != before
+    original = world.PRIOR_TASKS["spatial"]
+
+    def reworded(rng):
+        item = original(rng)
+        return world.Item(item.task, item.key, item.prompt.upper(), item.answer, item.image)
+
+    monkeypatch.setitem(world.PRIOR_TASKS, "spatial", reworded)
+    world.fingerprint.cache_clear()
+    assert world.fingerprint("test", 0) != before
+    world.fingerprint.cache_clear()
+
+
 def test_list_tasks_answer_with_permutations_as_a_jigsaw_does():
     for task in ("quadrant_colours", "quadrant_shapes", "quadrant_counts"):
         answers = set()
