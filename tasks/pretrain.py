@@ -188,7 +188,7 @@ class VisionAux:
     """An auxiliary loss on the vision tower all through pretraining: VisionHeads reads the image-only tasks'
     answers from the merged image tokens of the model's own forward pass (caught by a hook, so the vision
     tower runs once a batch). The language model alone trains the vision tower slowly: measured with the
-    tower and heads alone (900 steps of 16), colour code per cell reached 0.92-0.98 and count per cell 0.86,
+    tower and heads alone (900 steps of 16), shape code per cell reached 0.92-0.98 and count per cell 0.86,
     where the whole model pretrained on the language loss only stood at 0.12 and 0.23 after 6000 steps."""
 
     def __init__(self, model, processor, seed: int, weight: float):
