@@ -21,7 +21,7 @@ from tasks.pretrain import VisionAux, backward_by_length, build_base, item_batch
 
 
 def padded_step(model, processor, items) -> float:
-    loss = per_item_loss(model, item_batch(processor, items))
+    loss, _ = per_item_loss(model, item_batch(processor, items))
     loss.backward()
     return loss.item()
 
@@ -38,8 +38,8 @@ def main() -> None:
     aux = VisionAux(model, processor, config.seed, weight=1.0)
     sides = {
         "padded": padded_step,
-        "grouped": backward_by_length,
-        "grouped+aux": lambda model, processor, items: backward_by_length(model, processor, items, aux),
+        "grouped": lambda model, processor, items: backward_by_length(model, processor, items)[0],
+        "grouped+aux": lambda model, processor, items: backward_by_length(model, processor, items, aux)[0],
     }
     times = {name: [] for name in sides}
     gaps = []

@@ -150,6 +150,20 @@ class PretrainConfig(_Section):
         "answers from the vision tower's output on every batch (0: none).",
         exclude_if=lambda w: w == 0.0,  # left out of dumps and hashes at its default: ids unchanged
     )
+    task_draws: Literal["equal", "error"] = Field(
+        "equal",
+        description="How tasks are drawn into batches: equally, or by each task's error on its latest training "
+        "items (scored before training on them) plus draw_floor.",
+        exclude_if=lambda v: v == "equal",  # left out of dumps and hashes at its default: ids unchanged
+    )
+    draw_floor: float = Field(
+        0.1,
+        gt=0,
+        le=100.0,
+        description="With task_draws=error: the weight of a task it gets everything right on (an all-wrong "
+        "task weighs draw_floor + 1).",
+        exclude_if=lambda v: v == 0.1,
+    )
     eval_every: int = Field(250, ge=1, le=1_000_000, description="Held-out accuracy per task every N steps.")
     eval_items: int = Field(200, ge=8, le=100_000, description="Held-out items per task in each evaluation.")
     vocab_size: int = Field(768, ge=300, le=65_536, description="Size of the byte-level BPE vocabulary.")

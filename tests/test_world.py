@@ -1,5 +1,6 @@
 """The tiny world: tasks, tokenizer and processor, chat template, loader, pretraining."""
 
+import itertools
 import shutil
 import time
 
@@ -26,12 +27,14 @@ from tasks.models import (
 )
 from tasks.pretrain import (
     VISION_TASKS,
+    TaskDraws,
     VisionAux,
     backward_by_length,
     build_base,
     pretrain,
     teacher_forced_correct,
     tokenizer_corpus,
+    train_batches,
     warm_up_vision,
 )
 
@@ -295,6 +298,36 @@ def test_vision_aux_reads_the_image_tokens_of_the_models_own_forward():
     assert aux.loss(items[6:], len(items)) is None  # text only: nothing to read
     aux.close()
     assert not model.model.visual._forward_hooks
+
+
+def test_the_training_step_scores_each_item_as_teacher_forcing_does():
+    """backward_by_length trains in length groups, yet says per item, in the items' order, what
+    teacher_forced_correct says: the signal error-weighted draws read, free from the step's forward pass."""
+    torch.set_num_threads(2)
+    model, processor = load_model(ModelConfig(name_or_path="tiny", device="cpu"))
+    items = [it for task in world.PRIOR_TASKS for it in world.make_split(task, "train", 3, seed=5)]
+    items = items[1::2] + items[::2]  # the groups interleave
+    _, correct = backward_by_length(model, processor, items)
+    assert correct == teacher_forced_correct(model, processor, items)
+    assert 0 < sum(correct) < len(correct)  # both kinds of answer occur, so the order is checked
+
+
+def test_error_weighted_draws_favour_the_tasks_still_wrong():
+    config = PretrainConfig(batch_size=16, task_draws="error", draw_floor=0.25)
+    draws = TaskDraws(config)
+    assert len(set(draws.shares().values())) == 1  # nothing scored yet: all count as wrong, draws start equal
+    colour = world.make_split("colour", "train", 4)
+    counts = world.make_split("quadrant_counts", "train", 4)
+    draws.record(colour + counts, [True] * 4 + [False, False, False, True])
+    shares = draws.shares()
+    assert shares["draws.colour"] == pytest.approx(0.25 / (0.25 + 1.0 + 7 * 1.25))
+    assert shares["draws.quadrant_counts"] == pytest.approx(1.0 / (0.25 + 1.0 + 7 * 1.25))
+    drawn = [it.task for batch_ in itertools.islice(train_batches(config, draws), 200) for it in batch_]
+    assert drawn.count("colour") < 0.5 * drawn.count("quadrant_counts")
+    equal = TaskDraws(PretrainConfig())
+    equal.record(colour, [True] * 4)
+    assert len(set(equal.shares().values())) == 1  # the default ignores the scores
+    assert "task_draws" not in PretrainConfig().model_dump()  # the default leaves config hashes as they were
 
 
 def test_pretraining_is_reproducible():
