@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tasks.config import PuzzleConfig, stable_hash
+from tasks.palette import COLOURS
 from tasks.storage import write_once
 
 # Bump when a change to this file changes the bytes of a generated dataset.
@@ -188,8 +189,8 @@ def score_answer(text: object, answer: list[int], style: str = "direct") -> Rewa
 # tile's colour code is its original position and the base's own answers are often right. 'new_colours':
 # black, orange, purple, white, colours the base names but has no code for, so the puzzle's colour-to-position
 # map is new to it and contradicts nothing it knows.
-CODE_CORNERS = ((220, 30, 30), (30, 170, 40), (40, 70, 230), (240, 220, 20))
-NEW_CORNERS = ((15, 15, 15), (250, 140, 0), (140, 40, 180), (250, 250, 250))
+CODE_CORNERS = tuple(COLOURS[c] for c in ("red", "green", "blue", "yellow"))
+NEW_CORNERS = tuple(COLOURS[c] for c in ("black", "orange", "purple", "white"))
 CORNER_CUES = {"code_colours": CODE_CORNERS, "new_colours": NEW_CORNERS}
 CUES = ("gradient", *CORNER_CUES)
 

@@ -19,22 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tasks.palette import COLOURS
 from tasks.puzzles import format_answer  # one list format for every list answer, jigsaw included
 
 # ---------------------------------------------------------------------------------------------------------
 # Drawing
 
 SIDE = 112  # 8x8 patches of 14 px -> 16 image tokens after the 2x2 merge
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 40),
-    "blue": (40, 70, 230),
-    "yellow": (240, 220, 20),
-    "purple": (140, 40, 180),
-    "orange": (250, 140, 0),
-    "white": (250, 250, 250),
-    "black": (15, 15, 15),
-}
 SHAPES = ("circle", "square", "triangle", "cross")
 BACKGROUND = (128, 128, 128)
 
