@@ -64,9 +64,10 @@ class PuzzleConfig(_Section):
         "gradient",
         description="synthetic only. gradient: red grows to the right, green downwards (the corners dark, red, "
         "green, yellow: the base's colour codes mostly disagree with the tiles' positions); code_colours: "
-        "corners red, green, blue, yellow, the base's colour codes 1..4, so its own answers are often right "
-        "(a control for how far the ground truth sits from the base); new_colours: corners black, orange, purple, "
-        "white, colours the base names but has no code for (the map is new to it and contradicts none of its codes).",
+        "corners red, green, blue, yellow, the base's colour codes 1..4, so a base that carries its codes over to "
+        "the puzzle answers it right (a control for how far the ground truth sits from the base); new_colours: "
+        "corners black, orange, purple, white, colours the base names but has no code for (the map is new to it "
+        "and contradicts none of its codes).",
         exclude_if=lambda cue: cue == "gradient",  # left out of dumps and hashes at its default: ids unchanged
     )
     n_train: int = Field(512, ge=1, le=1_000_000, description="Puzzles in the train split.")
