@@ -11,3 +11,6 @@ COLOURS = {
     "white": (250, 250, 250),
     "black": (15, 15, 15),
 }
+
+# The colour codes 1..4 of the colour-code-per-cell task, which the code_colours puzzle cue paints in its corners.
+CELL_COLOURS = ("red", "green", "blue", "yellow")

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tasks.config import PuzzleConfig, stable_hash
-from tasks.palette import COLOURS
+from tasks.palette import CELL_COLOURS, COLOURS
 from tasks.storage import write_once
 
 # Bump when a change to this file changes the bytes of a generated dataset.
@@ -189,7 +189,7 @@ def score_answer(text: object, answer: list[int], style: str = "direct") -> Rewa
 # tile's colour code is its original position and the base's own answers are often right. 'new_colours':
 # black, orange, purple, white, colours the base names but has no code for, so the puzzle's colour-to-position
 # map is new to it and contradicts nothing it knows.
-CODE_CORNERS = tuple(COLOURS[c] for c in ("red", "green", "blue", "yellow"))
+CODE_CORNERS = tuple(COLOURS[c] for c in CELL_COLOURS)
 NEW_CORNERS = tuple(COLOURS[c] for c in ("black", "orange", "purple", "white"))
 CORNER_CUES = {"code_colours": CODE_CORNERS, "new_colours": NEW_CORNERS}
 CUES = ("gradient", *CORNER_CUES)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks.palette import COLOURS
+from tasks.palette import CELL_COLOURS, COLOURS
 from tasks.puzzles import format_answer  # one list format for every list answer, jigsaw included
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,8 +213,8 @@ def code_table(names: Iterable[str]) -> str:
 # reading the cells) the tiny model stayed at chance on every list task after 4000 pretraining steps.
 # Every list answer is a permutation of 1..4, as a jigsaw's is: measured on the base before this rule (colour
 # codes drawn with repeats), the jigsaw prompt got list answers with repeated numbers, a valid permutation
-# only 14% of the time, and RFT had almost nothing to reward; the base built with this rule: 53%.
-CELL_COLOURS = ("red", "green", "blue", "yellow")
+# only 14% of the time, and RFT had almost nothing to reward; the base built with this rule: 53%. The colour
+# table is tasks/palette.py:CELL_COLOURS (red 1, green 2, blue 3, yellow 4), which a puzzle cue shares.
 
 
 def _shade(rng: random.Random, colour: tuple[int, int, int], spread: int = 30) -> tuple[int, ...]:
