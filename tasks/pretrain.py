@@ -66,9 +66,9 @@ class TaskDraws:
     proportion to draw_floor + its error rate over its last WINDOW training items, each scored (teacher-forced
     exact, free from the step's own forward pass) before the step that trains on it; a task not yet scored
     counts as all wrong, so draws start equal. Items come from the train split only (one may repeat an item
-    trained on before), so the held-out split is never looked at. Why: with equal draws the tasks the base learns first (colour, colour code per cell,
-    spatial: 1.00 by step ~5000) kept a third of the draws while count per cell was still climbing ~0.1 per
-    1000 steps when the budget ended (0.69 at step 10,000)."""
+    trained on before), so the held-out split is never looked at. Why: with equal draws the tasks the base
+    learns first (colour, colour code per cell, spatial: 1.00 by step ~5000) kept a third of the draws while
+    count per cell was still climbing ~0.1 per 1000 steps when the budget ended (0.69 at step 10,000)."""
 
     WINDOW = 100
 
