@@ -14,21 +14,21 @@ import time
 
 import torch
 
-from tasks.base_model import write_heldout_sets
-from tasks.config import load_config
-from tasks.evaluation import (
+from forgetting.base_model import write_heldout_sets
+from forgetting.benchmarks import (
     BenchmarkData,
     StudyLM,
     doc_to_image,
-    generate,
     grade_doc,
     load_docs,
     request_conversation,
     run_benchmarks,
 )
-from tasks.models import load_model
-from tasks.puzzles import generate_puzzles
-from tasks.world import PRIOR_TASKS
+from forgetting.inference import generate
+from forgetting.models import load_model
+from forgetting.profiles import load_config
+from forgetting.puzzle_data import generate_puzzles
+from forgetting.world import PRIOR_TASKS
 
 MAX_NEW_TOKENS = {"jigsaw": 32}  # as in assets/lm_eval/*.yaml; 16 for the tiny-world tasks
 

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from tasks.config import PretrainConfig
-from tasks.pretrain import VisionAux, backward_by_length, build_base, item_batch, per_item_loss, train_batches
+from forgetting.config import PretrainConfig
+from forgetting.pretrain import VisionAux, backward_by_length, build_base, item_batch, per_item_loss, train_batches
 
 
 def padded_step(model, processor, items) -> float:

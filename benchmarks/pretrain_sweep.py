@@ -23,8 +23,8 @@ def run_one(name: str, out: Path, profile: str, overrides: list[str], threads: i
     """One variant, in this process: its curve lines go to stdout as JSON, its card to out/work/<name>/."""
     import torch
 
-    from tasks.base_model import pretrain_base_model
-    from tasks.config import load_config
+    from forgetting.base_model import pretrain_base_model
+    from forgetting.profiles import load_config
 
     torch.set_num_threads(threads)
     config = load_config(profile, overrides)
@@ -72,7 +72,8 @@ def main() -> None:
         ((name, overrides),) = variants.items()
         run_one(name, args.out, args.profile, overrides, args.threads)
         return
-    from tasks.config import ConfigError, load_config
+    from forgetting.config import ConfigError
+    from forgetting.profiles import load_config
 
     for name, overrides in variants.items():  # a bad key or value stops the sweep before anything starts
         try:

@@ -19,10 +19,13 @@ from pathlib import Path
 
 import torch
 
-from tasks.config import load_config
-from tasks.models import load_model, resolve_model_path
-from tasks.puzzles import generate_puzzles, score_answer
-from tasks.training import grpo_args, preload, rft_examples, sft_args, sft_examples, train_rft, train_sft
+from forgetting.models import load_model, resolve_model_path
+from forgetting.profiles import load_config
+from forgetting.puzzle_data import generate_puzzles
+from forgetting.puzzles import score_answer
+from forgetting.rft import grpo_args, rft_examples, train_rft
+from forgetting.sft import sft_args, sft_examples, train_sft
+from forgetting.trainer import preload
 
 
 def direct_sft(config, base, examples, out: Path) -> None:

@@ -17,10 +17,12 @@ from pathlib import Path
 import yaml
 
 from flows.evaluate import evaluate_flow
+from flows.preflight import check_inputs
 from flows.puzzles import puzzles_flow
 from flows.study import study
 from flows.train import train_flow
-from tasks.config import ConfigError, StudyConfig, check_inputs, load_config
+from forgetting.config import ConfigError, StudyConfig
+from forgetting.profiles import load_config
 
 FLOWS = {"study": (study, "flows/study.py:study"), "puzzles": (puzzles_flow, "flows/puzzles.py:puzzles_flow")}
 FLOWS |= {

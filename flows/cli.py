@@ -9,8 +9,10 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from tasks.config import ConfigError, StudyConfig, check_inputs, load_config
-from tasks.puzzles import PuzzleError
+from flows.preflight import check_inputs
+from forgetting.config import ConfigError, StudyConfig
+from forgetting.profiles import load_config
+from forgetting.puzzle_data import PuzzleError
 
 
 def parse_args(

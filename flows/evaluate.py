@@ -13,15 +13,21 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.cli import run
+from flows.preflight import check_inputs
 from flows.puzzles import make_puzzles
-from tasks.analysis import aggregate_task, forgetting_pivot, read_evaluation, report_task, summary_frame, without_nan
+from forgetting.arms import finished_arms, training_data
+from forgetting.benchmarks import BenchmarkData
+from forgetting.config import StudyConfig
+from forgetting.evaluation import data_nll, eval_targets
+from forgetting.metrics import read_evaluation
+from forgetting.models import load_model
+from forgetting.puzzle_data import PuzzleDataset
+from forgetting.report import forgetting_pivot, summary_frame, without_nan
+from forgetting.trainer import ArmResult
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
-from tasks.config import StudyConfig, check_inputs
-from tasks.evaluation import BenchmarkData, data_nll, eval_targets, evaluation_task
-from tasks.models import load_model
-from tasks.puzzles import PuzzleDataset
+from tasks.evaluation import evaluation_task
+from tasks.report import aggregate_task, report_task
 from tasks.tracking import child_run, seed_run, study_run, tracking_uri
-from tasks.training import ArmResult, finished_arms, training_data
 
 
 def eval_metrics(record: dict) -> dict[str, float]:

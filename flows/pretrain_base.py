@@ -15,9 +15,9 @@ import mlflow
 from prefect import flow
 
 from flows.cli import run
-from tasks.base_model import pretrain_base_model
-from tasks.config import ConfigError, StudyConfig
-from tasks.models import ASSETS, SHIPPED
+from forgetting.base_model import pretrain_base_model
+from forgetting.config import ConfigError, StudyConfig
+from forgetting.models import ASSETS, SHIPPED
 from tasks.tracking import child_run, study_run
 
 

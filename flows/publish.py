@@ -1,40 +1,45 @@
-"""Put a study's report into the README's Results section, untouched by hand: the report's markdown tables,
-its plots (copied to docs/<block>/, docs/results/ by default), the command that reproduces it and the wall
-time of the run that wrote it.
+"""Put a study's report into a page's results block, untouched by hand: the report's markdown tables, its plots
+(copied to docs/<block>/, docs/results/ by default), the command that reproduces it and the wall time of the
+run that wrote it.
 
     python -m flows.study --profile tiny --set seeds=[0,1,2]
     python -m flows.publish --profile tiny --set seeds=[0,1,2]     # the same config: finds that study's report
 
---block NAME fills the README's `<!-- NAME:begin -->` ... `<!-- NAME:end -->` block instead and copies the files
-to docs/NAME/ (default: results), so the README can show more than one study (e.g. a control beside the main one).
+--block NAME fills the `<!-- NAME:begin -->` ... `<!-- NAME:end -->` block instead and copies the files to
+docs/NAME/ (default: results); --page PATH fills that block in another markdown file than README.md (e.g.
+docs/experiments.md); --report DIR publishes that report folder (a study's, or one published before) instead
+of the one the profile names.
 """
 
 import json
+import os
 import re
 import shutil
 import sys
 from pathlib import Path
 
 from flows.cli import parse_args
-from tasks.config import REPO_ROOT, ConfigError, StudyConfig, load_config
+from forgetting.config import REPO_ROOT, ConfigError, StudyConfig
+from forgetting.profiles import load_config
 
 DEFAULT_BLOCK = "results"
 PUBLISHED = ("report.md", "summary.json", "forgetting.csv", "curves.csv", "dynamics.csv", "config.yaml", "run.json")
 PLOTS = ("tradeoff.png", "forgetting.png", "dynamics.png")
 
 
-def results_block(report: Path, link_prefix: str) -> str:
-    """The README text for a report folder: provenance line, then report.md with its image links moved."""
+def results_block(report: Path, link_prefix: str, profile_path: str) -> str:
+    """The page text for a published report folder: provenance line, then report.md with its image links moved
+    (link_prefix: the folder as the page links it; profile_path: its config.yaml as a command names it)."""
     run = json.loads((report / "run.json").read_text())
     markdown = (report / "report.md").read_text()
     for plot in PLOTS:
         markdown = markdown.replace(f"({plot})", f"({link_prefix}{plot})")
     return (
-        f"Reproduce: `python -m flows.study --profile {link_prefix}config.yaml` (the study's own config, saved with "
+        f"Reproduce: `python -m flows.study --profile {profile_path}` (the study's own config, saved with "
         f"its report). The run that wrote this finished {run['finished']} after {run['wall_time_s'] / 60:.1f} min "
         "on 2 CPU cores (outputs already on disk are reused, not recomputed).\n\n"
         + "".join(f"##{line}" if line.startswith("#") else line for line in markdown.splitlines(keepends=True))
-    )  # the report's headings two levels down, under the README's "## Results"
+    )  # the report's headings two levels down, under the page's "## Results"
 
 
 def markers(block: str) -> tuple[str, str]:
@@ -45,41 +50,57 @@ def markers(block: str) -> tuple[str, str]:
 
 
 def publish(
-    config: StudyConfig, readme: Path = REPO_ROOT / "README.md", out: Path | None = None, block: str = DEFAULT_BLOCK
+    config: StudyConfig, readme: Path = REPO_ROOT / "README.md", block: str = DEFAULT_BLOCK, root: Path | None = None
 ) -> Path:
-    """Copy the study's report files to out (default docs/<block>/ beside the README) and replace the README's
-    block of that name with them."""
-    begin, end = markers(block)
-    out = readme.parent / "docs" / block if out is None else out
+    """publish_report of the study's own report folder."""
     report = config.report_dir
     if not (report / "run.json").is_file():
         raise ConfigError(f"no finished report for study {config.study_id} at {report}: run flows.study first")
-    text = readme.read_text()
+    return publish_report(report, readme, block, root)
+
+
+def publish_report(report: Path, page: Path, block: str = DEFAULT_BLOCK, root: Path | None = None) -> Path:
+    """Copy a report folder's files to <root>/docs/<block>/ (root: the repository, or the page's folder when the
+    page lies outside it) and replace the page's block of that name with them. Returns the docs folder."""
+    begin, end = markers(block)
+    page = Path(page).resolve()
+    root = root or (REPO_ROOT if page.is_relative_to(REPO_ROOT) else page.parent)
+    out = root / "docs" / block
+    if not (report / "run.json").is_file():
+        raise ConfigError(f"--report: {report} holds no finished report (no run.json)")
+    text = page.read_text()
     if begin not in text or end not in text:
-        raise ConfigError(f"{readme}: no {begin} ... {end} block to fill")
+        raise ConfigError(f"{page}: no {begin} ... {end} block to fill")
     out.mkdir(parents=True, exist_ok=True)
     for name in PUBLISHED + PLOTS:
-        shutil.copy(report / name, out / name)
-    markdown = results_block(out, f"{out.relative_to(readme.parent)}/")
+        if (report / name).resolve() != (out / name).resolve():
+            shutil.copy(report / name, out / name)
+    link = os.path.relpath(out, page.parent)
+    markdown = results_block(out, f"{link}/", f"{out.relative_to(root)}/config.yaml")
     head, rest = text.split(begin, 1)
-    readme.write_text(f"{head}{begin}\n{markdown}{end}{rest.split(end, 1)[1]}")
+    page.write_text(f"{head}{begin}\n{markdown}{end}{rest.split(end, 1)[1]}")
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(
-        argv,
-        __doc__.splitlines()[0],
-        lambda parser: parser.add_argument(
-            "--block", default=DEFAULT_BLOCK, help="README block to fill, docs/ folder to write (default: results)"
-        ),
+def _arguments(parser) -> None:
+    parser.add_argument(
+        "--block", default=DEFAULT_BLOCK, help="block to fill, docs/ folder to write (default: results)"
     )
+    parser.add_argument("--page", default=str(REPO_ROOT / "README.md"), help="markdown file to fill (default: README)")
+    parser.add_argument("--report", default=None, help="report folder to publish (default: the profile's study's)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv, __doc__.splitlines()[0], _arguments)
     try:
-        out = publish(load_config(args.profile, args.overrides, args.output_dir), block=args.block)
+        if args.report:
+            out = publish_report(Path(args.report).resolve(), Path(args.page), args.block)
+        else:
+            out = publish(load_config(args.profile, args.overrides, args.output_dir), Path(args.page), args.block)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"README results updated from {out}")
+    print(f"{args.page}: block {args.block} filled from {out}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ python -m flows.puzzles --profile micro --set puzzles.grid=3x3 --set puzzles.sou
 from prefect import flow
 
 from flows.cli import run
-from tasks.config import StudyConfig, check_inputs
-from tasks.puzzles import PuzzleDataset, puzzles_task
+from flows.preflight import check_inputs
+from forgetting.config import StudyConfig
+from forgetting.puzzle_data import PuzzleDataset
+from tasks.puzzles import puzzles_task
 from tasks.tracking import child_run, log_puzzle_dataset, study_run, tracking_uri
 
 

@@ -1,15 +1,15 @@
-"""The whole study as one Prefect flow; reads top to bottom like the DAG in DESIGN.md.
+"""The whole study as one Prefect flow; it reads top to bottom like the DAG in docs/design.md.
 
     python -m flows.study --profile tiny            # what `make study` runs
 
-Stages land one issue at a time; the study runs every stage that exists, for real:
-  1. resolve the base model (shipped checkpoint, or pretrain it)   (tasks/base_model.py)
-  2. generate the jigsaw puzzles                                   (tasks/puzzles.py)
-  3. build the prior-knowledge benchmarks (held-out sets)          (tasks/world.py)
-  4. train the arms: sft, rft, then rollout_sft on rft's rollouts (tasks/training.py)
-  5. evaluate the base, every arm and its checkpoints with lm-eval (tasks/evaluation.py)
-  6. forgetting, learning dynamics, plots: the report              (tasks/analysis.py)
+  1. resolve the base model (shipped checkpoint, or pretrain it)   (forgetting/base_model.py)
+  2. generate the jigsaw puzzles                                   (forgetting/puzzle_data.py)
+  3. build the prior-knowledge benchmarks (held-out sets)          (forgetting/world.py)
+  4. train the arms: sft, rft, then rollout_sft on rft's rollouts (forgetting/arms.py)
+  5. evaluate the base, every arm and its checkpoints with lm-eval (forgetting/evaluation.py)
+  6. forgetting, learning dynamics, plots: the report              (forgetting/report.py)
 With `seeds: [0, 1, 2]` stages 1-6 run once per seed and a last stage reports mean and 95% CI over seeds.
+Each stage's Prefect task (assets, retries, MLflow logging) is in tasks/.
 """
 
 import json
@@ -23,10 +23,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.cli import run
 from flows.evaluate import aggregate_and_report, evaluate_and_report
+from flows.preflight import check_inputs
 from flows.puzzles import make_puzzles
 from flows.train import train_arms
+from forgetting.config import REPO_ROOT, StudyConfig
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
-from tasks.config import REPO_ROOT, StudyConfig, check_inputs
 from tasks.tracking import seed_run, study_run, tracking_uri
 
 

@@ -7,12 +7,15 @@ python -m flows.train --profile tiny --set arms.rft.enabled=false
 from prefect import flow
 
 from flows.cli import run
+from flows.preflight import check_inputs
 from flows.puzzles import make_puzzles
+from forgetting.config import StudyConfig
+from forgetting.puzzle_data import PuzzleDataset
+from forgetting.rollout_sft import NoCorrectRollouts
+from forgetting.trainer import ArmResult, preload
 from tasks.base_model import tracked_base_model
-from tasks.config import StudyConfig, check_inputs
-from tasks.puzzles import PuzzleDataset
 from tasks.tracking import seed_run, study_run, tracking_uri
-from tasks.training import ArmResult, NoCorrectRollouts, arm_task, preload
+from tasks.training import arm_task
 
 
 def train_arms(

@@ -1,98 +1,21 @@
-"""The study's base model: the shipped tiny checkpoint, a fresh pretraining, or a real Qwen2.5-VL.
-
-python -m flows.pretrain_base --profile tiny     # rebuild assets/tiny-base, the shipped checkpoint
+"""The base-model stage as Prefect tasks: resolve (or pretrain) the base, build the prior-knowledge
+benchmarks. Both products are content-addressed folders (the base finishes with model_card.json, the held-out
+sets appear whole): a rerun finds them and returns at once.
 """
 
-import time
 from pathlib import Path
 
-import torch
+import mlflow
+from prefect.assets import materialize
 
-from tasks.config import StudyConfig, stable_hash
-from tasks.models import pick_device, resolve_model_path
-from tasks.pretrain import jigsaw_probe, pretrain, save_base
-from tasks.storage import write_once
-from tasks.world import PRIOR_TASKS, fingerprint, make_split, write_split
-
-
-def pretrain_dir(config: StudyConfig) -> Path:
-    """Where this study's own pretraining goes: <output>/base/<size>-<hash of the pretrain settings>."""
-    spec = {"size": config.model.name_or_path, "pretrain": config.pretrain.model_dump(mode="json")}
-    return config.output.path / "base" / f"{config.model.name_or_path}-{stable_hash(spec)[:10]}"
-
-
-def pretrain_base_model(config: StudyConfig, out: Path, log=lambda metrics, step: None, command: str = "") -> dict:
-    """Pretrain config.model.name_or_path (micro/tiny/small) on the tiny world and save it with its card."""
-    size = config.model.name_or_path
-    started = time.perf_counter()
-    device = pick_device(config.model)
-    model, processor, history = pretrain(size, config.pretrain, log=log, device=device)
-    wall = time.perf_counter() - started
-    probe = jigsaw_probe(model, processor, seed=config.pretrain.seed, puzzles=config.puzzles)
-    log(probe, config.pretrain.steps)
-    final = history[max(history)]
-    card = {
-        "command": command or f"python -m flows.pretrain_base --profile {config.name}",
-        "size": size,
-        "seed": config.pretrain.seed,
-        "pretrain": config.pretrain.model_dump(mode="json"),
-        "data": "tiny world train splits: " + ", ".join(PRIOR_TASKS),
-        "data_hash": fingerprint("train", config.pretrain.seed),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "heldout_accuracy": {
-            k.removeprefix("heldout."): round(v, 4) for k, v in final.items() if k.startswith("heldout.")
-        },
-        "heldout_curve": {str(step): {k: round(v, 4) for k, v in s.items()} for step, s in history.items()},
-        "jigsaw": {k.removeprefix("jigsaw."): round(v, 4) for k, v in probe.items()},
-        "jigsaw_probe": f"64 test puzzles of the profile's settings ({probe_puzzles(config)}), direct prompt, "
-        "greedy and 8 samples at T=1",
-        "wall_time_s": round(wall, 1),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-    }
-    save_base(model, processor, out, card)
-    return card
-
-
-def probe_puzzles(config: StudyConfig) -> str:
-    p = config.puzzles
-    return f"{p.grid} {p.source}, cue {p.cue}, difficulty {p.difficulty}"
-
-
-def resolve_base(config: StudyConfig) -> str:
-    """A path or hub id the loader takes: the study's own pretraining when model.pretrain, else the model named."""
-    if config.model.pretrain:
-        return str(pretrain_dir(config))
-    return resolve_model_path(config.model.name_or_path)
-
-
-def heldout_dir(config: StudyConfig) -> Path:
-    spec = {"items": fingerprint("test", config.pretrain.seed), "n": config.pretrain.eval_items}
-    return config.output.path / "world" / f"heldout-{stable_hash(spec)[:10]}"
-
-
-def write_heldout_sets(config: StudyConfig) -> Path:
-    """The tiny world's general benchmarks: one JSONL (+ PNGs) per prior-knowledge task's held-out split."""
-    out = heldout_dir(config)
-    if out.is_dir():
-        return out
-    with write_once(out) as tmp:
-        for task in PRIOR_TASKS:
-            write_split(make_split(task, "test", config.pretrain.eval_items, config.pretrain.seed), tmp)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Prefect wrappers. Both products are content-addressed folders (the base finishes with model_card.json,
-# the held-out sets appear whole): a rerun finds them and returns at once.
+from assets import base_model, prior_benchmarks
+from forgetting.base_model import heldout_dir, pretrain_base_model, resolve_base, write_heldout_sets
+from forgetting.config import StudyConfig
+from tasks.tracking import child_run
 
 
 def base_model_task(config: StudyConfig, log=lambda metrics, step: None) -> str:
     """Resolve the base model, pretraining it first when the study asks to; materializes assets.base_model."""
-    from prefect.assets import materialize
-
-    from assets import base_model
-
     target = resolve_base(config)
 
     @materialize(base_model(target), name="resolve-base-model", retries=1)
@@ -106,10 +29,6 @@ def base_model_task(config: StudyConfig, log=lambda metrics, step: None) -> str:
 
 def tracked_base_model(config: StudyConfig, parent_run_id: str) -> str:
     """base_model_task inside an MLflow child run `base` (pretraining curves, when the study pretrains)."""
-    import mlflow
-
-    from tasks.tracking import child_run
-
     with child_run(parent_run_id, "base", tags={"stage": "base", "arm": "base"}):
         base = base_model_task(config, log=lambda metrics, step: mlflow.log_metrics(metrics, step=step))
         mlflow.log_param("base_model", base)
@@ -118,9 +37,7 @@ def tracked_base_model(config: StudyConfig, parent_run_id: str) -> str:
 
 
 def prior_benchmarks_task(config: StudyConfig) -> Path:
-    from prefect.assets import materialize
-
-    from assets import prior_benchmarks
+    """write_heldout_sets as a Prefect task materializing the held-out folder."""
 
     @materialize(prior_benchmarks(heldout_dir(config)), name="build-prior-benchmarks", retries=1)
     def build(config: StudyConfig) -> Path:

@@ -24,8 +24,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tasks.config import REPO_ROOT, ConfigError, StudyConfig  # noqa: E402
-from tasks.puzzles import PuzzleDataset, format_answer  # noqa: E402
+from forgetting.config import REPO_ROOT, ConfigError, StudyConfig  # noqa: E402
+from forgetting.puzzle_data import PuzzleDataset  # noqa: E402
+from forgetting.puzzles import format_answer  # noqa: E402
 
 # Read once, before anything here calls mlflow.set_tracking_uri, which writes this variable itself.
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")

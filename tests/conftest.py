@@ -8,7 +8,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests track into their own tmp sq
 
 import pytest  # noqa: E402
 
-from tasks.config import load_config  # noqa: E402
+from forgetting.profiles import load_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")

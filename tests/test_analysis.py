@@ -6,8 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from tasks.analysis import (
-    aggregate_reports,
+from forgetting.metrics import (
     at_accuracy,
     common_accuracy,
     curves,
@@ -18,8 +17,8 @@ from tasks.analysis import (
     paired_stderr,
     spearman,
     summary,
-    write_report,
 )
+from forgetting.report import aggregate_reports, write_report
 
 
 def record(arm, step, puzzle, a, b, failures=(0, 0), logprob=(-1.0, -1.0), distance=0.0, n=4):
@@ -216,7 +215,7 @@ def test_aggregate_reports_over_seeds(tmp_path):
 
 def _published_report(tmp_path):
     """A micro config whose report folder holds a finished (synthetic) report."""
-    from tasks.config import load_config
+    from forgetting.profiles import load_config
 
     config = load_config("micro", output_dir=str(tmp_path / "runs"))
     report = tmp_path / "runs" / config.study_id / "report"
@@ -234,7 +233,7 @@ def test_publish_fills_the_readme_block_from_a_report(tmp_path):
     begin, end = markers("results")
     readme = tmp_path / "README.md"
     readme.write_text(f"# t\n\n{begin}\nold\n{end}\n\n## after\n")
-    publish(config, readme=readme)
+    publish(config, readme=readme, root=tmp_path)
     text = readme.read_text()
     assert "old" not in text and text.endswith(f"{end}\n\n## after\n")
     assert "`python -m flows.study --profile docs/results/config.yaml`" in text and "1.5 min" in text
@@ -244,20 +243,38 @@ def test_publish_fills_the_readme_block_from_a_report(tmp_path):
 
 def test_publish_fills_a_named_block_and_leaves_the_others(tmp_path):
     from flows.publish import main, markers, publish
-    from tasks.config import ConfigError
+    from forgetting.config import ConfigError
 
     config = _published_report(tmp_path)
     (begin, end), (c_begin, c_end) = markers("results"), markers("results-control")
     readme = tmp_path / "README.md"
     readme.write_text(f"{begin}\nmain study\n{end}\n\n{c_begin}\nold\n{c_end}\n")
-    publish(config, readme=readme, block="results-control")
+    publish(config, readme=readme, block="results-control", root=tmp_path)
     text = readme.read_text()
     assert "main study" in text and "old" not in text
     assert "(docs/results-control/tradeoff.png)" in text
     assert (tmp_path / "docs" / "results-control" / "summary.json").is_file()
     assert not (tmp_path / "docs" / "results").exists()
     with pytest.raises(ConfigError, match="no <!-- other:begin -->"):
-        publish(config, readme=readme, block="other")
+        publish(config, readme=readme, block="other", root=tmp_path)
     with pytest.raises(SystemExit) as exit_:
         main(["--profile", "micro", "--block", "Results Two"])
     assert exit_.value.code == 2
+
+
+def test_a_published_report_moves_to_another_page_with_links_from_there(tmp_path):
+    """--report DIR --page docs/x.md: the block is written by the tool from the published files, its plots
+    linked from the page's own folder and its command from the repository root."""
+    from flows.publish import main, markers, publish
+
+    config = _published_report(tmp_path)
+    begin, end = markers("control")
+    readme, page = tmp_path / "README.md", tmp_path / "docs" / "log.md"
+    readme.write_text(f"{begin}\n{end}\n")
+    published = publish(config, readme=readme, block="control", root=tmp_path)
+    page.write_text(f"# log\n\n{begin}\nold\n{end}\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("flows.publish.REPO_ROOT", tmp_path)
+        main(["--report", str(published), "--page", str(page), "--block", "control"])
+    text = page.read_text()
+    assert "(control/tradeoff.png)" in text and "--profile docs/control/config.yaml`" in text and "old" not in text

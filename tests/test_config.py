@@ -3,15 +3,9 @@ import sys
 
 import pytest
 
-from tasks.config import (
-    PROFILES_DIR,
-    REPO_ROOT,
-    ConfigError,
-    PuzzleConfig,
-    StudyConfig,
-    check_inputs,
-    load_config,
-)
+from flows.preflight import check_inputs
+from forgetting.config import PROFILES_DIR, REPO_ROOT, ConfigError, PuzzleConfig, StudyConfig
+from forgetting.profiles import load_config
 
 
 @pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))

@@ -14,7 +14,8 @@ import pytest
 
 from deployments import servers
 from deployments.serve import PREFECT_YAML, prefect_yaml
-from tasks.config import REPO_ROOT, ConfigError, load_config
+from forgetting.config import REPO_ROOT, ConfigError
+from forgetting.profiles import load_config
 from tasks.tracking import close_orphaned_runs, configure, process_tags, tracking_uri
 
 pytestmark = pytest.mark.slow

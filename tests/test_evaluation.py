@@ -5,25 +5,23 @@ import json
 
 import pytest
 
-from tasks import world
-from tasks.base_model import write_heldout_sets
-from tasks.config import load_config
-from tasks.evaluation import (
+from forgetting import world
+from forgetting.base_model import write_heldout_sets
+from forgetting.benchmarks import (
     BenchmarkData,
-    EvalTarget,
     EvaluationError,
     StudyLM,
     check_benchmarks,
-    continuation_logprobs,
     doc_to_image,
-    evaluate_target,
-    generate,
     load_docs,
     request_conversation,
     run_benchmarks,
 )
-from tasks.models import SHIPPED, load_model
-from tasks.puzzles import generate_puzzles
+from forgetting.evaluation import EvalTarget, evaluate_target
+from forgetting.inference import continuation_logprobs, generate
+from forgetting.models import SHIPPED, load_model
+from forgetting.profiles import load_config
+from forgetting.puzzle_data import generate_puzzles
 
 BENCHMARKS = ["jigsaw", "tiny_world"]
 

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.puzzles import puzzles_flow
 from flows.study import study
-from tasks import world
+from forgetting import world
 from tasks.tracking import tracking_uri
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
 
 
 def test_study_can_pretrain_its_own_base(prefect_harness, tmp_path):
-    from tasks.config import load_config
+    from forgetting.profiles import load_config
 
     config = load_config(
         "micro",
@@ -115,7 +115,7 @@ def test_evaluate_flow_alone_reports_what_is_trained(prefect_harness, micro):
 
 
 def test_study_over_seeds_reports_mean_and_ci(prefect_harness, tmp_path):
-    from tasks.config import load_config
+    from forgetting.profiles import load_config
 
     config = load_config(
         "micro", ["seeds=[0,1]", "arms.rft.enabled=false", "arms.rollout_sft.enabled=false"], output_dir=str(tmp_path)

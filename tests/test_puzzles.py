@@ -8,27 +8,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tasks.config import PuzzleConfig
-from tasks.puzzles import (
+from forgetting.config import PuzzleConfig
+from forgetting.drawing import CELL_COLOURS, COLOURS
+from forgetting.puzzle_data import (
     CODE_CORNERS,
     NEW_CORNERS,
     PuzzleError,
+    generate_puzzles,
+    open_source,
+    plan_dataset,
+    synthetic_image,
+)
+from forgetting.puzzles import (
     Reward,
     format_answer,
-    generate_puzzles,
     make_prompt,
     make_target,
-    open_source,
     parse_answer,
-    plan_dataset,
     restore_image,
     score_answer,
     shuffle_image,
-    synthetic_image,
     tile_boxes,
     well_formed_think,
 )
-from tasks.world import CELL_COLOURS, COLOURS
 
 permutations = st.integers(2, 36).flatmap(lambda n: st.permutations(list(range(1, n + 1))))
 

@@ -7,19 +7,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.config import load_config
-from tasks.models import SHIPPED
-from tasks.puzzles import generate_puzzles, make_target
-from tasks.training import (
-    ArmResult,
-    arm_dir,
-    correct_rollouts,
-    group_diversity,
-    rollout_sft_examples,
-    rollout_source,
-    run_arm,
-    train_sft,
-)
+from forgetting.arms import arm_dir, run_arm
+from forgetting.models import SHIPPED
+from forgetting.profiles import load_config
+from forgetting.puzzle_data import generate_puzzles
+from forgetting.puzzles import make_target
+from forgetting.rft import group_diversity
+from forgetting.rollout_sft import correct_rollouts, rollout_sft_examples, rollout_source
+from forgetting.sft import train_sft
+from forgetting.trainer import ArmResult
 
 pytestmark = pytest.mark.slow
 BASE = str(SHIPPED["micro"])
@@ -145,9 +141,9 @@ def test_a_killed_arm_resumes_from_its_last_checkpoint(setup, tmp_path):
 
 
 def test_lora_arm_saves_an_adapter_that_loads_back(setup, tmp_path):
-    from tasks.config import ModelConfig
-    from tasks.models import load_model
-    from tasks.training import final_puzzle_scores
+    from forgetting.config import ModelConfig
+    from forgetting.evaluation import puzzle_scores
+    from forgetting.models import load_model
 
     config, dataset = setup
     config = config.model_copy(update={"model": ModelConfig(name_or_path="micro", finetune="lora", lora_rank=4)})
@@ -155,5 +151,6 @@ def test_lora_arm_saves_an_adapter_that_loads_back(setup, tmp_path):
     assert (result.final / "adapter_config.json").is_file() and not (result.final / "model.safetensors").exists()
     model, _ = load_model(config.model, str(result.final))
     assert any("lora_" in n for n, _ in model.named_parameters())
-    scores = final_puzzle_scores(config, result, dataset)
+    model, processor = load_model(config.model, str(result.final), trainable=False)
+    scores = puzzle_scores(model, processor, dataset, limit=config.evaluation.limit)
     assert set(scores) == {"puzzle.exact", "puzzle.valid", "puzzle.reward"}

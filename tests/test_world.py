@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import world
-from tasks.config import ModelConfig, PretrainConfig
-from tasks.evaluation import generate
-from tasks.models import (
+from forgetting import world
+from forgetting.config import ModelConfig, PretrainConfig
+from forgetting.inference import generate
+from forgetting.models import (
     LORA_TARGETS,
     SHIPPED,
     ModelLoadError,
@@ -26,7 +26,7 @@ from tasks.models import (
     resolve_model_path,
     train_tokenizer,
 )
-from tasks.pretrain import (
+from forgetting.pretrain import (
     VISION_TASKS,
     TaskDraws,
     VisionAux,
@@ -203,9 +203,10 @@ def test_cached_results_follow_the_base_models_content_not_its_path(tmp_path):
     """A base rebuilt in place (same folder, new weights) must not reuse arms or evaluations of the old one."""
     from types import SimpleNamespace
 
-    from tasks.config import load_config
-    from tasks.evaluation import BenchmarkData, EvalTarget, eval_dir
-    from tasks.training import arm_dir
+    from forgetting.arms import arm_dir
+    from forgetting.benchmarks import BenchmarkData
+    from forgetting.evaluation import EvalTarget, eval_dir
+    from forgetting.profiles import load_config
 
     config = load_config("micro", output_dir=str(tmp_path / "out"))
     base, copy = tmp_path / "base", tmp_path / "copy"

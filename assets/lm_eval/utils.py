@@ -1,5 +1,5 @@
 """What the task YAMLs here name with `!function utils.<name>`; the code lives in tasks.evaluation."""
 
-from tasks.evaluation import doc_to_image, load_docs, process_results
+from forgetting.benchmarks import doc_to_image, load_docs, process_results
 
 __all__ = ["doc_to_image", "load_docs", "process_results"]

@@ -1,19 +1,20 @@
-"""StudyConfig: every study-level choice, typed, bounded and described.
+"""StudyConfig: every study-level choice, typed, bounded and described. It imports no stage of the study:
+checks that need one (the base model exists, lm-eval knows the benchmarks, MLflow answers) run in
+flows/preflight.py before any work.
 
-It is the study flow's parameter, so the Prefect UI renders it as a form, and the CLI builds it from a
-YAML profile in configs/ plus `--set dotted.key=value` overrides:
+It is the study flow's parameter, so the Prefect UI renders it as a form; forgetting/profiles.py builds it
+from a YAML profile in configs/ plus `--set dotted.key=value` overrides:
 
     python -m flows.puzzles --profile micro --set puzzles.grid=3x3 --output-dir /tmp/run
 """
 
-import hashlib
-import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from forgetting.storage import stable_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILES_DIR = REPO_ROOT / "configs"
@@ -338,107 +339,3 @@ class StudyConfig(_Section):
     def report_dir(self) -> Path:
         """Where the study's report goes: <output>/<study id>/report."""
         return self.output.path / self.study_id / "report"
-
-
-def stable_hash(obj: Any) -> str:
-    """sha256 of the canonical JSON of obj."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def profile_path(profile: str) -> Path:
-    """A profile name from configs/ or a path to a YAML file."""
-    if profile.endswith((".yaml", ".yml")) or "/" in profile:
-        path = Path(profile).expanduser()
-    else:
-        path = PROFILES_DIR / f"{profile}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
-        raise ConfigError(f"profile: no such profile {profile!r} (known: {known}; or give a .yaml path)")
-    return path
-
-
-def set_dotted(data: dict, assignment: str) -> None:
-    """Apply one `dotted.key=value` override; the value is read as YAML (3, 1e-4, [0,1], true, text)."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
-    parts = key.strip().split(".")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {assignment!r}: {part} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def describe_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "config"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key")
-        elif isinstance(e.get("input"), dict):  # a check across fields: the message names them
-            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
-        else:
-            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
-
-
-def build_config(data: dict) -> StudyConfig:
-    try:
-        return StudyConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(describe_validation_error(err)) from None
-
-
-def load_config(
-    profile: str = "tiny", overrides: list[str] | tuple[str, ...] = (), output_dir: str | None = None
-) -> StudyConfig:
-    """Profile YAML + `--set` overrides + output dir -> a validated StudyConfig, or ConfigError."""
-    path = profile_path(profile)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"profile {path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"profile {path}: expected a mapping at the top level")
-    for assignment in overrides:
-        set_dotted(data, assignment)
-    if output_dir is not None:
-        set_dotted(data, f"output.dir={Path(output_dir).expanduser().resolve()}")
-    return build_config(data)
-
-
-def check_inputs(config: StudyConfig, base_model: bool = True, benchmarks: bool = True) -> None:
-    """Checks that need the file system or the network; run before any expensive work. base_model=False
-    skips the check that the base model can be found (for the flow that builds it), benchmarks=False the
-    check that lm-eval knows every benchmark name (for flows that evaluate nothing)."""
-    p = config.puzzles
-    if p.source == "folder":
-        folder = Path(p.folder).expanduser()
-        if not folder.is_dir():
-            raise ConfigError(f"puzzles.folder: {folder} is not a directory")
-    if config.arms.deepspeed and not Path(config.arms.deepspeed).expanduser().is_file():
-        raise ConfigError(f"arms.deepspeed: {config.arms.deepspeed} is not a file")
-    if config.arms.rft.use_vllm:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("arms.rft.use_vllm: vLLM rollouts need a GPU, and none is available")
-    from tasks.tracking import check_tracking
-
-    check_tracking(config)
-    if benchmarks:
-        from tasks.evaluation import check_benchmarks  # raises EvaluationError, a ConfigError
-
-        check_benchmarks(config.evaluation.benchmarks)
-    if base_model and not config.model.pretrain:
-        from tasks.models import resolve_model_path  # raises ModelLoadError, a ConfigError
-
-        resolve_model_path(config.model.name_or_path)

@@ -6,12 +6,21 @@ renames it into place at the end: a killed writer leaves no half folder, and whe
 same product at once, the first rename wins and the other's identical copy is dropped.
 """
 
+import hashlib
+import json
 import os
 import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of obj: what names every content-addressed folder."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 @contextmanager

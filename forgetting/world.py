@@ -1,5 +1,6 @@
 """The tiny world: the prior-knowledge tasks the project's tiny base model learns in pretraining
-(tokenizer, processor and model configs live in tasks/models.py, the training loop in tasks/pretrain.py).
+(tokenizer, processor and model configs live in forgetting/models.py, the training loop in
+forgetting/pretrain.py; colours, shapes and the canvas in forgetting/drawing.py).
 
 The held-out split of each task is one of the tiny world's "general benchmarks": what a fine-tuned arm may
 forget. None of them is a jigsaw. The list-answer tasks ask about a numbered grid of positions in the same
@@ -17,43 +18,10 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from tasks.palette import CELL_COLOURS, COLOURS
-from tasks.puzzles import format_answer  # one list format for every list answer, jigsaw included
-
-# ---------------------------------------------------------------------------------------------------------
-# Drawing
-
-SIDE = 112  # 8x8 patches of 14 px -> 16 image tokens after the 2x2 merge
-SHAPES = ("circle", "square", "triangle", "cross")
-BACKGROUND = (128, 128, 128)
-
-
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, size: float, colour) -> None:
-    r = size / 2
-    if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
-    elif shape == "square":
-        draw.rectangle([cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85], fill=colour)
-    elif shape == "triangle":
-        draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=colour)
-    elif shape == "cross":
-        t = r * 0.35
-        draw.rectangle([cx - r, cy - t, cx + r, cy + t], fill=colour)
-        draw.rectangle([cx - t, cy - r, cx + t, cy + r], fill=colour)
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
-
-
-def canvas(background=BACKGROUND) -> tuple[Image.Image, ImageDraw.ImageDraw]:
-    image = Image.new("RGB", (SIDE, SIDE), background)
-    return image, ImageDraw.Draw(image)
-
-
-def pick(rng: random.Random, options: Iterable, exclude=()) -> object:
-    return rng.choice([o for o in options if o not in exclude])
-
+from forgetting.drawing import CELL_COLOURS, COLOURS, SHAPES, SIDE, canvas, draw_shape, pick, scatter
+from forgetting.puzzles import format_answer  # one list format for every list answer, jigsaw included
 
 # ---------------------------------------------------------------------------------------------------------
 # Prior-knowledge tasks. A generator draws one item from rng; `key` identifies the item, and its hash
@@ -98,31 +66,11 @@ def shape_item(rng: random.Random) -> Item:
     return Item("shape", f"{colour}{shape}{size:.3f}{cx:.3f}{cy:.3f}{prompt}", prompt, shape, image)
 
 
-def _scatter(rng: random.Random, n: int, size: float, box=(0, 0, SIDE, SIDE)) -> list[tuple[float, float]]:
-    """n centres inside box whose shapes of this size do not touch: distinct cells of a grid, jittered."""
-    x0, y0, x1, y1 = box
-    per_row = int((x1 - x0) // (1.35 * size))
-    if per_row * per_row < n:
-        raise ValueError(f"cannot place {n} shapes of size {size} in {box}")
-    cell = (x1 - x0) / per_row
-    slack = (cell - size) / 2
-    points = []
-    for index in rng.sample(range(per_row * per_row), n):
-        r, c = divmod(index, per_row)
-        points.append(
-            (
-                x0 + c * cell + cell / 2 + rng.uniform(-slack, slack) * 0.8,
-                y0 + r * cell + cell / 2 + rng.uniform(-slack, slack) * 0.8,
-            )
-        )
-    return points
-
-
 def count_item(rng: random.Random) -> Item:
     n = rng.randint(1, 6)
     colour, shape = pick(rng, COLOURS, exclude=("black",)), pick(rng, SHAPES)
     image, draw = canvas()
-    points = _scatter(rng, n, 16)
+    points = scatter(rng, n, 16)
     for cx, cy in points:
         draw_shape(draw, shape, cx, cy, 16, COLOURS[colour])
     prompt = rng.choice(
@@ -214,7 +162,7 @@ def code_table(names: Iterable[str]) -> str:
 # Every list answer is a permutation of 1..4, as a jigsaw's is: measured on the base before this rule (colour
 # codes drawn with repeats), the jigsaw prompt got list answers with repeated numbers, a valid permutation
 # only 14% of the time, and RFT had almost nothing to reward; the base built with this rule: 53%. The colour
-# table is tasks/palette.py:CELL_COLOURS (red 1, green 2, blue 3, yellow 4), which a puzzle cue shares.
+# table is forgetting/drawing.py:CELL_COLOURS (red 1, green 2, blue 3, yellow 4), which a puzzle cue shares.
 
 
 def _shade(rng: random.Random, colour: tuple[int, int, int], spread: int = 30) -> tuple[int, ...]:
@@ -269,7 +217,7 @@ def quadrant_counts_item(rng: random.Random) -> Item:
     image, draw = canvas()
     for pos, n in enumerate(counts):
         r, c = divmod(pos, 2)
-        for cx, cy in _scatter(rng, n, 12, (c * 56, r * 56, c * 56 + 56, r * 56 + 56)):
+        for cx, cy in scatter(rng, n, 12, (c * 56, r * 56, c * 56 + 56, r * 56 + 56)):
             draw_shape(draw, shape, cx, cy, 12, COLOURS[colour])
     draw.line([(56, 0), (56, SIDE)], fill=(255, 255, 255))
     draw.line([(0, 56), (SIDE, 56)], fill=(255, 255, 255))

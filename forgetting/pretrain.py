@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from tasks import world
-from tasks.config import PretrainConfig, PuzzleConfig
-from tasks.evaluation import puzzle_scores
-from tasks.models import batch, build_processor, build_tiny_model, chat, train_tokenizer
-from tasks.puzzles import generate_puzzles
+from forgetting import world
+from forgetting.config import PretrainConfig, PuzzleConfig
+from forgetting.evaluation import puzzle_scores
+from forgetting.models import batch, build_processor, build_tiny_model, chat, train_tokenizer
+from forgetting.puzzle_data import generate_puzzles
 
 
 def tokenizer_corpus(seed: int, per_task: int = 400) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from tasks.config import REPO_ROOT, ConfigError, ModelConfig
+from forgetting.config import REPO_ROOT, ConfigError, ModelConfig
 
 ASSETS = REPO_ROOT / "assets"
 SHIPPED = {"micro": ASSETS / "micro-base", "tiny": ASSETS / "tiny-base"}

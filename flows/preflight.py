@@ -1,0 +1,34 @@
+"""Pre-flight: the checks that need the file system, a stage or the network, run by every flow and the
+command line before any expensive work. The config validates its own values (forgetting/config.py); this
+looks at what they point to.
+"""
+
+from pathlib import Path
+
+from forgetting.benchmarks import check_benchmarks
+from forgetting.config import ConfigError, StudyConfig
+from forgetting.models import resolve_model_path
+from tasks.tracking import check_tracking
+
+
+def check_inputs(config: StudyConfig, base_model: bool = True, benchmarks: bool = True) -> None:
+    """ConfigError naming the field, or nothing. base_model=False skips the check that the base model can be
+    found (for the flow that builds it), benchmarks=False the check that lm-eval knows every benchmark name
+    (for flows that evaluate nothing)."""
+    p = config.puzzles
+    if p.source == "folder":
+        folder = Path(p.folder).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"puzzles.folder: {folder} is not a directory")
+    if config.arms.deepspeed and not Path(config.arms.deepspeed).expanduser().is_file():
+        raise ConfigError(f"arms.deepspeed: {config.arms.deepspeed} is not a file")
+    if config.arms.rft.use_vllm:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("arms.rft.use_vllm: vLLM rollouts need a GPU, and none is available")
+    check_tracking(config)  # an http(s) MLflow URI must answer
+    if benchmarks:
+        check_benchmarks(config.evaluation.benchmarks)  # raises EvaluationError, a ConfigError
+    if base_model and not config.model.pretrain:
+        resolve_model_path(config.model.name_or_path)  # raises ModelLoadError, a ConfigError

@@ -1,0 +1,99 @@
+"""The study's arms, and where each lives: `sft` (SFT on ground-truth answers, forgetting/sft.py), `rft` (GRPO
+with the puzzle reward, forgetting/rft.py) and `rollout_sft` (SFT on the RFT arm's correct rollouts,
+forgetting/rollout_sft.py).
+
+An arm's folder is named by the hash of what determines it (the base model's content, puzzles, model and arm
+settings, seed, and for rollout_sft the RFT arm it learns from), so changing one arm's settings retrains that
+arm and what depends on it only; a finished arm has final/, and a rerun finds it.
+
+    python -m flows.train --profile micro     # the arms alone
+"""
+
+import json
+from pathlib import Path
+
+from forgetting.config import StudyConfig
+from forgetting.models import model_fingerprint
+from forgetting.puzzle_data import PuzzleDataset
+from forgetting.puzzles import make_target
+from forgetting.rft import train_rft
+from forgetting.rollout_sft import rollout_sft_data, rollout_sft_examples
+from forgetting.sft import sft_examples, train_sft
+from forgetting.storage import stable_hash, write_text_once
+from forgetting.trainer import FINAL, NO_LOGGING, ArmResult, checkpoints
+
+ARMS = ("sft", "rft", "rollout_sft")
+TRAINING_DATA = "training_data.jsonl"
+
+
+def arm_dir(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, upstream: str = "") -> Path:
+    spec = {
+        "arm": arm,
+        "base": model_fingerprint(base),
+        "puzzles": dataset.dataset_hash,
+        "model": config.model.model_dump(mode="json"),
+        "settings": getattr(config.arms, arm).model_dump(mode="json"),
+        "prompt_style": config.arms.sft.prompt_style,
+        "checkpoint_every": config.arms.checkpoint_every,
+        "seed": config.seed,
+        "upstream": upstream,
+    }
+    return config.output.path / "arms" / f"{arm}-{stable_hash(spec)[:10]}"
+
+
+def run_arm(
+    config: StudyConfig,
+    arm: str,
+    base: str,
+    dataset: PuzzleDataset,
+    rft: ArmResult | None = None,
+    report_to=NO_LOGGING,
+) -> ArmResult:
+    """Train one arm, or find it trained (the plain function behind the Prefect task). rollout_sft needs the
+    rft arm's result; report_to names the Trainer's loggers (e.g. ["mlflow"])."""
+    out = arm_dir(config, arm, base, dataset, upstream=str(rft.path) if rft else "")
+    style = config.arms.sft.prompt_style
+    if arm == "sft":
+        records = dataset.records("train")
+        write_training_data(out, [(r["id"], make_target(r["answer"], style)) for r in records])
+        return train_sft(config, arm, config.arms.sft, base, sft_examples(dataset, style), out, report_to)
+    if arm == "rft":
+        return train_rft(config, base, dataset, out, report_to)
+    if arm == "rollout_sft":
+        if rft is None:
+            raise ValueError("rollout_sft needs the rft arm's result")
+        kept = rollout_sft_data(config, rft, dataset, out)
+        write_training_data(out, [(r["puzzle_id"], r["completion"].strip()) for r in kept])
+        examples = rollout_sft_examples(dataset, kept, style)
+        return train_sft(config, arm, config.arms.rollout_sft, base, examples, out, report_to)
+    raise ValueError(f"unknown arm {arm!r}; arms are {ARMS}")
+
+
+def write_training_data(out: Path, pairs: list[tuple[str, str]]) -> None:
+    """What an SFT arm trains on, as {puzzle_id, completion} lines (the rft arm's is rollouts.jsonl):
+    the learning-dynamics analysis scores it under the base model."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / TRAINING_DATA).is_file():
+        lines = [json.dumps({"puzzle_id": pid, "completion": text}) for pid, text in pairs]
+        write_text_once(out / TRAINING_DATA, "".join(line + "\n" for line in lines))
+
+
+def training_data(result: ArmResult) -> Path:
+    """The completions an arm was trained on: ground truth (sft), its own rollouts (rft), or the correct
+    rollouts it kept (rollout_sft); one JSON line each with puzzle_id and completion."""
+    return result.rollouts if result.arm == "rft" else result.path / TRAINING_DATA
+
+
+def finished_arms(config: StudyConfig, base: str, dataset: PuzzleDataset) -> dict[str, ArmResult]:
+    """The enabled arms already trained for this config (their final/ exists), without training anything."""
+    found = {}
+    for arm in ARMS:
+        upstream = found.get("rft") if arm == "rollout_sft" else None
+        if arm == "rollout_sft" and upstream is None:
+            upstream_dir = arm_dir(config, "rft", base, dataset)
+            upstream = ArmResult("rft", upstream_dir, checkpoints(upstream_dir), upstream_dir / "rollouts.jsonl")
+        out = arm_dir(config, arm, base, dataset, upstream=str(upstream.path) if upstream else "")
+        if getattr(config.arms, arm).enabled and (out / FINAL).is_dir():
+            rollouts = out / "rollouts.jsonl" if arm == "rft" else None
+            found[arm] = ArmResult(arm, out, checkpoints(out), rollouts)
+    return found

@@ -1,0 +1,83 @@
+"""The study's base model (the shipped tiny checkpoint, a fresh pretraining, or a real Qwen2.5-VL) and the
+prior-knowledge benchmarks the tiny world holds out.
+
+python -m flows.pretrain_base --profile tiny     # rebuild assets/tiny-base, the shipped checkpoint
+"""
+
+import time
+from pathlib import Path
+
+import torch
+
+from forgetting.config import StudyConfig
+from forgetting.models import pick_device, resolve_model_path
+from forgetting.pretrain import jigsaw_probe, pretrain, save_base
+from forgetting.storage import stable_hash, write_once
+from forgetting.world import PRIOR_TASKS, fingerprint, make_split, write_split
+
+
+def pretrain_dir(config: StudyConfig) -> Path:
+    """Where this study's own pretraining goes: <output>/base/<size>-<hash of the pretrain settings>."""
+    spec = {"size": config.model.name_or_path, "pretrain": config.pretrain.model_dump(mode="json")}
+    return config.output.path / "base" / f"{config.model.name_or_path}-{stable_hash(spec)[:10]}"
+
+
+def pretrain_base_model(config: StudyConfig, out: Path, log=lambda metrics, step: None, command: str = "") -> dict:
+    """Pretrain config.model.name_or_path (micro/tiny/small) on the tiny world and save it with its card."""
+    size = config.model.name_or_path
+    started = time.perf_counter()
+    device = pick_device(config.model)
+    model, processor, history = pretrain(size, config.pretrain, log=log, device=device)
+    wall = time.perf_counter() - started
+    probe = jigsaw_probe(model, processor, seed=config.pretrain.seed, puzzles=config.puzzles)
+    log(probe, config.pretrain.steps)
+    final = history[max(history)]
+    card = {
+        "command": command or f"python -m flows.pretrain_base --profile {config.name}",
+        "size": size,
+        "seed": config.pretrain.seed,
+        "pretrain": config.pretrain.model_dump(mode="json"),
+        "data": "tiny world train splits: " + ", ".join(PRIOR_TASKS),
+        "data_hash": fingerprint("train", config.pretrain.seed),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "heldout_accuracy": {
+            k.removeprefix("heldout."): round(v, 4) for k, v in final.items() if k.startswith("heldout.")
+        },
+        "heldout_curve": {str(step): {k: round(v, 4) for k, v in s.items()} for step, s in history.items()},
+        "jigsaw": {k.removeprefix("jigsaw."): round(v, 4) for k, v in probe.items()},
+        "jigsaw_probe": f"64 test puzzles of the profile's settings ({probe_puzzles(config)}), direct prompt, "
+        "greedy and 8 samples at T=1",
+        "wall_time_s": round(wall, 1),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+    }
+    save_base(model, processor, out, card)
+    return card
+
+
+def probe_puzzles(config: StudyConfig) -> str:
+    p = config.puzzles
+    return f"{p.grid} {p.source}, cue {p.cue}, difficulty {p.difficulty}"
+
+
+def resolve_base(config: StudyConfig) -> str:
+    """A path or hub id the loader takes: the study's own pretraining when model.pretrain, else the model named."""
+    if config.model.pretrain:
+        return str(pretrain_dir(config))
+    return resolve_model_path(config.model.name_or_path)
+
+
+def heldout_dir(config: StudyConfig) -> Path:
+    spec = {"items": fingerprint("test", config.pretrain.seed), "n": config.pretrain.eval_items}
+    return config.output.path / "world" / f"heldout-{stable_hash(spec)[:10]}"
+
+
+def write_heldout_sets(config: StudyConfig) -> Path:
+    """The tiny world's general benchmarks: one JSONL (+ PNGs) per prior-knowledge task's held-out split."""
+    out = heldout_dir(config)
+    if out.is_dir():
+        return out
+    with write_once(out) as tmp:
+        for task in PRIOR_TASKS:
+            write_split(make_split(task, "test", config.pretrain.eval_items, config.pretrain.seed), tmp)
+    return out

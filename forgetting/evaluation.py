@@ -1,0 +1,228 @@
+"""Evaluation: everything the study measures of one model (every benchmark through lm-eval, the
+log-probability of held-out prior answers, the distance from the base), which models a study evaluates, where
+their results lie, and the base model's view of each arm's training data.
+
+    python -m flows.evaluate --profile tiny     # evaluate the base model and every trained arm
+"""
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from forgetting.benchmarks import (
+    TINY_WORLD,
+    BenchmarkData,
+    EvaluationError,
+    StudyLM,
+    doc_to_image,
+    load_docs,
+    request_conversation,
+    run_benchmarks,
+)
+from forgetting.inference import continuation_logprobs
+from forgetting.models import chat, load_model, model_fingerprint
+from forgetting.puzzle_data import PuzzleDataset
+from forgetting.puzzles import parse_answer, score_answer
+from forgetting.storage import stable_hash, write_once, write_text_once
+
+SAMPLING = {"do_sample": True, "temperature": 1.0}
+
+
+def puzzle_scores(
+    model,
+    processor,
+    dataset: PuzzleDataset,
+    style: str = "direct",
+    limit: int | None = None,
+    samples: int = 0,
+    seed: int = 0,
+    max_new_tokens: int = 32,
+) -> dict[str, float]:
+    """On the test split (its first `limit` puzzles), through the study's own lm-eval puzzle benchmark, so the
+    number is the one an evaluation reports: greedy exact accuracy, valid-permutation rate (its format check)
+    and mean reward. With samples > 0 also pass@samples and the valid rate of samples at temperature 1
+    (max_new_tokens: the benchmark's own max_gen_toks), graded by the same score_answer."""
+    data = BenchmarkData("", str(dataset.path), style)
+    lm = StudyLM(model, processor, batch_size=64)
+    rows, items = run_benchmarks(lm, [data.puzzle_benchmark], data, limit)
+    (row,) = rows
+    rewards = [score_answer(s["response"], [int(x) for x in s["target"].split()], style).total for s in items]
+    scores = {
+        "puzzle.exact": row["value"],
+        "puzzle.valid": 1 - row["format_failures"] / row["n"],
+        "puzzle.reward": sum(rewards) / len(rewards),
+    }
+    if samples:
+        records = dataset.records("test")[:limit]
+        torch.manual_seed(seed)
+        prompts = [request_conversation(r[f"prompt_{style}"], [dataset.image(r)]) for r in records]
+        sampled = lm.complete([c for c in prompts for _ in range(samples)], max_new_tokens, SAMPLING)
+        groups = [sampled[i * samples : (i + 1) * samples] for i in range(len(records))]
+        graded = [[score_answer(text, r["answer"], style) for text in g] for g, r in zip(groups, records, strict=True)]
+        scores[f"puzzle.pass_at_{samples}"] = sum(any(s.exact for s in g) for g in graded) / len(records)
+        n_tiles = len(records[0]["answer"])
+        scores["puzzle.sampled_valid"] = sum(parse_answer(text, n_tiles) is not None for text in sampled) / len(sampled)
+    return scores
+
+
+def answer_logprobs(model, processor, data: BenchmarkData, benchmarks: list[str], limit: int | None, batch_size: int):
+    """Mean log-probability of the right answers of the tiny world's held-out benchmarks (dynamics (c))."""
+    means = {}
+    for name in benchmarks:
+        if not name.startswith(f"{TINY_WORLD}_"):
+            continue
+        docs = load_docs(name.removeprefix(f"{TINY_WORLD}_"), tiny_world_dir=data.tiny_world_dir)["test"]
+        docs = docs.select(range(min(limit or len(docs), len(docs))))
+        prompts = [request_conversation(d["prompt"], doc_to_image(d)) for d in docs]
+        scored = continuation_logprobs(model, processor, prompts, [d["answer"] for d in docs], batch_size)
+        means[name] = sum(logp for logp, _, _ in scored) / len(scored)
+    return means
+
+
+@torch.no_grad()
+def parameter_distance(model, base_state: dict[str, torch.Tensor]) -> dict[str, float]:
+    """L2 distance of the model's weights from the base's, absolute and relative to the base's norm. A LoRA
+    model is merged first, so the distance is that of the weights it actually runs with."""
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    state = model.state_dict()
+    missing = [k for k in base_state if k not in state]
+    if missing:
+        raise EvaluationError(f"model and base differ in parameters, e.g. {missing[:3]}")
+    diff = sum(float((state[k].float().cpu() - v.float()).pow(2).sum()) for k, v in base_state.items())
+    norm = sum(float(v.float().pow(2).sum()) for v in base_state.values())
+    return {"l2": math.sqrt(diff), "relative": math.sqrt(diff / norm) if norm else math.nan}
+
+
+def evaluate_model(
+    model,
+    processor,
+    benchmarks: list[str],
+    data: BenchmarkData,
+    limit: int | None = None,
+    batch_size: int = 32,
+    base_state: dict[str, torch.Tensor] | None = None,
+) -> tuple[dict, list[dict]]:
+    """Everything the study measures of one model: the puzzle and every benchmark through lm-eval, the
+    log-probability of held-out prior answers, and (given the base's weights) the distance from the base."""
+    started = time.perf_counter()
+    names = [data.puzzle_benchmark, *benchmarks]
+    rows, samples = run_benchmarks(StudyLM(model, processor, batch_size), names, data, limit)
+    record = {
+        "benchmarks": rows,
+        "puzzle_benchmark": data.puzzle_benchmark,
+        "answer_logprob": answer_logprobs(model, processor, data, [r["benchmark"] for r in rows], limit, batch_size),
+        "param_distance": parameter_distance(model, base_state) if base_state is not None else None,
+    }
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    return record, samples
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The evaluation stage: which models, where their results lie, and the base model's view of each arm's data.
+# Results are content-addressed (<output>/evals/<arm>-<step>-<hash>/), so a rerun evaluates nothing twice.
+
+EVAL_VERSION = 1  # bump when what an evaluation record holds changes
+DATA_NLL_ITEMS = 512  # training examples scored per arm for the base-model NLL
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """One model to evaluate: the base (step 0) or an arm's checkpoint or final model."""
+
+    arm: str
+    step: int
+    path: str
+
+
+def eval_targets(config, base: str, arms: dict) -> list[EvalTarget]:
+    """The base, then per arm its checkpoints every evaluation.every steps and its final model."""
+    targets = [EvalTarget("base", 0, base)]
+    for arm, result in arms.items():
+        final = getattr(config.arms, arm).steps
+        for checkpoint in result.checkpoints:
+            step = int(checkpoint.rsplit("-", 1)[-1])
+            if step % config.evaluation.every == 0 and step < final:
+                targets.append(EvalTarget(arm, step, checkpoint))
+        targets.append(EvalTarget(arm, final, str(result.final)))
+    return targets
+
+
+def eval_dir(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path:
+    spec = {
+        "model": target.path,
+        "base": model_fingerprint(base),
+        "benchmarks": config.evaluation.benchmarks,
+        "limit": config.evaluation.limit,
+        "data": vars(data),
+        "version": EVAL_VERSION,
+    }
+    return config.output.path / "evals" / f"{target.arm}-{target.step}-{stable_hash(spec)[:10]}"
+
+
+_BASE_STATE: dict[str, dict[str, torch.Tensor]] = {}
+
+
+def base_state(config, base: str) -> dict[str, torch.Tensor]:
+    """The base model's weights on CPU (kept for the process: every evaluation compares with them)."""
+    if base not in _BASE_STATE:
+        model, _ = load_model(config.model, base, trainable=False)
+        _BASE_STATE.clear()
+        _BASE_STATE[base] = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    return _BASE_STATE[base]
+
+
+def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path:
+    """Evaluate one model unless its results exist; returns the folder with evaluation.json and samples.jsonl."""
+    out = eval_dir(config, target, data, base)
+    if (out / "evaluation.json").is_file():
+        return out
+    model, processor = load_model(config.model, target.path, trainable=False)
+    ev = config.evaluation
+    record, samples = evaluate_model(
+        model, processor, ev.benchmarks, data, ev.limit, ev.batch_size, base_state(config, base)
+    )
+    record = {"arm": target.arm, "step": target.step, "model": target.path, **record}
+    with write_once(out) as tmp:
+        (tmp / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+        (tmp / "evaluation.json").write_text(json.dumps(record, indent=1) + "\n")
+    return out
+
+
+def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset, load_base=None) -> dict:
+    """Per-token negative log-likelihood under the BASE model of the completions an arm trained on (answer
+    tokens only; up to DATA_NLL_ITEMS examples, evenly spaced), cached beside the data. load_base() gives the
+    base (model, processor) when it must be scored: pass a cached loader to score several arms with one load."""
+    # Keyed on the base's content: SFT's data (the puzzles' ground truth) is shared by studies of other bases.
+    key = stable_hash([model_fingerprint(base), DATA_NLL_ITEMS, EVAL_VERSION])
+    path = training_data.with_name(f"base_nll-{key[:10]}.json")
+    if path.is_file():
+        return json.loads(path.read_text())
+    with open(training_data) as f:
+        rows = [json.loads(line) for line in f]
+    if not rows:
+        raise EvaluationError(f"{arm}: no training data in {training_data}")
+    stride = max(1, len(rows) // DATA_NLL_ITEMS)
+    rows = rows[::stride][:DATA_NLL_ITEMS]
+    style = config.arms.sft.prompt_style
+    records = {r["id"]: r for r in dataset.records("train")}
+    prompts = [chat(records[r["puzzle_id"]][f"prompt_{style}"], dataset.image(records[r["puzzle_id"]])) for r in rows]
+    model, processor = (load_base or (lambda: load_model(config.model, base, trainable=False)))()
+    scored = continuation_logprobs(model, processor, prompts, [r["completion"] for r in rows])
+    tokens = sum(n for _, n, _ in scored)
+    result = {
+        "arm": arm,
+        "examples": len(rows),
+        "tokens": tokens,
+        "nll_per_token": -sum(logp for logp, _, _ in scored) / max(tokens, 1),
+        "nll_per_example": -sum(logp for logp, _, _ in scored) / len(scored),
+        "greedy_share": sum(g for _, _, g in scored) / len(scored),  # the base would have answered exactly this
+    }
+    write_text_once(path, json.dumps(result, indent=1) + "\n")
+    return result

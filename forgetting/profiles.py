@@ -1,0 +1,82 @@
+"""Profiles: a YAML file in configs/ plus `--set dotted.key=value` overrides -> a validated StudyConfig.
+
+    python -m flows.study --profile tiny --set arms.sft.learning_rate=1e-4 --output-dir /tmp/run
+
+A bad file, key or value is a ConfigError whose message names the field.
+"""
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from forgetting.config import PROFILES_DIR, ConfigError, StudyConfig
+
+
+def profile_path(profile: str) -> Path:
+    """A profile name from configs/ or a path to a YAML file."""
+    if profile.endswith((".yaml", ".yml")) or "/" in profile:
+        path = Path(profile).expanduser()
+    else:
+        path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+        raise ConfigError(f"profile: no such profile {profile!r} (known: {known}; or give a .yaml path)")
+    return path
+
+
+def set_dotted(data: dict, assignment: str) -> None:
+    """Apply one `dotted.key=value` override; the value is read as YAML (3, 1e-4, [0,1], true, text)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key")
+        elif isinstance(e.get("input"), dict):  # a check across fields: the message names them
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def build_config(data: dict) -> StudyConfig:
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err)) from None
+
+
+def load_config(
+    profile: str = "tiny", overrides: list[str] | tuple[str, ...] = (), output_dir: str | None = None
+) -> StudyConfig:
+    """Profile YAML + `--set` overrides + output dir -> a validated StudyConfig, or ConfigError."""
+    path = profile_path(profile)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"profile {path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"profile {path}: expected a mapping at the top level")
+    for assignment in overrides:
+        set_dotted(data, assignment)
+    if output_dir is not None:
+        set_dotted(data, f"output.dir={Path(output_dir).expanduser().resolve()}")
+    return build_config(data)

@@ -1,0 +1,300 @@
+"""The report folder of a study, <output>/<study-id>/report/: summary.json, forgetting.csv, curves.csv,
+dynamics.csv, report.md and three plots, for one seed (write_report) or over seeds (aggregate_reports). The
+numbers come from forgetting/metrics.py.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from forgetting.metrics import (
+    arm_order,
+    curves,
+    dynamics,
+    forgetting_table,
+    mean_ci,
+    over_seeds,
+    read_evaluation,
+    summary,
+)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_tradeoff(curve: pd.DataFrame, path: Path, spread: bool = False) -> Path:
+    """Puzzle accuracy against prior-knowledge accuracy along training, a line per arm; spread: error bars
+    from the `*_ci95` columns of a several-seed curve."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for arm, group in curve.groupby("arm", sort=False):
+        group = group.sort_values("step")
+        if spread:
+            ax.errorbar(
+                group.puzzle_exact, group.prior_mean, xerr=group.puzzle_exact_ci95, yerr=group.prior_mean_ci95,
+                marker="o", capsize=2, label=arm,
+            )  # fmt: skip
+        else:
+            ax.plot(group.puzzle_exact, group.prior_mean, marker="o", label=arm)
+        last = group.iloc[-1]
+        ax.annotate(f"{int(last.step)}", (last.puzzle_exact, last.prior_mean), fontsize=7)
+    first = curve.sort_values("step").iloc[0]
+    ax.scatter([first.puzzle_exact], [first.prior_mean], color="black", zorder=3, label="base")
+    ax.set_xlabel("puzzle exact accuracy (test split)")
+    ax.set_ylabel("prior-knowledge accuracy (mean of held-out benchmarks)")
+    ax.set_title("Learning vs forgetting along training")
+    _legend(ax)
+    return _save(fig, path)
+
+
+def plot_forgetting(table: pd.DataFrame, path: Path, spread: str = "+-1 s.e.") -> Path:
+    plt = _pyplot()
+    prior = table[table.kind == "prior"]
+    benchmarks = list(dict.fromkeys(prior.benchmark))
+    arms = list(dict.fromkeys(prior.arm))
+    fig, ax = plt.subplots(figsize=(max(6, len(benchmarks) * 0.9), 4))
+    width = 0.8 / max(len(arms), 1)
+    for i, arm in enumerate(arms):
+        rows = prior[prior.arm == arm].set_index("benchmark").reindex(benchmarks)
+        xs = [j + i * width for j in range(len(benchmarks))]
+        ax.bar(xs, rows.delta, width, yerr=rows.stderr, label=arm, capsize=2)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks([j + width * (len(arms) - 1) / 2 for j in range(len(benchmarks))])
+    ax.set_xticklabels([b.removeprefix("tiny_world_") for b in benchmarks], rotation=30, ha="right")
+    ax.set_ylabel("score - base (below 0: forgotten)")
+    ax.set_title(f"Forgetting per benchmark (final models, {spread})")
+    _legend(ax)
+    return _save(fig, path)
+
+
+def plot_dynamics(table: pd.DataFrame, path: Path) -> Path:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    for arm, group in table.groupby("arm", sort=False):
+        axes[0].scatter(group.data_nll, group.forgetting, label=arm)
+        axes[1].scatter(group.param_relative, group.forgetting, label=arm)
+    axes[0].set_xlabel("base-model NLL per token of the arm's training data")
+    axes[1].set_xlabel("relative parameter distance from base")
+    axes[0].set_ylabel("forgetting (base - prior mean)")
+    for ax in axes:
+        ax.axhline(0, color="black", linewidth=0.6)
+    _legend(axes[1])
+    fig.suptitle("What tracks forgetting (every checkpoint)")
+    return _save(fig, path)
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:  # nothing to label when only the base was evaluated
+        ax.legend()
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    def cell(v, column: str) -> str:
+        if isinstance(v, float):
+            if math.isnan(v):
+                return ""
+            return f"{v:.0f}" if column.startswith("step") else f"{v:.{digits}f}"  # steps: NaN made them floats
+        return "" if v is None else str(v)
+
+    head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    return head + "".join(
+        "| " + " | ".join(cell(v, c) for v, c in zip(row, frame.columns, strict=True)) + " |\n"
+        for row in frame.itertuples(index=False)
+    )
+
+
+def summary_frame(summary_: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"arm": arm, **values} for arm, values in summary_["arms"].items()])
+
+
+def forgetting_pivot(table: pd.DataFrame) -> pd.DataFrame:
+    """arm x benchmark deltas (the table the CLI prints)."""
+    pivot = table.pivot(index="benchmark", columns="arm", values="delta")
+    pivot = pivot[[a for a in sorted(pivot.columns, key=arm_order)]]
+    pivot.index = [b.removeprefix("tiny_world_") for b in pivot.index]
+    return pivot.reset_index(names="benchmark")
+
+
+def write_report(
+    out: Path,
+    study_id: str,
+    records: list[dict],
+    samples: dict[tuple[str, int], list[dict]],
+    data_nll: dict[str, dict],
+    final_steps: dict[str, int],
+    matched_accuracy: float = 0.6,
+) -> dict:
+    """Fill out (the study's report/ folder): summary.json, forgetting.csv, curves.csv, dynamics.csv,
+    report.md and the three plots. Returns the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    by_key = {(r["arm"], r["step"]): r for r in records}
+    base = by_key[("base", 0)]
+    finals = [by_key[(arm, step)] for arm, step in final_steps.items() if arm != "base" and (arm, step) in by_key]
+    curve = curves(records)
+    summary_ = summary(study_id, base, finals, curve, matched_accuracy)
+    table = forgetting_table(base, finals, samples)
+    dyn, findings = dynamics(curve, data_nll)
+    summary_["dynamics"] = findings
+    (out / "summary.json").write_text(json.dumps(without_nan(summary_), indent=1) + "\n")
+    table.to_csv(out / "forgetting.csv", index=False)
+    curve.to_csv(out / "curves.csv", index=False)
+    dyn.to_csv(out / "dynamics.csv", index=False)
+    plot_tradeoff(curve, out / "tradeoff.png")
+    plot_forgetting(table, out / "forgetting.png")
+    plot_dynamics(dyn, out / "dynamics.png")
+    (out / "report.md").write_text(report_markdown(summary_, table, findings))
+    return summary_
+
+
+def report_from_evaluations(
+    out: Path, study_id: str, evaluations: list[Path], data_nll: dict, final_steps: dict, matched_accuracy: float
+) -> dict:
+    """write_report from evaluation folders (forgetting/evaluation.py:evaluate_target writes them)."""
+    records, samples = [], {}
+    for folder in evaluations:
+        record, items = read_evaluation(folder)
+        samples[(record["arm"], record["step"])] = items
+        records.append(record)
+    return write_report(out, study_id, records, samples, data_nll, final_steps, matched_accuracy)
+
+
+def report_markdown(summary_: dict, table: pd.DataFrame, findings: dict) -> str:
+    return (
+        f"## Study {summary_['study_id']}\n\n"
+        "Final models. `mean_forgetting` = mean over prior benchmarks of (base - score): positive means forgotten. "
+        + _matched_note(summary_["matched_accuracy"], _number(summary_.get("common_accuracy", math.nan)))
+        + markdown_table(summary_frame(summary_))
+        + "\n### Forgetting per benchmark (score - base)\n\n"
+        + markdown_table(forgetting_pivot(table))
+        + f"\n### Learning dynamics\n\n{findings['statement']}\n\n"
+        "![trade-off](tradeoff.png) ![forgetting](forgetting.png) ![dynamics](dynamics.png)\n"
+    )
+
+
+def _matched_note(level: float, common: str) -> str:
+    return (
+        f"`steps_to_matched`: first evaluated step with puzzle exact accuracy >= {level:g}; "
+        "`forgetting_at_matched`, `format_collapse_at_matched`: at that checkpoint (empty: never reached). "
+        f"`forgetting_at_common`: forgetting where the arm's curve first reaches {common}, the highest puzzle "
+        "accuracy every arm reaches, interpolated linearly between the evaluated checkpoints around it.\n\n"
+    )
+
+
+NO_COMMON_LEVEL = "no level above the base's"
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return NO_COMMON_LEVEL if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def without_nan(obj):
+    """obj with every NaN float as None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: without_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [without_nan(v) for v in obj]
+    return None if isinstance(obj, float) and math.isnan(obj) else obj
+
+
+def aggregate_reports(out: Path, study_id: str, reports: dict[int, Path]) -> dict:
+    """The report of a several-seed study from each seed's report folder: summary.json (per arm and metric:
+    mean, ci95, values by seed), forgetting.csv, curves.csv and dynamics.csv with mean and CI columns,
+    report.md and plots showing the spread."""
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = {s: json.loads((Path(r) / "summary.json").read_text()) for s, r in reports.items()}
+    seeds = list(summaries)
+    metrics = (
+        "puzzle_exact",
+        "prior_mean",
+        "mean_forgetting",
+        "format_collapse",
+        "steps_to_matched",
+        "forgetting_at_matched",
+        "format_collapse_at_matched",
+        "forgetting_at_common",
+    )
+    arms = list(dict.fromkeys(arm for s in summaries.values() for arm in s["arms"]))
+    summary_ = {
+        "study_id": study_id,
+        "seeds": seeds,
+        "seed_studies": {s: summaries[s]["study_id"] for s in seeds},
+        "matched_accuracy": summaries[seeds[0]].get("matched_accuracy", math.nan),
+        "common_accuracy": mean_ci([summaries[s].get("common_accuracy", math.nan) for s in seeds]),
+        "arms": {
+            arm: {m: mean_ci([summaries[s]["arms"].get(arm, {}).get(m, math.nan) for s in seeds]) for m in metrics}
+            for arm in arms
+        },
+    }
+    rho = ("spearman_forgetting_vs_data_nll", "spearman_forgetting_vs_param_distance")
+    summary_["dynamics"] = {
+        k: mean_ci([math.nan if summaries[s]["dynamics"][k] is None else summaries[s]["dynamics"][k] for s in seeds])
+        for k in rho
+    }
+    read = {
+        name: {s: pd.read_csv(Path(r) / f"{name}.csv") for s, r in reports.items()}
+        for name in ("forgetting", "curves", "dynamics")
+    }
+    table = over_seeds(read["forgetting"], ["arm", "benchmark", "kind"], ["base", "score", "delta"])
+    curve = over_seeds(read["curves"], ["arm", "step"], ["puzzle_exact", "prior_mean", "forgetting", "format_collapse"])
+    dyn = pd.concat([f.assign(seed=s) for s, f in read["dynamics"].items()], ignore_index=True)
+    (out / "summary.json").write_text(json.dumps(without_nan(summary_), indent=1) + "\n")
+    table.to_csv(out / "forgetting.csv", index=False)
+    curve.to_csv(out / "curves.csv", index=False)
+    dyn.to_csv(out / "dynamics.csv", index=False)
+    plot_tradeoff(curve, out / "tradeoff.png", spread=True)
+    plot_forgetting(table.assign(stderr=table.delta_ci95), out / "forgetting.png", spread="95% CI over seeds")
+    plot_dynamics(dyn, out / "dynamics.png")
+    (out / "report.md").write_text(aggregate_markdown(summary_, table))
+    return summary_
+
+
+def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
+    def cell(stats: dict, digits: int = 3) -> str:
+        if stats["mean"] is None or math.isnan(stats["mean"]):
+            return ""
+        ci = stats["ci95"]
+        return f"{stats['mean']:.{digits}f}" + ("" if ci is None or math.isnan(ci) else f" ± {ci:.{digits}f}")
+
+    rows = [
+        {"arm": arm, **{m: cell(v, 0 if m.startswith("steps") else 3) for m, v in values.items()}}
+        for arm, values in summary_["arms"].items()
+    ]
+    pivot = table.assign(
+        value=[
+            f"{d:.3f} ± {c:.3f}" if not math.isnan(c) else f"{d:.3f}"
+            for d, c in zip(table.delta, table.delta_ci95, strict=True)
+        ]
+    ).pivot(index="benchmark", columns="arm", values="value")
+    pivot = pivot[sorted(pivot.columns, key=arm_order)].reset_index()
+    rho = summary_["dynamics"]
+    return (
+        f"## Study {summary_['study_id']} over seeds {summary_['seeds']}\n\n"
+        "Mean ± 95% CI half-width over seeds, final models; `mean_forgetting` positive means forgotten. "
+        + _matched_note(
+            summary_["matched_accuracy"], f"{cell(summary_['common_accuracy']) or NO_COMMON_LEVEL} (each seed its own)"
+        )
+        + "A seed that never reached the level is left out of that column's mean (see summary.json).\n\n"
+        + markdown_table(pd.DataFrame(rows))
+        + "\n### Forgetting per benchmark (score - base)\n\n"
+        + markdown_table(pivot)
+        + "\n### Learning dynamics\n\nSpearman rank correlation, across each seed's arm checkpoints, of forgetting "
+        + f"with the base model's NLL of the arm's training data: {cell(rho['spearman_forgetting_vs_data_nll'])}; "
+        + f"with the relative parameter distance from the base: {cell(rho['spearman_forgetting_vs_param_distance'])} "
+        + "(mean ± 95% CI over seeds).\n\n"
+        + "![trade-off](tradeoff.png) ![forgetting](forgetting.png) ![dynamics](dynamics.png)\n"
+    )

@@ -1,0 +1,126 @@
+"""What every arm shares: the TRL arguments built from the study's config, checkpoints and resuming, the
+finished model on disk, and the chat format TRL's datasets take. The arms: forgetting/sft.py,
+forgetting/rft.py, forgetting/rollout_sft.py; which arm goes where: forgetting/arms.py.
+
+Every arm: full fine-tuning or LoRA (forgetting/models.py:load_model), fp32 on CPU and bf16 on GPU, a
+checkpoint every arms.checkpoint_every steps (kept: they are the learning curves), and a rerun resumes from
+the last checkpoint. `report_to` names the Trainer's loggers (the flows pass ["mlflow"]: metrics go to the
+MLflow run active in the calling thread).
+"""
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from forgetting.config import ModelConfig, StudyConfig
+from forgetting.models import chat, load_model, pick_device
+
+FINAL = "final"
+NO_LOGGING = ("none",)
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """What an arm leaves on disk; tasks pass this, never a model."""
+
+    arm: str
+    path: Path  # <arm dir>/final holds the trained model (or adapter) and processor
+    checkpoints: tuple[str, ...]  # checkpoint-<step> directories, oldest first
+    rollouts: Path | None = None  # rft: every rollout, one JSON line each
+
+    @property
+    def final(self) -> Path:
+        return self.path / FINAL
+
+
+def preload() -> None:
+    """Import TRL, datasets and the model classes in the calling thread. transformers and TRL import their
+    members lazily, and two threads importing them at once race ("cannot import name 'SFTConfig' from 'trl'")."""
+    import datasets  # noqa: F401
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration  # noqa: F401
+    from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer  # noqa: F401
+
+
+def device_args(model: ModelConfig) -> dict:
+    """fp32 on CPU (TRL's bf16 default runs ~11x slower there and changes losses), bf16 on GPU."""
+    on_gpu = pick_device(model).type == "cuda"
+    return {"use_cpu": not on_gpu, "bf16": on_gpu, "fp16": False}
+
+
+def common_args(config: StudyConfig, out: Path, steps: int, lr: float, batch_size: int, report_to=NO_LOGGING) -> dict:
+    """The TrainingArguments keywords every arm shares; the arm adds its trainer's own."""
+    return dict(
+        output_dir=str(out),
+        max_steps=steps,
+        learning_rate=lr,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=1,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        logging_steps=1,
+        save_steps=config.arms.checkpoint_every,
+        save_strategy="steps",
+        save_total_limit=None,
+        save_only_model=False,
+        report_to=list(report_to),
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        gradient_checkpointing=config.arms.gradient_checkpointing,
+        deepspeed=config.arms.deepspeed,
+        **device_args(config.model),
+    )
+
+
+def last_checkpoint(out: Path) -> str | None:
+    """The newest complete checkpoint in out, to resume from. A run killed while saving leaves a checkpoint
+    without a readable trainer_state.json (the Trainer writes it last, after weights, optimizer and RNG
+    state): such half-written checkpoints are removed, and training redoes those steps."""
+    for checkpoint in reversed(checkpoints(out)):
+        try:
+            json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+            return checkpoint
+        except (OSError, ValueError, KeyError):
+            print(f"removing {checkpoint}: written only in part (killed while saving)")
+            shutil.rmtree(checkpoint)
+    return None
+
+
+@torch.no_grad()
+def restore_weights(model, config: StudyConfig, checkpoint: str | None) -> None:
+    """Put a checkpoint's weights into the model a resumed trainer trains. transformers' Trainer loads them
+    with load_state_dict, without the key mapping save_pretrained applied (Qwen2.5-VL is saved as
+    `model.layers.*`, held as `model.language_model.layers.*`): it loads nothing and only warns, and the run
+    goes on from the base weights with the checkpoint's optimizer state. Loading through from_pretrained maps
+    the keys. (LoRA checkpoints hold adapter weights under PEFT's own names, which the Trainer loads right.)
+    Called after the trainer is built, so a reference model (GRPO's KL term) stays the base."""
+    if checkpoint is None or (Path(checkpoint) / "adapter_config.json").is_file():
+        return
+    saved, _ = load_model(config.model, checkpoint, trainable=False)
+    model.load_state_dict(saved.state_dict(), strict=True)
+
+
+def checkpoints(out: Path) -> tuple[str, ...]:
+    found = [p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return tuple(str(p) for p in sorted(found, key=lambda p: int(p.name.split("-")[-1])))
+
+
+def finish(trainer, processor, out: Path) -> None:
+    """Save the final model (merged view not needed: LoRA saves the adapter) and processor atomically."""
+    tmp = out / f".{FINAL}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    processor.save_pretrained(str(tmp))
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    tmp.rename(out / FINAL)
+
+
+def trl_messages(prompt: str, answer: str | None = None) -> list[dict]:
+    """A sample as TRL takes it: chat messages with an image placeholder, the image in a column beside them."""
+    messages = chat(prompt, image=None, answer=answer)
+    messages[0]["content"].insert(0, {"type": "image"})  # TRL pairs placeholders with the `images` column
+    return messages

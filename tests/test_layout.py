@@ -1,0 +1,82 @@
+"""The shape of the code: the domain package stands alone, no import cycles, no module a reader must scroll."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from forgetting.config import REPO_ROOT
+
+PACKAGES = ("forgetting", "tasks", "flows", "assets", "deployments", "benchmarks")
+ORCHESTRATION = ("prefect", "mlflow", "tasks", "flows", "deployments", "assets")
+
+
+def project_files() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (REPO_ROOT / pkg).rglob("*.py"))
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every module path imports, at the top or inside a function (`from a import b` counts a.b when that
+    is a module of the project, else a)."""
+    known = {module_name(p) for p in project_files()}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{alias.name}" for alias in node.names} & known
+            found |= subs or {node.module}
+    return found
+
+
+def test_no_module_outside_tests_is_over_400_lines():
+    long = {str(p.relative_to(REPO_ROOT)): n for p in project_files() if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"split these by concern: {long}"
+
+
+def test_no_import_cycle_among_the_project_modules():
+    graph = {module_name(p): {m for m in imports(p) if m.split(".")[0] in PACKAGES} for p in project_files()}
+    for module in graph:  # importing a.b runs a/__init__.py first
+        graph[module] = {dep for m in graph[module] for dep in _with_parents(m)} - {module}
+    done, cycles = set(), []
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycles.append(path[path.index(module) :] + [module])
+            return
+        if module in done:
+            return
+        for dep in sorted(graph.get(module, ())):
+            visit(dep, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def _with_parents(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def test_the_domain_package_imports_no_orchestration():
+    """forgetting/ is what a notebook imports: no Prefect, no MLflow, nothing of tasks/ or flows/."""
+    for path in (REPO_ROOT / "forgetting").rglob("*.py"):
+        bad = {m for m in imports(path) if m.split(".")[0] in ORCHESTRATION}
+        assert not bad, f"{path.relative_to(REPO_ROOT)} imports {bad}"
+    config_deps = {m for m in imports(REPO_ROOT / "forgetting" / "config.py") if m.startswith("forgetting")}
+    assert config_deps <= {"forgetting.storage"}, f"the configuration imports a stage: {config_deps}"
+
+
+def test_every_domain_module_imports_without_prefect_or_mlflow():
+    modules = sorted(module_name(p) for p in (REPO_ROOT / "forgetting").glob("*.py"))
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules)
+    code += "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'mlflow'}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
