@@ -10,22 +10,13 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
+from forgetting import trainer as shared
 from forgetting.config import StudyConfig
 from forgetting.models import LOADING, load_model
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import score_answer
 from forgetting.storage import write_text_once
-from forgetting.trainer import (
-    FINAL,
-    NO_LOGGING,
-    ArmResult,
-    checkpoints,
-    common_args,
-    finish,
-    last_checkpoint,
-    restore_weights,
-    trl_messages,
-)
+from forgetting.trainer import FINAL, NO_LOGGING, ArmResult, checkpoints
 
 
 class RolloutRecorder:
@@ -75,7 +66,7 @@ def group_diversity(puzzle_ids: list, texts: list[str], rewards: list[float]) ->
 def rft_examples(dataset: PuzzleDataset, style: str) -> list[dict]:
     return [
         {
-            "prompt": trl_messages(record[f"prompt_{style}"]),
+            "prompt": shared.trl_messages(record[f"prompt_{style}"]),
             "image": dataset.image(record),
             "answer": record["answer"],
             "id": record["id"],
@@ -88,7 +79,7 @@ def grpo_args(config: StudyConfig, out: Path, report_to=NO_LOGGING) -> dict:
     """GRPOConfig keywords for the rft arm."""
     rft = config.arms.rft
     return dict(
-        **common_args(config, out, rft.steps, rft.learning_rate, rft.batch_size, report_to),
+        **shared.common_args(config, out, rft.steps, rft.learning_rate, rft.batch_size, report_to),
         num_generations=rft.num_generations,
         beta=rft.beta,
         temperature=rft.temperature,
@@ -111,7 +102,7 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path,
     rollouts = out / "rollouts.jsonl"
     if (out / FINAL).is_dir():
         return ArmResult("rft", out, checkpoints(out), rollouts)
-    resume = last_checkpoint(out)
+    resume = shared.last_checkpoint(out)
     _truncate_rollouts(rollouts, resume)
     model, processor = load_model(config.model, base)
     style = config.arms.sft.prompt_style
@@ -124,9 +115,7 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path,
             train_dataset=examples,
             processing_class=processor,
         )
-    restore_weights(trainer.model, config, resume)
-    trainer.train(resume_from_checkpoint=resume)
-    finish(trainer, processor, out)
+    shared.fit(trainer, processor, config, out, resume)
     return ArmResult("rft", out, checkpoints(out), rollouts)
 
 

@@ -16,9 +16,8 @@ from forgetting.trainer import (
     ArmResult,
     checkpoints,
     common_args,
-    finish,
+    fit,
     last_checkpoint,
-    restore_weights,
     trl_messages,
 )
 
@@ -64,14 +63,12 @@ def train_sft(
         return ArmResult(arm, out, checkpoints(out))
     if not examples:
         raise ValueError(f"{arm}: no training examples")
+    resume = last_checkpoint(out)
     model, processor = load_model(config.model, base)
     args = SFTConfig(**sft_args(config, arm_config, out, report_to))
     with LOADING:
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=processor
         )
-    resume = last_checkpoint(out)
-    restore_weights(trainer.model, config, resume)
-    trainer.train(resume_from_checkpoint=resume)
-    finish(trainer, processor, out)
+    fit(trainer, processor, config, out, resume)
     return ArmResult(arm, out, checkpoints(out))

@@ -119,6 +119,13 @@ def finish(trainer, processor, out: Path) -> None:
     tmp.rename(out / FINAL)
 
 
+def fit(trainer, processor, config: StudyConfig, out: Path, resume: str | None) -> None:
+    """Train from resume (out's last complete checkpoint, or None: from the start), then save the final model."""
+    restore_weights(trainer.model, config, resume)
+    trainer.train(resume_from_checkpoint=resume)
+    finish(trainer, processor, out)
+
+
 def trl_messages(prompt: str, answer: str | None = None) -> list[dict]:
     """A sample as TRL takes it: chat messages with an image placeholder, the image in a column beside them."""
     messages = chat(prompt, image=None, answer=answer)
