@@ -53,7 +53,7 @@ def load_docs(
     **_,
 ):
     """The documents of one shipped benchmark as lm-eval's custom_dataset: {"test": datasets.Dataset} with
-    id, prompt, answer, format (see tasks.world.grade) and an absolute image path ("" for text only)."""
+    id, prompt, answer, format (see forgetting.world.grade) and an absolute image path ("" for text only)."""
     import datasets
 
     if benchmark == "jigsaw":
@@ -118,7 +118,7 @@ class StudyLM(LM):
     """An in-memory (model, processor) pair as an lm-eval model, with text and image requests.
 
     lm-eval's own `hf-multimodal` never stores a processor passed in memory, and formats prompts its own
-    way; this class sends every request through tasks.models.batch, the path training and TRL use."""
+    way; this class sends every request through forgetting.models.batch, the path training and TRL use."""
 
     MULTIMODAL = True
 

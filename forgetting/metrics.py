@@ -27,7 +27,7 @@ def arm_order(arm: str) -> int:
 
 
 def read_evaluation(folder: Path) -> tuple[dict, list[dict]]:
-    """An evaluation folder (tasks.evaluation.evaluate_target): its record and per-item samples."""
+    """An evaluation folder (forgetting.evaluation.evaluate_target): its record and per-item samples."""
     record = json.loads((folder / "evaluation.json").read_text())
     with open(folder / "samples.jsonl") as f:
         return record, [json.loads(line) for line in f]

@@ -3,7 +3,7 @@
     python -m flows.pretrain_base --profile tiny        # writes assets/tiny-base (the shipped checkpoint)
 
 A plain PyTorch loop: fresh items every step (drawn from the train side of each task's hash split), every
-batch built by tasks.models.batch through the processor, loss on answer tokens and <|im_end|> only.
+batch built by forgetting.models.batch through the processor, loss on answer tokens and <|im_end|> only.
 """
 
 import hashlib

@@ -133,7 +133,7 @@ def test_a_killed_arm_resumes_from_its_last_checkpoint(setup, tmp_path):
     assert (out / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == stamp
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4]  # 1-2 from the checkpoint, 3-4 resumed
     # Bit-identical to the uninterrupted run: the same losses after resuming, the same final weights. (The
-    # Trainer alone resumed from the base weights: see tasks.training.restore_weights.)
+    # Trainer alone resumed from the base weights: see forgetting.trainer.restore_weights.)
     losses = json.loads((whole.final / "trainer_state.json").read_text())
     assert [h.get("loss") for h in history] == [h.get("loss") for h in losses]
     a, b = _weights(whole.final), _weights(resumed.final)

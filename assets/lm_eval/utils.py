@@ -1,4 +1,4 @@
-"""What the task YAMLs here name with `!function utils.<name>`; the code lives in tasks.evaluation."""
+"""What the task YAMLs here name with `!function utils.<name>`; the code lives in forgetting.benchmarks."""
 
 from forgetting.benchmarks import doc_to_image, load_docs, process_results
 
