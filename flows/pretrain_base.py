@@ -11,14 +11,13 @@ logs curves to an MLflow child run.
 import sys
 from pathlib import Path
 
-import mlflow
 from prefect import flow
 
 from flows.cli import run
-from forgetting.base_model import pretrain_base_model
 from forgetting.config import ConfigError, StudyConfig
 from forgetting.models import ASSETS, SHIPPED
-from tasks.tracking import child_run, study_run
+from tasks.base_model import tracked_pretraining
+from tasks.tracking import study_run
 
 
 def ship_dir(config: StudyConfig) -> Path:
@@ -32,19 +31,9 @@ def ship_dir(config: StudyConfig) -> Path:
 def pretrain_base(config: StudyConfig = StudyConfig(), destination: str | None = None) -> dict:  # noqa: B008
     """Pretrain the tiny base model on the tiny world's prior-knowledge tasks."""
     out = Path(destination) if destination else ship_dir(config)
-    with (
-        study_run(config, run_name=f"pretrain {config.model.name_or_path}") as run_id,
-        child_run(run_id, "pretrain-base", tags={"stage": "pretrain", "arm": "base"}),
-    ):
-        mlflow.log_params({f"pretrain.{k}": v for k, v in config.pretrain.model_dump().items()})
-
-        def log(metrics: dict, step: int) -> None:
-            mlflow.log_metrics(metrics, step=step)
-            if "heldout.mean" in metrics or "jigsaw.exact" in metrics:
-                print(f"step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
-
-        card = pretrain_base_model(config, out, log, command=" ".join(["python -m flows.pretrain_base", *sys.argv[1:]]))
-        mlflow.log_dict(card, "model_card.json")
+    command = " ".join(["python -m flows.pretrain_base", *sys.argv[1:]])
+    with study_run(config, run_name=f"pretrain {config.model.name_or_path}") as run_id:
+        card = tracked_pretraining(config, run_id, out, command)
     print(f"base model written to {out} ({card['parameters']} parameters, {card['wall_time_s']} s)")
     print("held-out accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in card["heldout_accuracy"].items()))
     print("jigsaw probe: " + ", ".join(f"{k} {v:.3f}" for k, v in card["jigsaw"].items()))

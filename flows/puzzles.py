@@ -8,24 +8,8 @@ from prefect import flow
 from flows.cli import run
 from flows.preflight import check_inputs
 from forgetting.config import StudyConfig
-from forgetting.puzzle_data import PuzzleDataset
-from tasks.puzzles import puzzles_task
-from tasks.tracking import child_run, log_puzzle_dataset, study_run, tracking_uri
-
-
-def make_puzzles(config: StudyConfig, parent_run_id: str) -> PuzzleDataset:
-    """The puzzle stage: dataset on disk, Prefect asset, MLflow child run 'puzzles'."""
-    dataset = puzzles_task(config.puzzles, config.output.path)
-    with child_run(parent_run_id, "puzzles", tags={"stage": "puzzles"}):
-        log_puzzle_dataset(dataset)
-    manifest = dataset.manifest
-    print(
-        f"puzzles {dataset.dataset_hash}: {manifest['counts']['train']} train / {manifest['counts']['test']} test, "
-        f"{config.puzzles.grid} grid, {manifest['side']} px, source {config.puzzles.source} "
-        f"({len(manifest['source']['skipped'])} files skipped)\n  at {dataset.path}\n"
-        f"  contact sheet {dataset.path / 'contact_sheet.png'}"
-    )
-    return dataset
+from tasks.puzzles import tracked_puzzles
+from tasks.tracking import study_run, tracking_uri
 
 
 @flow(name="puzzles", log_prints=True)
@@ -33,7 +17,7 @@ def puzzles_flow(config: StudyConfig = StudyConfig()) -> str:  # noqa: B008 - th
     """Generate the jigsaw puzzle dataset and log it to MLflow."""
     check_inputs(config, base_model=False, benchmarks=False)
     with study_run(config, run_name=f"{config.study_id} puzzles") as run_id:
-        dataset = make_puzzles(config, run_id)
+        dataset = tracked_puzzles(config, run_id)
     print(f"MLflow: {tracking_uri(config)} (run {run_id})")
     return str(dataset.path)
 

@@ -24,10 +24,10 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from flows.cli import run
 from flows.evaluate import aggregate_and_report, evaluate_and_report
 from flows.preflight import check_inputs
-from flows.puzzles import make_puzzles
 from flows.train import train_arms
 from forgetting.config import REPO_ROOT, StudyConfig
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
+from tasks.puzzles import tracked_puzzles
 from tasks.tracking import seed_run, study_run, tracking_uri
 
 
@@ -89,7 +89,7 @@ def one_seed(config: StudyConfig, run_id: str, progress) -> dict:
     """The study for config.seed, its stages logged as child runs of run_id."""
     base = tracked_base_model(config, run_id)
     progress(5, "base model")
-    dataset = make_puzzles(config, run_id)
+    dataset = tracked_puzzles(config, run_id)
     benchmarks = prior_benchmarks_task(config)
     print(f"prior-knowledge benchmarks: {benchmarks}")
     progress(10, "puzzles and prior-knowledge benchmarks")

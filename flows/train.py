@@ -8,12 +8,12 @@ from prefect import flow
 
 from flows.cli import run
 from flows.preflight import check_inputs
-from flows.puzzles import make_puzzles
 from forgetting.config import StudyConfig
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.rollout_sft import NoCorrectRollouts
 from forgetting.trainer import ArmResult, preload
 from tasks.base_model import tracked_base_model
+from tasks.puzzles import tracked_puzzles
 from tasks.tracking import seed_run, study_run, tracking_uri
 from tasks.training import arm_task
 
@@ -59,7 +59,7 @@ def train_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the
         for one in config.per_seed():  # with `seeds`, each seed in turn
             with seed_run(run_id, config, one.seed) as one_run:
                 base = tracked_base_model(one, one_run)
-                dataset = make_puzzles(one, one_run)
+                dataset = tracked_puzzles(one, one_run)
                 results = train_arms(one, one_run, base, dataset)
             for arm, result in results.items():
                 print(f"seed {one.seed} {arm}: {result.final} ({len(result.checkpoints)} checkpoints)")

@@ -44,3 +44,19 @@ def prior_benchmarks_task(config: StudyConfig) -> Path:
         return write_heldout_sets(config)
 
     return build(config)
+
+
+def tracked_pretraining(config: StudyConfig, parent_run_id: str, out: Path, command: str) -> dict:
+    """pretrain_base_model into out inside an MLflow child run `pretrain-base`: its settings as params, the
+    curves as metrics (held-out accuracy printed as it comes), the model card as an artifact."""
+    with child_run(parent_run_id, "pretrain-base", tags={"stage": "pretrain", "arm": "base"}):
+        mlflow.log_params({f"pretrain.{k}": v for k, v in config.pretrain.model_dump().items()})
+
+        def log(metrics: dict, step: int) -> None:
+            mlflow.log_metrics(metrics, step=step)
+            if "heldout.mean" in metrics or "jigsaw.exact" in metrics:
+                print(f"step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+
+        card = pretrain_base_model(config, out, log, command=command)
+        mlflow.log_dict(card, "model_card.json")
+    return card

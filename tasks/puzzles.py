@@ -1,7 +1,7 @@
-"""The puzzle stage as a Prefect task: generate (or reuse) the dataset, materialize its Asset, describe it in a
-markdown artifact. No Prefect result cache here: generate_puzzles is its own content-addressed cache (a rerun
-finds manifest.json and returns in milliseconds), and unlike a Prefect cache it notices a deleted dataset or a
-changed image folder.
+"""The puzzle stage as a Prefect task: generate (or reuse) the dataset, materialize its Asset, describe it in
+a markdown artifact, and log it to an MLflow child run `puzzles`. No Prefect result cache here:
+generate_puzzles is its own content-addressed cache (a rerun finds manifest.json and returns in
+milliseconds), and unlike a Prefect cache it notices a deleted dataset or a changed image folder.
 """
 
 from pathlib import Path
@@ -10,8 +10,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.assets import add_asset_metadata, materialize
 
 from assets import puzzle_dataset
-from forgetting.config import PuzzleConfig
+from forgetting.config import PuzzleConfig, StudyConfig
 from forgetting.puzzle_data import PuzzleDataset, generate_puzzles, plan_dataset
+from tasks.tracking import child_run, log_puzzle_dataset
 
 
 def puzzles_task(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
@@ -37,3 +38,18 @@ def puzzles_task(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
         return dataset
 
     return generate(config, output_dir)
+
+
+def tracked_puzzles(config: StudyConfig, parent_run_id: str) -> PuzzleDataset:
+    """The puzzle stage: dataset on disk, Prefect asset, MLflow child run 'puzzles'."""
+    dataset = puzzles_task(config.puzzles, config.output.path)
+    with child_run(parent_run_id, "puzzles", tags={"stage": "puzzles"}):
+        log_puzzle_dataset(dataset)
+    manifest = dataset.manifest
+    print(
+        f"puzzles {dataset.dataset_hash}: {manifest['counts']['train']} train / {manifest['counts']['test']} test, "
+        f"{config.puzzles.grid} grid, {manifest['side']} px, source {config.puzzles.source} "
+        f"({len(manifest['source']['skipped'])} files skipped)\n  at {dataset.path}\n"
+        f"  contact sheet {dataset.path / 'contact_sheet.png'}"
+    )
+    return dataset

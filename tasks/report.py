@@ -1,13 +1,16 @@
 """The report stage as Prefect tasks: each materializes the report folder, with the evaluations (or each
-seed's report) as its upstream assets.
+seed's report) as its upstream assets; the tracked_ versions also log it to MLflow and show it in Prefect.
 """
 
 from pathlib import Path
 
+import mlflow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.assets import materialize
 
 from assets import report
-from forgetting.report import aggregate_reports, report_from_evaluations
+from forgetting.config import StudyConfig
+from forgetting.report import aggregate_reports, report_from_evaluations, summary_frame, without_nan
 
 
 def report_task(
@@ -24,3 +27,40 @@ def aggregate_task(out: Path, study_id: str, reports: dict[int, Path]) -> dict:
     """aggregate_reports as a Prefect task materializing the several-seed report, lineage from each seed's."""
     deps = [Path(p).resolve().as_uri() for p in reports.values()]
     return materialize(report(out), name="aggregate-seeds", asset_deps=deps)(aggregate_reports)(out, study_id, reports)
+
+
+def tracked_report(config: StudyConfig, run_id: str, evaluations: list[Path], data_nll: dict) -> dict:
+    """report_task into config.report_dir; its summary as metrics and the folder as an artifact of the MLflow
+    run run_id, and as Prefect artifacts (a table and the markdown report)."""
+    out = config.report_dir
+    final_steps = {arm: getattr(config.arms, arm).steps for arm in data_nll}
+    summary = report_task(out, config.study_id, evaluations, data_nll, final_steps, config.evaluation.matched_accuracy)
+    mlflow.log_metrics(
+        {f"{arm}.{k}": v for arm, values in summary["arms"].items() for k, v in values.items() if k != "step"},
+        run_id=run_id,
+    )
+    mlflow.log_artifacts(str(out), "report", run_id=run_id)
+    rows = without_nan(summary_frame(summary).round(4).to_dict("records"))
+    create_table_artifact(rows, key="study-summary", description=config.study_id)
+    create_markdown_artifact((out / "report.md").read_text(), key="study-report", description=str(out))
+    return summary
+
+
+def tracked_aggregate(config: StudyConfig, run_id: str, reports: dict[int, Path]) -> dict:
+    """aggregate_task into config.report_dir; mean and CI as metrics and the folder as an artifact of run_id,
+    the markdown report as a Prefect artifact."""
+    out = config.report_dir
+    summary = aggregate_task(out, config.study_id, reports)
+    mlflow.log_metrics(
+        {
+            f"{arm}.{metric}{suffix}": stats[key]
+            for arm, values in summary["arms"].items()
+            for metric, stats in values.items()
+            for key, suffix in (("mean", ""), ("ci95", ".ci95"))
+            if stats[key] is not None
+        },
+        run_id=run_id,
+    )
+    mlflow.log_artifacts(str(out), "report", run_id=run_id)
+    create_markdown_artifact((out / "report.md").read_text(), key="study-report", description=str(out))
+    return summary

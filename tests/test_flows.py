@@ -62,7 +62,7 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     assert set(result["arms"]) == {"sft", "rft"}  # the micro base never solves a puzzle: no rollout-SFT data
     sft = next(r for r in runs if r.info.run_name == "sft")
     assert sft.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"] and "train_loss" in sft.data.metrics
-    assert 0.0 <= sft.data.metrics["puzzle.exact"] <= sft.data.metrics["puzzle.valid"] <= 1.0
+    assert not any(k.startswith("puzzle") for k in sft.data.metrics)  # one source: the evaluation's
     rft = next(r for r in runs if r.info.run_name == "rft")
     assert "reward" in rft.data.metrics and rft.info.status == "FINISHED"
     assert result["base_model"].endswith("assets/micro-base")
@@ -82,6 +82,7 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     assert eval_sft.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"]
     history = MlflowClient(tracking_uri(micro)).get_metric_history(eval_sft.info.run_id, "prior_mean")
     assert [m.step for m in history] == [2, 4]
+    assert eval_sft.data.metrics["puzzle_exact"] == summary["arms"]["sft"]["puzzle_exact"]  # its final step's
     assert run.data.metrics.keys() >= {"sft.puzzle_exact", "rft.mean_forgetting", "base.prior_mean"}
     # An unchanged rerun reuses the dataset and the trained arms on disk.
     again = study(micro)

@@ -80,3 +80,9 @@ def test_every_domain_module_imports_without_prefect_or_mlflow():
     code += "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'mlflow'}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_flows_call_mlflow_through_tasks_only():
+    """MLflow calls live in tasks/ (beside the Prefect tasks they log); a flow reads as the DAG."""
+    for path in (REPO_ROOT / "flows").glob("*.py"):
+        assert not {m for m in imports(path) if m.split(".")[0] == "mlflow"}, path.name
