@@ -100,9 +100,10 @@ def main() -> None:
 
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         with mlflow.start_run():
-            arm_sft = timed(lambda: train_sft(config, "sft", config.arms.sft, base, examples, tmp / "arm-sft"))
+            logged = ["mlflow"]  # the arms as the flows run them, logging to MLflow
+            arm_sft = timed(lambda: train_sft(config, "sft", config.arms.sft, base, examples, tmp / "arm-sft", logged))
             plain_sft = timed(lambda: direct_sft(config, base, examples, tmp / "direct-sft"))
-            arm_rft = timed(lambda: train_rft(config, base, dataset, tmp / "arm-rft"))
+            arm_rft = timed(lambda: train_rft(config, base, dataset, tmp / "arm-rft", logged))
             plain_rft = timed(lambda: direct_rft(config, base, dataset, tmp / "direct-rft"))
         rows = [("sft", arm_sft, plain_sft), ("rft", arm_rft, plain_rft)]
     print(f"\nprofile {args.profile}, {args.steps} steps, {args.threads} threads")
