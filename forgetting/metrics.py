@@ -236,14 +236,17 @@ def summary(
 # Learning dynamics
 
 
+MIN_DISTINCT = 5  # a rank correlation needs this many distinct values on each side to say anything
+
+
 def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); nan with fewer than 3 points or a constant side."""
+    """Spearman rank correlation (average ranks for ties); nan when either side holds fewer than MIN_DISTINCT
+    distinct values: over 4 checkpoints, or over one number per arm copied to its checkpoints, a rank
+    correlation says which points are which, not whether one quantity tracks the other."""
     pairs = [(a, b) for a, b in zip(x, y, strict=True) if not (math.isnan(a) or math.isnan(b))]
-    if len(pairs) < 3:
+    if min(len({a for a, _ in pairs}), len({b for _, b in pairs})) < MIN_DISTINCT:
         return math.nan
     xs, ys = pd.Series([p[0] for p in pairs]).rank(), pd.Series([p[1] for p in pairs]).rank()
-    if xs.std() == 0 or ys.std() == 0:
-        return math.nan
     return float(xs.corr(ys))
 
 
@@ -271,10 +274,13 @@ def explain(rho_data: float, rho_params: float, points: int) -> str:
     """The dynamics result in one plain sentence, whatever it is."""
 
     def fmt(r: float) -> str:
-        return "undefined" if math.isnan(r) else f"{r:+.2f}"
+        return "not enough distinct points to rank" if math.isnan(r) else f"{r:+.2f}"
 
     if math.isnan(rho_data) and math.isnan(rho_params):
-        return f"Too few points ({points}) with variation to rank forgetting against either measure."
+        return (
+            f"Not enough points to rank forgetting against either measure ({points} arm checkpoints; a rank "
+            f"correlation needs {MIN_DISTINCT} distinct values on each side)."
+        )
     better = "neither"
     if not math.isnan(rho_data) and (math.isnan(rho_params) or abs(rho_data) > abs(rho_params)):
         better = "the base model's NLL of the training data"
@@ -291,29 +297,56 @@ def explain(rho_data: float, rho_params: float, points: int) -> str:
 # Several seeds: mean and 95% confidence interval of every number, from each seed's report
 
 
-def mean_ci(values: list[float]) -> dict:
-    """Mean, half-width of the 95% t-interval (nan for one value) and the values themselves."""
+def mean_ci(values: list[float], bounds: tuple[float, float] | None = None) -> dict:
+    """Mean, half-width of the 95% t-interval (nan for one value), the interval itself (`low`, `high`, cut to
+    bounds: an accuracy's interval stays in [0, 1]), how many values it rests on (`n`, NaN left out: a seed
+    that never reached a level) and the values themselves."""
     clean = [v for v in values if v is not None and not math.isnan(v)]
+    out = {"mean": math.nan, "ci95": math.nan, "low": math.nan, "high": math.nan, "n": len(clean), "values": values}
     if not clean:
-        return {"mean": math.nan, "ci95": math.nan, "values": values}
-    mean = sum(clean) / len(clean)
-    if len(clean) < 2:
-        return {"mean": mean, "ci95": math.nan, "values": values}
-    from scipy.stats import t
+        return out
+    out["mean"] = mean = sum(clean) / len(clean)
+    if len(clean) >= 2:
+        from scipy.stats import t
 
-    sd = math.sqrt(sum((v - mean) ** 2 for v in clean) / (len(clean) - 1))
-    return {"mean": mean, "ci95": float(t.ppf(0.975, len(clean) - 1)) * sd / math.sqrt(len(clean)), "values": values}
+        sd = math.sqrt(sum((v - mean) ** 2 for v in clean) / (len(clean) - 1))
+        out["ci95"] = float(t.ppf(0.975, len(clean) - 1)) * sd / math.sqrt(len(clean))
+        low, high = bounds or (-math.inf, math.inf)
+        out["low"], out["high"] = max(low, mean - out["ci95"]), min(high, mean + out["ci95"])
+    return out
 
 
-def over_seeds(frames: dict[int, pd.DataFrame], keys: list[str], columns: list[str]) -> pd.DataFrame:
-    """Rows of every seed's table grouped by keys: mean, 95% CI half-width (`<col>_ci95`) and seed count."""
+def over_seeds(
+    frames: dict[int, pd.DataFrame], keys: list[str], columns: list[str], bounds: dict[str, tuple] | None = None
+) -> pd.DataFrame:
+    """Rows of every seed's table grouped by keys: per column its mean, the 95% CI half-width (`<col>_ci95`) and
+    the interval cut to the column's bounds (`<col>_low`, `<col>_high`), and the seed count."""
     table = pd.concat([f.assign(seed=s) for s, f in frames.items()], ignore_index=True)
     rows = []
     for key, group in table.groupby(keys, sort=False):
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
         for column in columns:
-            stats = mean_ci(group[column].astype(float).tolist())
+            stats = mean_ci(group[column].astype(float).tolist(), (bounds or {}).get(column))
             row[column], row[f"{column}_ci95"] = stats["mean"], stats["ci95"]
+            row[f"{column}_low"], row[f"{column}_high"] = stats["low"], stats["high"]
         row["seeds"] = group.seed.nunique()
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# What a number can be: accuracies and shares lie in [0, 1], forgetting (a difference of two) in [-1, 1].
+SHARE, DIFFERENCE, COUNT = (0.0, 1.0), (-1.0, 1.0), (0.0, math.inf)
+BOUNDS = {
+    "puzzle_exact": SHARE,
+    "prior_mean": SHARE,
+    "base": SHARE,
+    "score": SHARE,
+    "format_collapse": SHARE,
+    "format_collapse_at_matched": SHARE,
+    "mean_forgetting": DIFFERENCE,
+    "forgetting": DIFFERENCE,
+    "delta": DIFFERENCE,
+    "forgetting_at_matched": DIFFERENCE,
+    "forgetting_at_common": DIFFERENCE,
+    "steps_to_matched": COUNT,
+}

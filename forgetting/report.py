@@ -10,9 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 from forgetting.metrics import (
+    BOUNDS,
     arm_order,
     curves,
     dynamics,
+    forgetting_at_level,
     forgetting_table,
     mean_ci,
     over_seeds,
@@ -37,17 +39,25 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _errors(rows: pd.DataFrame, column: str) -> list[list[float]]:
+    """Asymmetric error bars from a several-seed table's `<column>_low` / `_high` (intervals cut to the
+    column's bounds, so an accuracy's bar never runs past 0 or 1)."""
+    below = (rows[column] - rows[f"{column}_low"]).fillna(0.0)
+    above = (rows[f"{column}_high"] - rows[column]).fillna(0.0)
+    return [below.tolist(), above.tolist()]
+
+
 def plot_tradeoff(curve: pd.DataFrame, path: Path, spread: bool = False) -> Path:
     """Puzzle accuracy against prior-knowledge accuracy along training, a line per arm; spread: error bars
-    from the `*_ci95` columns of a several-seed curve."""
+    from the 95% intervals of a several-seed curve."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for arm, group in curve.groupby("arm", sort=False):
         group = group.sort_values("step")
         if spread:
             ax.errorbar(
-                group.puzzle_exact, group.prior_mean, xerr=group.puzzle_exact_ci95, yerr=group.prior_mean_ci95,
-                marker="o", capsize=2, label=arm,
+                group.puzzle_exact, group.prior_mean, xerr=_errors(group, "puzzle_exact"),
+                yerr=_errors(group, "prior_mean"), marker="o", capsize=2, label=arm,
             )  # fmt: skip
         else:
             ax.plot(group.puzzle_exact, group.prior_mean, marker="o", label=arm)
@@ -72,7 +82,8 @@ def plot_forgetting(table: pd.DataFrame, path: Path, spread: str = "+-1 s.e.") -
     for i, arm in enumerate(arms):
         rows = prior[prior.arm == arm].set_index("benchmark").reindex(benchmarks)
         xs = [j + i * width for j in range(len(benchmarks))]
-        ax.bar(xs, rows.delta, width, yerr=rows.stderr, label=arm, capsize=2)
+        errors = _errors(rows, "delta") if "delta_low" in rows else rows.stderr
+        ax.bar(xs, rows.delta, width, yerr=errors, label=arm, capsize=2)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks([j + width * (len(arms) - 1) / 2 for j in range(len(benchmarks))])
     ax.set_xticklabels([b.removeprefix("tiny_world_") for b in benchmarks], rotation=30, ha="right")
@@ -211,90 +222,113 @@ def without_nan(obj):
     return None if isinstance(obj, float) and math.isnan(obj) else obj
 
 
+LEVEL_METRICS = ("steps_to_matched", "forgetting_at_matched", "format_collapse_at_matched", "forgetting_at_common")
+SEED_METRICS = ("puzzle_exact", "prior_mean", "mean_forgetting", "format_collapse", *LEVEL_METRICS)
+RHO = ("spearman_forgetting_vs_data_nll", "spearman_forgetting_vs_param_distance")
+
+
 def aggregate_reports(out: Path, study_id: str, reports: dict[int, Path]) -> dict:
     """The report of a several-seed study from each seed's report folder: summary.json (per arm and metric:
-    mean, ci95, values by seed), forgetting.csv, curves.csv and dynamics.csv with mean and CI columns,
-    report.md and plots showing the spread."""
+    mean, 95% interval cut to the metric's bounds, how many seeds it rests on, values by seed), forgetting.csv,
+    curves.csv and dynamics.csv with mean and interval columns, report.md and plots showing the spread.
+
+    Arms are compared at one common puzzle accuracy for every seed: the lowest of the seeds' own common levels
+    (the highest accuracy every arm reaches in that seed), each seed's forgetting read off its curves there."""
     out.mkdir(parents=True, exist_ok=True)
     summaries = {s: json.loads((Path(r) / "summary.json").read_text()) for s, r in reports.items()}
+    read = {
+        name: {s: pd.read_csv(Path(r) / f"{name}.csv") for s, r in reports.items()}
+        for name in ("forgetting", "curves", "dynamics")
+    }
     seeds = list(summaries)
-    metrics = (
-        "puzzle_exact",
-        "prior_mean",
-        "mean_forgetting",
-        "format_collapse",
-        "steps_to_matched",
-        "forgetting_at_matched",
-        "format_collapse_at_matched",
-        "forgetting_at_common",
-    )
+    by_seed = [_nan(summaries[s].get("common_accuracy")) for s in seeds]
+    level = math.nan if any(math.isnan(v) for v in by_seed) else min(by_seed)
+    at_common = {s: forgetting_at_level(read["curves"][s], level) for s in seeds}
     arms = list(dict.fromkeys(arm for s in summaries.values() for arm in s["arms"]))
+
+    def values(arm: str, metric: str) -> list[float]:
+        if metric == "forgetting_at_common":
+            return [at_common[s].get(arm, math.nan) for s in seeds]
+        return [_nan(summaries[s]["arms"].get(arm, {}).get(metric)) for s in seeds]
+
     summary_ = {
         "study_id": study_id,
         "seeds": seeds,
         "seed_studies": {s: summaries[s]["study_id"] for s in seeds},
         "matched_accuracy": summaries[seeds[0]].get("matched_accuracy", math.nan),
-        "common_accuracy": mean_ci([summaries[s].get("common_accuracy", math.nan) for s in seeds]),
-        "arms": {
-            arm: {m: mean_ci([summaries[s]["arms"].get(arm, {}).get(m, math.nan) for s in seeds]) for m in metrics}
-            for arm in arms
-        },
+        "common_accuracy": level,
+        "common_accuracy_by_seed": by_seed,
+        "arms": {arm: {m: mean_ci(values(arm, m), BOUNDS[m]) for m in SEED_METRICS} for arm in arms},
+        "dynamics": {k: mean_ci([_nan(summaries[s]["dynamics"][k]) for s in seeds], (-1.0, 1.0)) for k in RHO},
     }
-    rho = ("spearman_forgetting_vs_data_nll", "spearman_forgetting_vs_param_distance")
-    summary_["dynamics"] = {
-        k: mean_ci([math.nan if summaries[s]["dynamics"][k] is None else summaries[s]["dynamics"][k] for s in seeds])
-        for k in rho
-    }
-    read = {
-        name: {s: pd.read_csv(Path(r) / f"{name}.csv") for s, r in reports.items()}
-        for name in ("forgetting", "curves", "dynamics")
-    }
-    table = over_seeds(read["forgetting"], ["arm", "benchmark", "kind"], ["base", "score", "delta"])
-    curve = over_seeds(read["curves"], ["arm", "step"], ["puzzle_exact", "prior_mean", "forgetting", "format_collapse"])
+    table = over_seeds(read["forgetting"], ["arm", "benchmark", "kind"], ["base", "score", "delta"], BOUNDS)
+    columns = ["puzzle_exact", "prior_mean", "forgetting", "format_collapse"]
+    curve = over_seeds(read["curves"], ["arm", "step"], columns, BOUNDS)
     dyn = pd.concat([f.assign(seed=s) for s, f in read["dynamics"].items()], ignore_index=True)
     (out / "summary.json").write_text(json.dumps(without_nan(summary_), indent=1) + "\n")
     table.to_csv(out / "forgetting.csv", index=False)
     curve.to_csv(out / "curves.csv", index=False)
     dyn.to_csv(out / "dynamics.csv", index=False)
     plot_tradeoff(curve, out / "tradeoff.png", spread=True)
-    plot_forgetting(table.assign(stderr=table.delta_ci95), out / "forgetting.png", spread="95% CI over seeds")
+    plot_forgetting(table, out / "forgetting.png", spread="95% CI over seeds")
     plot_dynamics(dyn, out / "dynamics.png")
     (out / "report.md").write_text(aggregate_markdown(summary_, table))
     return summary_
 
 
-def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
-    def cell(stats: dict, digits: int = 3) -> str:
-        if stats["mean"] is None or math.isnan(stats["mean"]):
-            return ""
-        ci = stats["ci95"]
-        return f"{stats['mean']:.{digits}f}" + ("" if ci is None or math.isnan(ci) else f" ± {ci:.{digits}f}")
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
+
+def interval(stats: dict, digits: int = 3, of: int | None = None) -> str:
+    """`mean [low, high]` (the 95% interval cut to the metric's bounds), `(n/N)` after it when only n of N seeds
+    count (the others never reached the level); empty when no seed has a value."""
+    if math.isnan(_nan(stats["mean"])):
+        return f"(0/{of})" if of else ""
+    text = f"{stats['mean']:.{digits}f}"
+    if not math.isnan(_nan(stats["low"])):
+        text += f" [{stats['low']:.{digits}f}, {stats['high']:.{digits}f}]"
+    return text + (f" ({stats['n']}/{of})" if of and stats["n"] < of else "")
+
+
+def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
+    seeds = len(summary_["seeds"])
     rows = [
-        {"arm": arm, **{m: cell(v, 0 if m.startswith("steps") else 3) for m, v in values.items()}}
+        {
+            "arm": arm,
+            **{
+                m: interval(v, 0 if m.startswith("steps") else 3, seeds if m in LEVEL_METRICS else None)
+                for m, v in values.items()
+            },
+        }
         for arm, values in summary_["arms"].items()
     ]
-    pivot = table.assign(
-        value=[
-            f"{d:.3f} ± {c:.3f}" if not math.isnan(c) else f"{d:.3f}"
-            for d, c in zip(table.delta, table.delta_ci95, strict=True)
-        ]
-    ).pivot(index="benchmark", columns="arm", values="value")
+    cells = [
+        interval({"mean": d, "low": lo, "high": hi, "n": n}) for d, lo, hi, n in zip(
+            table.delta, table.delta_low, table.delta_high, table.seeds, strict=True
+        )
+    ]  # fmt: skip
+    pivot = table.assign(value=cells).pivot(index="benchmark", columns="arm", values="value")
     pivot = pivot[sorted(pivot.columns, key=arm_order)].reset_index()
     rho = summary_["dynamics"]
     return (
         f"## Study {summary_['study_id']} over seeds {summary_['seeds']}\n\n"
-        "Mean ± 95% CI half-width over seeds, final models; `mean_forgetting` positive means forgotten. "
+        "Mean [95% interval] over seeds, final models; intervals are cut to what a number can be (accuracies in "
+        "[0, 1]). `mean_forgetting` positive means forgotten. "
         + _matched_note(
-            summary_["matched_accuracy"], f"{cell(summary_['common_accuracy']) or NO_COMMON_LEVEL} (each seed its own)"
+            summary_["matched_accuracy"], f"{_number(summary_['common_accuracy'])} (one level for every seed)"
         )
-        + "A seed that never reached the level is left out of that column's mean (see summary.json).\n\n"
+        + f"(n/{seeds}) after a number: only n of the {seeds} seeds reached the level; the number is over those.\n\n"
         + markdown_table(pd.DataFrame(rows))
         + "\n### Forgetting per benchmark (score - base)\n\n"
         + markdown_table(pivot)
         + "\n### Learning dynamics\n\nSpearman rank correlation, across each seed's arm checkpoints, of forgetting "
-        + f"with the base model's NLL of the arm's training data: {cell(rho['spearman_forgetting_vs_data_nll'])}; "
-        + f"with the relative parameter distance from the base: {cell(rho['spearman_forgetting_vs_param_distance'])} "
-        + "(mean ± 95% CI over seeds).\n\n"
+        + f"with the base model's NLL of the arm's training data: {_rho(rho[RHO[0]], seeds)}; with the relative "
+        + f"parameter distance from the base: {_rho(rho[RHO[1]], seeds)} (mean [95% interval] over seeds; a seed "
+        + "whose checkpoints hold too few distinct values to rank does not count).\n\n"
         + "![trade-off](tradeoff.png) ![forgetting](forgetting.png) ![dynamics](dynamics.png)\n"
     )
+
+
+def _rho(stats: dict, seeds: int) -> str:
+    return interval(stats, of=seeds) if stats["n"] else "not enough distinct points to rank in any seed"

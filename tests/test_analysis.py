@@ -130,11 +130,11 @@ def test_no_common_accuracy_when_an_arm_never_beats_the_base():
 
 
 def test_spearman():
-    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
-    assert math.isnan(spearman([1, 2], [1, 2]))
-    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    assert spearman([1, 2, 3, 4, 5], [10, 20, 30, 40, 50]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4, 5], [5, 4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4, 5], [1, 3, 2, 4, 5]) == pytest.approx(0.9)
+    assert math.isnan(spearman([1, 2, 3, 4], [1, 2, 3, 4]))  # four points rank perfectly by chance too often
+    assert math.isnan(spearman([1, 1, 2, 2, 3, 3], [1, 2, 3, 4, 5, 6]))  # one value per arm: says which arm
 
 
 def test_dynamics_says_which_measure_tracks_forgetting():
@@ -143,17 +143,22 @@ def test_dynamics_says_which_measure_tracks_forgetting():
         for arm, step, f, d in [
             ("sft", 5, 0.4, 0.1),
             ("sft", 10, 0.6, 0.2),
+            ("sft", 15, 0.7, 0.25),
             ("rft", 5, 0.0, 0.3),
             ("rft", 10, 0.1, 0.4),
+            ("rft", 15, 0.15, 0.5),
         ]
     ]
     table, findings = dynamics(curves(records), {"sft": {"nll_per_token": 3.0}, "rft": {"nll_per_token": 0.5}})
-    assert len(table) == findings["points"] == 4
-    assert table.data_ppl.tolist() == pytest.approx([math.exp(3.0)] * 2 + [math.exp(0.5)] * 2)
-    # forgetting is high where the data NLL is high, and falls as parameter distance grows here
-    assert findings["spearman_forgetting_vs_data_nll"] > 0.8
-    assert findings["spearman_forgetting_vs_param_distance"] < 0
-    assert "NLL of the training data ranks forgetting better" in findings["statement"]
+    assert len(table) == findings["points"] == 6
+    assert table.data_ppl.tolist() == pytest.approx([math.exp(3.0)] * 3 + [math.exp(0.5)] * 3)
+    # one data NLL per arm: two distinct values cannot be ranked; the parameter distance has six
+    assert math.isnan(findings["spearman_forgetting_vs_data_nll"])
+    assert findings["spearman_forgetting_vs_param_distance"] == pytest.approx(-19 / 35)  # ranks 1..6 vs 4,5,6,1,2,3
+    assert "not enough distinct points to rank with the base model's NLL" in findings["statement"]
+    assert "the parameter distance from the base ranks forgetting better" in findings["statement"]
+    _, none = dynamics(curves(records[:3]), {})
+    assert none["statement"].startswith("Not enough points to rank forgetting against either measure (2 arm")
 
 
 def test_write_report_fills_the_folder(tmp_path):
@@ -175,8 +180,11 @@ def test_write_report_fills_the_folder(tmp_path):
 def test_mean_ci():
     stats = mean_ci([1.0, 2.0, 3.0])
     assert stats["mean"] == 2.0 and stats["ci95"] == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    assert stats["n"] == 3 and stats["low"] == pytest.approx(2.0 - stats["ci95"])
     assert math.isnan(mean_ci([0.5])["ci95"]) and mean_ci([0.5])["mean"] == 0.5
-    assert mean_ci([1.0, math.nan, 3.0])["mean"] == 2.0
+    assert mean_ci([1.0, math.nan, 3.0])["mean"] == 2.0 and mean_ci([1.0, math.nan, 3.0])["n"] == 2
+    accuracy = mean_ci([1.0, 0.5, 0.9], bounds=(0.0, 1.0))  # a t-interval over 3 seeds runs past 1
+    assert accuracy["mean"] + accuracy["ci95"] > 1.0 and accuracy["high"] == 1.0 and accuracy["low"] > 0.0
 
 
 def test_aggregate_reports_over_seeds(tmp_path):
@@ -203,14 +211,16 @@ def test_aggregate_reports_over_seeds(tmp_path):
     assert s["arms"]["rft"]["mean_forgetting"]["ci95"] == 0.0
     assert s["arms"]["sft"]["steps_to_matched"]["mean"] == 10 and s["matched_accuracy"] == 0.6
     assert math.isnan(s["arms"]["rft"]["steps_to_matched"]["mean"])  # puzzle 0.5 < 0.6 in both seeds
-    assert s["common_accuracy"]["values"] == [0.5, 0.5]  # rft's best; sft from base (0.0) to 1.0 at step 10
+    assert s["common_accuracy"] == 0.5 and s["common_accuracy_by_seed"] == [0.5, 0.5]  # rft's best in each seed
     assert s["arms"]["sft"]["forgetting_at_common"]["values"] == pytest.approx([0.375 / 2, 0.325 / 2])
+    assert s["arms"]["sft"]["steps_to_matched"]["n"] == 2 and s["arms"]["rft"]["steps_to_matched"]["n"] == 0
     table = pd.read_csv(out / "forgetting.csv").set_index(["arm", "benchmark"])
     assert table.loc[("sft", "a"), "delta"] == pytest.approx(-0.7) and table.loc[("sft", "a"), "seeds"] == 2
     curve = pd.read_csv(out / "curves.csv")
     assert {"puzzle_exact_ci95", "prior_mean_ci95"} <= set(curve.columns)
     assert {p.name for p in out.glob("*.png")} == {"tradeoff.png", "forgetting.png", "dynamics.png"}
-    assert "±" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| rft | 0.500 [0.500, 0.500] |" in report and "(0/2)" in report  # rft never reached 0.6
 
 
 def _published_report(tmp_path):
@@ -278,3 +288,20 @@ def test_a_published_report_moves_to_another_page_with_links_from_there(tmp_path
         main(["--report", str(published), "--page", str(page), "--block", "control"])
     text = page.read_text()
     assert "(control/tradeoff.png)" in text and "--profile docs/control/config.yaml`" in text and "old" not in text
+
+
+def test_seeds_are_compared_at_one_level_and_say_how_many_reached_it(tmp_path):
+    """Seed 0's arms all reach 0.5, seed 1's rft only 0.25: both seeds are read at 0.25, and a level-based
+    number says how many seeds it rests on."""
+    reports = {}
+    for seed, rft_puzzle in ((0, 0.5), (1, 0.25)):
+        rft = record("rft", 10, rft_puzzle, 1.0, 0.5)
+        reports[seed] = tmp_path / f"seed{seed}"
+        write_report(reports[seed], f"s{seed}", [BASE, SFT, rft], SAMPLES, {}, {"sft": 10, "rft": 10}, 0.4)
+    s = aggregate_reports(tmp_path / "all", "study-all", reports)
+    assert s["common_accuracy_by_seed"] == [0.5, 0.25] and s["common_accuracy"] == 0.25
+    # sft goes from the base (puzzle 0, forgetting 0) to puzzle 1.0 and forgetting 0.375 at step 10: at 0.25, 0.09375
+    assert s["arms"]["sft"]["forgetting_at_common"]["values"] == pytest.approx([0.09375, 0.09375])
+    matched = s["arms"]["rft"]["steps_to_matched"]  # level 0.4: seed 0 reached it, seed 1 did not
+    assert matched["values"][0] == 10 and math.isnan(matched["values"][1]) and matched["n"] == 1
+    assert "10 (1/2)" in (tmp_path / "all" / "report.md").read_text()
