@@ -23,7 +23,7 @@ from forgetting.benchmarks import (
     request_conversation,
     run_benchmarks,
 )
-from forgetting.inference import continuation_logprobs
+from forgetting.inference import continuation_logprobs, generate
 from forgetting.models import chat, load_model, model_fingerprint
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import parse_answer, score_answer
@@ -100,6 +100,40 @@ def parameter_distance(model, base_state: dict[str, torch.Tensor]) -> dict[str, 
     return {"l2": math.sqrt(diff), "relative": math.sqrt(diff / norm) if norm else math.nan}
 
 
+KL_SAMPLES = 2  # answers sampled per held-out puzzle prompt, for each direction of the KL
+KL_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}  # the policy itself, untruncated
+
+
+def puzzle_prompts(data: BenchmarkData, limit: int | None) -> list[list[dict]]:
+    """The held-out puzzle prompts (test split, the first `limit`) as the conversations the benchmark sends."""
+    docs = load_docs("jigsaw", puzzles_dir=data.puzzles_dir, style=data.prompt_style)["test"]
+    docs = docs.select(range(min(limit or len(docs), len(docs))))
+    return [request_conversation(d["prompt"], doc_to_image(d)) for d in docs]
+
+
+def sample_answers(model, processor, prompts: list[list[dict]], max_new_tokens: int, seed: int = 0) -> list[str]:
+    """KL_SAMPLES answers per prompt, sampled from the model's own distribution (T 1, no top-k or top-p)."""
+    torch.manual_seed(seed)
+    repeated = [p for p in prompts for _ in range(KL_SAMPLES)]
+    return generate(model, processor, repeated, max_new_tokens, **KL_SAMPLING)
+
+
+def policy_kl(model, base_model, processor, prompts: list[list[dict]], base_answers: list[str], max_new_tokens: int):
+    """Monte Carlo estimates over the prompts of forward E_x[KL(base || model)] (answers the base sampled) and
+    reverse E_x[KL(model || base)] (answers the model samples), each the mean over samples of the difference of
+    the two models' log-probabilities of the answer's tokens (summed over the answer; the end-of-turn token is
+    not counted). Both models share the processor (the base's and its fine-tunes')."""
+    repeated = [p for p in prompts for _ in range(KL_SAMPLES)]
+
+    def logp(m, answers: list[str]) -> list[float]:
+        return [lp for lp, _, _ in continuation_logprobs(m, processor, repeated, answers)]
+
+    forward = [b - m for b, m in zip(logp(base_model, base_answers), logp(model, base_answers), strict=True)]
+    own = sample_answers(model, processor, prompts, max_new_tokens)
+    reverse = [m - b for m, b in zip(logp(model, own), logp(base_model, own), strict=True)]
+    return {"forward": sum(forward) / len(forward), "reverse": sum(reverse) / len(reverse), "samples": len(own)}
+
+
 def evaluate_model(
     model,
     processor,
@@ -108,9 +142,11 @@ def evaluate_model(
     limit: int | None = None,
     batch_size: int = 32,
     base_state: dict[str, torch.Tensor] | None = None,
+    base: tuple | None = None,
 ) -> tuple[dict, list[dict]]:
     """Everything the study measures of one model: the puzzle and every benchmark through lm-eval, the
-    log-probability of held-out prior answers, and (given the base's weights) the distance from the base."""
+    log-probability of held-out prior answers, and, given the base's weights, the distance from the base;
+    given base = (base model, its sampled answers to the puzzle prompts), the KL divergences from it."""
     started = time.perf_counter()
     names = [data.puzzle_benchmark, *benchmarks]
     rows, samples = run_benchmarks(StudyLM(model, processor, batch_size), names, data, limit)
@@ -120,6 +156,10 @@ def evaluate_model(
         "answer_logprob": answer_logprobs(model, processor, data, [r["benchmark"] for r in rows], limit, batch_size),
         "param_distance": parameter_distance(model, base_state) if base_state is not None else None,
     }
+    if base is not None:
+        base_model, base_answers = base
+        prompts = puzzle_prompts(data, limit)
+        record["policy_kl"] = policy_kl(model, base_model, processor, prompts, base_answers, PUZZLE_ANSWER_TOKENS)
     record["seconds"] = round(time.perf_counter() - started, 1)
     return record, samples
 
@@ -128,7 +168,8 @@ def evaluate_model(
 # The evaluation stage: which models, where their results lie, and the base model's view of each arm's data.
 # Results are content-addressed (<output>/evals/<arm>-<step>-<hash>/), so a rerun evaluates nothing twice.
 
-EVAL_VERSION = 1  # bump when what an evaluation record holds changes
+EVAL_VERSION = 2  # bump when what an evaluation record holds changes (2: policy_kl; per-example data NLL)
+PUZZLE_ANSWER_TOKENS = 32  # the puzzle benchmark's max_gen_toks
 DATA_NLL_ITEMS = 512  # training examples scored per arm for the base-model NLL
 
 
@@ -166,16 +207,20 @@ def eval_dir(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path
     return config.output.path / "evals" / f"{target.arm}-{target.step}-{stable_hash(spec)[:10]}"
 
 
-_BASE_STATE: dict[str, dict[str, torch.Tensor]] = {}
+_BASE: dict[str, tuple] = {}
 
 
-def base_state(config, base: str) -> dict[str, torch.Tensor]:
-    """The base model's weights on CPU (kept for the process: every evaluation compares with them)."""
-    if base not in _BASE_STATE:
-        model, _ = load_model(config.model, base, trainable=False)
-        _BASE_STATE.clear()
-        _BASE_STATE[base] = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
-    return _BASE_STATE[base]
+def base_reference(config, base: str, data: BenchmarkData) -> tuple[dict[str, torch.Tensor], object, list[str]]:
+    """The base model's weights on CPU, the base model itself, and its sampled answers to the held-out puzzle
+    prompts: what every evaluation compares with, made once a process."""
+    key = (base, data, config.evaluation.limit)
+    if key not in _BASE:
+        model, processor = load_model(config.model, base, trainable=False)
+        state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+        answers = sample_answers(model, processor, puzzle_prompts(data, config.evaluation.limit), PUZZLE_ANSWER_TOKENS)
+        _BASE.clear()
+        _BASE[key] = (state, model, answers)
+    return _BASE[key]
 
 
 def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path:
@@ -185,8 +230,9 @@ def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) 
         return out
     model, processor = load_model(config.model, target.path, trainable=False)
     ev = config.evaluation
+    state, base_model, base_answers = base_reference(config, base, data)
     record, samples = evaluate_model(
-        model, processor, ev.benchmarks, data, ev.limit, ev.batch_size, base_state(config, base)
+        model, processor, ev.benchmarks, data, ev.limit, ev.batch_size, state, (base_model, base_answers)
     )
     record = {"arm": target.arm, "step": target.step, "model": target.path, **record}
     with write_once(out) as tmp:
@@ -197,8 +243,9 @@ def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) 
 
 def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset, load_base=None) -> dict:
     """Per-token negative log-likelihood under the BASE model of the completions an arm trained on (answer
-    tokens only; up to DATA_NLL_ITEMS examples, evenly spaced), cached beside the data. load_base() gives the
-    base (model, processor) when it must be scored: pass a cached loader to score several arms with one load."""
+    tokens only; up to DATA_NLL_ITEMS examples, evenly spaced, also one by one), cached beside the data.
+    load_base() gives the base (model, processor) when it must be scored: pass a cached loader to score several
+    arms with one load."""
     # Keyed on the base's content: SFT's data (the puzzles' ground truth) is shared by studies of other bases.
     key = stable_hash([model_fingerprint(base), DATA_NLL_ITEMS, EVAL_VERSION])
     path = training_data.with_name(f"base_nll-{key[:10]}.json")
@@ -223,6 +270,11 @@ def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDa
         "nll_per_token": -sum(logp for logp, _, _ in scored) / max(tokens, 1),
         "nll_per_example": -sum(logp for logp, _, _ in scored) / len(scored),
         "greedy_share": sum(g for _, _, g in scored) / len(scored),  # the base would have answered exactly this
+        # per example, with the training step that sampled it (RFT's rollouts; SFT data have none): what
+        # forgetting/predictors.py:data_nll_at averages over the data an arm had seen by a checkpoint
+        "per_example": [
+            {"step": r.get("step", -1), "nll": -logp, "tokens": n} for r, (logp, n, _) in zip(rows, scored, strict=True)
+        ],
     }
     write_text_once(path, json.dumps(result, indent=1) + "\n")
     return result

@@ -58,8 +58,10 @@ def format_collapse(prior: pd.DataFrame) -> float:
 
 def curves(records: list[dict]) -> pd.DataFrame:
     """Per (arm, step): puzzle_exact, prior_mean, forgetting (base prior_mean - prior_mean), format_collapse
-    (share of prior answers outside their format), parameter distance, and the mean change of held-out
-    answer log-probability against the base. The base appears as step 0 of every arm."""
+    (share of prior answers outside their format), parameter distance, the mean change of held-out answer
+    log-probability against the base, and the KL divergences between base and model on held-out puzzle
+    prompts (forward: E[KL(base || model)], reverse: E[KL(model || base)]). The base appears as step 0 of every
+    arm."""
     frame = benchmark_frame(records)
     base = frame[frame.arm == "base"]
     if base.empty:
@@ -67,6 +69,7 @@ def curves(records: list[dict]) -> pd.DataFrame:
     base_prior = base[base.kind == "prior"]
     base_logprob = base_prior.set_index("benchmark")["answer_logprob"]
     distance = {(r["arm"], r["step"]): r.get("param_distance") or {} for r in records}
+    kl = {(r["arm"], r["step"]): r.get("policy_kl") or {} for r in records}
     out = []
     for (arm, step), group in frame.groupby(["arm", "step"]):
         prior = group[group.kind == "prior"]
@@ -83,6 +86,8 @@ def curves(records: list[dict]) -> pd.DataFrame:
                 "param_l2": distance[(arm, step)].get("l2", math.nan),
                 "param_relative": distance[(arm, step)].get("relative", math.nan),
                 "logprob_change": float(change.mean()) if len(change) else math.nan,
+                "forward_kl": kl[(arm, step)].get("forward", math.nan),
+                "reverse_kl": kl[(arm, step)].get("reverse", math.nan),
             }
         )
     table = pd.DataFrame(out)
@@ -230,67 +235,6 @@ def summary(
             if arm in arms:
                 arms[arm]["forgetting_at_common"] = value
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Learning dynamics
-
-
-MIN_DISTINCT = 5  # a rank correlation needs this many distinct values on each side to say anything
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); nan when either side holds fewer than MIN_DISTINCT
-    distinct values: over 4 checkpoints, or over one number per arm copied to its checkpoints, a rank
-    correlation says which points are which, not whether one quantity tracks the other."""
-    pairs = [(a, b) for a, b in zip(x, y, strict=True) if not (math.isnan(a) or math.isnan(b))]
-    if min(len({a for a, _ in pairs}), len({b for _, b in pairs})) < MIN_DISTINCT:
-        return math.nan
-    xs, ys = pd.Series([p[0] for p in pairs]).rank(), pd.Series([p[1] for p in pairs]).rank()
-    return float(xs.corr(ys))
-
-
-def dynamics(curve: pd.DataFrame, data_nll: dict[str, dict]) -> tuple[pd.DataFrame, dict]:
-    """Per (arm, step) after step 0: forgetting beside the base model's per-token NLL (and perplexity) of the
-    arm's training data, the parameter distance and the answer log-probability change; and how well each
-    of data NLL and parameter distance ranks forgetting across arms and checkpoints (Spearman)."""
-    table = curve[curve.step > 0][["arm", "step", "forgetting", "param_l2", "param_relative", "logprob_change"]].copy()
-    table["data_nll"] = table.arm.map(lambda a: data_nll.get(a, {}).get("nll_per_token", math.nan))
-    table["data_ppl"] = table.data_nll.map(lambda v: math.exp(v) if not math.isnan(v) else math.nan)
-    points = len(table)
-    rho_data = spearman(table.data_nll.tolist(), table.forgetting.tolist())
-    rho_params = spearman(table.param_relative.tolist(), table.forgetting.tolist())
-    findings = {
-        "points": points,
-        "spearman_forgetting_vs_data_nll": rho_data,
-        "spearman_forgetting_vs_param_distance": rho_params,
-        "data_nll": {a: v.get("nll_per_token") for a, v in data_nll.items()},
-        "statement": explain(rho_data, rho_params, points),
-    }
-    return table.reset_index(drop=True), findings
-
-
-def explain(rho_data: float, rho_params: float, points: int) -> str:
-    """The dynamics result in one plain sentence, whatever it is."""
-
-    def fmt(r: float) -> str:
-        return "not enough distinct points to rank" if math.isnan(r) else f"{r:+.2f}"
-
-    if math.isnan(rho_data) and math.isnan(rho_params):
-        return (
-            f"Not enough points to rank forgetting against either measure ({points} arm checkpoints; a rank "
-            f"correlation needs {MIN_DISTINCT} distinct values on each side)."
-        )
-    better = "neither"
-    if not math.isnan(rho_data) and (math.isnan(rho_params) or abs(rho_data) > abs(rho_params)):
-        better = "the base model's NLL of the training data"
-    elif not math.isnan(rho_params) and (math.isnan(rho_data) or abs(rho_params) > abs(rho_data)):
-        better = "the parameter distance from the base"
-    return (
-        f"Across {points} arm checkpoints, forgetting has Spearman rho {fmt(rho_data)} with the base model's NLL of "
-        f"each arm's training data and {fmt(rho_params)} with the relative parameter distance from the base; "
-        f"{better} ranks forgetting better here."
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from forgetting.metrics import (
     BOUNDS,
     arm_order,
     curves,
-    dynamics,
     forgetting_at_level,
     forgetting_table,
     mean_ci,
@@ -21,6 +20,7 @@ from forgetting.metrics import (
     read_evaluation,
     summary,
 )
+from forgetting.predictors import PREDICTORS, dynamics, predictor_rows, predictors
 
 
 def _pyplot():
@@ -94,17 +94,18 @@ def plot_forgetting(table: pd.DataFrame, path: Path, spread: str = "+-1 s.e.") -
 
 
 def plot_dynamics(table: pd.DataFrame, path: Path) -> Path:
+    """Forgetting against each predictor, every checkpoint a point, coloured by arm."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    fig, axes = plt.subplots(1, len(PREDICTORS), figsize=(3.2 * len(PREDICTORS), 3.6), sharey=True)
     for arm, group in table.groupby("arm", sort=False):
-        axes[0].scatter(group.data_nll, group.forgetting, label=arm)
-        axes[1].scatter(group.param_relative, group.forgetting, label=arm)
-    axes[0].set_xlabel("base-model NLL per token of the arm's training data")
-    axes[1].set_xlabel("relative parameter distance from base")
-    axes[0].set_ylabel("forgetting (base - prior mean)")
-    for ax in axes:
+        for ax, column in zip(axes, PREDICTORS.values(), strict=True):
+            if column in group:
+                ax.scatter(group[column], group.forgetting, label=arm, s=14)
+    for ax, name in zip(axes, PREDICTORS, strict=True):
+        ax.set_xlabel(name)
         ax.axhline(0, color="black", linewidth=0.6)
-    _legend(axes[1])
+    axes[0].set_ylabel("forgetting (base - prior mean)")
+    _legend(axes[-1])
     fig.suptitle("What tracks forgetting (every checkpoint)")
     return _save(fig, path)
 
@@ -161,6 +162,7 @@ def write_report(
     table = forgetting_table(base, finals, samples)
     dyn, findings = dynamics(curve, data_nll)
     summary_["dynamics"] = findings
+    summary_["predictors"] = predictors(dyn)
     (out / "summary.json").write_text(json.dumps(without_nan(summary_), indent=1) + "\n")
     table.to_csv(out / "forgetting.csv", index=False)
     curve.to_csv(out / "curves.csv", index=False)
@@ -193,8 +195,19 @@ def report_markdown(summary_: dict, table: pd.DataFrame, findings: dict) -> str:
         + "\n### Forgetting per benchmark (score - base)\n\n"
         + markdown_table(forgetting_pivot(table))
         + f"\n### Learning dynamics\n\n{findings['statement']}\n\n"
-        "![trade-off](tradeoff.png) ![forgetting](forgetting.png) ![dynamics](dynamics.png)\n"
+        + PREDICTORS_NOTE
+        + markdown_table(predictor_rows(summary_["predictors"]))
+        + "\n![trade-off](tradeoff.png) ![forgetting](forgetting.png) ![dynamics](dynamics.png)\n"
     )
+
+
+PREDICTORS_NOTE = (
+    "What predicts forgetting, over every evaluated checkpoint: R² of a quadratic fit of forgetting on the "
+    "predictor, and Spearman's rho with its 95% interval. forward_kl / reverse_kl: KL between base and checkpoint "
+    "on held-out puzzle prompts; data_nll: the base's NLL per token of the data trained on by then; "
+    "param_distance: relative distance of the weights; prior_logprob_change: change of the log-probability of the "
+    "held-out prior answers.\n\n"
+)
 
 
 def _matched_note(level: float, common: str) -> str:
@@ -265,6 +278,7 @@ def aggregate_reports(out: Path, study_id: str, reports: dict[int, Path]) -> dic
     columns = ["puzzle_exact", "prior_mean", "forgetting", "format_collapse"]
     curve = over_seeds(read["curves"], ["arm", "step"], columns, BOUNDS)
     dyn = pd.concat([f.assign(seed=s) for s, f in read["dynamics"].items()], ignore_index=True)
+    summary_["predictors"] = predictors(dyn)  # pooled over every checkpoint of every seed
     (out / "summary.json").write_text(json.dumps(without_nan(summary_), indent=1) + "\n")
     table.to_csv(out / "forgetting.csv", index=False)
     curve.to_csv(out / "curves.csv", index=False)
@@ -326,7 +340,9 @@ def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
         + f"with the base model's NLL of the arm's training data: {_rho(rho[RHO[0]], seeds)}; with the relative "
         + f"parameter distance from the base: {_rho(rho[RHO[1]], seeds)} (mean [95% interval] over seeds; a seed "
         + "whose checkpoints hold too few distinct values to rank does not count).\n\n"
-        + "![trade-off](tradeoff.png) ![forgetting](forgetting.png) ![dynamics](dynamics.png)\n"
+        + PREDICTORS_NOTE.replace("over every evaluated checkpoint", "pooled over every checkpoint of every seed")
+        + markdown_table(predictor_rows(summary_["predictors"]))
+        + "\n![trade-off](tradeoff.png) ![forgetting](forgetting.png) ![dynamics](dynamics.png)\n"
     )
 
 

@@ -30,7 +30,7 @@ def evaluation_task(config, target: EvalTarget, data: BenchmarkData, base: str) 
 
 
 def eval_metrics(record: dict) -> dict[str, float]:
-    """One evaluation as flat MLflow metrics: per benchmark its score and format-ok rate, plus dynamics."""
+    """One evaluation as flat MLflow metrics: per benchmark its score and format-ok rate, plus the predictors."""
     metrics = {}
     for row in record["benchmarks"]:
         name = row["benchmark"]
@@ -43,6 +43,9 @@ def eval_metrics(record: dict) -> dict[str, float]:
     metrics["prior_mean"] = sum(prior) / len(prior) if prior else float("nan")
     for key, value in (record.get("param_distance") or {}).items():
         metrics[f"param_distance.{key}"] = value
+    for key in ("forward", "reverse"):
+        if key in (record.get("policy_kl") or {}):
+            metrics[f"{key}_kl"] = record["policy_kl"][key]
     for name, value in record["answer_logprob"].items():
         metrics[f"{name}.answer_logprob"] = value
     return metrics

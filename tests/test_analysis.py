@@ -10,14 +10,13 @@ from forgetting.metrics import (
     at_accuracy,
     common_accuracy,
     curves,
-    dynamics,
     forgetting_at_level,
     forgetting_table,
     mean_ci,
     paired_stderr,
-    spearman,
     summary,
 )
+from forgetting.predictors import data_nll_at, dynamics, predictors, quadratic_r2, spearman, spearman_interval
 from forgetting.report import aggregate_reports, write_report
 
 
@@ -161,6 +160,47 @@ def test_dynamics_says_which_measure_tracks_forgetting():
     assert none["statement"].startswith("Not enough points to rank forgetting against either measure (2 arm")
 
 
+def test_quadratic_r2_and_the_interval_of_rho():
+    xs = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    u_shape = [(x - 2.9) ** 2 for x in xs]  # a quadratic explains it all, a rank correlation little
+    assert quadratic_r2(xs, u_shape) == pytest.approx(1.0) and spearman(xs, u_shape) == pytest.approx(-9 / 35)
+    assert math.isnan(quadratic_r2([1, 2, 3, 4], [1, 4, 9, 16]))  # four points: a quadratic fits anything
+    low, high = spearman_interval(0.5, 12)
+    z, half = math.atanh(0.5), 1.96 * math.sqrt(1.06 / 9)
+    assert (low, high) == pytest.approx((math.tanh(z - half), math.tanh(z + half)))
+    assert -1 < low < 0.5 < high < 1
+
+
+def test_data_nll_by_checkpoint_counts_what_the_arm_had_seen():
+    rows = [{"step": s, "nll": nll, "tokens": n} for s, nll, n in ((0, 4.0, 2), (3, 2.0, 2), (7, 1.0, 1))]
+    rft = {"nll_per_token": 9.0, "per_example": rows}
+    assert data_nll_at(rft, 1) == 2.0 and data_nll_at(rft, 5) == 1.5 and data_nll_at(rft, 10) == 7.0 / 5
+    sft = {"nll_per_token": 3.0, "per_example": [{"step": -1, "nll": 6.0, "tokens": 2}]}
+    assert data_nll_at(sft, 1) == data_nll_at(sft, 100) == 3.0  # drawn from all of it at every step
+    assert data_nll_at({"nll_per_token": 2.5}, 4) == 2.5  # a record from before per-example values
+
+
+def test_predictors_name_what_explains_forgetting_and_when_they_cannot():
+    steps = [1, 2, 3, 4, 5, 6]
+    table = pd.DataFrame(
+        {
+            "arm": ["sft"] * 3 + ["rft"] * 3,
+            "step": steps,
+            "forgetting": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+            "forward_kl": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],  # tracks forgetting exactly
+            "reverse_kl": [6.0, 1.0, 5.0, 2.0, 4.0, 3.0],
+            "data_nll": [2.0, 2.0, 2.0, 1.0, 1.0, 1.0],  # one value per arm
+            "param_relative": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+            "logprob_change": [math.nan] * 6,
+        }
+    )
+    found = predictors(table)
+    assert found["forward_kl"]["r2"] == pytest.approx(1.0) and found["forward_kl"]["spearman"] == pytest.approx(1.0)
+    assert found["forward_kl"]["points"] == 6 and found["reverse_kl"]["spearman"] < 0.0
+    assert math.isnan(found["data_nll"]["spearman"]) and math.isnan(found["data_nll"]["r2"])
+    assert found["prior_logprob_change"]["points"] == 0 and math.isnan(found["prior_logprob_change"]["r2"])
+
+
 def test_write_report_fills_the_folder(tmp_path):
     out = tmp_path / "report"
     s = write_report(out, "study-x", [BASE, SFT, RFT], SAMPLES, {"sft": {"nll_per_token": 2.0}}, {"sft": 10, "rft": 10})
@@ -175,6 +215,10 @@ def test_write_report_fills_the_folder(tmp_path):
     forgetting = pd.read_csv(out / "forgetting.csv")
     assert {"arm", "benchmark", "base", "score", "delta", "stderr", "format_failures"} <= set(forgetting.columns)
     assert "| sft |" in (out / "report.md").read_text()
+    names = {"forward_kl", "reverse_kl", "data_nll", "param_distance", "prior_logprob_change"}
+    assert set(saved["predictors"]) == names
+    assert saved["predictors"]["param_distance"]["r2"] is None  # two checkpoints: not enough points, said so
+    assert "| param_distance | 2 | not enough points |" in (out / "report.md").read_text()
 
 
 def test_mean_ci():

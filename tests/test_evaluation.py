@@ -152,6 +152,9 @@ def test_micro_evaluation_end_to_end(data):
         assert 0.0 <= row["value"] <= 1.0 and row["n"] == config.evaluation.limit
         assert 0 <= row["format_failures"] <= row["n"]
     assert record["param_distance"] == {"l2": 0.0, "relative": 0.0}
+    kl = record["policy_kl"]  # the base against itself: the same answers, the same log-probabilities
+    assert kl["samples"] == 2 * config.evaluation.limit and kl["forward"] == pytest.approx(0.0, abs=1e-5)
+    assert kl["reverse"] == pytest.approx(0.0, abs=1e-5)
     assert all(v < 0 for v in record["answer_logprob"].values())
     samples = (out / "samples.jsonl").read_text().splitlines()
     assert len(samples) == config.evaluation.limit * len(record["benchmarks"])

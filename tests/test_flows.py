@@ -78,6 +78,8 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     assert {p.name for p in report.glob("*.png")} == {"tradeoff.png", "forgetting.png", "dynamics.png"}
     curves = pd.read_csv(report / "curves.csv")
     assert sorted(curves[curves.arm == "sft"].step) == [0, 2, 4]  # evaluation.every 2, 4 steps
+    assert curves.forward_kl.notna().all() and curves.reverse_kl.notna().all()  # a value at every checkpoint
+    assert set(summary["predictors"]) >= {"forward_kl", "data_nll", "param_distance"}
     eval_sft = next(r for r in runs if r.info.run_name == "eval-sft")
     assert eval_sft.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"]
     history = MlflowClient(tracking_uri(micro)).get_metric_history(eval_sft.info.run_id, "prior_mean")
@@ -110,7 +112,7 @@ def test_evaluate_flow_alone_reports_what_is_trained(prefect_harness, micro):
 
     summary = evaluate_flow(micro)  # nothing trained yet for this config: the base alone
     assert set(summary["arms"]) == {"base"} and summary["arms"]["base"]["mean_forgetting"] == 0.0
-    assert "Too few points" in summary["dynamics"]["statement"]
+    assert "Not enough points" in summary["dynamics"]["statement"]
     report = micro.output.path / micro.study_id / "report"
     assert (report / "forgetting.csv").is_file() and (report / "tradeoff.png").is_file()
 
