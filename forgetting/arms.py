@@ -35,6 +35,7 @@ def arm_dir(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, up
         "settings": getattr(config.arms, arm).model_dump(mode="json"),
         "prompt_style": config.arms.sft.prompt_style,
         "checkpoint_every": config.arms.checkpoint_every,
+        **({"checkpoint_steps": config.arms.checkpoint_steps} if config.arms.checkpoint_steps else {}),
         "seed": config.seed,
         "upstream": upstream,
     }

@@ -237,10 +237,24 @@ class ArmsConfig(_Section):
         default_factory=RolloutSFTArmConfig, description="SFT on the RFT arm's correct rollouts."
     )
     checkpoint_every: int = Field(50, ge=1, le=1_000_000, description="Save a checkpoint every N steps.")
+    checkpoint_steps: list[int] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Steps to save a checkpoint at besides every checkpoint_every, e.g. [5, 10, 20]: points "
+        "below an arm's plateau on its learning curve. The evaluation reads them all.",
+        exclude_if=lambda steps: not steps,  # left out of dumps and hashes when empty: ids unchanged
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on GPU).")
     deepspeed: str | None = Field(
         None, description="Path to a DeepSpeed JSON config passed to the trainers (multi-GPU, via accelerate launch)."
     )
+
+    @field_validator("checkpoint_steps")
+    @classmethod
+    def _positive_steps(cls, v: list[int]) -> list[int]:
+        if any(step < 1 for step in v):
+            raise ValueError(f"checkpoint steps must be at least 1, got {v}")
+        return sorted(set(v))
 
 
 class EvaluationConfig(_Section):

@@ -183,13 +183,15 @@ class EvalTarget:
 
 
 def eval_targets(config, base: str, arms: dict) -> list[EvalTarget]:
-    """The base, then per arm its checkpoints every evaluation.every steps and its final model."""
+    """The base, then per arm its checkpoints every evaluation.every steps and at arms.checkpoint_steps, and
+    its final model."""
     targets = [EvalTarget("base", 0, base)]
     for arm, result in arms.items():
         final = getattr(config.arms, arm).steps
         for checkpoint in result.checkpoints:
             step = int(checkpoint.rsplit("-", 1)[-1])
-            if step % config.evaluation.every == 0 and step < final:
+            chosen = step % config.evaluation.every == 0 or step in config.arms.checkpoint_steps
+            if chosen and step < final:
                 targets.append(EvalTarget(arm, step, checkpoint))
         targets.append(EvalTarget(arm, final, str(result.final)))
     return targets

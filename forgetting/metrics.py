@@ -154,21 +154,35 @@ def _item_scores(samples: list[dict]) -> dict[str, dict[int, float]]:
     return out
 
 
-def at_accuracy(curve: pd.DataFrame, level: float) -> dict[str, dict]:
-    """Per trained arm, from its evaluated checkpoints: the first step whose puzzle exact accuracy reaches
-    level (`steps_to_matched`; how fast the arm learns the task) and the forgetting and format collapse at
-    that checkpoint (`forgetting_at_matched`, `format_collapse_at_matched`): arms compared at matched task
-    skill rather than at their last step. NaN where an arm never reaches level."""
+def at_level(curve: pd.DataFrame, level: float, columns: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Per trained arm, each column where its puzzle accuracy first reaches level, interpolated linearly between
+    the evaluated checkpoints on either side of the crossing (a checkpoint that overshoots the level would
+    otherwise charge the arm for skill it has beyond it, and count the steps to get there). NaN where the arm
+    never reaches level."""
     out = {}
     for arm, rows in curve[curve.arm != "base"].groupby("arm", sort=False):
-        reached = rows[rows.puzzle_exact >= level].sort_values("step")
-        first = reached.iloc[0] if len(reached) else None
-        out[arm] = {
-            "steps_to_matched": math.nan if first is None else int(first.step),
-            "forgetting_at_matched": math.nan if first is None else float(first.forgetting),
-            "format_collapse_at_matched": math.nan if first is None else float(first.format_collapse),
-        }
+        rows = rows.sort_values("step").reset_index(drop=True)
+        reached = [] if math.isnan(level) else rows.index[rows.puzzle_exact >= level]
+        if not len(reached):
+            out[arm] = dict.fromkeys(columns, math.nan)
+            continue
+        i = reached[0]
+        before, after = rows.iloc[max(i - 1, 0)], rows.iloc[i]
+        gap = after.puzzle_exact - before.puzzle_exact
+        share = (level - before.puzzle_exact) / gap if i > 0 and gap else 1.0
+        out[arm] = {c: float(before[c] + share * (after[c] - before[c])) for c in columns}
     return out
+
+
+def at_accuracy(curve: pd.DataFrame, level: float) -> dict[str, dict]:
+    """Per trained arm, where its puzzle exact accuracy first reaches level (interpolated between evaluated
+    checkpoints, see at_level): the step (`steps_to_matched`; how fast the arm learns the task), the
+    forgetting and the format collapse there (`forgetting_at_matched`, `format_collapse_at_matched`): arms
+    compared at matched task skill rather than at their last step. NaN where an arm never reaches level."""
+    names = {"step": "steps_to_matched", "forgetting": "forgetting_at_matched"}
+    names["format_collapse"] = "format_collapse_at_matched"
+    found = at_level(curve, level, tuple(names))
+    return {arm: {names[c]: v for c, v in values.items()} for arm, values in found.items()}
 
 
 def common_accuracy(curve: pd.DataFrame) -> float:
@@ -183,24 +197,8 @@ def common_accuracy(curve: pd.DataFrame) -> float:
 
 
 def forgetting_at_level(curve: pd.DataFrame, level: float) -> dict[str, float]:
-    """Per trained arm, the forgetting where its puzzle accuracy first reaches level, interpolated linearly
-    between the evaluated checkpoints on either side of the crossing (a step that overshoots the level
-    would otherwise charge the arm for skill it has beyond it). NaN where the arm never reaches level."""
-    out = {}
-    for arm, rows in curve[curve.arm != "base"].groupby("arm", sort=False):
-        rows = rows.sort_values("step").reset_index(drop=True)
-        reached = rows.index[rows.puzzle_exact >= level]
-        if math.isnan(level) or not len(reached):
-            out[arm] = math.nan
-            continue
-        i = reached[0]
-        if i == 0:
-            out[arm] = float(rows.forgetting[0])
-            continue
-        before, after = rows.iloc[i - 1], rows.iloc[i]
-        share = (level - before.puzzle_exact) / (after.puzzle_exact - before.puzzle_exact)
-        out[arm] = float(before.forgetting + share * (after.forgetting - before.forgetting))
-    return out
+    """Per trained arm, the forgetting where its puzzle accuracy first reaches level (see at_level)."""
+    return {arm: values["forgetting"] for arm, values in at_level(curve, level, ("forgetting",)).items()}
 
 
 def summary(

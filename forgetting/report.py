@@ -212,10 +212,11 @@ PREDICTORS_NOTE = (
 
 def _matched_note(level: float, common: str) -> str:
     return (
-        f"`steps_to_matched`: first evaluated step with puzzle exact accuracy >= {level:g}; "
-        "`forgetting_at_matched`, `format_collapse_at_matched`: at that checkpoint (empty: never reached). "
+        f"`steps_to_matched`: the step where puzzle exact accuracy first reaches {level:g}; "
+        "`forgetting_at_matched`, `format_collapse_at_matched`: there (empty: never reached). "
         f"`forgetting_at_common`: forgetting where the arm's curve first reaches {common}, the highest puzzle "
-        "accuracy every arm reaches, interpolated linearly between the evaluated checkpoints around it.\n\n"
+        "accuracy every arm reaches. All interpolated linearly between the evaluated checkpoints around the "
+        "crossing (the base is every arm's step 0).\n\n"
     )
 
 

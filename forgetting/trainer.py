@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from forgetting.config import ModelConfig, StudyConfig
 from forgetting.models import chat, load_model, pick_device
@@ -34,6 +35,18 @@ class ArmResult:
     @property
     def final(self) -> Path:
         return self.path / FINAL
+
+
+class SaveAt(TrainerCallback):
+    """Also save a checkpoint at the given steps (log-spaced points below an arm's plateau)."""
+
+    def __init__(self, steps: list[int]):
+        self.steps = set(steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.steps:
+            control.should_save = True
+        return control
 
 
 def preload() -> None:
@@ -120,7 +133,10 @@ def finish(trainer, processor, out: Path) -> None:
 
 
 def fit(trainer, processor, config: StudyConfig, out: Path, resume: str | None) -> None:
-    """Train from resume (out's last complete checkpoint, or None: from the start), then save the final model."""
+    """Train from resume (out's last complete checkpoint, or None: from the start), then save the final model.
+    Checkpoints every arms.checkpoint_every steps and at arms.checkpoint_steps."""
+    if config.arms.checkpoint_steps:
+        trainer.add_callback(SaveAt(config.arms.checkpoint_steps))
     restore_weights(trainer.model, config, resume)
     trainer.train(resume_from_checkpoint=resume)
     finish(trainer, processor, out)

@@ -106,7 +106,9 @@ def test_arms_compared_at_matched_puzzle_accuracy():
     ]
     curve = curves(records)
     matched = at_accuracy(curve, 0.6)
-    assert matched["sft"]["steps_to_matched"] == 5 and matched["sft"]["forgetting_at_matched"] == pytest.approx(0.2)
+    # sft crosses 0.6 between the base (step 0, puzzle 0, forgetting 0) and step 5 (0.7, 0.2): 6/7 of the way
+    assert matched["sft"]["steps_to_matched"] == pytest.approx(30 / 7)
+    assert matched["sft"]["forgetting_at_matched"] == pytest.approx(0.2 * 6 / 7)
     assert matched["rft"]["steps_to_matched"] == 10 and matched["rft"]["forgetting_at_matched"] == pytest.approx(0.05)
     assert math.isnan(matched["rollout_sft"]["steps_to_matched"])  # never reached: no number made up
     assert math.isnan(matched["rollout_sft"]["forgetting_at_matched"])
@@ -253,7 +255,7 @@ def test_aggregate_reports_over_seeds(tmp_path):
         12.7062 * (0.05 / math.sqrt(2)) / math.sqrt(2), rel=1e-4
     )  # t * sd / sqrt(n)
     assert s["arms"]["rft"]["mean_forgetting"]["ci95"] == 0.0
-    assert s["arms"]["sft"]["steps_to_matched"]["mean"] == 10 and s["matched_accuracy"] == 0.6
+    assert s["arms"]["sft"]["steps_to_matched"]["mean"] == 6 and s["matched_accuracy"] == 0.6  # 0 -> 1.0 by step 10
     assert math.isnan(s["arms"]["rft"]["steps_to_matched"]["mean"])  # puzzle 0.5 < 0.6 in both seeds
     assert s["common_accuracy"] == 0.5 and s["common_accuracy_by_seed"] == [0.5, 0.5]  # rft's best in each seed
     assert s["arms"]["sft"]["forgetting_at_common"]["values"] == pytest.approx([0.375 / 2, 0.325 / 2])
@@ -346,6 +348,6 @@ def test_seeds_are_compared_at_one_level_and_say_how_many_reached_it(tmp_path):
     assert s["common_accuracy_by_seed"] == [0.5, 0.25] and s["common_accuracy"] == 0.25
     # sft goes from the base (puzzle 0, forgetting 0) to puzzle 1.0 and forgetting 0.375 at step 10: at 0.25, 0.09375
     assert s["arms"]["sft"]["forgetting_at_common"]["values"] == pytest.approx([0.09375, 0.09375])
-    matched = s["arms"]["rft"]["steps_to_matched"]  # level 0.4: seed 0 reached it, seed 1 did not
-    assert matched["values"][0] == 10 and math.isnan(matched["values"][1]) and matched["n"] == 1
-    assert "10 (1/2)" in (tmp_path / "all" / "report.md").read_text()
+    matched = s["arms"]["rft"]["steps_to_matched"]  # level 0.4: seed 0 reached it (0 -> 0.5 by step 10), seed 1 not
+    assert matched["values"][0] == 8 and math.isnan(matched["values"][1]) and matched["n"] == 1
+    assert "| 8 (1/2) |" in (tmp_path / "all" / "report.md").read_text()

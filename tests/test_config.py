@@ -50,6 +50,7 @@ def test_overrides_are_read_as_yaml(tmp_path):
         ("nonsense=1", "nonsense"),
         ("arms.rft.batch_size=10", "arms.rft"),
         ("arms.sft.learning_rate=-1", "arms.sft.learning_rate"),
+        ("arms.checkpoint_steps=[0,5]", "arms.checkpoint_steps"),
     ],
 )
 def test_bad_values_name_the_field(override, field):

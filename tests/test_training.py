@@ -47,6 +47,19 @@ def test_sft_trains_saves_checkpoints_and_changes_weights(setup):
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4]
 
 
+def test_checkpoints_at_chosen_steps_too_and_the_evaluation_reads_them(setup):
+    from forgetting.evaluation import eval_targets
+
+    config, dataset = setup
+    arms = config.arms.model_copy(update={"checkpoint_steps": [1, 3], "checkpoint_every": 4})
+    config = config.model_copy(update={"arms": arms})
+    result = run_arm(config, "sft", BASE, dataset)
+    assert [c.rsplit("-", 1)[-1] for c in result.checkpoints] == ["1", "3", "4"]
+    assert result.path != arm_dir(load_config("micro", output_dir=str(config.output.path)), "sft", BASE, dataset)
+    steps = [t.step for t in eval_targets(config, BASE, {"sft": result})]
+    assert steps == [0, 1, 3, 4]  # the base, both chosen steps, the final model (evaluation.every 2: not 1, 3)
+
+
 def test_rft_records_every_rollout_with_its_reward(setup):
     config, dataset = setup
     result = run_arm(config, "rft", BASE, dataset)
