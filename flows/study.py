@@ -25,7 +25,7 @@ from flows.cli import run
 from flows.evaluate import aggregate_and_report, evaluate_and_report
 from flows.preflight import check_inputs
 from flows.train import train_arms
-from forgetting.config import REPO_ROOT, StudyConfig
+from forgetting.config import NOT_RESULTS, REPO_ROOT, StudyConfig
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
 from tasks.puzzles import tracked_puzzles
 from tasks.tracking import seed_run, study_run, tracking_uri
@@ -43,11 +43,13 @@ class Progress:
 
 
 @flow(name="study", log_prints=True)
-def study(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI form needs a default
-    """Run the forgetting study: base model, puzzles, training arms, evaluation, report."""
+def study(config: StudyConfig = StudyConfig(), parent_run_id: str | None = None) -> dict:  # noqa: B008
+    """Run the forgetting study: base model, puzzles, training arms, evaluation, report.
+
+    parent_run_id: the MLflow run to log under (a sweep's; empty: a run of its own)."""
     check_inputs(config)
     progress, started = Progress(), time.perf_counter()
-    with study_run(config) as run_id:
+    with study_run(config, parent_run_id=parent_run_id) as run_id:
         if not config.seeds:
             result = one_seed(config, run_id, progress)
         else:  # the same study once per seed (each a child run), then mean and 95% CI over seeds
@@ -70,7 +72,7 @@ def study(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
 def record_run(config: StudyConfig, report: Path, seconds: float) -> None:
     """How to reproduce the report: its config as a profile, the command, and how long this run took
     (work already on disk from earlier runs is not counted again)."""
-    profile = config.model_dump(mode="json", exclude={"output", "tracking", "schedule"})
+    profile = config.model_dump(mode="json", exclude=NOT_RESULTS)
     (report / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     run_info = {
         "command": f"python -m flows.study --profile {_shown(report / 'config.yaml')}",

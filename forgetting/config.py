@@ -10,7 +10,7 @@ from a YAML profile in configs/ plus `--set dotted.key=value` overrides:
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -23,6 +23,11 @@ DEFAULT_OUTPUT_DIR = REPO_ROOT / "runs"
 # Qwen2.5-VL cuts images into 14 px patches and merges 2x2 of them into one token, so a tile whose side
 # is a multiple of 28 px is a whole number of image tokens.
 TOKEN_PX = 28
+
+
+# What does not change a study's results: where they go, where they are tracked, when reruns happen, and the
+# sweep the study may be a point of.
+NOT_RESULTS = {"output", "tracking", "schedule", "sweep"}
 
 
 class ConfigError(ValueError):
@@ -290,6 +295,20 @@ class ScheduleConfig(_Section):
     timezone: str = Field("UTC", min_length=1, description="Time zone of the cron schedule.")
 
 
+class SweepConfig(_Section):
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="flows.sweep only: dotted config keys and the values to try; every combination is one point, "
+        "e.g. {'arms.sft.learning_rate': [0.0005, 0.0001]}.",
+        exclude_if=lambda grid: not grid,
+    )
+    extra: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="flows.sweep only: further points, each a mapping of dotted keys to values.",
+        exclude_if=lambda extra: not extra,
+    )
+
+
 class OutputConfig(_Section):
     dir: str | None = Field(None, description="Where runs are written. Empty: runs/ in the repository.")
 
@@ -317,6 +336,11 @@ class StudyConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output location.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Reruns of served deployments.")
+    sweep: SweepConfig = Field(
+        default_factory=SweepConfig,
+        description="A sweep of this study over settings (flows.sweep); a study ignores it.",
+        exclude_if=lambda sweep: not (sweep.grid or sweep.extra),
+    )
 
     @model_validator(mode="after")
     def _check_pretrain(self) -> "StudyConfig":
@@ -343,7 +367,7 @@ class StudyConfig(_Section):
 
     def config_hash(self) -> str:
         """Hash of everything that changes results (not where they are written or tracked, nor when rerun)."""
-        return stable_hash(self.model_dump(mode="json", exclude={"output", "tracking", "schedule"}))
+        return stable_hash(self.model_dump(mode="json", exclude=NOT_RESULTS))
 
     @property
     def study_id(self) -> str:

@@ -23,7 +23,7 @@ from forgetting.metrics import (
 from forgetting.predictors import PREDICTORS, dynamics, predictor_rows, predictors
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -32,10 +32,10 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -50,7 +50,7 @@ def _errors(rows: pd.DataFrame, column: str) -> list[list[float]]:
 def plot_tradeoff(curve: pd.DataFrame, path: Path, spread: bool = False) -> Path:
     """Puzzle accuracy against prior-knowledge accuracy along training, a line per arm; spread: error bars
     from the 95% intervals of a several-seed curve."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for arm, group in curve.groupby("arm", sort=False):
         group = group.sort_values("step")
@@ -68,12 +68,12 @@ def plot_tradeoff(curve: pd.DataFrame, path: Path, spread: bool = False) -> Path
     ax.set_xlabel("puzzle exact accuracy (test split)")
     ax.set_ylabel("prior-knowledge accuracy (mean of held-out benchmarks)")
     ax.set_title("Learning vs forgetting along training")
-    _legend(ax)
-    return _save(fig, path)
+    legend(ax)
+    return save_figure(fig, path)
 
 
 def plot_forgetting(table: pd.DataFrame, path: Path, spread: str = "+-1 s.e.") -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     prior = table[table.kind == "prior"]
     benchmarks = list(dict.fromkeys(prior.benchmark))
     arms = list(dict.fromkeys(prior.arm))
@@ -89,13 +89,13 @@ def plot_forgetting(table: pd.DataFrame, path: Path, spread: str = "+-1 s.e.") -
     ax.set_xticklabels([b.removeprefix("tiny_world_") for b in benchmarks], rotation=30, ha="right")
     ax.set_ylabel("score - base (below 0: forgotten)")
     ax.set_title(f"Forgetting per benchmark (final models, {spread})")
-    _legend(ax)
-    return _save(fig, path)
+    legend(ax)
+    return save_figure(fig, path)
 
 
 def plot_dynamics(table: pd.DataFrame, path: Path) -> Path:
     """Forgetting against each predictor, every checkpoint a point, coloured by arm."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(PREDICTORS), figsize=(3.2 * len(PREDICTORS), 3.6), sharey=True)
     for arm, group in table.groupby("arm", sort=False):
         for ax, column in zip(axes, PREDICTORS.values(), strict=True):
@@ -105,12 +105,12 @@ def plot_dynamics(table: pd.DataFrame, path: Path) -> Path:
         ax.set_xlabel(name)
         ax.axhline(0, color="black", linewidth=0.6)
     axes[0].set_ylabel("forgetting (base - prior mean)")
-    _legend(axes[-1])
+    legend(axes[-1])
     fig.suptitle("What tracks forgetting (every checkpoint)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _legend(ax) -> None:
+def legend(ax) -> None:
     if ax.get_legend_handles_labels()[0]:  # nothing to label when only the base was evaluated
         ax.legend()
 

@@ -11,6 +11,7 @@ from prefect.assets import materialize
 from assets import report
 from forgetting.config import StudyConfig
 from forgetting.report import aggregate_reports, report_from_evaluations, summary_frame, without_nan
+from forgetting.sweep import write_sweep_report
 
 
 def report_task(
@@ -63,4 +64,13 @@ def tracked_aggregate(config: StudyConfig, run_id: str, reports: dict[int, Path]
     )
     mlflow.log_artifacts(str(out), "report", run_id=run_id)
     create_markdown_artifact((out / "report.md").read_text(), key="study-report", description=str(out))
+    return summary
+
+
+def tracked_sweep_report(out: Path, sweep: str, frame, overrides: dict[str, dict], run_id: str) -> dict:
+    """write_sweep_report as a Prefect task materializing the sweep's report folder; the folder as an artifact
+    of the sweep's MLflow run, the markdown as a Prefect artifact."""
+    summary = materialize(report(out), name="sweep-report", retries=1)(write_sweep_report)(out, sweep, frame, overrides)
+    mlflow.log_artifacts(str(out), "report", run_id=run_id)
+    create_markdown_artifact((out / "report.md").read_text(), key="sweep-report", description=str(out))
     return summary

@@ -150,14 +150,16 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
 
 
 @contextmanager
-def study_run(config: StudyConfig, run_name: str | None = None) -> Iterator[str]:
-    """The study's parent run, with its config as params and artifact; yields the run id. Runs an earlier,
-    killed process left RUNNING are marked FAILED first."""
+def study_run(config: StudyConfig, run_name: str | None = None, parent_run_id: str | None = None) -> Iterator[str]:
+    """The study's parent run (a child of parent_run_id when given: a sweep's point), with its config as params
+    and artifact; yields the run id. Runs an earlier, killed process left RUNNING are marked FAILED first."""
     experiment_id = configure(config)
     for run_id in close_orphaned_runs(experiment_id):
         print(f"MLflow run {run_id} was left running by a killed process: marked FAILED")
     tags = study_tags(config) | process_tags()
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or config.study_id, tags=tags) as run:
+    nesting = {"parent_run_id": parent_run_id, "nested": True} if parent_run_id else {}
+    name = run_name or config.study_id
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags, **nesting) as run:
         mlflow.log_params(flat_params(config.model_dump(mode="json")))
         mlflow.log_dict(config.model_dump(mode="json"), "config.json")
         yield run.info.run_id

@@ -143,3 +143,33 @@ def test_study_over_seeds_reports_mean_and_ci(prefect_harness, tmp_path):
     run_info = json.loads((Path(result["report"]) / "run.json").read_text())
     assert run_info["command"].endswith("report/config.yaml") and run_info["wall_time_s"] > 0
     assert load_config(str(Path(result["report"]) / "config.yaml")).study_id == config.study_id
+
+
+def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path):
+    """Two SFT learning rates: two SFT arms, one RFT arm the points share (trained and counted once), a
+    frontier per family, forgetting along it at matched puzzle accuracy, the studies nested in the sweep's run."""
+    from flows.sweep import sweep
+    from forgetting.profiles import load_config
+    from forgetting.sweep import sweep_dir
+
+    config = load_config("micro", ["sweep.grid={arms.sft.learning_rate: [0.001, 0.0001]}"], str(tmp_path))
+    summary = sweep(config)
+    report = sweep_dir(config) / "report"
+    frame = pd.read_csv(report / "frontier.csv")
+    assert {"arm", "point", "seed", "step", "puzzle_exact", "prior_mean", "on_frontier"} <= set(frame.columns)
+    assert frame[frame.arm == "sft"].arm_key.nunique() == 2 and frame[frame.arm == "rft"].arm_key.nunique() == 1
+    assert len(frame[frame.arm == "rft"]) == 3  # steps 0, 2, 4 of the one RFT arm, not once per point
+    assert frame.groupby("arm").on_frontier.any().all()
+    matched = pd.read_csv(report / "matched.csv")
+    assert set(matched.arm) == {"sft", "rft"} and set(matched.puzzle_level) == {0.2, 0.4, 0.6, 0.8, 1.0}
+    assert list(summary["points"]) == ["p0", "p1"] and (report / "frontier.png").is_file()
+    client, runs = _runs(config)
+    parent = next(r for r in runs if r.info.run_name == summary["sweep_id"])
+    studies = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(studies) == 2 and {r.info.run_name for r in studies} == _study_ids(config)
+
+
+def _study_ids(config) -> set[str]:
+    from forgetting.sweep import points
+
+    return {one.study_id for _, _, one in points(config)}

@@ -1,0 +1,199 @@
+"""A sweep: the study over a grid of settings, and the comparison RL's Razor (Shenfeld, Pari, Agrawal 2025)
+makes fair: for each arm family, the Pareto frontier of puzzle accuracy against prior-knowledge accuracy over
+every checkpoint of every setting, and forgetting compared along the frontiers at matched puzzle accuracy.
+
+    python -m flows.sweep --profile tiny-sweep
+
+A point is the study with some dotted keys set (`sweep.grid`: every combination; `sweep.extra`: more points).
+Points share every product they have in common (an arm depends on its own settings only), so a grid over
+two arms' learning rates trains each arm's settings once.
+"""
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from forgetting.config import NOT_RESULTS, ConfigError, StudyConfig
+from forgetting.metrics import mean_ci
+from forgetting.profiles import build_config, set_dotted
+from forgetting.report import interval, legend, markdown_table, pyplot, save_figure, without_nan
+from forgetting.storage import stable_hash
+
+LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)  # puzzle accuracies at which the frontiers are compared
+
+
+def sweep_id(config: StudyConfig) -> str:
+    """<name>-<hash of the study's settings and the sweep's points> (name it as a sweep: tiny-sweep)."""
+    spec = config.model_dump(mode="json", exclude=NOT_RESULTS - {"sweep"})
+    return f"{config.name}-{stable_hash(spec)[:10]}"
+
+
+def sweep_dir(config: StudyConfig) -> Path:
+    return config.output.path / sweep_id(config)
+
+
+def points(config: StudyConfig) -> list[tuple[str, dict, StudyConfig]]:
+    """(point id, its overrides, its study config) for every point: the grid's combinations, then the extra
+    points; a point's study has no sweep of its own. A key or value the config refuses is a ConfigError that
+    names the point."""
+    grid = config.sweep.grid
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] if grid else []
+    overrides = combos + list(config.sweep.extra) or [{}]
+    base = config.model_dump(mode="json", exclude={"sweep"})
+    out = []
+    for i, point in enumerate(overrides):
+        data = json.loads(json.dumps(base))
+        for key, value in point.items():
+            set_dotted(data, f"{key}={json.dumps(value)}")
+        try:
+            study = build_config(data)
+        except ConfigError as err:
+            raise ConfigError(f"sweep point {i} {point}: {err}") from None
+        out.append((f"p{i}", point, study))
+    return out
+
+
+def family(config: StudyConfig, arm: str) -> str:
+    """An arm family: the arm, and -lora when it trains a LoRA adapter (a family of its own on the frontier)."""
+    return f"{arm}-lora" if config.model.finetune == "lora" else arm
+
+
+def arm_key(config: StudyConfig, arm: str) -> str:
+    """What determines an arm's checkpoints (as forgetting/arms.py:arm_dir, without the base and puzzles every
+    point shares): two points with the same key trained the same arm, which counts once on the frontier."""
+    spec = {
+        "arm": arm,
+        "model": config.model.model_dump(mode="json"),
+        "settings": getattr(config.arms, arm).model_dump(mode="json"),
+        "upstream": config.arms.rft.model_dump(mode="json") if arm == "rollout_sft" else None,
+        "checkpoints": [config.arms.checkpoint_every, config.arms.checkpoint_steps],
+        "seed": config.seed,
+    }
+    return stable_hash(spec)[:10]
+
+
+def frontier_frame(studies: list[tuple[str, StudyConfig]]) -> pd.DataFrame:
+    """Every evaluated checkpoint of every arm of every point and seed (from each seed's curves.csv), an arm
+    trained by several points counted once, with `on_frontier`: not dominated in (puzzle_exact, prior_mean) by
+    another checkpoint of its family and seed."""
+    rows = []
+    for point, config in studies:
+        for one in config.per_seed():
+            curve = pd.read_csv(one.report_dir / "curves.csv")
+            for arm, group in curve[curve.arm != "base"].groupby("arm", sort=False):
+                for r in group.itertuples(index=False):
+                    rows.append(
+                        {
+                            "arm": family(one, arm),
+                            "point": point,
+                            "seed": one.seed,
+                            "step": int(r.step),
+                            "puzzle_exact": r.puzzle_exact,
+                            "prior_mean": r.prior_mean,
+                            "forgetting": r.forgetting,
+                            "arm_key": arm_key(one, arm),
+                        }
+                    )
+    frame = pd.DataFrame(rows).drop_duplicates(["arm", "seed", "arm_key", "step"]).reset_index(drop=True)
+    frame["on_frontier"] = False
+    for _, group in frame.groupby(["arm", "seed"]):
+        for i, row in group.iterrows():
+            dominated = (
+                (group.puzzle_exact >= row.puzzle_exact)
+                & (group.prior_mean >= row.prior_mean)
+                & ((group.puzzle_exact > row.puzzle_exact) | (group.prior_mean > row.prior_mean))
+            )
+            frame.loc[i, "on_frontier"] = not dominated.any()
+    return frame
+
+
+def matched(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
+    """Per arm family and puzzle level: the least forgetting its frontier reaches at that puzzle accuracy or more
+    (per seed; NaN where no checkpoint gets there), mean and 95% interval over seeds, and how many seeds got
+    there (`n_reached`)."""
+    rows = []
+    seeds = sorted(frame.seed.unique())
+    for arm, group in frame.groupby("arm", sort=False):
+        for level in levels:
+            values = []
+            for seed in seeds:
+                there = group[(group.seed == seed) & (group.puzzle_exact >= level)]
+                values.append(float(there.forgetting.min()) if len(there) else math.nan)
+            stats = mean_ci(values, (-1.0, 1.0))
+            rows.append(
+                {
+                    "arm": arm,
+                    "puzzle_level": level,
+                    "forgetting": stats["mean"],
+                    "forgetting_low": stats["low"],
+                    "forgetting_high": stats["high"],
+                    "n_reached": stats["n"],
+                    "seeds": len(seeds),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def write_sweep_report(out: Path, sweep: str, frame: pd.DataFrame, overrides: dict[str, dict]) -> dict:
+    """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), matched.csv (forgetting along the frontiers
+    at matched puzzle accuracy), summary.json, frontier.png (a panel per arm family) and report.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = matched(frame)
+    frame.to_csv(out / "frontier.csv", index=False)
+    table.to_csv(out / "matched.csv", index=False)
+    summary = {
+        "sweep_id": sweep,
+        "points": overrides,
+        "seeds": sorted(int(s) for s in frame.seed.unique()),
+        "checkpoints": len(frame),
+        "matched": without_nan(table.to_dict("records")),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot_frontiers(frame, out / "frontier.png")
+    (out / "report.md").write_text(sweep_markdown(summary, table))
+    return summary
+
+
+def plot_frontiers(frame: pd.DataFrame, path: Path) -> Path:
+    plt = pyplot()
+    families = list(dict.fromkeys(frame.arm))
+    fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 4), sharex=True, sharey=True, squeeze=False)
+    for ax, arm in zip(axes[0], families, strict=True):
+        group = frame[frame.arm == arm]
+        ax.scatter(group.puzzle_exact, group.prior_mean, s=10, color="lightgray", label="checkpoints")
+        for seed, rows in group[group.on_frontier].groupby("seed"):
+            rows = rows.sort_values("puzzle_exact")
+            ax.plot(rows.puzzle_exact, rows.prior_mean, marker="o", label=f"frontier, seed {seed}")
+        ax.set_title(arm)
+        ax.set_xlabel("puzzle exact accuracy")
+        legend(ax)
+    axes[0][0].set_ylabel("prior-knowledge accuracy")
+    fig.suptitle("Pareto frontiers: learning the puzzle against keeping what the base knew")
+    return save_figure(fig, path)
+
+
+def sweep_markdown(summary: dict, table: pd.DataFrame) -> str:
+    cells = table.assign(
+        forgetting=[
+            interval({"mean": m, "low": lo, "high": hi, "n": n}, of=s)
+            for m, lo, hi, n, s in zip(
+                table.forgetting, table.forgetting_low, table.forgetting_high, table.n_reached, table.seeds, strict=True
+            )
+        ]
+    )
+    pivot = cells.pivot(index="puzzle_level", columns="arm", values="forgetting").reset_index()
+    points = "".join(
+        f"- `{p}`: {json.dumps(o) if o else 'the profile as it is'}\n" for p, o in summary["points"].items()
+    )
+    return (
+        f"## Sweep {summary['sweep_id']} over seeds {summary['seeds']}\n\n"
+        f"{len(summary['points'])} points, {summary['checkpoints']} distinct checkpoints:\n\n{points}\n"
+        "Forgetting (base prior mean - prior mean; positive: forgotten) along each arm family's Pareto frontier: the "
+        "least forgetting any checkpoint of the family reaches at that puzzle exact accuracy or more, mean [95% "
+        "interval] over seeds; (n/N): only n of the N seeds' frontiers reach that accuracy.\n\n"
+        + markdown_table(pivot)
+        + "\n![frontiers](frontier.png)\n"
+    )
