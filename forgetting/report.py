@@ -312,7 +312,9 @@ def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
         {
             "arm": arm,
             **{
-                m: interval(v, 0 if m.startswith("steps") else 3, seeds if m in LEVEL_METRICS else None)
+                m: interval(
+                    v, 0 if m.startswith("steps") else 3, seeds if m in LEVEL_METRICS and arm != "base" else None
+                )
                 for m, v in values.items()
             },
         }

@@ -267,6 +267,7 @@ def test_aggregate_reports_over_seeds(tmp_path):
     assert {p.name for p in out.glob("*.png")} == {"tradeoff.png", "forgetting.png", "dynamics.png"}
     report = (out / "report.md").read_text()
     assert "| rft | 0.500 [0.500, 0.500] |" in report and "(0/2)" in report  # rft never reached 0.6
+    assert "(0/" not in next(line for line in report.splitlines() if line.startswith("| base |"))  # no level
 
 
 def _published_report(tmp_path):
