@@ -18,6 +18,7 @@ import pandas as pd
 
 from forgetting.config import NOT_RESULTS, ConfigError, StudyConfig
 from forgetting.metrics import mean_ci
+from forgetting.predictors import PREDICTORS, predictor_rows, predictors
 from forgetting.profiles import build_config, set_dotted
 from forgetting.report import interval, legend, markdown_table, pyplot, save_figure, without_nan
 from forgetting.storage import stable_hash
@@ -76,25 +77,29 @@ def arm_key(config: StudyConfig, arm: str) -> str:
 
 
 def frontier_frame(studies: list[tuple[str, StudyConfig]]) -> pd.DataFrame:
-    """Every evaluated checkpoint of every arm of every point and seed (from each seed's curves.csv), an arm
-    trained by several points counted once, with `on_frontier`: not dominated in (puzzle_exact, prior_mean) by
-    another checkpoint of its family and seed."""
+    """Every evaluated checkpoint of every arm of every point and seed (each seed's curves.csv, with the
+    predictors of its dynamics.csv), an arm trained by several points counted once, with `on_frontier`: not
+    dominated in (puzzle_exact, prior_mean) by another checkpoint of its family and seed."""
+    predictor_columns = list(PREDICTORS.values())
     rows = []
     for point, config in studies:
         for one in config.per_seed():
             curve = pd.read_csv(one.report_dir / "curves.csv")
+            dyn = pd.read_csv(one.report_dir / "dynamics.csv")[["arm", "step", *predictor_columns]]
+            curve = curve.drop(columns=[c for c in predictor_columns if c in curve]).merge(dyn, "left", ["arm", "step"])
             for arm, group in curve[curve.arm != "base"].groupby("arm", sort=False):
-                for r in group.itertuples(index=False):
+                for r in group.to_dict("records"):
                     rows.append(
                         {
                             "arm": family(one, arm),
                             "point": point,
                             "seed": one.seed,
-                            "step": int(r.step),
-                            "puzzle_exact": r.puzzle_exact,
-                            "prior_mean": r.prior_mean,
-                            "forgetting": r.forgetting,
+                            "step": int(r["step"]),
+                            "puzzle_exact": r["puzzle_exact"],
+                            "prior_mean": r["prior_mean"],
+                            "forgetting": r["forgetting"],
                             "arm_key": arm_key(one, arm),
+                            **{c: r[c] for c in predictor_columns},
                         }
                     )
     frame = pd.DataFrame(rows).drop_duplicates(["arm", "seed", "arm_key", "step"]).reset_index(drop=True)
@@ -141,7 +146,7 @@ def write_sweep_report(out: Path, sweep: str, frame: pd.DataFrame, overrides: di
     """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), matched.csv (forgetting along the frontiers
     at matched puzzle accuracy), summary.json, frontier.png (a panel per arm family) and report.md."""
     out.mkdir(parents=True, exist_ok=True)
-    table = matched(frame)
+    table, found = matched(frame), predictors(frame[frame.step > 0])  # pooled over every distinct checkpoint
     frame.to_csv(out / "frontier.csv", index=False)
     table.to_csv(out / "matched.csv", index=False)
     summary = {
@@ -150,10 +155,11 @@ def write_sweep_report(out: Path, sweep: str, frame: pd.DataFrame, overrides: di
         "seeds": sorted(int(s) for s in frame.seed.unique()),
         "checkpoints": len(frame),
         "matched": without_nan(table.to_dict("records")),
+        "predictors": without_nan(found),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot_frontiers(frame, out / "frontier.png")
-    (out / "report.md").write_text(sweep_markdown(summary, table))
+    (out / "report.md").write_text(sweep_markdown(summary, table, found))
     return summary
 
 
@@ -175,7 +181,7 @@ def plot_frontiers(frame: pd.DataFrame, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def sweep_markdown(summary: dict, table: pd.DataFrame) -> str:
+def sweep_markdown(summary: dict, table: pd.DataFrame, predictors_found: dict) -> str:
     cells = table.assign(
         forgetting=[
             interval({"mean": m, "low": lo, "high": hi, "n": n}, of=s)
@@ -195,5 +201,7 @@ def sweep_markdown(summary: dict, table: pd.DataFrame) -> str:
         "least forgetting any checkpoint of the family reaches at that puzzle exact accuracy or more, mean [95% "
         "interval] over seeds; (n/N): only n of the N seeds' frontiers reach that accuracy.\n\n"
         + markdown_table(pivot)
+        + "\n### What predicts forgetting, over every distinct checkpoint of the sweep\n\n"
+        + markdown_table(predictor_rows(predictors_found))
         + "\n![frontiers](frontier.png)\n"
     )
