@@ -26,17 +26,25 @@ ARMS = ("sft", "rft", "rollout_sft")
 TRAINING_DATA = "training_data.jsonl"
 
 
-def arm_dir(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, upstream: str = "") -> Path:
-    spec = {
+def arm_spec(config: StudyConfig, arm: str) -> dict:
+    """What of the study's config determines an arm, besides the base model, the puzzles and the arm it learns
+    from (arm_dir adds those; a sweep compares arms by this alone, since its points share them)."""
+    return {
         "arm": arm,
-        "base": model_fingerprint(base),
-        "puzzles": dataset.dataset_hash,
         "model": config.model.model_dump(mode="json"),
         "settings": getattr(config.arms, arm).model_dump(mode="json"),
         "prompt_style": config.arms.sft.prompt_style,
         "checkpoint_every": config.arms.checkpoint_every,
         **({"checkpoint_steps": config.arms.checkpoint_steps} if config.arms.checkpoint_steps else {}),
         "seed": config.seed,
+    }
+
+
+def arm_dir(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, upstream: str = "") -> Path:
+    spec = {
+        **arm_spec(config, arm),
+        "base": model_fingerprint(base),
+        "puzzles": dataset.dataset_hash,
         "upstream": upstream,
     }
     return config.output.path / "arms" / f"{arm}-{stable_hash(spec)[:10]}"

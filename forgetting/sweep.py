@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from forgetting.arms import arm_spec
 from forgetting.config import NOT_RESULTS, ConfigError, StudyConfig
-from forgetting.metrics import mean_ci
+from forgetting.metrics import BOUNDS, mean_ci
 from forgetting.predictors import PREDICTORS, predictor_rows, predictors
 from forgetting.profiles import build_config, set_dotted
 from forgetting.report import interval, legend, markdown_table, pyplot, save_figure, without_nan
@@ -63,16 +64,9 @@ def family(config: StudyConfig, arm: str) -> str:
 
 
 def arm_key(config: StudyConfig, arm: str) -> str:
-    """What determines an arm's checkpoints (as forgetting/arms.py:arm_dir, without the base and puzzles every
-    point shares): two points with the same key trained the same arm, which counts once on the frontier."""
-    spec = {
-        "arm": arm,
-        "model": config.model.model_dump(mode="json"),
-        "settings": getattr(config.arms, arm).model_dump(mode="json"),
-        "upstream": config.arms.rft.model_dump(mode="json") if arm == "rollout_sft" else None,
-        "checkpoints": [config.arms.checkpoint_every, config.arms.checkpoint_steps],
-        "seed": config.seed,
-    }
+    """What determines an arm's checkpoints within a sweep (forgetting/arms.py:arm_spec, and for rollout_sft the
+    RFT arm it learns from): two points with the same key trained the same arm, which counts once."""
+    spec = arm_spec(config, arm) | ({"upstream": arm_key(config, "rft")} if arm == "rollout_sft" else {})
     return stable_hash(spec)[:10]
 
 
@@ -127,7 +121,7 @@ def matched(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataF
             for seed in seeds:
                 there = group[(group.seed == seed) & (group.puzzle_exact >= level)]
                 values.append(float(there.forgetting.min()) if len(there) else math.nan)
-            stats = mean_ci(values, (-1.0, 1.0))
+            stats = mean_ci(values, BOUNDS["forgetting"])
             rows.append(
                 {
                     "arm": arm,
