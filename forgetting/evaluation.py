@@ -59,7 +59,7 @@ def puzzle_scores(
     if samples:
         records = dataset.records("test")[:limit]
         torch.manual_seed(seed)
-        prompts = [request_conversation(r[f"prompt_{style}"], [dataset.image(r)]) for r in records]
+        _, prompts = held_out_prompts("jigsaw", data, limit)
         sampled = lm.complete([c for c in prompts for _ in range(samples)], max_new_tokens, SAMPLING)
         groups = [sampled[i * samples : (i + 1) * samples] for i in range(len(records))]
         graded = [[score_answer(text, r["answer"], style) for text in g] for g, r in zip(groups, records, strict=True)]
@@ -69,15 +69,21 @@ def puzzle_scores(
     return scores
 
 
+def held_out_prompts(benchmark: str, data: BenchmarkData, limit: int | None) -> tuple[list[dict], list[list[dict]]]:
+    """The first `limit` documents of a shipped benchmark ('jigsaw' or a tiny-world task) and their prompts as the
+    conversations lm-eval sends."""
+    docs = load_docs(benchmark, data.tiny_world_dir, data.puzzles_dir, data.prompt_style)["test"]
+    docs = docs.select(range(min(limit or len(docs), len(docs))))
+    return list(docs), [request_conversation(d["prompt"], doc_to_image(d)) for d in docs]
+
+
 def answer_logprobs(model, processor, data: BenchmarkData, benchmarks: list[str], limit: int | None, batch_size: int):
     """Mean log-probability of the right answers of the tiny world's held-out benchmarks (dynamics (c))."""
     means = {}
     for name in benchmarks:
         if not name.startswith(f"{TINY_WORLD}_"):
             continue
-        docs = load_docs(name.removeprefix(f"{TINY_WORLD}_"), tiny_world_dir=data.tiny_world_dir)["test"]
-        docs = docs.select(range(min(limit or len(docs), len(docs))))
-        prompts = [request_conversation(d["prompt"], doc_to_image(d)) for d in docs]
+        docs, prompts = held_out_prompts(name.removeprefix(f"{TINY_WORLD}_"), data, limit)
         scored = continuation_logprobs(model, processor, prompts, [d["answer"] for d in docs], batch_size)
         means[name] = sum(logp for logp, _, _ in scored) / len(scored)
     return means
@@ -102,13 +108,6 @@ def parameter_distance(model, base_state: dict[str, torch.Tensor]) -> dict[str, 
 
 KL_SAMPLES = 2  # answers sampled per held-out puzzle prompt, for each direction of the KL
 KL_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}  # the policy itself, untruncated
-
-
-def puzzle_prompts(data: BenchmarkData, limit: int | None) -> list[list[dict]]:
-    """The held-out puzzle prompts (test split, the first `limit`) as the conversations the benchmark sends."""
-    docs = load_docs("jigsaw", puzzles_dir=data.puzzles_dir, style=data.prompt_style)["test"]
-    docs = docs.select(range(min(limit or len(docs), len(docs))))
-    return [request_conversation(d["prompt"], doc_to_image(d)) for d in docs]
 
 
 def sample_answers(model, processor, prompts: list[list[dict]], max_new_tokens: int, seed: int = 0) -> list[str]:
@@ -158,7 +157,7 @@ def evaluate_model(
     }
     if base is not None:
         base_model, base_answers = base
-        prompts = puzzle_prompts(data, limit)
+        _, prompts = held_out_prompts("jigsaw", data, limit)
         record["policy_kl"] = policy_kl(model, base_model, processor, prompts, base_answers, PUZZLE_ANSWER_TOKENS)
     record["seconds"] = round(time.perf_counter() - started, 1)
     return record, samples
@@ -209,7 +208,7 @@ def eval_dir(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path
     return config.output.path / "evals" / f"{target.arm}-{target.step}-{stable_hash(spec)[:10]}"
 
 
-_BASE: dict[str, tuple] = {}
+_BASE: dict[tuple, tuple] = {}
 
 
 def base_reference(config, base: str, data: BenchmarkData) -> tuple[dict[str, torch.Tensor], object, list[str]]:
@@ -219,7 +218,8 @@ def base_reference(config, base: str, data: BenchmarkData) -> tuple[dict[str, to
     if key not in _BASE:
         model, processor = load_model(config.model, base, trainable=False)
         state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
-        answers = sample_answers(model, processor, puzzle_prompts(data, config.evaluation.limit), PUZZLE_ANSWER_TOKENS)
+        _, prompts = held_out_prompts("jigsaw", data, config.evaluation.limit)
+        answers = sample_answers(model, processor, prompts, PUZZLE_ANSWER_TOKENS)
         _BASE.clear()
         _BASE[key] = (state, model, answers)
     return _BASE[key]

@@ -69,15 +69,20 @@ def quadratic_r2(x: list[float], y: list[float]) -> float:
 
 def predictors(table: pd.DataFrame) -> dict[str, dict]:
     """Per predictor, over the checkpoints of table (a dynamics table, one seed's or pooled): points, r2,
-    spearman and its interval; r2 and spearman are None-worthy NaN when the points cannot support them."""
+    spearman and its interval; r2 and spearman are NaN when the points cannot support them."""
     out = {}
     for name, column in PREDICTORS.items():
         x = table[column].astype(float).tolist() if column in table else [math.nan] * len(table)
-        pairs = _pairs(x, table.forgetting.astype(float).tolist())
-        rho = spearman([a for a, _ in pairs], [b for _, b in pairs]) if pairs else math.nan
-        low, high = spearman_interval(rho, len(pairs))
-        r2 = quadratic_r2([a for a, _ in pairs], [b for _, b in pairs]) if pairs else math.nan
-        out[name] = {"points": len(pairs), "r2": r2, "spearman": rho, "spearman_low": low, "spearman_high": high}
+        y = table.forgetting.astype(float).tolist()
+        points, rho = len(_pairs(x, y)), spearman(x, y)
+        low, high = spearman_interval(rho, points)
+        out[name] = {
+            "points": points,
+            "r2": quadratic_r2(x, y),
+            "spearman": rho,
+            "spearman_low": low,
+            "spearman_high": high,
+        }
     return out
 
 
