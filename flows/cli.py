@@ -6,11 +6,16 @@ A bad profile, key or value is reported by field name with exit code 2, before a
 """
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
 
 from flows.preflight import check_inputs
-from forgetting.config import ConfigError, StudyConfig
+from forgetting.config import NOT_RESULTS, REPO_ROOT, ConfigError, StudyConfig
 from forgetting.profiles import load_config
 from forgetting.puzzle_data import PuzzleError
 
@@ -47,3 +52,21 @@ def run(
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     flow(config)
+
+
+def record_run(config: StudyConfig, flow: str, report: Path, seconds: float) -> None:
+    """How to reproduce a report (flow: study or sweep): its config as a profile, the command, and how long this
+    run took (work already on disk from earlier runs is not counted again)."""
+    profile = config.model_dump(mode="json", exclude=NOT_RESULTS - ({"sweep"} if flow == "sweep" else set()))
+    (report / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    run_info = {
+        "command": f"python -m flows.{flow} --profile {_shown(report / 'config.yaml')}",
+        "wall_time_s": round(seconds, 1),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    (report / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
+
+
+def _shown(path: Path) -> str:
+    """path relative to the repository when it lies inside it (runs/...), else absolute."""
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)

@@ -1,9 +1,10 @@
-"""Put a study's report into a page's results block, untouched by hand: the report's markdown tables, its plots
-(copied to docs/<block>/, docs/results/ by default), the command that reproduces it and the wall time of the
-run that wrote it.
+"""Put a study's or a sweep's report into a page's results block, untouched by hand: the report's markdown
+tables, its plots (copied to docs/<block>/, docs/results/ by default), the command that reproduces it and the
+wall time of the run that wrote it.
 
     python -m flows.study --profile tiny --set seeds=[0,1,2]
     python -m flows.publish --profile tiny --set seeds=[0,1,2]     # the same config: finds that study's report
+    python -m flows.publish --profile tiny-sweep                   # a profile with a sweep: the sweep's report
 
 --block NAME fills the `<!-- NAME:begin -->` ... `<!-- NAME:end -->` block instead and copies the files to
 docs/NAME/ (default: results); --page PATH fills that block in another markdown file than README.md (e.g.
@@ -21,10 +22,14 @@ from pathlib import Path
 from flows.cli import parse_args
 from forgetting.config import REPO_ROOT, ConfigError, StudyConfig
 from forgetting.profiles import load_config
+from forgetting.sweep import sweep_dir
 
 DEFAULT_BLOCK = "results"
-PUBLISHED = ("report.md", "summary.json", "forgetting.csv", "curves.csv", "dynamics.csv", "config.yaml", "run.json")
-PLOTS = ("tradeoff.png", "forgetting.png", "dynamics.png")
+PUBLISHED = (  # a study's report files, then a sweep's; each report folder holds those of its kind
+    ("report.md", "summary.json", "config.yaml", "run.json")
+    + ("forgetting.csv", "curves.csv", "dynamics.csv", "tradeoff.png", "forgetting.png", "dynamics.png")
+    + ("frontier.csv", "matched.csv", "frontier.png")
+)
 
 
 def results_block(report: Path, link_prefix: str, profile_path: str) -> str:
@@ -32,10 +37,11 @@ def results_block(report: Path, link_prefix: str, profile_path: str) -> str:
     (link_prefix: the folder as the page links it; profile_path: its config.yaml as a command names it)."""
     run = json.loads((report / "run.json").read_text())
     markdown = (report / "report.md").read_text()
-    for plot in PLOTS:
-        markdown = markdown.replace(f"({plot})", f"({link_prefix}{plot})")
+    for plot in report.glob("*.png"):
+        markdown = markdown.replace(f"({plot.name})", f"({link_prefix}{plot.name})")
+    flow = run["command"].split()[2]  # python -m flows.study|flows.sweep --profile ...
     return (
-        f"Reproduce: `python -m flows.study --profile {profile_path}` (the study's own config, saved with "
+        f"Reproduce: `python -m {flow} --profile {profile_path}` (the run's own config, saved with "
         f"its report). The run that wrote this finished {run['finished']} after {run['wall_time_s'] / 60:.1f} min "
         "on 2 CPU cores (outputs already on disk are reused, not recomputed).\n\n"
         + "".join(f"##{line}" if line.startswith("#") else line for line in markdown.splitlines(keepends=True))
@@ -52,10 +58,13 @@ def markers(block: str) -> tuple[str, str]:
 def publish(
     config: StudyConfig, readme: Path = REPO_ROOT / "README.md", block: str = DEFAULT_BLOCK, root: Path | None = None
 ) -> Path:
-    """publish_report of the study's own report folder."""
-    report = config.report_dir
+    """publish_report of the config's own report folder: its sweep's when the config has a sweep, else its
+    study's."""
+    swept = bool(config.sweep.grid or config.sweep.extra)
+    report = sweep_dir(config) / "report" if swept else config.report_dir
     if not (report / "run.json").is_file():
-        raise ConfigError(f"no finished report for study {config.study_id} at {report}: run flows.study first")
+        flow = "flows.sweep" if swept else "flows.study"
+        raise ConfigError(f"no finished report for {config.name} at {report}: run {flow} first")
     return publish_report(report, readme, block, root)
 
 
@@ -72,8 +81,10 @@ def publish_report(report: Path, page: Path, block: str = DEFAULT_BLOCK, root: P
     if begin not in text or end not in text:
         raise ConfigError(f"{page}: no {begin} ... {end} block to fill")
     out.mkdir(parents=True, exist_ok=True)
-    for name in PUBLISHED + PLOTS:
-        if (report / name).resolve() != (out / name).resolve():
+    for name in PUBLISHED:  # a block that held a study's report and now a sweep's keeps none of the study's
+        if not (report / name).is_file():
+            (out / name).unlink(missing_ok=True)
+        elif (report / name).resolve() != (out / name).resolve():
             shutil.copy(report / name, out / name)
     link = os.path.relpath(out, page.parent)
     markdown = results_block(out, f"{link}/", f"{out.relative_to(root)}/config.yaml")

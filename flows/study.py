@@ -12,20 +12,17 @@ With `seeds: [0, 1, 2]` stages 1-6 run once per seed and a last stage reports me
 Each stage's Prefect task (assets, retries, MLflow logging) is in tasks/.
 """
 
-import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from flows.cli import run
+from flows.cli import record_run, run
 from flows.evaluate import aggregate_and_report, evaluate_and_report
 from flows.preflight import check_inputs
 from flows.train import train_arms
-from forgetting.config import NOT_RESULTS, REPO_ROOT, StudyConfig
+from forgetting.config import StudyConfig
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
 from tasks.puzzles import tracked_puzzles
 from tasks.tracking import seed_run, study_run, tracking_uri
@@ -64,27 +61,9 @@ def study(config: StudyConfig = StudyConfig(), parent_run_id: str | None = None)
             }
             result["summary"] = aggregate_and_report(config, run_id, {s: r["report"] for s, r in seeds.items()})
         result["mlflow_run_id"] = run_id
-    record_run(config, Path(result["report"]), time.perf_counter() - started)
+    record_run(config, "study", Path(result["report"]), time.perf_counter() - started)
     print(f"study {config.study_id} done. MLflow: {tracking_uri(config)} (parent run {run_id})")
     return result
-
-
-def record_run(config: StudyConfig, report: Path, seconds: float) -> None:
-    """How to reproduce the report: its config as a profile, the command, and how long this run took
-    (work already on disk from earlier runs is not counted again)."""
-    profile = config.model_dump(mode="json", exclude=NOT_RESULTS)
-    (report / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    run_info = {
-        "command": f"python -m flows.study --profile {_shown(report / 'config.yaml')}",
-        "wall_time_s": round(seconds, 1),
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    (report / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
-
-
-def _shown(path: Path) -> str:
-    """path relative to the repository when it lies inside it (runs/...), else absolute."""
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def one_seed(config: StudyConfig, run_id: str, progress) -> dict:

@@ -9,9 +9,11 @@ each an MLflow child run of the sweep's run; points share every cached product t
 frontiers (forgetting/sweep.py).
 """
 
+import time
+
 from prefect import flow
 
-from flows.cli import run
+from flows.cli import record_run, run
 from flows.preflight import check_inputs
 from flows.study import study
 from forgetting.config import StudyConfig
@@ -26,7 +28,7 @@ def sweep(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
     studies = points(config)  # a bad key or value names its point, before any work
     for _, _, one in studies:
         check_inputs(one)
-    name = sweep_id(config)
+    name, started = sweep_id(config), time.perf_counter()
     print(f"sweep {name}: {len(studies)} points x seeds {config.seeds or [config.seed]}")
     with study_run(config, run_name=name) as run_id:
         for point, overrides, one in studies:
@@ -34,6 +36,7 @@ def sweep(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
             study(one, parent_run_id=run_id)
         frame = frontier_frame([(point, one) for point, _, one in studies])
         summary = tracked_sweep_report(sweep_dir(config) / "report", name, frame, {p: o for p, o, _ in studies}, run_id)
+    record_run(config, "sweep", sweep_dir(config) / "report", time.perf_counter() - started)
     print(f"sweep {name} done: {sweep_dir(config) / 'report'}. MLflow: {tracking_uri(config)} (run {run_id})")
     return summary
 

@@ -148,9 +148,10 @@ def test_study_over_seeds_reports_mean_and_ci(prefect_harness, tmp_path):
 def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path):
     """Two SFT learning rates: two SFT arms, one RFT arm the points share (trained and counted once), a
     frontier per family, forgetting along it at matched puzzle accuracy, the studies nested in the sweep's run."""
+    from flows.publish import markers, publish
     from flows.sweep import sweep
     from forgetting.profiles import load_config
-    from forgetting.sweep import sweep_dir
+    from forgetting.sweep import sweep_dir, sweep_id
 
     config = load_config("micro", ["sweep.grid={arms.sft.learning_rate: [0.001, 0.0001]}"], str(tmp_path))
     summary = sweep(config)
@@ -169,6 +170,20 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     parent = next(r for r in runs if r.info.run_name == summary["sweep_id"])
     studies = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(studies) == 2 and {r.info.run_name for r in studies} == _study_ids(config)
+    # it says how to reproduce it, and flows.publish finds it from the profile (a study's old files go)
+    run_info = json.loads((report / "run.json").read_text())
+    assert run_info["command"] == f"python -m flows.sweep --profile {report / 'config.yaml'}"
+    assert sweep_id(load_config(str(report / "config.yaml"))) == summary["sweep_id"]
+    begin, end = markers("results")
+    readme, stale = tmp_path / "README.md", tmp_path / "docs" / "results" / "tradeoff.png"
+    readme.write_text(f"{begin}\nold\n{end}\n")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"a study's plot")
+    publish(config, readme=readme, root=tmp_path)
+    text = readme.read_text()
+    assert "`python -m flows.sweep --profile docs/results/config.yaml`" in text
+    assert "(docs/results/frontier.png)" in text
+    assert (tmp_path / "docs" / "results" / "frontier.csv").is_file() and not stale.exists()
 
 
 def _study_ids(config) -> set[str]:
