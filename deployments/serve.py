@@ -5,7 +5,7 @@ StudyConfig is the run form) and rerun them on the profile's cron schedule. One 
     export PREFECT_API_URL=http://127.0.0.1:4200/api MLFLOW_TRACKING_URI=http://127.0.0.1:5000
     .venv/bin/python -m deployments.serve --profile tiny [--set schedule.cron="0 3 * * 1"]
 
-Deployments are named <flow>/<profile name>: study/tiny, puzzles/tiny, train/tiny, evaluate/tiny. Their
+Deployments are named <flow>/<profile name>: study/tiny, puzzles/tiny, train/tiny, evaluate/tiny, sweep/tiny. Their
 default parameters are the profile; the UI form changes any field. deployments/prefect.yaml describes
 the same deployments for a work pool (python -m deployments.serve --write-yaml regenerates it).
 """
@@ -15,11 +15,13 @@ import sys
 from pathlib import Path
 
 import yaml
+from prefect.schedules import Cron
 
 from flows.evaluate import evaluate_flow
 from flows.preflight import check_inputs
 from flows.puzzles import puzzles_flow
 from flows.study import study
+from flows.sweep import sweep
 from flows.train import train_flow
 from forgetting.config import ConfigError, StudyConfig
 from forgetting.profiles import load_config
@@ -28,6 +30,7 @@ FLOWS = {"study": (study, "flows/study.py:study"), "puzzles": (puzzles_flow, "fl
 FLOWS |= {
     "train": (train_flow, "flows/train.py:train_flow"),
     "evaluate": (evaluate_flow, "flows/evaluate.py:evaluate_flow"),
+    "sweep": (sweep, "flows/sweep.py:sweep"),
 }
 PREFECT_YAML = Path(__file__).with_name("prefect.yaml")
 WORK_POOL = "forgetting-process"
@@ -39,7 +42,9 @@ def parameters(config: StudyConfig) -> dict:
 
 
 def to_deployments(config: StudyConfig) -> list:
-    schedule = {"cron": config.schedule.cron, "timezone": config.schedule.timezone} if config.schedule.cron else {}
+    """The served deployments of every flow; the study's carries the profile's cron schedule."""
+    cron = config.schedule.cron
+    schedule = {"schedule": Cron(cron, timezone=config.schedule.timezone)} if cron else {}
     return [
         flow.to_deployment(
             name=config.name,

@@ -18,6 +18,7 @@ from flows.preflight import check_inputs
 from forgetting.config import NOT_RESULTS, REPO_ROOT, ConfigError, StudyConfig
 from forgetting.profiles import load_config
 from forgetting.puzzle_data import PuzzleError
+from forgetting.sweep import sweep_spec
 
 
 def parse_args(
@@ -57,7 +58,7 @@ def run(
 def record_run(config: StudyConfig, flow: str, report: Path, seconds: float) -> None:
     """How to reproduce a report (flow: study or sweep): its config as a profile, the command, and how long this
     run took (work already on disk from earlier runs is not counted again)."""
-    profile = config.model_dump(mode="json", exclude=NOT_RESULTS - ({"sweep"} if flow == "sweep" else set()))
+    profile = sweep_spec(config) if flow == "sweep" else config.model_dump(mode="json", exclude=NOT_RESULTS)
     (report / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     run_info = {
         "command": f"python -m flows.{flow} --profile {_shown(report / 'config.yaml')}",

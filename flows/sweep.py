@@ -4,19 +4,26 @@
     python -m flows.sweep --profile micro --set 'sweep.grid={arms.sft.learning_rate: [0.001, 0.0001]}'
 
 Every point (a combination of `sweep.grid`, or one of `sweep.extra`) runs as the study flow, one after another,
-each an MLflow child run of the sweep's run; points share every cached product they have in common. Then
-<output>/<sweep-id>/report/ holds every checkpoint with its frontier flag and the comparison along the
+each an MLflow child run of the sweep's run; points share every cached product they have in common. With
+`sweep.deployment` (e.g. study/tiny) every point is launched at once as its own flow run of that deployment, so
+a work pool with one worker per GPU runs them side by side (the workers must share the output folder):
+
+    python -m flows.sweep --profile tiny-sweep --set sweep.deployment=study/tiny-sweep
+
+Then <output>/<sweep-id>/report/ holds every checkpoint with its frontier flag and the comparison along the
 frontiers (forgetting/sweep.py).
 """
 
 import time
 
-from prefect import flow
+from prefect import flow, get_client
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 
 from flows.cli import record_run, run
 from flows.preflight import check_inputs
 from flows.study import study
-from forgetting.config import StudyConfig
+from forgetting.config import ConfigError, StudyConfig
 from forgetting.sweep import frontier_frame, points, sweep_dir, sweep_id
 from tasks.report import tracked_sweep_report
 from tasks.tracking import study_run, tracking_uri
@@ -28,17 +35,60 @@ def sweep(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
     studies = points(config)  # a bad key or value names its point, before any work
     for _, _, one in studies:
         check_inputs(one)
+    if config.sweep.deployment:
+        check_deployment(config.sweep.deployment)
     name, started = sweep_id(config), time.perf_counter()
     print(f"sweep {name}: {len(studies)} points x seeds {config.seeds or [config.seed]}")
     with study_run(config, run_name=name) as run_id:
         for point, overrides, one in studies:
             print(f"point {point} {overrides or '(the profile as it is)'}: study {one.study_id}")
-            study(one, parent_run_id=run_id)
+        if config.sweep.deployment:
+            launch_points(config.sweep.deployment, studies, run_id)
+        else:
+            for _, _, one in studies:
+                study(one, parent_run_id=run_id)
         frame = frontier_frame([(point, one) for point, _, one in studies])
         summary = tracked_sweep_report(sweep_dir(config) / "report", name, frame, {p: o for p, o, _ in studies}, run_id)
     record_run(config, "sweep", sweep_dir(config) / "report", time.perf_counter() - started)
     print(f"sweep {name} done: {sweep_dir(config) / 'report'}. MLflow: {tracking_uri(config)} (run {run_id})")
     return summary
+
+
+def check_deployment(deployment: str) -> None:
+    """A ConfigError unless the Prefect API knows a deployment of the study flow by that name."""
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise ConfigError(f"sweep.deployment: no deployment {deployment!r} (serve or deploy it first)") from None
+        flow_name = client.read_flow(found.flow_id).name
+    if flow_name != "study":
+        raise ConfigError(f"sweep.deployment: {deployment!r} deploys the {flow_name} flow, not the study")
+
+
+def launch_points(deployment: str, studies: list, run_id: str, poll_s: float = 5.0) -> None:
+    """Every point as a flow run of the study deployment at once (its work pool's workers, or the process that
+    serves it, decide how many run side by side), each logging under the sweep's MLflow run; returns when all
+    have finished, and raises naming every point that did not complete."""
+    with get_client(sync_client=True) as client:
+        runs = {
+            point: run_deployment(
+                deployment, parameters={"config": one.model_dump(mode="json"), "parent_run_id": run_id}, timeout=0
+            )
+            for point, _, one in studies
+        }
+        print(f"{len(runs)} flow runs of {deployment}: " + ", ".join(f"{p} {r.name}" for p, r in runs.items()))
+        states = {}
+        while len(states) < len(runs):
+            time.sleep(poll_s)
+            for point, flow_run in runs.items():
+                state = client.read_flow_run(flow_run.id).state
+                if point not in states and state is not None and state.is_final():
+                    states[point] = state
+                    print(f"point {point} ({flow_run.name}): {state.name}")
+    failed = [f"{p} ({runs[p].name}: {s.name}: {s.message})" for p, s in states.items() if not s.is_completed()]
+    if failed:
+        raise RuntimeError(f"sweep points did not complete: {'; '.join(failed)}")
 
 
 if __name__ == "__main__":

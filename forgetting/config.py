@@ -307,6 +307,14 @@ class SweepConfig(_Section):
         description="flows.sweep only: further points, each a mapping of dotted keys to values.",
         exclude_if=lambda extra: not extra,
     )
+    deployment: str | None = Field(
+        None,
+        pattern=r"^[^/\s]+/[^/\s]+$",
+        description="flows.sweep only: run every point as its own flow run of this study deployment (e.g. "
+        "'study/tiny', served or on a work pool whose workers share the output folder), all at once; empty: one "
+        "after another in the sweep's own process. Where points run changes no result.",
+        exclude_if=lambda deployment: deployment is None,
+    )
 
 
 class OutputConfig(_Section):

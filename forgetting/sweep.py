@@ -27,10 +27,16 @@ from forgetting.storage import stable_hash
 LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)  # puzzle accuracies at which the frontiers are compared
 
 
+def sweep_spec(config: StudyConfig) -> dict:
+    """What determines a sweep's results: the study's settings and the sweep's points (not where they run)."""
+    return config.model_dump(
+        mode="json", exclude=dict.fromkeys(NOT_RESULTS - {"sweep"}, True) | {"sweep": {"deployment"}}
+    )
+
+
 def sweep_id(config: StudyConfig) -> str:
-    """<name>-<hash of the study's settings and the sweep's points> (name it as a sweep: tiny-sweep)."""
-    spec = config.model_dump(mode="json", exclude=NOT_RESULTS - {"sweep"})
-    return f"{config.name}-{stable_hash(spec)[:10]}"
+    """<name>-<hash of sweep_spec> (name it as a sweep: tiny-sweep)."""
+    return f"{config.name}-{stable_hash(sweep_spec(config))[:10]}"
 
 
 def sweep_dir(config: StudyConfig) -> Path:

@@ -1,6 +1,7 @@
 """The study as people run it: served deployments triggered through the Prefect API, a kill -9 and a
 rerun, two studies at once, the servers, and bad input that must fail before any work."""
 
+import contextlib
 import json
 import os
 import signal
@@ -8,8 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import mlflow
+import pandas as pd
 import pytest
 
 from deployments import servers
@@ -165,15 +168,18 @@ def test_two_studies_at_once_in_one_output_dir(prefect_harness, tmp_path):
     assert not list(tmp_path.glob("**/.*.tmp-*"))
 
 
-def test_served_study_runs_when_triggered_with_a_changed_parameter(prefect_harness, tmp_path):
-    """What the UI does: the served deployment, triggered through the API with one field changed."""
+@contextlib.contextmanager
+def _served(tmp_path: Path, *overrides: str, api: str | None = None):
+    """`python -m deployments.serve --profile micro` in the background (against the test harness's Prefect
+    server, or the one at api) until its study deployment is known."""
     from prefect import get_client
-    from prefect.deployments import run_deployment
 
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115
+    command = [sys.executable, "-m", "deployments.serve", "--profile", "micro", "--output-dir", str(tmp_path)]
     server = subprocess.Popen(
-        [sys.executable, "-m", "deployments.serve", "--profile", "micro", "--output-dir", str(tmp_path)],
-        cwd=REPO_ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        command + [a for o in overrides for a in ("--set", o)],
+        cwd=REPO_ROOT, env=_env() | ({"PREFECT_API_URL": api} if api else {}), stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
 
@@ -184,7 +190,17 @@ def test_served_study_runs_when_triggered_with_a_changed_parameter(prefect_harne
                 except Exception:
                     return None
 
-        _wait_for(deployed, 120, "the served deployment", server)
+        yield _wait_for(deployed, 120, "the served deployment", server)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def test_served_study_runs_when_triggered_with_a_changed_parameter(prefect_harness, tmp_path):
+    """What the UI does: the served deployment, triggered through the API with one field changed."""
+    from prefect.deployments import run_deployment
+
+    with _served(tmp_path):
         config = load_config(
             "micro", ["arms.rft.enabled=false", "arms.rollout_sft.enabled=false", "arms.sft.steps=2"], str(tmp_path)
         )
@@ -192,9 +208,68 @@ def test_served_study_runs_when_triggered_with_a_changed_parameter(prefect_harne
         assert run.state.is_completed(), (tmp_path / "serve.log").read_text()[-3000:]
         summary = _summary(tmp_path, config)
         assert set(summary["arms"]) == {"base", "sft"} and summary["arms"]["sft"]["step"] == 2
+
+
+def test_a_sweep_runs_its_points_as_flow_runs_of_a_deployment(prefect_harness, tmp_path):
+    """sweep.deployment: every point a flow run of the served study deployment, nested in the sweep's MLflow run;
+    a deployment that does not exist is refused before any work."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from flows.sweep import sweep
+    from forgetting.sweep import sweep_dir
+
+    sets = ["arms.rft.enabled=false", "arms.rollout_sft.enabled=false", "arms.sft.steps=2"]
+    sets += ["sweep.grid={arms.sft.learning_rate: [0.001, 0.0001]}"]
+    with pytest.raises(ConfigError, match="no deployment 'study/nowhere'"):
+        sweep(load_config("micro", [*sets, "sweep.deployment=study/nowhere"], str(tmp_path)))
+    assert not (tmp_path / "arms").exists()
+    with _served(tmp_path) as deployment:
+        config = load_config("micro", [*sets, "sweep.deployment=study/micro"], str(tmp_path))
+        summary = sweep(config)
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+            )
+    assert sorted(r.state.name for r in runs) == ["Completed", "Completed"]
+    frame = pd.read_csv(sweep_dir(config) / "report" / "frontier.csv")
+    assert frame[frame.arm == "sft"].arm_key.nunique() == 2 and list(summary["points"]) == ["p0", "p1"]
+    client = mlflow.MlflowClient(tracking_uri(config))
+    found = client.search_runs([client.get_experiment_by_name(config.tracking.experiment).experiment_id])
+    parent = next(r for r in found if r.info.run_name == summary["sweep_id"])
+    assert len([r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 2
+
+
+def test_a_cron_schedule_reaches_the_scheduler(tmp_path):
+    """`make serve ARGS='--set schedule.cron=...'`: the study deployment carries the schedule in its time zone,
+    and a real Prefect server's scheduler creates the runs it asks for."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    folder, api = tmp_path / "servers", "http://127.0.0.1:14201/api"
+    args = ["--dir", str(folder), "--prefect-port", "14201", "--mlflow-port", "15001"]
+    started = subprocess.run(
+        [sys.executable, "-m", "deployments.servers", "start", *args], cwd=REPO_ROOT, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        cron = ['schedule.cron="0 3 * * 1"', "schedule.timezone=Europe/Berlin"]
+        with temporary_settings({PREFECT_API_URL: api}), _served(tmp_path, *cron, api=api) as deployment:
+            (schedule,) = deployment.schedules
+            assert schedule.schedule.cron == "0 3 * * 1" and schedule.schedule.timezone == "Europe/Berlin"
+
+            def scheduled():
+                with get_client(sync_client=True) as client:
+                    only = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+                    return [r for r in client.read_flow_runs(deployment_filter=only) if r.state.name == "Scheduled"]
+
+            runs = _wait_for(scheduled, 120, "the scheduler's runs")
+        berlin = [r.expected_start_time.astimezone(ZoneInfo("Europe/Berlin")) for r in runs]
+        assert all((t.weekday(), t.hour, t.minute) == (0, 3, 0) for t in berlin), berlin
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        subprocess.run([sys.executable, "-m", "deployments.servers", "stop", *args], cwd=REPO_ROOT, timeout=120)
 
 
 def test_make_servers_starts_and_stops_both(tmp_path):
