@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+from prefect.states import Completed
 
 from flows.preflight import check_inputs
 from forgetting.config import NOT_RESULTS, REPO_ROOT, ConfigError, StudyConfig
@@ -53,6 +54,20 @@ def run(
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     flow(config)
+
+
+def outcome(result, skipped: dict):
+    """What a flow returns: result, or when arms were skipped (arm -> reason, or -> {seed: reason}) a Completed
+    state named for it, its message naming each arm and reason: the flow run page says so, a caller still gets
+    result."""
+    if not skipped:
+        return result
+    reasons = [
+        f"{arm}{f' (seed {seed})' if seed is not None else ''}: {reason}"
+        for arm, why in skipped.items()
+        for seed, reason in (why.items() if isinstance(why, dict) else [(None, why)])
+    ]
+    return Completed(data=result, name="Completed, arms skipped", message="; ".join(reasons))
 
 
 def record_run(config: StudyConfig, flow: str, report: Path, seconds: float) -> None:

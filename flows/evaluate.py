@@ -10,9 +10,9 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.cli import run
+from flows.cli import outcome, run
 from flows.preflight import check_inputs
-from forgetting.arms import finished_arms, training_data
+from forgetting.arms import ARMS, finished_arms, training_data
 from forgetting.benchmarks import BenchmarkData
 from forgetting.config import StudyConfig
 from forgetting.evaluation import data_nll, eval_targets
@@ -34,23 +34,27 @@ def evaluate_and_report(
     dataset: PuzzleDataset,
     heldout,
     arms: dict[str, ArmResult],
+    skipped: dict[str, str],
     progress=lambda done, what: None,
 ) -> dict:
     """Evaluate every target (child run per arm, metrics at each checkpoint's step), score each arm's
-    training data under the base, write <output>/<study-id>/report/, log it, print the forgetting table.
-    progress(share done, what) after each evaluation."""
+    training data under the base, write <output>/<study-id>/report/ (skipped: the arms asked for and not
+    there, with the reason), log it, print the forgetting table. progress(share done, what) after each
+    evaluation."""
     data = BenchmarkData(str(heldout), str(dataset.path), config.arms.sft.prompt_style)
     targets = eval_targets(config, base, arms)
     folders = evaluate_targets(config, run_id, targets, data, base, progress)
     load_base = functools.cache(lambda: load_model(config.model, base, trainable=False))  # once, if at all
     nll = {arm: data_nll(config, base, arm, training_data(result), dataset, load_base) for arm, result in arms.items()}
-    summary = tracked_report(config, run_id, folders, nll)
+    summary = tracked_report(config, run_id, folders, nll, skipped)
     progress(1, "report written")
     out, table = config.report_dir, summary_frame(summary)
     print(f"\nstudy {config.study_id}: {out}\n{table.round(3).to_string(index=False)}")
     print("\nforgetting (score - base; negative = forgotten):")
     print(forgetting_pivot_text(out))
     print(summary["dynamics"]["statement"])
+    for arm, reason in skipped.items():
+        print(f"arm {arm} skipped: {reason}")
     return summary
 
 
@@ -83,12 +87,17 @@ def evaluate_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - 
                 heldout = prior_benchmarks_task(one)
                 arms = finished_arms(one, base, dataset)
                 print(f"seed {one.seed}: trained arms found: {', '.join(arms) or 'none (evaluating the base only)'}")
-                summary = evaluate_and_report(one, one_run, base, dataset, heldout, arms)
+                skipped = {
+                    arm: "not trained for this config (flows.train trains it)"
+                    for arm in ARMS
+                    if getattr(one.arms, arm).enabled and arm not in arms
+                }
+                summary = evaluate_and_report(one, one_run, base, dataset, heldout, arms, skipped)
                 reports[one.seed] = str(one.report_dir)
         if config.seeds:
             summary = aggregate_and_report(config, run_id, reports)
     print(f"MLflow: {tracking_uri(config)} (run {run_id})")
-    return summary
+    return outcome(summary, summary["skipped"])
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from flows.cli import record_run, run
+from flows.cli import outcome, record_run, run
 from flows.evaluate import aggregate_and_report, evaluate_and_report
 from flows.preflight import check_inputs
 from flows.train import train_arms
@@ -63,7 +63,7 @@ def study(config: StudyConfig = StudyConfig(), parent_run_id: str | None = None)
         result["mlflow_run_id"] = run_id
     record_run(config, "study", Path(result["report"]), time.perf_counter() - started)
     print(f"study {config.study_id} done. MLflow: {tracking_uri(config)} (parent run {run_id})")
-    return result
+    return outcome(result, result["summary"]["skipped"])
 
 
 def one_seed(config: StudyConfig, run_id: str, progress) -> dict:
@@ -74,11 +74,11 @@ def one_seed(config: StudyConfig, run_id: str, progress) -> dict:
     benchmarks = prior_benchmarks_task(config)
     print(f"prior-knowledge benchmarks: {benchmarks}")
     progress(10, "puzzles and prior-knowledge benchmarks")
-    arms = train_arms(config, run_id, base, dataset, progress=lambda done, what: progress(10 + 50 * done, what))
+    arms, skipped = train_arms(config, run_id, base, dataset, lambda done, what: progress(10 + 50 * done, what))
     for arm, result in arms.items():
         print(f"arm {arm}: {result.final}")
     summary = evaluate_and_report(
-        config, run_id, base, dataset, benchmarks, arms, progress=lambda done, what: progress(60 + 40 * done, what)
+        config, run_id, base, dataset, benchmarks, arms, skipped, lambda done, what: progress(60 + 40 * done, what)
     )
     return {
         "study_id": config.study_id,

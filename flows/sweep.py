@@ -20,11 +20,11 @@ from prefect import flow, get_client
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from flows.cli import record_run, run
+from flows.cli import outcome, record_run, run
 from flows.preflight import check_inputs
 from flows.study import study
 from forgetting.config import ConfigError, StudyConfig
-from forgetting.sweep import frontier_frame, points, sweep_dir, sweep_id
+from forgetting.sweep import frontier_frame, points, skipped_arms, skipped_by_arm, sweep_dir, sweep_id
 from tasks.report import tracked_sweep_report
 from tasks.tracking import study_run, tracking_uri
 
@@ -47,11 +47,12 @@ def sweep(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
         else:
             for _, _, one in studies:
                 study(one, parent_run_id=run_id)
-        frame = frontier_frame([(point, one) for point, _, one in studies])
-        summary = tracked_sweep_report(sweep_dir(config) / "report", name, frame, {p: o for p, o, _ in studies}, run_id)
-    record_run(config, "sweep", sweep_dir(config) / "report", time.perf_counter() - started)
-    print(f"sweep {name} done: {sweep_dir(config) / 'report'}. MLflow: {tracking_uri(config)} (run {run_id})")
-    return summary
+        done = [(point, one) for point, _, one in studies]
+        out, overrides = sweep_dir(config) / "report", {p: o for p, o, _ in studies}
+        summary = tracked_sweep_report(out, name, run_id, frontier_frame(done), overrides, skipped_arms(done))
+    record_run(config, "sweep", out, time.perf_counter() - started)
+    print(f"sweep {name} done: {out}. MLflow: {tracking_uri(config)} (run {run_id})")
+    return outcome(summary, skipped_by_arm(summary["skipped"]))
 
 
 def check_deployment(deployment: str) -> None:

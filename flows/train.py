@@ -6,7 +6,7 @@ python -m flows.train --profile tiny --set arms.rft.enabled=false
 
 from prefect import flow
 
-from flows.cli import run
+from flows.cli import outcome, run
 from flows.preflight import check_inputs
 from forgetting.config import StudyConfig
 from forgetting.puzzle_data import PuzzleDataset
@@ -20,9 +20,10 @@ from tasks.training import arm_task
 
 def train_arms(
     config: StudyConfig, run_id: str, base: str, dataset: PuzzleDataset, progress=lambda done, what: None
-) -> dict[str, ArmResult]:
-    """SFT, then RFT, then rollout-SFT on RFT's rollouts. Returns the enabled arms' results; progress(share
-    done, what) after each arm.
+) -> tuple[dict[str, ArmResult], dict[str, str]]:
+    """SFT, then RFT, then rollout-SFT on RFT's rollouts. Returns the enabled arms' results and the arms
+    skipped, with the reason (rollout-SFT when RFT left no correct rollout); progress(share done, what) after
+    each arm.
 
     One after the other, not side by side: the HF Trainer keeps process-global accelerate state
     (TrainingArguments resets AcceleratorState when it sets up its device), and two trainers in one process
@@ -30,7 +31,7 @@ def train_arms(
     separate processes (separate flow runs)."""
     arms = config.arms
     preload()
-    results = {}
+    results, skipped = {}, {}
     if arms.sft.enabled:
         results["sft"] = arm_task(config, "sft", base, dataset)(config, "sft", base, dataset, run_id)
         progress(1 / 3, "sft arm trained")
@@ -44,28 +45,32 @@ def train_arms(
             results["rollout_sft"] = task(config, "rollout_sft", base, dataset, run_id, rft)
         except NoCorrectRollouts as err:  # a finding about the base and RFT, not a crash: say so and go on
             print(f"rollout_sft skipped: {err}")
+            skipped["rollout_sft"] = str(err)
         progress(1, "rollout_sft arm trained")
     if not arms.rft.enabled:
         results.pop("rft", None)
-    return results
+    return results, skipped
 
 
 @flow(name="train", log_prints=True)
 def train_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI form needs a default
     """Train the SFT, RFT and rollout-SFT arms on the puzzle train split."""
     check_inputs(config, benchmarks=False)
-    paths = {}
+    paths, missing = {}, {}
     with study_run(config, run_name=f"{config.study_id} train") as run_id:
         for one in config.per_seed():  # with `seeds`, each seed in turn
             with seed_run(run_id, config, one.seed) as one_run:
                 base = tracked_base_model(one, one_run)
                 dataset = tracked_puzzles(one, one_run)
-                results = train_arms(one, one_run, base, dataset)
+                results, skipped = train_arms(one, one_run, base, dataset)
+            for arm, reason in skipped.items():
+                print(f"seed {one.seed} {arm}: skipped ({reason})")
+                missing.setdefault(arm, {})[one.seed] = reason
             for arm, result in results.items():
                 print(f"seed {one.seed} {arm}: {result.final} ({len(result.checkpoints)} checkpoints)")
                 paths[f"{arm}" if not config.seeds else f"{arm}/seed-{one.seed}"] = str(result.path)
     print(f"MLflow: {tracking_uri(config)} (run {run_id})")
-    return paths
+    return outcome(paths, missing)
 
 
 if __name__ == "__main__":

@@ -150,9 +150,11 @@ def write_report(
     data_nll: dict[str, dict],
     final_steps: dict[str, int],
     matched_accuracy: float = 0.6,
+    skipped: dict[str, str] | None = None,
 ) -> dict:
     """Fill out (the study's report/ folder): summary.json, forgetting.csv, curves.csv, dynamics.csv,
-    report.md and the three plots. Returns the summary."""
+    report.md and the three plots; skipped: the arms asked for and not trained, with the reason (summary.json
+    `skipped`, named at the top of report.md). Returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
     by_key = {(r["arm"], r["step"]): r for r in records}
     base = by_key[("base", 0)]
@@ -163,6 +165,7 @@ def write_report(
     dyn, findings = dynamics(curve, data_nll)
     summary_["dynamics"] = findings
     summary_["predictors"] = predictors(dyn)
+    summary_["skipped"] = dict(skipped or {})
     (out / "summary.json").write_text(json.dumps(without_nan(summary_), indent=1) + "\n")
     table.to_csv(out / "forgetting.csv", index=False)
     curve.to_csv(out / "curves.csv", index=False)
@@ -175,7 +178,13 @@ def write_report(
 
 
 def report_from_evaluations(
-    out: Path, study_id: str, evaluations: list[Path], data_nll: dict, final_steps: dict, matched_accuracy: float
+    out: Path,
+    study_id: str,
+    evaluations: list[Path],
+    data_nll: dict,
+    final_steps: dict,
+    matched_accuracy: float,
+    skipped: dict[str, str] | None = None,
 ) -> dict:
     """write_report from evaluation folders (forgetting/evaluation.py:evaluate_target writes them)."""
     records, samples = [], {}
@@ -183,13 +192,14 @@ def report_from_evaluations(
         record, items = read_evaluation(folder)
         samples[(record["arm"], record["step"])] = items
         records.append(record)
-    return write_report(out, study_id, records, samples, data_nll, final_steps, matched_accuracy)
+    return write_report(out, study_id, records, samples, data_nll, final_steps, matched_accuracy, skipped)
 
 
 def report_markdown(summary_: dict, table: pd.DataFrame, findings: dict) -> str:
     return (
         f"## Study {summary_['study_id']}\n\n"
-        "Final models. `mean_forgetting` = mean over prior benchmarks of (base - score): positive means forgotten. "
+        + skipped_note(summary_.get("skipped"))
+        + "Final models. `mean_forgetting` = mean over prior benchmarks of (base - score): positive means forgotten. "
         + _matched_note(summary_["matched_accuracy"], _number(summary_.get("common_accuracy", math.nan)))
         + markdown_table(summary_frame(summary_))
         + "\n### Forgetting per benchmark (score - base)\n\n"
@@ -208,6 +218,20 @@ PREDICTORS_NOTE = (
     "param_distance: relative distance of the weights; prior_logprob_change: change of the log-probability of the "
     "held-out prior answers.\n\n"
 )
+
+
+def skipped_note(skipped: dict | None) -> str:
+    """The report's line on the arms asked for and missing (arm -> reason, or -> {seed: reason})."""
+    if not skipped:
+        return ""
+    why = {
+        a: "; ".join(f"seed {s}: {r}" for s, r in w.items()) if isinstance(w, dict) else w for a, w in skipped.items()
+    }
+    return (
+        "**Skipped arms** (asked for, not in this report): "
+        + "; ".join(f"`{a}`: {w}" for a, w in why.items())
+        + ".\n\n"
+    )
 
 
 def _matched_note(level: float, common: str) -> str:
@@ -274,7 +298,11 @@ def aggregate_reports(out: Path, study_id: str, reports: dict[int, Path]) -> dic
         "common_accuracy_by_seed": by_seed,
         "arms": {arm: {m: mean_ci(values(arm, m), BOUNDS[m]) for m in SEED_METRICS} for arm in arms},
         "dynamics": {k: mean_ci([_nan(summaries[s]["dynamics"][k]) for s in seeds], (-1.0, 1.0)) for k in RHO},
+        "skipped": {},
     }
+    for s in seeds:  # arm -> {seed: reason}
+        for arm, reason in summaries[s].get("skipped", {}).items():
+            summary_["skipped"].setdefault(arm, {})[s] = reason
     table = over_seeds(read["forgetting"], ["arm", "benchmark", "kind"], ["base", "score", "delta"], BOUNDS)
     columns = ["puzzle_exact", "prior_mean", "forgetting", "format_collapse"]
     curve = over_seeds(read["curves"], ["arm", "step"], columns, BOUNDS)
@@ -330,7 +358,8 @@ def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
     rho = summary_["dynamics"]
     return (
         f"## Study {summary_['study_id']} over seeds {summary_['seeds']}\n\n"
-        "Mean [95% interval] over seeds, final models; intervals are cut to what a number can be (accuracies in "
+        + skipped_note(summary_["skipped"])
+        + "Mean [95% interval] over seeds, final models; intervals are cut to what a number can be (accuracies in "
         "[0, 1]). `mean_forgetting` positive means forgotten. "
         + _matched_note(
             summary_["matched_accuracy"], f"{_number(summary_['common_accuracy'])} (one level for every seed)"

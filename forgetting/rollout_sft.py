@@ -95,5 +95,5 @@ def rollout_sft_data(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset
     rollouts = rollout_source(config, rft, dataset, out)
     kept = correct_rollouts(rollouts)
     if not kept:
-        raise NoCorrectRollouts(f"rollout_sft: no exact rollouts in {rollouts}; the RFT arm never solved a puzzle")
+        raise NoCorrectRollouts(f"no exact rollouts in {rollouts}; the RFT arm never solved a puzzle")
     return kept

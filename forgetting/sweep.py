@@ -21,7 +21,7 @@ from forgetting.config import NOT_RESULTS, ConfigError, StudyConfig
 from forgetting.metrics import BOUNDS, mean_ci
 from forgetting.predictors import PREDICTORS, predictor_rows, predictors
 from forgetting.profiles import build_config, set_dotted
-from forgetting.report import interval, legend, markdown_table, pyplot, save_figure, without_nan
+from forgetting.report import interval, legend, markdown_table, pyplot, save_figure, skipped_note, without_nan
 from forgetting.storage import stable_hash
 
 LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)  # puzzle accuracies at which the frontiers are compared
@@ -115,6 +115,21 @@ def frontier_frame(studies: list[tuple[str, StudyConfig]]) -> pd.DataFrame:
     return frame
 
 
+def skipped_arms(studies: list[tuple[str, StudyConfig]]) -> dict[str, dict]:
+    """point -> the arms its study asked for and skipped, with the reasons (its report's summary.json)."""
+    found = {}
+    for point, config in studies:
+        skipped = json.loads((config.report_dir / "summary.json").read_text()).get("skipped")
+        if skipped:
+            found[point] = skipped
+    return found
+
+
+def skipped_by_arm(skipped: dict[str, dict]) -> dict:
+    """skipped_arms keyed by '<point> <arm>'."""
+    return {f"{point} {arm}": why for point, arms in skipped.items() for arm, why in arms.items()}
+
+
 def matched(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
     """Per arm family and puzzle level: the least forgetting its frontier reaches at that puzzle accuracy or more
     (per seed; NaN where no checkpoint gets there), mean and 95% interval over seeds, and how many seeds got
@@ -142,9 +157,12 @@ def matched(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def write_sweep_report(out: Path, sweep: str, frame: pd.DataFrame, overrides: dict[str, dict]) -> dict:
+def write_sweep_report(
+    out: Path, sweep: str, frame: pd.DataFrame, overrides: dict[str, dict], skipped: dict[str, dict] | None = None
+) -> dict:
     """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), matched.csv (forgetting along the frontiers
-    at matched puzzle accuracy), summary.json, frontier.png (a panel per arm family) and report.md."""
+    at matched puzzle accuracy), summary.json, frontier.png (a panel per arm family) and report.md; skipped:
+    skipped_arms of the points."""
     out.mkdir(parents=True, exist_ok=True)
     table, found = matched(frame), predictors(frame[frame.step > 0])  # pooled over every distinct checkpoint
     frame.to_csv(out / "frontier.csv", index=False)
@@ -156,6 +174,7 @@ def write_sweep_report(out: Path, sweep: str, frame: pd.DataFrame, overrides: di
         "checkpoints": len(frame),
         "matched": without_nan(table.to_dict("records")),
         "predictors": without_nan(found),
+        "skipped": dict(skipped or {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot_frontiers(frame, out / "frontier.png")
@@ -196,7 +215,8 @@ def sweep_markdown(summary: dict, table: pd.DataFrame, predictors_found: dict) -
     )
     return (
         f"## Sweep {summary['sweep_id']} over seeds {summary['seeds']}\n\n"
-        f"{len(summary['points'])} points, {summary['checkpoints']} distinct checkpoints:\n\n{points}\n"
+        + skipped_note(skipped_by_arm(summary["skipped"]))
+        + f"{len(summary['points'])} points, {summary['checkpoints']} distinct checkpoints:\n\n{points}\n"
         "Forgetting (base prior mean - prior mean; positive: forgotten) along each arm family's Pareto frontier: the "
         "least forgetting any checkpoint of the family reaches at that puzzle exact accuracy or more, mean [95% "
         "interval] over seeds; (n/N): only n of the N seeds' frontiers reach that accuracy.\n\n"

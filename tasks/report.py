@@ -14,14 +14,12 @@ from forgetting.report import aggregate_reports, report_from_evaluations, summar
 from forgetting.sweep import write_sweep_report
 
 
-def report_task(
-    out: Path, study_id: str, evaluations: list[Path], data_nll: dict, final_steps: dict, matched_accuracy: float
-) -> dict:
+def report_task(out: Path, study_id: str, evaluations: list[Path], data_nll: dict, final_steps: dict, *args) -> dict:
     """report_from_evaluations as a Prefect task materializing the report folder, the evaluations upstream."""
     task = materialize(
         report(out), name="report", asset_deps=[Path(p).resolve().as_uri() for p in evaluations], retries=1
     )
-    return task(report_from_evaluations)(out, study_id, evaluations, data_nll, final_steps, matched_accuracy)
+    return task(report_from_evaluations)(out, study_id, evaluations, data_nll, final_steps, *args)
 
 
 def aggregate_task(out: Path, study_id: str, reports: dict[int, Path]) -> dict:
@@ -30,12 +28,15 @@ def aggregate_task(out: Path, study_id: str, reports: dict[int, Path]) -> dict:
     return materialize(report(out), name="aggregate-seeds", asset_deps=deps)(aggregate_reports)(out, study_id, reports)
 
 
-def tracked_report(config: StudyConfig, run_id: str, evaluations: list[Path], data_nll: dict) -> dict:
+def tracked_report(
+    config: StudyConfig, run_id: str, evaluations: list[Path], data_nll: dict, skipped: dict[str, str]
+) -> dict:
     """report_task into config.report_dir; its summary as metrics and the folder as an artifact of the MLflow
     run run_id, and as Prefect artifacts (a table and the markdown report)."""
     out = config.report_dir
     final_steps = {arm: getattr(config.arms, arm).steps for arm in data_nll}
-    summary = report_task(out, config.study_id, evaluations, data_nll, final_steps, config.evaluation.matched_accuracy)
+    level = config.evaluation.matched_accuracy
+    summary = report_task(out, config.study_id, evaluations, data_nll, final_steps, level, skipped)
     mlflow.log_metrics(
         {f"{arm}.{k}": v for arm, values in summary["arms"].items() for k, v in values.items() if k != "step"},
         run_id=run_id,
@@ -67,10 +68,10 @@ def tracked_aggregate(config: StudyConfig, run_id: str, reports: dict[int, Path]
     return summary
 
 
-def tracked_sweep_report(out: Path, sweep: str, frame, overrides: dict[str, dict], run_id: str) -> dict:
-    """write_sweep_report as a Prefect task materializing the sweep's report folder; the folder as an artifact
-    of the sweep's MLflow run, the markdown as a Prefect artifact."""
-    summary = materialize(report(out), name="sweep-report", retries=1)(write_sweep_report)(out, sweep, frame, overrides)
+def tracked_sweep_report(out: Path, sweep: str, run_id: str, *args) -> dict:
+    """write_sweep_report(out, sweep, *args) as a Prefect task materializing the sweep's report folder; the folder
+    as an artifact of the sweep's MLflow run, the markdown as a Prefect artifact."""
+    summary = materialize(report(out), name="sweep-report", retries=1)(write_sweep_report)(out, sweep, *args)
     mlflow.log_artifacts(str(out), "report", run_id=run_id)
     create_markdown_artifact((out / "report.md").read_text(), key="sweep-report", description=str(out))
     return summary

@@ -352,3 +352,23 @@ def test_seeds_are_compared_at_one_level_and_say_how_many_reached_it(tmp_path):
     matched = s["arms"]["rft"]["steps_to_matched"]  # level 0.4: seed 0 reached it (0 -> 0.5 by step 10), seed 1 not
     assert matched["values"][0] == 8 and math.isnan(matched["values"][1]) and matched["n"] == 1
     assert "| 8 (1/2) |" in (tmp_path / "all" / "report.md").read_text()
+
+
+def test_skipped_arms_are_named_with_their_reason_in_every_report(tmp_path):
+    """An arm asked for and not trained is listed under `skipped` with the reason, per seed when aggregated."""
+    reports = {}
+    for seed in (0, 1):
+        skipped = {"rollout_sft": "no exact rollouts"} if seed == 1 else {}
+        reports[seed] = tmp_path / f"seed{seed}"
+        one = write_report(
+            reports[seed], f"s{seed}", [BASE, SFT, RFT], SAMPLES, {}, {"sft": 10, "rft": 10}, 0.4, skipped
+        )
+        assert one["skipped"] == skipped
+    assert "Skipped arms" not in (reports[0] / "report.md").read_text()
+    assert (
+        "**Skipped arms** (asked for, not in this report): `rollout_sft`: no exact rollouts.\n"
+        in (reports[1] / "report.md").read_text()
+    )
+    s = aggregate_reports(tmp_path / "all", "study-all", reports)
+    assert s["skipped"] == {"rollout_sft": {1: "no exact rollouts"}}
+    assert "`rollout_sft`: seed 1: no exact rollouts." in (tmp_path / "all" / "report.md").read_text()

@@ -73,6 +73,9 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     report = Path(result["report"])
     summary = json.loads((report / "summary.json").read_text())
     assert summary["study_id"] == micro.study_id and set(summary["arms"]) == {"base", "sft", "rft"}
+    # the arm asked for and not trained is named with its reason, in the report and the flow run's state
+    assert "never solved a puzzle" in summary["skipped"]["rollout_sft"] and list(summary["skipped"]) == ["rollout_sft"]
+    assert "**Skipped arms** (asked for, not in this report): `rollout_sft`: " in (report / "report.md").read_text()
     for values in summary["arms"].values():
         assert 0.0 <= values["puzzle_exact"] <= 1.0 and 0.0 <= values["prior_mean"] <= 1.0
     assert {p.name for p in report.glob("*.png")} == {"tradeoff.png", "forgetting.png", "dynamics.png"}
@@ -87,7 +90,10 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     assert eval_sft.data.metrics["puzzle_exact"] == summary["arms"]["sft"]["puzzle_exact"]  # its final step's
     assert run.data.metrics.keys() >= {"sft.puzzle_exact", "rft.mean_forgetting", "base.prior_mean"}
     # An unchanged rerun reuses the dataset and the trained arms on disk.
-    again = study(micro)
+    state = study(micro, return_state=True)
+    assert state.is_completed() and state.name == "Completed, arms skipped"
+    assert state.message.startswith("rollout_sft: no exact rollouts in ")
+    again = state.result()
     assert again["puzzles"] == result["puzzles"] and again["arms"] == result["arms"]
 
 
