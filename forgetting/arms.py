@@ -10,6 +10,7 @@ arm and what depends on it only; a finished arm has final/, and a rerun finds it
 """
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from forgetting.config import StudyConfig
@@ -20,7 +21,7 @@ from forgetting.rft import train_rft
 from forgetting.rollout_sft import rollout_sft_data, rollout_sft_examples
 from forgetting.sft import sft_examples, train_sft
 from forgetting.storage import stable_hash, write_text_once
-from forgetting.trainer import FINAL, NO_LOGGING, ArmResult, checkpoints
+from forgetting.trainer import FINAL, ArmResult, checkpoints
 
 ARMS = ("sft", "rft", "rollout_sft")
 TRAINING_DATA = "training_data.jsonl"
@@ -56,25 +57,25 @@ def run_arm(
     base: str,
     dataset: PuzzleDataset,
     rft: ArmResult | None = None,
-    report_to=NO_LOGGING,
+    callbacks: Sequence = (),
 ) -> ArmResult:
     """Train one arm, or find it trained (the plain function behind the Prefect task). rollout_sft needs the
-    rft arm's result; report_to names the Trainer's loggers (e.g. ["mlflow"])."""
+    rft arm's result; callbacks (TrainerCallbacks) get the Trainer's events and logs."""
     out = arm_dir(config, arm, base, dataset, upstream=str(rft.path) if rft else "")
     style = config.arms.sft.prompt_style
     if arm == "sft":
         records = dataset.records("train")
         write_training_data(out, [(r["id"], make_target(r["answer"], style)) for r in records])
-        return train_sft(config, arm, config.arms.sft, base, sft_examples(dataset, style), out, report_to)
+        return train_sft(config, arm, config.arms.sft, base, sft_examples(dataset, style), out, callbacks)
     if arm == "rft":
-        return train_rft(config, base, dataset, out, report_to)
+        return train_rft(config, base, dataset, out, callbacks)
     if arm == "rollout_sft":
         if rft is None:
             raise ValueError("rollout_sft needs the rft arm's result")
         kept = rollout_sft_data(config, rft, dataset, out)
         write_training_data(out, [(r["puzzle_id"], r["completion"].strip()) for r in kept])
         examples = rollout_sft_examples(dataset, kept, style)
-        return train_sft(config, arm, config.arms.rollout_sft, base, examples, out, report_to)
+        return train_sft(config, arm, config.arms.rollout_sft, base, examples, out, callbacks)
     raise ValueError(f"unknown arm {arm!r}; arms are {ARMS}")
 
 

@@ -7,6 +7,7 @@ learning-dynamics analysis scores them under the base, and rollout-SFT may learn
 
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from forgetting.models import LOADING, load_model
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import score_answer
 from forgetting.storage import write_text_once
-from forgetting.trainer import FINAL, NO_LOGGING, ArmResult, checkpoints
+from forgetting.trainer import FINAL, ArmResult, checkpoints
 
 
 class RolloutRecorder:
@@ -75,11 +76,11 @@ def rft_examples(dataset: PuzzleDataset, style: str) -> list[dict]:
     ]
 
 
-def grpo_args(config: StudyConfig, out: Path, report_to=NO_LOGGING) -> dict:
+def grpo_args(config: StudyConfig, out: Path) -> dict:
     """GRPOConfig keywords for the rft arm."""
     rft = config.arms.rft
     return dict(
-        **shared.common_args(config, out, rft.steps, rft.learning_rate, rft.batch_size, report_to),
+        **shared.common_args(config, out, rft.steps, rft.learning_rate, rft.batch_size),
         num_generations=rft.num_generations,
         beta=rft.beta,
         temperature=rft.temperature,
@@ -92,9 +93,9 @@ def grpo_args(config: StudyConfig, out: Path, report_to=NO_LOGGING) -> dict:
     )
 
 
-def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path, report_to=NO_LOGGING) -> ArmResult:
+def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path, callbacks: Sequence = ()) -> ArmResult:
     """GRPOTrainer on the train split's puzzles; resumes from the last checkpoint in out (dropping the rollouts
-    recorded after it)."""
+    recorded after it); callbacks: fit's."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -111,11 +112,11 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path,
         trainer = GRPOTrainer(
             model=model,
             reward_funcs=[RolloutRecorder(rollouts, style)],
-            args=GRPOConfig(**grpo_args(config, out, report_to)),
+            args=GRPOConfig(**grpo_args(config, out)),
             train_dataset=examples,
             processing_class=processor,
         )
-    shared.fit(trainer, processor, config, out, resume)
+    shared.fit(trainer, processor, config, out, resume, callbacks)
     return ArmResult("rft", out, checkpoints(out), rollouts)
 
 

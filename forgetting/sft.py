@@ -4,6 +4,7 @@ correct rollouts (arm `rollout_sft`, whose data forgetting/rollout_sft.py gather
     python -m flows.train --profile micro --set arms.rft.enabled=false --set arms.rollout_sft.enabled=false
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from forgetting.config import SFTArmConfig, StudyConfig
@@ -12,7 +13,6 @@ from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import make_target
 from forgetting.trainer import (
     FINAL,
-    NO_LOGGING,
     ArmResult,
     checkpoints,
     common_args,
@@ -36,10 +36,10 @@ def sft_examples(dataset: PuzzleDataset, style: str) -> list[dict]:
     return examples
 
 
-def sft_args(config: StudyConfig, arm_config: SFTArmConfig, out: Path, report_to=NO_LOGGING) -> dict:
+def sft_args(config: StudyConfig, arm_config: SFTArmConfig, out: Path) -> dict:
     """SFTConfig keywords for the sft and rollout_sft arms."""
     return dict(
-        **common_args(config, out, arm_config.steps, arm_config.learning_rate, arm_config.batch_size, report_to),
+        **common_args(config, out, arm_config.steps, arm_config.learning_rate, arm_config.batch_size),
         assistant_only_loss=True,
         max_length=None,
     )
@@ -52,9 +52,9 @@ def train_sft(
     base: str,
     examples: list[dict],
     out: Path,
-    report_to=NO_LOGGING,
+    callbacks: Sequence = (),
 ) -> ArmResult:
-    """SFTTrainer with assistant-only loss; resumes from the last checkpoint in out."""
+    """SFTTrainer with assistant-only loss; resumes from the last checkpoint in out; callbacks: fit's."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -65,10 +65,10 @@ def train_sft(
         raise ValueError(f"{arm}: no training examples")
     resume = last_checkpoint(out)
     model, processor = load_model(config.model, base)
-    args = SFTConfig(**sft_args(config, arm_config, out, report_to))
+    args = SFTConfig(**sft_args(config, arm_config, out))
     with LOADING:
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=processor
         )
-    fit(trainer, processor, config, out, resume)
+    fit(trainer, processor, config, out, resume, callbacks)
     return ArmResult(arm, out, checkpoints(out))

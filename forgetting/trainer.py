@@ -4,12 +4,13 @@ forgetting/rft.py, forgetting/rollout_sft.py; which arm goes where: forgetting/a
 
 Every arm: full fine-tuning or LoRA (forgetting/models.py:load_model), fp32 on CPU and bf16 on GPU, a
 checkpoint every arms.checkpoint_every steps (kept: they are the learning curves), and a rerun resumes from
-the last checkpoint. `report_to` names the Trainer's loggers (the flows pass ["mlflow"]: metrics go to the
-MLflow run active in the calling thread).
+the last checkpoint. The Trainer reports to no logger of its own; `callbacks` (TrainerCallbacks) receive its
+logs (the flows pass one that logs the metrics to the arm's MLflow run: tasks/training.py).
 """
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,6 @@ from forgetting.config import ModelConfig, StudyConfig
 from forgetting.models import chat, load_model, pick_device
 
 FINAL = "final"
-NO_LOGGING = ("none",)
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def device_args(model: ModelConfig) -> dict:
     return {"use_cpu": not on_gpu, "bf16": on_gpu, "fp16": False}
 
 
-def common_args(config: StudyConfig, out: Path, steps: int, lr: float, batch_size: int, report_to=NO_LOGGING) -> dict:
+def common_args(config: StudyConfig, out: Path, steps: int, lr: float, batch_size: int) -> dict:
     """The TrainingArguments keywords every arm shares; the arm adds its trainer's own."""
     return dict(
         output_dir=str(out),
@@ -78,7 +78,7 @@ def common_args(config: StudyConfig, out: Path, steps: int, lr: float, batch_siz
         save_strategy="steps",
         save_total_limit=None,
         save_only_model=False,
-        report_to=list(report_to),
+        report_to=["none"],
         seed=config.seed,
         data_seed=config.seed,
         dataloader_num_workers=0,
@@ -132,9 +132,12 @@ def finish(trainer, processor, out: Path) -> None:
     tmp.rename(out / FINAL)
 
 
-def fit(trainer, processor, config: StudyConfig, out: Path, resume: str | None) -> None:
+def fit(trainer, processor, config: StudyConfig, out: Path, resume: str | None, callbacks: Sequence = ()) -> None:
     """Train from resume (out's last complete checkpoint, or None: from the start), then save the final model.
-    Checkpoints every arms.checkpoint_every steps and at arms.checkpoint_steps."""
+    Checkpoints every arms.checkpoint_every steps and at arms.checkpoint_steps; callbacks get the Trainer's
+    events and logs."""
+    for callback in callbacks:
+        trainer.add_callback(callback)
     if config.arms.checkpoint_steps:
         trainer.add_callback(SaveAt(config.arms.checkpoint_steps))
     restore_weights(trainer.model, config, resume)

@@ -10,9 +10,9 @@ from prefect.assets import materialize
 from assets import evaluation
 from forgetting.benchmarks import BenchmarkData
 from forgetting.config import StudyConfig
-from forgetting.evaluation import EvalTarget, eval_dir, evaluate_target
+from forgetting.evaluation import EVAL_VERSION, EvalTarget, eval_dir, evaluate_target
 from forgetting.metrics import read_evaluation
-from tasks.tracking import child_run
+from tasks.tracking import child_run, flat_params
 
 
 def evaluation_task(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path:
@@ -51,6 +51,20 @@ def eval_metrics(record: dict) -> dict[str, float]:
     return metrics
 
 
+def eval_params(config: StudyConfig, arm: str, targets: list[EvalTarget], data: BenchmarkData, base: str) -> dict:
+    """An arm's evaluation run's parameters: the arm, the steps evaluated, the benchmark settings, what it read."""
+    return {
+        "arm": arm,
+        "steps": ",".join(str(t.step) for t in targets),
+        "model_path": targets[-1].path,
+        "base_model": base,
+        "prior_benchmarks": data.tiny_world_dir,
+        "puzzles": data.puzzles_dir,
+        "prompt_style": data.prompt_style,
+        "eval_version": EVAL_VERSION,
+    } | flat_params(config.evaluation.model_dump(mode="json"), "evaluation.")
+
+
 def evaluate_targets(
     config: StudyConfig, run_id: str, targets: list[EvalTarget], data: BenchmarkData, base: str, progress
 ) -> list[Path]:
@@ -59,8 +73,10 @@ def evaluate_targets(
     evaluation folders; progress(share done, what) after each."""
     folders = []
     for arm in dict.fromkeys(t.arm for t in targets):
+        mine = [t for t in targets if t.arm == arm]
         with child_run(run_id, f"eval-{arm}", tags={"stage": "evaluate", "arm": arm}):
-            for target in [t for t in targets if t.arm == arm]:
+            mlflow.log_params(eval_params(config, arm, mine, data, base))
+            for target in mine:
                 folder = evaluation_task(config, target, data, base)
                 record, _ = read_evaluation(folder)
                 metrics = eval_metrics(record)

@@ -80,15 +80,20 @@ def _creation_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens it on its runs, not on GenAI traces
+
+
 def _experiment_id(config: StudyConfig, uri: str) -> str:
     experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
     if experiment is not None:
+        if experiment.tags.get("mlflow.experimentKind") is None:  # made by an earlier version
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *next(iter(KIND.items())))
         return experiment.experiment_id
     artifacts = None
     if uri.startswith("sqlite:"):  # a local store keeps its artifacts beside it, not in ./mlruns
         artifacts = (config.output.path / "mlartifacts").as_uri()
     try:
-        return mlflow.create_experiment(config.tracking.experiment, artifact_location=artifacts)
+        return mlflow.create_experiment(config.tracking.experiment, artifact_location=artifacts, tags=KIND)
     except mlflow.exceptions.MlflowException:  # created concurrently by another process
         return mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
 

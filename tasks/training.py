@@ -1,18 +1,47 @@
 """The training stage as Prefect tasks: one per arm, materializing the arm's folder as an asset, retried once
 when a retry can help (it resumes from the arm's last checkpoint), and logging to an MLflow child run of its
-own: the Trainer's curves, where the arm lies, its final weights and rollouts.
+own: the arm's own settings as parameters, the Trainer's curves, its full arguments as one file, where the arm
+lies, its final weights and rollouts.
 """
+
+import json
 
 import mlflow
 from prefect.assets import materialize
+from transformers import TrainerCallback
 
 from assets import arm_checkpoints
-from forgetting.arms import arm_dir, run_arm
+from forgetting.arms import arm_dir, arm_spec, run_arm
 from forgetting.config import ConfigError, StudyConfig
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.rollout_sft import NoCorrectRollouts
 from forgetting.trainer import ArmResult
-from tasks.tracking import child_run
+from tasks.tracking import child_run, flat_params
+
+
+class MlflowMetrics(TrainerCallback):
+    """The Trainer's logs as metrics of one MLflow run at their global step, and its full arguments as that
+    run's trainer_args.json. In place of transformers' MLflowCallback, which logs every argument (some 200) as a
+    parameter and buries the arm's own settings under them."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            mlflow.log_dict(json.loads(args.to_json_string()), "trainer_args.json", run_id=self.run_id)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            numbers = {k: float(v) for k, v in logs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            mlflow.log_metrics(numbers, step=state.global_step, run_id=self.run_id)
+
+
+def arm_params(config: StudyConfig, arm: str) -> dict[str, str]:
+    """What determines the arm (forgetting/arms.py:arm_spec) as flat parameters, the arm's own settings under
+    the same names in every arm (learning_rate, steps, ...) so the MLflow UI lines arms up."""
+    spec = arm_spec(config, arm)
+    return flat_params({k: v for k, v in spec.items() if k != "settings"}) | flat_params(spec["settings"])
 
 
 def arm_task(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, upstream: ArmResult | None = None):
@@ -42,8 +71,9 @@ def _worth_retrying(task, task_run, state) -> bool:
 def _tracked_arm(
     config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, parent_run_id: str, rft: ArmResult | None = None
 ) -> ArmResult:
-    with child_run(parent_run_id, arm, tags={"arm": arm, "stage": "train"}):
-        result = run_arm(config, arm, base, dataset, rft, report_to=["mlflow"])
+    with child_run(parent_run_id, arm, tags={"arm": arm, "stage": "train"}) as run_id:
+        mlflow.log_params(arm_params(config, arm))
+        result = run_arm(config, arm, base, dataset, rft, callbacks=[MlflowMetrics(run_id)])
         mlflow.log_params({"arm_dir": str(result.path), "base_model": base, "checkpoints": len(result.checkpoints)})
         if result.rollouts is not None and result.rollouts.exists():
             mlflow.log_artifact(str(result.rollouts), "rollouts")

@@ -63,6 +63,13 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     sft = next(r for r in runs if r.info.run_name == "sft")
     assert sft.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"] and "train_loss" in sft.data.metrics
     assert not any(k.startswith("puzzle") for k in sft.data.metrics)  # one source: the evaluation's
+    # the arm's own settings as parameters, the Trainer's full arguments as one file; the experiment opens on runs
+    assert sft.data.params["learning_rate"] == str(micro.arms.sft.learning_rate) and "model.finetune" in sft.data.params
+    assert not {"_name_or_path", "accelerator_config", "report_to"} & sft.data.params.keys()
+    client = MlflowClient(tracking_uri(micro))
+    assert {a.path for a in client.list_artifacts(sft.info.run_id)} >= {"trainer_args.json", "final"}
+    experiment = client.get_experiment(sft.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     rft = next(r for r in runs if r.info.run_name == "rft")
     assert "reward" in rft.data.metrics and rft.info.status == "FINISHED"
     assert result["base_model"].endswith("assets/micro-base")
@@ -85,6 +92,8 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     assert set(summary["predictors"]) >= {"forward_kl", "data_nll", "param_distance"}
     eval_sft = next(r for r in runs if r.info.run_name == "eval-sft")
     assert eval_sft.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"]
+    assert eval_sft.data.params["arm"] == "sft" and eval_sft.data.params["steps"] == "2,4"
+    assert eval_sft.data.params["evaluation.limit"] == str(micro.evaluation.limit)
     history = MlflowClient(tracking_uri(micro)).get_metric_history(eval_sft.info.run_id, "prior_mean")
     assert [m.step for m in history] == [2, 4]
     assert eval_sft.data.metrics["puzzle_exact"] == summary["arms"]["sft"]["puzzle_exact"]  # its final step's
