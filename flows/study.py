@@ -40,10 +40,18 @@ class Progress:
 
 
 @flow(name="study", log_prints=True)
-def study(config: StudyConfig = StudyConfig(), parent_run_id: str | None = None) -> dict:  # noqa: B008
+def study(
+    config: StudyConfig = StudyConfig(),  # noqa: B008 - the UI form needs a default
+    parent_run_id: str | None = None,
+    scheduled: bool = False,
+) -> dict:
     """Run the forgetting study: base model, puzzles, training arms, evaluation, report.
 
-    parent_run_id: the MLflow run to log under (a sweep's; empty: a run of its own)."""
+    parent_run_id: the MLflow run to log under (a sweep's; empty: a run of its own). scheduled: a run of the
+    profile's cron schedule, which runs the study with schedule.add_seeds more seeds than the output folder holds."""
+    if scheduled and config.schedule.add_seeds:
+        config = config.with_next_seeds(config.schedule.add_seeds)
+        print(f"scheduled run: the study over seeds {config.seeds} ({config.schedule.add_seeds} new)")
     check_inputs(config)
     progress, started = Progress(), time.perf_counter()
     with study_run(config, parent_run_id=parent_run_id) as run_id:

@@ -293,6 +293,14 @@ class ScheduleConfig(_Section):
         description="Served deployments rerun the study on this cron schedule, e.g. '0 3 * * 1' (empty: none).",
     )
     timezone: str = Field("UTC", min_length=1, description="Time zone of the cron schedule.")
+    add_seeds: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="What a scheduled run does: the study over every seed the output folder already holds a report "
+        "for, plus this many new ones, so each run narrows the intervals (0: an unchanged rerun, which recomputes "
+        "nothing).",
+    )
 
 
 class SweepConfig(_Section):
@@ -372,6 +380,17 @@ class StudyConfig(_Section):
         """One single-seed config per entry of seeds (each is the study with that `seed`, sharing its outputs),
         or [self] when seeds is empty."""
         return [self.model_copy(update={"seed": s, "seeds": []}) for s in self.seeds] or [self]
+
+    def with_next_seeds(self, n: int) -> "StudyConfig":
+        """This study over its own seeds, every other seed with a one-seed report in the output folder, and the
+        n lowest seeds with none (a scheduled run's study)."""
+        have = set(self.seeds or [self.seed])
+        one = [self.model_copy(update={"seed": s, "seeds": []}) for s in range(64)]
+        have |= {s for s, config in enumerate(one) if (config.report_dir / "summary.json").is_file()}
+        new = [s for s in range(len(have) + n) if s not in have][:n]
+        if len(have) + len(new) > 16:
+            raise ConfigError(f"schedule.add_seeds: the study would have {len(have) + len(new)} seeds, at most 16")
+        return self.model_copy(update={"seeds": sorted(have | set(new))})
 
     def config_hash(self) -> str:
         """Hash of everything that changes results (not where they are written or tracked, nor when rerun)."""

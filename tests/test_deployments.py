@@ -268,6 +268,7 @@ def test_a_cron_schedule_reaches_the_scheduler(tmp_path):
             runs = _wait_for(scheduled, 120, "the scheduler's runs")
         berlin = [r.expected_start_time.astimezone(ZoneInfo("Europe/Berlin")) for r in runs]
         assert all((t.weekday(), t.hour, t.minute) == (0, 3, 0) for t in berlin), berlin
+        assert all(r.parameters["scheduled"] is True for r in runs)  # they add seeds (flows/study.py)
     finally:
         subprocess.run([sys.executable, "-m", "deployments.servers", "stop", *args], cwd=REPO_ROOT, timeout=120)
 
