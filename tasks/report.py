@@ -2,6 +2,7 @@
 seed's report) as its upstream assets; the tracked_ versions also log it to MLflow and show it in Prefect.
 """
 
+import base64
 from pathlib import Path
 
 import mlflow
@@ -12,6 +13,17 @@ from assets import report
 from forgetting.config import StudyConfig
 from forgetting.report import aggregate_reports, report_from_evaluations, summary_frame, without_nan
 from forgetting.sweep import write_sweep_report
+
+
+def report_markdown(folder: Path) -> str:
+    """A report folder's report.md with its plots inlined as data URIs: a Prefect artifact has no folder beside
+    it for relative image links to reach."""
+    text = (folder / "report.md").read_text()
+    for plot in sorted(folder.glob("*.png")):
+        text = text.replace(
+            f"]({plot.name})", f"](data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})"
+        )
+    return text
 
 
 def report_task(out: Path, study_id: str, evaluations: list[Path], data_nll: dict, final_steps: dict, *args) -> dict:
@@ -44,7 +56,7 @@ def tracked_report(
     mlflow.log_artifacts(str(out), "report", run_id=run_id)
     rows = without_nan(summary_frame(summary).round(4).to_dict("records"))
     create_table_artifact(rows, key="study-summary", description=config.study_id)
-    create_markdown_artifact((out / "report.md").read_text(), key="study-report", description=str(out))
+    create_markdown_artifact(report_markdown(out), key="study-report", description=str(out))
     return summary
 
 
@@ -64,7 +76,7 @@ def tracked_aggregate(config: StudyConfig, run_id: str, reports: dict[int, Path]
         run_id=run_id,
     )
     mlflow.log_artifacts(str(out), "report", run_id=run_id)
-    create_markdown_artifact((out / "report.md").read_text(), key="study-report", description=str(out))
+    create_markdown_artifact(report_markdown(out), key="study-report", description=str(out))
     return summary
 
 
@@ -73,5 +85,5 @@ def tracked_sweep_report(out: Path, sweep: str, run_id: str, *args) -> dict:
     as an artifact of the sweep's MLflow run, the markdown as a Prefect artifact."""
     summary = materialize(report(out), name="sweep-report", retries=1)(write_sweep_report)(out, sweep, *args)
     mlflow.log_artifacts(str(out), "report", run_id=run_id)
-    create_markdown_artifact((out / "report.md").read_text(), key="sweep-report", description=str(out))
+    create_markdown_artifact(report_markdown(out), key="sweep-report", description=str(out))
     return summary

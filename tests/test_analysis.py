@@ -372,3 +372,13 @@ def test_skipped_arms_are_named_with_their_reason_in_every_report(tmp_path):
     s = aggregate_reports(tmp_path / "all", "study-all", reports)
     assert s["skipped"] == {"rollout_sft": {1: "no exact rollouts"}}
     assert "`rollout_sft`: seed 1: no exact rollouts." in (tmp_path / "all" / "report.md").read_text()
+
+
+def test_the_prefect_report_artifact_carries_its_plots(tmp_path):
+    """A markdown artifact has no folder beside it: its plots are inlined, not linked."""
+    from tasks.report import report_markdown
+
+    write_report(tmp_path, "study-x", [BASE, SFT, RFT], SAMPLES, {}, {"sft": 10, "rft": 10})
+    text = report_markdown(tmp_path)
+    assert text.count("](data:image/png;base64,iVBOR") == 3  # the PNG signature, base64-encoded
+    assert "(tradeoff.png)" not in text and "(tradeoff.png)" in (tmp_path / "report.md").read_text()
