@@ -188,7 +188,7 @@ class SFTArmConfig(_Section):
     learning_rate: float = Field(5e-4, gt=0, le=1.0, description="Peak learning rate.")
     batch_size: int = Field(16, ge=1, le=4096, description="Samples per optimizer step.")
     prompt_style: Literal["direct", "think"] = Field(
-        "direct", description="direct: answer only; think: <think>...</think><answer>...</answer>."
+        "direct", description="direct: answer only; think: `<think>...</think><answer>...</answer>`."
     )
 
 
@@ -281,7 +281,7 @@ class EvaluationConfig(_Section):
 class TrackingConfig(_Section):
     tracking_uri: str | None = Field(
         None,
-        description="MLflow tracking URI. Empty: $MLFLOW_TRACKING_URI, else sqlite:///<output dir>/mlflow.db.",
+        description="MLflow tracking URI. Empty: $MLFLOW_TRACKING_URI, else `sqlite:///<output dir>/mlflow.db`.",
     )
     experiment: str = Field("forgetting-study", min_length=1, description="MLflow experiment name.")
 

@@ -155,3 +155,24 @@ def test_a_scheduled_run_adds_seeds_to_those_the_output_folder_holds(tmp_path):
     assert load_config("micro", ["seeds=[5,6]"], str(tmp_path)).with_next_seeds(1).seeds == [0, 1, 3, 5, 6]
     with pytest.raises(ConfigError, match="would have 17 seeds"):
         config.with_next_seeds(14)
+
+
+def test_form_descriptions_render_as_written():
+    """The Prefect form renders field descriptions as markdown: an angle bracket outside a code span would be
+    read as an HTML tag and vanish (`<think>`)."""
+    import re
+
+    def descriptions(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("description"), str):
+                yield node["description"]
+            for value in node.values():
+                yield from descriptions(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from descriptions(value)
+
+    found = list(descriptions(StudyConfig.model_json_schema()))
+    assert len(found) > 50
+    bare = [d for d in found if "<" in re.sub(r"`[^`]*`", "", d)]
+    assert not bare, bare
