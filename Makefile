@@ -14,7 +14,9 @@ export MLFLOW_DISABLE_TELEMETRY=true
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: install study test lint format clean servers servers-stop serve
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install browser study test lint format clean servers servers-stop serve
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +25,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# Headless Chromium from Debian's packages: the browser test and the README's screenshots (deployments/browser.py).
+browser:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
 study: install
 	$(PY) -m flows.study --profile $(PROFILE) $(ARGS)
@@ -48,7 +54,7 @@ format: install
 	$(PY) -m ruff format .
 
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass.
-test: lint
+test: lint browser
 	$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest ran no test" >&2; exit 1; fi; exit $$rc
 

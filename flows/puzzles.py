@@ -9,7 +9,7 @@ from flows.cli import run
 from flows.preflight import check_inputs
 from forgetting.config import StudyConfig
 from tasks.puzzles import tracked_puzzles
-from tasks.tracking import study_run, tracking_uri
+from tasks.tracking import run_link, study_run
 
 
 @flow(name="puzzles", log_prints=True)
@@ -18,7 +18,7 @@ def puzzles_flow(config: StudyConfig = StudyConfig()) -> str:  # noqa: B008 - th
     check_inputs(config, base_model=False, benchmarks=False)
     with study_run(config, run_name=f"{config.study_id} puzzles") as run_id:
         dataset = tracked_puzzles(config, run_id)
-    print(f"MLflow: {tracking_uri(config)} (run {run_id})")
+    print(f"MLflow: {run_link(config, run_id)}")
     return str(dataset.path)
 
 

@@ -25,7 +25,7 @@ from flows.train import train_arms
 from forgetting.config import StudyConfig
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
 from tasks.puzzles import tracked_puzzles
-from tasks.tracking import seed_run, study_run, tracking_uri
+from tasks.tracking import run_link, seed_run, study_run
 
 
 class Progress:
@@ -70,7 +70,7 @@ def study(
             result["summary"] = aggregate_and_report(config, run_id, {s: r["report"] for s, r in seeds.items()})
         result["mlflow_run_id"] = run_id
     record_run(config, "study", Path(result["report"]), time.perf_counter() - started)
-    print(f"study {config.study_id} done. MLflow: {tracking_uri(config)} (parent run {run_id})")
+    print(f"study {config.study_id} done. MLflow: {run_link(config, run_id)}")
     return outcome(result, result["summary"]["skipped"])
 
 

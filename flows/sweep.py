@@ -26,7 +26,7 @@ from flows.study import study
 from forgetting.config import ConfigError, StudyConfig
 from forgetting.sweep import frontier_frame, points, skipped_arms, skipped_by_arm, sweep_dir, sweep_id
 from tasks.report import tracked_sweep_report
-from tasks.tracking import study_run, tracking_uri
+from tasks.tracking import run_link, study_run
 
 
 @flow(name="sweep", log_prints=True)
@@ -51,7 +51,7 @@ def sweep(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
         out, overrides = sweep_dir(config) / "report", {p: o for p, o, _ in studies}
         summary = tracked_sweep_report(out, name, run_id, frontier_frame(done), overrides, skipped_arms(done))
     record_run(config, "sweep", out, time.perf_counter() - started)
-    print(f"sweep {name} done: {out}. MLflow: {tracking_uri(config)} (run {run_id})")
+    print(f"sweep {name} done: {out}. MLflow: {run_link(config, run_id)}")
     return outcome(summary, skipped_by_arm(summary["skipped"]))
 
 

@@ -40,6 +40,16 @@ def tracking_uri(config: StudyConfig) -> str:
     return f"sqlite:///{config.output.path / 'mlflow.db'}"
 
 
+def run_link(config: StudyConfig, run_id: str) -> str:
+    """Where a person looks at a run: its page in the MLflow UI, in the UI's model-training view (it opens on
+    GenAI traces otherwise), or for a local store the command that browses it."""
+    uri = tracking_uri(config)
+    if not uri.startswith(("http://", "https://")):
+        return f"{uri} (run {run_id}; browse it with: mlflow ui --backend-store-uri {uri})"
+    experiment = mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
+    return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
+
+
 def check_tracking(config: StudyConfig, timeout: float = 5.0) -> None:
     """An http(s) tracking URI must answer MLflow's /health within seconds (MLflow's client would retry for
     minutes, after the expensive work): ConfigError otherwise. Local stores need nothing."""

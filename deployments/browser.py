@@ -1,0 +1,94 @@
+"""What a person sees in the Prefect and MLflow UIs, through headless Chromium (Debian's `chromium` package;
+`make browser` installs it): the pages of a study's latest flow run, its report artifact and its MLflow
+experiment, as screenshots or as the DOM a browser renders.
+
+    make servers && make study ARGS=...          # a study tracked on the servers (see README, "Use the UI")
+    .venv/bin/python -m deployments.browser --out docs/img    # the README's screenshots of those pages
+
+The UIs are single-page apps: a page is read after a budget of virtual time in which its scripts fetch and
+render.
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from deployments.servers import MLFLOW_PORT, PREFECT_PORT
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=15000"]
+
+
+def browser() -> str:
+    """The headless browser's executable; RuntimeError naming the fix when there is none."""
+    for name in BROWSERS:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise RuntimeError(f"no browser found ({', '.join(BROWSERS)}): `make browser` installs Debian's chromium")
+
+
+def dom(url: str, timeout: float = 120) -> str:
+    """The page's DOM once its scripts have rendered it."""
+    done = subprocess.run(
+        [browser(), *FLAGS, "--dump-dom", url], capture_output=True, text=True, timeout=timeout, check=True
+    )
+    return done.stdout
+
+
+def screenshot(url: str, path: Path, width: int = 1400, height: int = 1000, timeout: float = 120) -> Path:
+    """A PNG of the page as rendered in a window of that size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = [browser(), *FLAGS, f"--window-size={width},{height}", f"--screenshot={path}", url]
+    subprocess.run(command, capture_output=True, timeout=timeout, check=True)
+    if not path.is_file():
+        raise RuntimeError(f"the browser wrote no screenshot of {url}")
+    return path
+
+
+def study_pages(prefect_ui: str, mlflow_ui: str, experiment: str = "forgetting-study") -> dict[str, str]:
+    """The URLs a person opens for the latest study flow run: the run (state, graph, logs), its report
+    artifact, and the MLflow experiment's runs in the model-training view."""
+    import mlflow
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: f"{prefect_ui.rstrip('/')}/api"}), get_client(sync_client=True) as c:
+        runs = c.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["study"])), sort=FlowRunSort.START_TIME_DESC
+        )
+        if not runs:
+            raise RuntimeError(f"no study flow run on the Prefect server at {prefect_ui}")
+        only = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[runs[0].id]))
+        report = next(a for a in c.read_artifacts(artifact_filter=only) if a.key == "study-report")
+    found = mlflow.MlflowClient(mlflow_ui).get_experiment_by_name(experiment)
+    if found is None:
+        raise RuntimeError(f"no MLflow experiment {experiment!r} at {mlflow_ui}")
+    return {
+        "prefect-run": f"{prefect_ui.rstrip('/')}/runs/flow-run/{runs[0].id}",
+        "prefect-report": f"{prefect_ui.rstrip('/')}/artifacts/artifact/{report.id}",
+        "mlflow-runs": f"{mlflow_ui.rstrip('/')}/#/experiments/{found.experiment_id}?workflowType=machine_learning",
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prefect", default=f"http://127.0.0.1:{PREFECT_PORT}", help="Prefect UI")
+    parser.add_argument("--mlflow", default=f"http://127.0.0.1:{MLFLOW_PORT}", help="MLflow UI")
+    parser.add_argument("--out", default="docs/img", help="folder for the PNGs")
+    args = parser.parse_args(argv)
+    try:
+        for name, url in study_pages(args.prefect, args.mlflow).items():
+            height = 2400 if name == "prefect-report" else 1000
+            print(screenshot(url, Path(args.out) / f"{name}.png", height=height))
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
