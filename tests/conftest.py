@@ -1,4 +1,7 @@
+import contextlib
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -8,6 +11,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests track into their own tmp sq
 
 import pytest  # noqa: E402
 
+from forgetting.config import REPO_ROOT  # noqa: E402
 from forgetting.profiles import load_config  # noqa: E402
 
 
@@ -24,3 +28,17 @@ def prefect_harness():
 def micro(tmp_path):
     """The micro profile, writing under tmp_path."""
     return load_config("micro", output_dir=str(tmp_path))
+
+
+@contextlib.contextmanager
+def real_servers(folder, prefect_port: int, mlflow_port: int):
+    """`python -m deployments.servers start` (Prefect and MLflow, what `make servers` runs) on these ports with
+    data in folder; stopped by their recorded process ids on exit."""
+    args = ["--dir", str(folder), "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)]
+    servers = [sys.executable, "-m", "deployments.servers"]
+    started = subprocess.run([*servers, "start", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield
+    finally:
+        subprocess.run([*servers, "stop", *args], cwd=REPO_ROOT, timeout=120)

@@ -10,6 +10,7 @@ import pytest
 
 from deployments import browser
 from forgetting.config import REPO_ROOT
+from tests.conftest import real_servers
 
 pytestmark = pytest.mark.slow
 PREFECT, MLFLOW = 14204, 15004
@@ -18,11 +19,7 @@ PREFECT, MLFLOW = 14204, 15004
 def test_the_uis_show_the_study_as_a_person_needs_it(tmp_path):
     """The flow run's state names the skipped arm, the report artifact shows its plots, MLflow opens on the runs
     (not GenAI traces) with the study's run in the list; the screenshot command writes its PNGs."""
-    folder = tmp_path / "servers"
-    ports = ["--prefect-port", str(PREFECT), "--mlflow-port", str(MLFLOW)]
-    servers = [sys.executable, "-m", "deployments.servers"]
-    subprocess.run([*servers, "start", "--dir", str(folder), *ports], cwd=REPO_ROOT, check=True, timeout=300)
-    try:
+    with real_servers(tmp_path / "servers", PREFECT, MLFLOW):
         env = os.environ | {"PREFECT_API_URL": f"http://127.0.0.1:{PREFECT}/api"}
         env |= {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{MLFLOW}"}
         study = [sys.executable, "-m", "flows.study", "--profile", "micro", "--output-dir", str(tmp_path / "runs")]
@@ -44,5 +41,3 @@ def test_the_uis_show_the_study_as_a_person_needs_it(tmp_path):
         )
         assert sorted(p.name for p in out.glob("*.png")) == ["mlflow-runs.png", "prefect-report.png", "prefect-run.png"]
         assert all(p.stat().st_size > 20_000 for p in out.glob("*.png"))  # a rendered page, not a blank one
-    finally:
-        subprocess.run([*servers, "stop", "--dir", str(folder), *ports], cwd=REPO_ROOT, timeout=120)

@@ -20,6 +20,7 @@ from deployments.serve import PREFECT_YAML, prefect_yaml
 from forgetting.config import REPO_ROOT, ConfigError
 from forgetting.profiles import load_config
 from tasks.tracking import close_orphaned_runs, configure, process_tags, tracking_uri
+from tests.conftest import real_servers
 
 pytestmark = pytest.mark.slow
 QUICK = ["--set", "arms.rollout_sft.enabled=false"]  # micro's base never solves a puzzle: nothing to learn from
@@ -247,14 +248,8 @@ def test_a_cron_schedule_reaches_the_scheduler(tmp_path):
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    folder, api = tmp_path / "servers", "http://127.0.0.1:14201/api"
-    args = ["--dir", str(folder), "--prefect-port", "14201", "--mlflow-port", "15001"]
-    started = subprocess.run(
-        [sys.executable, "-m", "deployments.servers", "start", *args], cwd=REPO_ROOT, capture_output=True,
-        text=True, timeout=300,
-    )  # fmt: skip
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
+    api = "http://127.0.0.1:14201/api"
+    with real_servers(tmp_path / "servers", 14201, 15001):
         cron = ['schedule.cron="0 3 * * 1"', "schedule.timezone=Europe/Berlin"]
         with temporary_settings({PREFECT_API_URL: api}), _served(tmp_path, *cron, api=api) as deployment:
             (schedule,) = deployment.schedules
@@ -269,23 +264,13 @@ def test_a_cron_schedule_reaches_the_scheduler(tmp_path):
         berlin = [r.expected_start_time.astimezone(ZoneInfo("Europe/Berlin")) for r in runs]
         assert all((t.weekday(), t.hour, t.minute) == (0, 3, 0) for t in berlin), berlin
         assert all(r.parameters["scheduled"] is True for r in runs)  # they add seeds (flows/study.py)
-    finally:
-        subprocess.run([sys.executable, "-m", "deployments.servers", "stop", *args], cwd=REPO_ROOT, timeout=120)
 
 
 def test_make_servers_starts_and_stops_both(tmp_path):
     folder = tmp_path / "servers"
-    args = ["--dir", str(folder), "--prefect-port", "14200", "--mlflow-port", "15000"]
-    started = subprocess.run(
-        [sys.executable, "-m", "deployments.servers", "start", *args], cwd=REPO_ROOT, capture_output=True,
-        text=True, timeout=300,
-    )  # fmt: skip
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
+    with real_servers(folder, 14200, 15000):
         assert servers.healthy("http://127.0.0.1:14200/api/health") and servers.healthy("http://127.0.0.1:15000/health")
         assert (folder / "mlflow.db").is_file() and (folder / "prefect").is_dir()
-    finally:
-        subprocess.run([sys.executable, "-m", "deployments.servers", "stop", *args], cwd=REPO_ROOT, timeout=120)
     assert not servers.healthy("http://127.0.0.1:14200/api/health")
     assert not servers.healthy("http://127.0.0.1:15000/health")
     assert not list(folder.glob("*.pid"))
