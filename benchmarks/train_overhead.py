@@ -26,6 +26,7 @@ from forgetting.puzzles import score_answer
 from forgetting.rft import grpo_args, rft_examples, train_rft
 from forgetting.sft import sft_args, sft_examples, train_sft
 from forgetting.trainer import preload
+from tasks.training import MlflowMetrics
 
 
 def direct_sft(config, base, examples, out: Path) -> None:
@@ -99,8 +100,8 @@ def main() -> None:
         import mlflow
 
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        with mlflow.start_run():
-            logged = ["mlflow"]  # the arms as the flows run them, logging to MLflow
+        with mlflow.start_run() as run:
+            logged = [MlflowMetrics(run.info.run_id)]  # the arms as the flows run them, logging to MLflow
             arm_sft = timed(lambda: train_sft(config, "sft", config.arms.sft, base, examples, tmp / "arm-sft", logged))
             plain_sft = timed(lambda: direct_sft(config, base, examples, tmp / "direct-sft"))
             arm_rft = timed(lambda: train_rft(config, base, dataset, tmp / "arm-rft", logged))

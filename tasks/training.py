@@ -5,6 +5,7 @@ lies, its final weights and rollouts.
 """
 
 import json
+import time
 
 import mlflow
 from prefect.assets import materialize
@@ -35,6 +36,22 @@ class MlflowMetrics(TrainerCallback):
         if state.is_world_process_zero and logs:
             numbers = {k: float(v) for k, v in logs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
             mlflow.log_metrics(numbers, step=state.global_step, run_id=self.run_id)
+
+
+class StepLog(TrainerCallback):
+    """A line in the flow run's log every tenth of an arm's steps (Prefect keeps printed lines, not the
+    Trainer's progress bar): step, loss or reward, seconds so far."""
+
+    def __init__(self, arm: str):
+        self.arm, self.started = arm, time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        every = max(1, state.max_steps // 10)
+        if state.is_world_process_zero and logs and (state.global_step % every == 0 or "train_runtime" in logs):
+            shown = {k: logs[k] for k in ("loss", "reward", "train_loss") if isinstance(logs.get(k), int | float)}
+            values = ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
+            seconds = time.perf_counter() - self.started
+            print(f"{self.arm}: step {state.global_step}/{state.max_steps}, {values} ({seconds:.0f} s)")
 
 
 def arm_params(config: StudyConfig, arm: str) -> dict[str, str]:
@@ -73,7 +90,7 @@ def _tracked_arm(
 ) -> ArmResult:
     with child_run(parent_run_id, arm, tags={"arm": arm, "stage": "train"}) as run_id:
         mlflow.log_params(arm_params(config, arm))
-        result = run_arm(config, arm, base, dataset, rft, callbacks=[MlflowMetrics(run_id)])
+        result = run_arm(config, arm, base, dataset, rft, callbacks=[MlflowMetrics(run_id), StepLog(arm)])
         mlflow.log_params({"arm_dir": str(result.path), "base_model": base, "checkpoints": len(result.checkpoints)})
         if result.rollouts is not None and result.rollouts.exists():
             mlflow.log_artifact(str(result.rollouts), "rollouts")

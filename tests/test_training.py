@@ -167,3 +167,18 @@ def test_lora_arm_saves_an_adapter_that_loads_back(setup, tmp_path):
     model, processor = load_model(config.model, str(result.final), trainable=False)
     scores = puzzle_scores(model, processor, dataset, limit=config.evaluation.limit)
     assert set(scores) == {"puzzle.exact", "puzzle.valid", "puzzle.reward"}
+
+
+def test_an_arms_progress_reaches_the_flow_runs_log(capsys):
+    """Prefect keeps printed lines, not the Trainer's progress bar: a line every tenth of the steps."""
+    from types import SimpleNamespace
+
+    from tasks.training import StepLog
+
+    log = StepLog("sft")
+    for step in range(1, 21):
+        state = SimpleNamespace(max_steps=20, global_step=step, is_world_process_zero=True)
+        log.on_log(None, state, None, logs={"loss": 1.0 / step})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines] == [f"sft: step {s}/20" for s in range(2, 21, 2)]
+    assert lines[-1].startswith("sft: step 20/20, loss 0.05 (")
