@@ -34,8 +34,21 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the field."""
 
 
+def _bounds_in_descriptions(schema: dict) -> None:
+    """The Prefect run form validates a field's bounds but does not show them: say them in its description,
+    e.g. 'Items generated per batch. (1 <= x <= 4096)'."""
+    signs = {"minimum": "{} <= ", "exclusiveMinimum": "{} < ", "maximum": " <= {}", "exclusiveMaximum": " < {}"}
+    for field in schema.get("properties", {}).values():
+        numbers = [field] + field.get("anyOf", [])  # an optional number is anyOf [number, null]
+        found = {k: n[k] for n in numbers for k in signs if k in n}
+        if found and "description" in field:
+            low = "".join(signs[k].format(v) for k, v in found.items() if "inimum" in k)
+            high = "".join(signs[k].format(v) for k, v in found.items() if "aximum" in k)
+            field["description"] += f" ({low}x{high})"
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=_bounds_in_descriptions)
 
 
 class PuzzleConfig(_Section):
