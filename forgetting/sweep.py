@@ -21,7 +21,16 @@ from forgetting.config import NOT_RESULTS, ConfigError, StudyConfig
 from forgetting.metrics import BOUNDS, mean_ci
 from forgetting.predictors import PREDICTORS, predictor_rows, predictors
 from forgetting.profiles import build_config, set_dotted
-from forgetting.report import interval, legend, markdown_table, pyplot, save_figure, skipped_note, without_nan
+from forgetting.report import (
+    interval,
+    legend,
+    markdown_table,
+    plot_dynamics,
+    pyplot,
+    save_figure,
+    skipped_note,
+    without_nan,
+)
 from forgetting.storage import stable_hash
 
 LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)  # puzzle accuracies at which the frontiers are compared
@@ -161,8 +170,8 @@ def write_sweep_report(
     out: Path, sweep: str, frame: pd.DataFrame, overrides: dict[str, dict], skipped: dict[str, dict] | None = None
 ) -> dict:
     """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), matched.csv (forgetting along the frontiers
-    at matched puzzle accuracy), summary.json, frontier.png (a panel per arm family) and report.md; skipped:
-    skipped_arms of the points."""
+    at matched puzzle accuracy), summary.json, frontier.png (a panel per arm family), predictors.png (forgetting
+    against each predictor, every trained checkpoint) and report.md; skipped: skipped_arms of the points."""
     out.mkdir(parents=True, exist_ok=True)
     table, found = matched(frame), predictors(frame[frame.step > 0])  # pooled over every distinct checkpoint
     frame.to_csv(out / "frontier.csv", index=False)
@@ -178,6 +187,7 @@ def write_sweep_report(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot_frontiers(frame, out / "frontier.png")
+    plot_dynamics(frame[frame.step > 0], out / "predictors.png")
     (out / "report.md").write_text(sweep_markdown(summary, table, found))
     return summary
 
@@ -223,5 +233,5 @@ def sweep_markdown(summary: dict, table: pd.DataFrame, predictors_found: dict) -
         + markdown_table(pivot)
         + "\n### What predicts forgetting, over every distinct checkpoint of the sweep\n\n"
         + markdown_table(predictor_rows(predictors_found))
-        + "\n![frontiers](frontier.png)\n"
+        + "\n![frontiers](frontier.png)\n\n![predictors](predictors.png)\n"
     )

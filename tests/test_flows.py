@@ -179,6 +179,9 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     matched = pd.read_csv(report / "matched.csv")
     assert set(matched.arm) == {"sft", "rft"} and set(matched.puzzle_level) == {0.2, 0.4, 0.6, 0.8, 1.0}
     assert list(summary["points"]) == ["p0", "p1"] and (report / "frontier.png").is_file()
+    assert (report / "predictors.png").is_file() and "![predictors](predictors.png)" in (
+        report / "report.md"
+    ).read_text()
     assert frame.forward_kl[frame.step > 0].notna().all() and set(summary["predictors"]) >= {"forward_kl", "data_nll"}
     assert summary["predictors"]["param_distance"]["points"] == (frame.step > 0).sum()  # pooled, each arm once
     client, runs = _runs(config)
