@@ -134,10 +134,12 @@ def test_a_sweep_is_every_combination_and_a_bad_point_is_named():
     from forgetting.sweep import arm_key, family, points
 
     studies = points(load_config("tiny-sweep"))
-    assert len(studies) == 3 * 2 + 2 and all(not one.sweep.grid for _, _, one in studies)
+    assert len(studies) == 3 * 2 + 3 and all(not one.sweep.grid for _, _, one in studies)
     sft = {(family(one, "sft"), arm_key(one, "sft")) for _, _, one in studies}
     rft = {arm_key(one, "rft") for _, _, one in studies if one.arms.rft.enabled}
     assert len(sft) == 4 and ("sft-lora" in {f for f, _ in sft}) and len(rft) == 3  # two lrs, and beta 0
+    rollout = {arm_key(one, "rollout_sft") for _, _, one in studies if one.arms.rollout_sft.enabled}
+    assert len(rollout) == 4  # one per RFT setting at lr 5e-4, and one at lr 3e-5
     with pytest.raises(ConfigError, match=r"sweep point 1 .*arms.sft.learning_rate"):
         points(load_config("micro", ["sweep.grid={arms.sft.learning_rate: [0.001, -1]}"]))
 
