@@ -23,6 +23,7 @@ from flows.evaluate import aggregate_and_report, evaluate_and_report
 from flows.preflight import check_inputs
 from flows.train import train_arms
 from forgetting.config import StudyConfig
+from forgetting.profiles import with_next_seeds
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
 from tasks.puzzles import tracked_puzzles
 from tasks.tracking import run_link, seed_run, study_run
@@ -50,7 +51,7 @@ def study(
     parent_run_id: the MLflow run to log under (a sweep's; empty: a run of its own). scheduled: a run of the
     profile's cron schedule, which runs the study with schedule.add_seeds more seeds than the output folder holds."""
     if scheduled and config.schedule.add_seeds:
-        config = config.with_next_seeds(config.schedule.add_seeds)
+        config = with_next_seeds(config, config.schedule.add_seeds)
         print(f"scheduled run: the study over seeds {config.seeds} ({config.schedule.add_seeds} new)")
     check_inputs(config)
     progress, started = Progress(), time.perf_counter()

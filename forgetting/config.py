@@ -1,19 +1,15 @@
-"""StudyConfig: every study-level choice, typed, bounded and described. It imports no stage of the study:
-checks that need one (the base model exists, lm-eval knows the benchmarks, MLflow answers) run in
-flows/preflight.py before any work.
-
-It is the study flow's parameter, so the Prefect UI renders it as a form; forgetting/profiles.py builds it
-from a YAML profile in configs/ plus `--set dotted.key=value` overrides:
-
-    python -m flows.puzzles --profile micro --set puzzles.grid=3x3 --output-dir /tmp/run
-"""
+"""StudyConfig: every study-level choice, typed, bounded and described; the study flow's parameter, so the
+Prefect UI renders it as a form. It imports no stage: checks that need one (the base model exists, lm-eval
+knows the benchmarks, MLflow answers) run in flows/preflight.py before any work. forgetting/profiles.py builds
+it from a YAML profile in configs/ plus `--set dotted.key=value` overrides."""
 
 import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from forgetting.schema import ConfigError, Section  # noqa: F401 - ConfigError is imported from here everywhere
 from forgetting.storage import stable_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,28 +26,7 @@ TOKEN_PX = 28
 NOT_RESULTS = {"output", "tracking", "schedule", "sweep"}
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the field."""
-
-
-def _bounds_in_descriptions(schema: dict) -> None:
-    """The Prefect run form validates a field's bounds but does not show them: say them in its description,
-    e.g. 'Items generated per batch. (1 <= x <= 4096)'."""
-    signs = {"minimum": "{} <= ", "exclusiveMinimum": "{} < ", "maximum": " <= {}", "exclusiveMaximum": " < {}"}
-    for field in schema.get("properties", {}).values():
-        numbers = [field] + field.get("anyOf", [])  # an optional number is anyOf [number, null]
-        found = {k: n[k] for n in numbers for k in signs if k in n}
-        if found and "description" in field:
-            low = "".join(signs[k].format(v) for k, v in found.items() if "inimum" in k)
-            high = "".join(signs[k].format(v) for k, v in found.items() if "aximum" in k)
-            field["description"] += f" ({low}x{high})"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=_bounds_in_descriptions)
-
-
-class PuzzleConfig(_Section):
+class PuzzleConfig(Section):
     grid: str = Field(
         "2x2",
         pattern=r"^[1-6]x[1-6]$",
@@ -126,7 +101,7 @@ class PuzzleConfig(_Section):
         return self.side_unit * math.ceil(112 / self.side_unit)
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name_or_path: str = Field(
         "tiny",
         min_length=1,
@@ -147,7 +122,7 @@ class ModelConfig(_Section):
     )
 
 
-class PretrainConfig(_Section):
+class PretrainConfig(Section):
     steps: int = Field(4000, ge=1, le=1_000_000, description="Optimizer steps of base-model pretraining.")
     batch_size: int = Field(32, ge=1, le=4096, description="Prior-knowledge items per step.")
     learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Peak learning rate.")
@@ -195,7 +170,7 @@ class PretrainConfig(_Section):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of initialisation and data order.")
 
 
-class SFTArmConfig(_Section):
+class SFTArmConfig(Section):
     enabled: bool = Field(True, description="Train this arm.")
     steps: int = Field(300, ge=1, le=1_000_000, description="Optimizer steps.")
     learning_rate: float = Field(5e-4, gt=0, le=1.0, description="Peak learning rate.")
@@ -205,7 +180,7 @@ class SFTArmConfig(_Section):
     )
 
 
-class RFTArmConfig(_Section):
+class RFTArmConfig(Section):
     enabled: bool = Field(True, description="Train this arm.")
     steps: int = Field(300, ge=1, le=1_000_000, description="GRPO optimizer steps.")
     learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate.")
@@ -248,7 +223,7 @@ class RolloutSFTArmConfig(SFTArmConfig):
     )
 
 
-class ArmsConfig(_Section):
+class ArmsConfig(Section):
     sft: SFTArmConfig = Field(default_factory=SFTArmConfig, description="SFT on ground-truth answers.")
     rft: RFTArmConfig = Field(default_factory=RFTArmConfig, description="RFT: GRPO with the puzzle reward.")
     rollout_sft: RolloutSFTArmConfig = Field(
@@ -275,7 +250,7 @@ class ArmsConfig(_Section):
         return sorted(set(v))
 
 
-class EvaluationConfig(_Section):
+class EvaluationConfig(Section):
     benchmarks: list[str] = Field(
         default_factory=lambda: ["tiny_world"],
         description="lm-eval task or group names; 'tiny_world' is the embedded prior-knowledge suite.",
@@ -291,7 +266,7 @@ class EvaluationConfig(_Section):
     )
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     tracking_uri: str | None = Field(
         None,
         description="MLflow tracking URI. Empty: $MLFLOW_TRACKING_URI, else `sqlite:///<output dir>/mlflow.db`.",
@@ -299,7 +274,7 @@ class TrackingConfig(_Section):
     experiment: str = Field("forgetting-study", min_length=1, description="MLflow experiment name.")
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(Section):
     cron: str | None = Field(
         None,
         pattern=r"^(\S+\s+){4}\S+$",
@@ -316,7 +291,7 @@ class ScheduleConfig(_Section):
     )
 
 
-class SweepConfig(_Section):
+class SweepConfig(Section):
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="flows.sweep only: dotted config keys and the values to try; every combination is one point, "
@@ -338,7 +313,7 @@ class SweepConfig(_Section):
     )
 
 
-class OutputConfig(_Section):
+class OutputConfig(Section):
     dir: str | None = Field(None, description="Where runs are written. Empty: runs/ in the repository.")
 
     @property
@@ -346,7 +321,7 @@ class OutputConfig(_Section):
         return Path(self.dir).expanduser().resolve() if self.dir else DEFAULT_OUTPUT_DIR
 
 
-class StudyConfig(_Section):
+class StudyConfig(Section):
     name: str = Field("tiny", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Study name; prefixes the id.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of model initialisation and training.")
     seeds: list[int] = Field(
@@ -393,17 +368,6 @@ class StudyConfig(_Section):
         """One single-seed config per entry of seeds (each is the study with that `seed`, sharing its outputs),
         or [self] when seeds is empty."""
         return [self.model_copy(update={"seed": s, "seeds": []}) for s in self.seeds] or [self]
-
-    def with_next_seeds(self, n: int) -> "StudyConfig":
-        """This study over its own seeds, every other seed with a one-seed report in the output folder, and the
-        n lowest seeds with none (a scheduled run's study)."""
-        have = set(self.seeds or [self.seed])
-        one = [self.model_copy(update={"seed": s, "seeds": []}) for s in range(64)]
-        have |= {s for s, config in enumerate(one) if (config.report_dir / "summary.json").is_file()}
-        new = [s for s in range(len(have) + n) if s not in have][:n]
-        if len(have) + len(new) > 16:
-            raise ConfigError(f"schedule.add_seeds: the study would have {len(have) + len(new)} seeds, at most 16")
-        return self.model_copy(update={"seeds": sorted(have | set(new))})
 
     def config_hash(self) -> str:
         """Hash of everything that changes results (not where they are written or tracked, nor when rerun)."""

@@ -80,3 +80,15 @@ def load_config(
     if output_dir is not None:
         set_dotted(data, f"output.dir={Path(output_dir).expanduser().resolve()}")
     return build_config(data)
+
+
+def with_next_seeds(config: StudyConfig, n: int) -> StudyConfig:
+    """The study over its own seeds, every other seed with a one-seed report in the output folder, and the n
+    lowest seeds with none (what a scheduled run runs: schedule.add_seeds)."""
+    have = set(config.seeds or [config.seed])
+    one = [config.model_copy(update={"seed": s, "seeds": []}) for s in range(64)]
+    have |= {s for s, seeded in enumerate(one) if (seeded.report_dir / "summary.json").is_file()}
+    new = [s for s in range(len(have) + n) if s not in have][:n]
+    if len(have) + len(new) > 16:
+        raise ConfigError(f"schedule.add_seeds: the study would have {len(have) + len(new)} seeds, at most 16")
+    return config.model_copy(update={"seeds": sorted(have | set(new))})

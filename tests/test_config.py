@@ -146,17 +146,19 @@ def test_a_sweep_is_every_combination_and_a_bad_point_is_named():
 
 def test_a_scheduled_run_adds_seeds_to_those_the_output_folder_holds(tmp_path):
     """schedule.add_seeds: the study over its own seeds, every seed already reported, and the next new ones."""
+    from forgetting.profiles import with_next_seeds
+
     config = load_config("micro", ["seed=0"], str(tmp_path))
-    assert config.with_next_seeds(1).seeds == [0, 1]
+    assert with_next_seeds(config, 1).seeds == [0, 1]
     for seed in (1, 3):  # one-seed reports left by earlier runs
         report = config.model_copy(update={"seed": seed}).report_dir
         report.mkdir(parents=True)
         (report / "summary.json").write_text("{}")
-    assert config.with_next_seeds(1).seeds == [0, 1, 2, 3]
-    assert config.with_next_seeds(2).seeds == [0, 1, 2, 3, 4]
-    assert load_config("micro", ["seeds=[5,6]"], str(tmp_path)).with_next_seeds(1).seeds == [0, 1, 3, 5, 6]
+    assert with_next_seeds(config, 1).seeds == [0, 1, 2, 3]
+    assert with_next_seeds(config, 2).seeds == [0, 1, 2, 3, 4]
+    assert with_next_seeds(load_config("micro", ["seeds=[5,6]"], str(tmp_path)), 1).seeds == [0, 1, 3, 5, 6]
     with pytest.raises(ConfigError, match="would have 17 seeds"):
-        config.with_next_seeds(14)
+        with_next_seeds(config, 14)
 
 
 def test_form_descriptions_render_as_written():

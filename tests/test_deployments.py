@@ -226,13 +226,17 @@ def test_a_sweep_runs_its_points_as_flow_runs_of_a_deployment(prefect_harness, t
         sweep(load_config("micro", [*sets, "sweep.deployment=study/nowhere"], str(tmp_path)))
     assert not (tmp_path / "arms").exists()
     with _served(tmp_path) as deployment:
+
+        def runs() -> dict:
+            with get_client(sync_client=True) as client:
+                only = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+                return {r.id: r for r in client.read_flow_runs(deployment_filter=only)}
+
+        before = runs()  # the session's earlier tests may have run this deployment
         config = load_config("micro", [*sets, "sweep.deployment=study/micro"], str(tmp_path))
         summary = sweep(config)
-        with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
-            )
-    assert sorted(r.state.name for r in runs) == ["Completed", "Completed"]
+        new = [r for i, r in runs().items() if i not in before]
+    assert sorted(r.state.name for r in new) == ["Completed", "Completed"]
     frame = pd.read_csv(sweep_dir(config) / "report" / "frontier.csv")
     assert frame[frame.arm == "sft"].arm_key.nunique() == 2 and list(summary["points"]) == ["p0", "p1"]
     client = mlflow.MlflowClient(tracking_uri(config))
