@@ -19,6 +19,7 @@ from flows.preflight import check_inputs
 from forgetting.config import NOT_RESULTS, REPO_ROOT, ConfigError, StudyConfig
 from forgetting.profiles import load_config
 from forgetting.puzzle_data import PuzzleError
+from forgetting.report import skipped_reasons
 from forgetting.sweep import sweep_spec
 
 
@@ -62,12 +63,8 @@ def outcome(result, skipped: dict):
     result."""
     if not skipped:
         return result
-    reasons = [
-        f"{arm}{f' (seed {seed})' if seed is not None else ''}: {reason}"
-        for arm, why in skipped.items()
-        for seed, reason in (why.items() if isinstance(why, dict) else [(None, why)])
-    ]
-    return Completed(data=result, name="Completed, arms skipped", message="; ".join(reasons))
+    reasons = "; ".join(f"{arm}: {why}" for arm, why in skipped_reasons(skipped).items())
+    return Completed(data=result, name="Completed, arms skipped", message=reasons)
 
 
 def record_run(config: StudyConfig, flow: str, report: Path, seconds: float) -> None:

@@ -220,18 +220,20 @@ PREDICTORS_NOTE = (
 )
 
 
+def skipped_reasons(skipped: dict | None) -> dict[str, str]:
+    """Skipped arms (arm -> reason, or -> {seed: reason}) as arm -> one line of reasons."""
+    return {
+        arm: "; ".join(f"seed {s}: {r}" for s, r in why.items()) if isinstance(why, dict) else why
+        for arm, why in (skipped or {}).items()
+    }
+
+
 def skipped_note(skipped: dict | None) -> str:
     """The report's line on the arms asked for and missing (arm -> reason, or -> {seed: reason})."""
     if not skipped:
         return ""
-    why = {
-        a: "; ".join(f"seed {s}: {r}" for s, r in w.items()) if isinstance(w, dict) else w for a, w in skipped.items()
-    }
-    return (
-        "**Skipped arms** (asked for, not in this report): "
-        + "; ".join(f"`{a}`: {w}" for a, w in why.items())
-        + ".\n\n"
-    )
+    reasons = "; ".join(f"`{arm}`: {why}" for arm, why in skipped_reasons(skipped).items())
+    return f"**Skipped arms** (asked for, not in this report): {reasons}.\n\n"
 
 
 def _matched_note(level: float, common: str) -> str:
