@@ -60,7 +60,7 @@ def publish(
 ) -> Path:
     """publish_report of the config's own report folder: its sweep's when the config has a sweep, else its
     study's."""
-    swept = bool(config.sweep.grid or config.sweep.extra)
+    swept = config.sweep.has_points
     report = sweep_dir(config) / "report" if swept else config.report_dir
     if not (report / "run.json").is_file():
         flow = "flows.sweep" if swept else "flows.study"

@@ -312,6 +312,11 @@ class SweepConfig(Section):
         exclude_if=lambda deployment: deployment is None,
     )
 
+    @property
+    def has_points(self) -> bool:
+        """Whether it names any point; a config without one is a plain study."""
+        return bool(self.grid or self.extra)
+
 
 class OutputConfig(Section):
     dir: str | None = Field(None, description="Where runs are written. Empty: runs/ in the repository.")
@@ -343,7 +348,7 @@ class StudyConfig(Section):
     sweep: SweepConfig = Field(
         default_factory=SweepConfig,
         description="A sweep of this study over settings (flows.sweep); a study ignores it.",
-        exclude_if=lambda sweep: not (sweep.grid or sweep.extra),
+        exclude_if=lambda sweep: not sweep.has_points,
     )
 
     @model_validator(mode="after")

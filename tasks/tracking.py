@@ -96,8 +96,9 @@ KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens it 
 def _experiment_id(config: StudyConfig, uri: str) -> str:
     experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
     if experiment is not None:
-        if experiment.tags.get("mlflow.experimentKind") is None:  # made by an earlier version
-            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *next(iter(KIND.items())))
+        for key, value in KIND.items():
+            if key not in experiment.tags:  # made by an earlier version
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     artifacts = None
     if uri.startswith("sqlite:"):  # a local store keeps its artifacts beside it, not in ./mlruns
