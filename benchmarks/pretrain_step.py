@@ -17,7 +17,8 @@ import time
 import torch
 
 from forgetting.config import PretrainConfig
-from forgetting.pretrain import VisionAux, backward_by_length, build_base, item_batch, per_item_loss, train_batches
+from forgetting.pretrain import backward_by_length, build_base, item_batch, per_item_loss, train_batches
+from forgetting.vision_heads import VisionAux
 
 
 def padded_step(model, processor, items) -> float:

@@ -19,6 +19,7 @@ from forgetting.evaluation import data_nll, eval_targets
 from forgetting.models import load_model
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.report import forgetting_pivot, summary_frame
+from forgetting.rollout_sft import rollout_provenance
 from forgetting.trainer import ArmResult
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
 from tasks.evaluation import evaluate_targets
@@ -41,11 +42,15 @@ def evaluate_and_report(
     training data under the base, write <output>/<study-id>/report/ (skipped: the arms asked for and not
     there, with the reason), log it, print the forgetting table. progress(share done, what) after each
     evaluation."""
-    data = BenchmarkData(str(heldout), str(dataset.path), config.arms.sft.prompt_style)
+    data = BenchmarkData(str(heldout), str(dataset.path))  # each target sets its arm's prompt style
     targets = eval_targets(config, base, arms)
     folders = evaluate_targets(config, run_id, targets, data, base, progress)
     load_base = functools.cache(lambda: load_model(config.model, base, trainable=False))  # once, if at all
-    nll = {arm: data_nll(config, base, arm, training_data(result), dataset, load_base) for arm, result in arms.items()}
+    nll = {
+        arm: data_nll(config, base, arm, training_data(result), dataset, load_base)
+        | {"rollout_source": rollout_provenance(result)}
+        for arm, result in arms.items()
+    }
     summary = tracked_report(config, run_id, folders, nll, skipped)
     progress(1, "report written")
     out, table = config.report_dir, summary_frame(summary)

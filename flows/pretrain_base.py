@@ -2,6 +2,7 @@
 
     python -m flows.pretrain_base --profile tiny                 # assets/tiny-base (about 60 min, 2 cores)
     python -m flows.pretrain_base --profile micro                # assets/micro-base (the test profile's base)
+    python -m flows.pretrain_base --profile tiny-think           # assets/tiny-think-base (also thinks)
 
 Writes model.safetensors, the processor (tokenizer, chat template, image processor) and model_card.json
 (command, seed, data hash, parameter count, held-out accuracy per task, jigsaw probe, wall time), and
@@ -14,17 +15,17 @@ from pathlib import Path
 from prefect import flow
 
 from flows.cli import run
-from forgetting.config import ConfigError, StudyConfig
+from forgetting.config import PROJECT_MODELS, ConfigError, StudyConfig
 from forgetting.models import ASSETS, SHIPPED
 from tasks.base_model import tracked_pretraining
 from tasks.tracking import study_run
 
 
 def ship_dir(config: StudyConfig) -> Path:
-    size = config.model.name_or_path
-    if size not in ("micro", "tiny", "small"):
-        raise ConfigError(f"model.name_or_path: pretrain_base builds micro, tiny or small, not {size!r}")
-    return SHIPPED.get(size, ASSETS / f"{size}-base")
+    name = config.model.name_or_path
+    if name not in PROJECT_MODELS:
+        raise ConfigError(f"model.name_or_path: pretrain_base builds one of {', '.join(PROJECT_MODELS)}, not {name!r}")
+    return SHIPPED.get(name, ASSETS / f"{name}-base")
 
 
 @flow(name="pretrain-base", log_prints=True)
@@ -36,7 +37,11 @@ def pretrain_base(config: StudyConfig = StudyConfig(), destination: str | None =
         card = tracked_pretraining(config, run_id, out, command)
     print(f"base model written to {out} ({card['parameters']} parameters, {card['wall_time_s']} s)")
     print("held-out accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in card["heldout_accuracy"].items()))
-    print("jigsaw probe: " + ", ".join(f"{k} {v:.3f}" for k, v in card["jigsaw"].items()))
+    for key in ("jigsaw", "jigsaw_think"):
+        if key in card:
+            print(f"{key} probe: " + ", ".join(f"{k} {v:.3f}" for k, v in card[key].items()))
+    if "heldout_accuracy_think" in card:
+        print("held-out, think: " + ", ".join(f"{k} {v:.2f}" for k, v in card["heldout_accuracy_think"].items()))
     return card
 
 

@@ -8,6 +8,7 @@ from prefect import flow
 
 from flows.cli import outcome, run
 from flows.preflight import check_inputs
+from forgetting.arms import ARMS
 from forgetting.config import StudyConfig
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.rollout_sft import NoCorrectRollouts
@@ -21,9 +22,9 @@ from tasks.training import arm_task
 def train_arms(
     config: StudyConfig, run_id: str, base: str, dataset: PuzzleDataset, progress=lambda done, what: None
 ) -> tuple[dict[str, ArmResult], dict[str, str]]:
-    """SFT, then RFT, then rollout-SFT on RFT's rollouts. Returns the enabled arms' results and the arms
-    skipped, with the reason (rollout-SFT when RFT left no correct rollout); progress(share done, what) after
-    each arm.
+    """SFT, teacher-SFT, then RFT, then rollout-SFT on RFT's rollouts. Returns the enabled arms' results and the
+    arms skipped, with the reason (rollout-SFT when RFT left no correct rollout); progress(share done, what)
+    after each arm.
 
     One after the other, not side by side: the HF Trainer keeps process-global accelerate state
     (TrainingArguments resets AcceleratorState when it sets up its device), and two trainers in one process
@@ -32,21 +33,16 @@ def train_arms(
     arms = config.arms
     preload()
     results, skipped = {}, {}
-    if arms.sft.enabled:
-        results["sft"] = arm_task(config, "sft", base, dataset)(config, "sft", base, dataset, run_id)
-        progress(1 / 3, "sft arm trained")
-    if arms.rft.enabled or arms.rollout_sft.enabled:
-        results["rft"] = arm_task(config, "rft", base, dataset)(config, "rft", base, dataset, run_id)
-        progress(2 / 3, "rft arm trained")
-    if arms.rollout_sft.enabled:
-        rft = results["rft"]
-        task = arm_task(config, "rollout_sft", base, dataset, upstream=rft)
+    order = [a for a in ARMS if getattr(arms, a).enabled or (a == "rft" and arms.rollout_sft.enabled)]
+    for i, arm in enumerate(order, 1):
+        upstream = results["rft"] if arm == "rollout_sft" else None
+        task = arm_task(config, arm, base, dataset, upstream=upstream)
         try:
-            results["rollout_sft"] = task(config, "rollout_sft", base, dataset, run_id, rft)
+            results[arm] = task(config, arm, base, dataset, run_id, *([upstream] if upstream else []))
         except NoCorrectRollouts as err:  # a finding about the base and RFT, not a crash: say so and go on
-            print(f"rollout_sft skipped: {err}")
-            skipped["rollout_sft"] = str(err)
-        progress(1, "rollout_sft arm trained")
+            print(f"{arm} skipped: {err}")
+            skipped[arm] = str(err)
+        progress(i / len(order), f"{arm} arm trained")
     if not arms.rft.enabled:
         results.pop("rft", None)
     return results, skipped
@@ -54,7 +50,7 @@ def train_arms(
 
 @flow(name="train", log_prints=True)
 def train_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI form needs a default
-    """Train the SFT, RFT and rollout-SFT arms on the puzzle train split."""
+    """Train the enabled arms (SFT, teacher-SFT, RFT, rollout-SFT) on the puzzle train split."""
     check_inputs(config, benchmarks=False)
     paths, missing = {}, {}
     with study_run(config, run_name=f"{config.study_id} train") as run_id:

@@ -1,6 +1,8 @@
-"""The study's arms, and where each lives: `sft` (SFT on ground-truth answers, forgetting/sft.py), `rft` (GRPO
-with the puzzle reward, forgetting/rft.py) and `rollout_sft` (SFT on the RFT arm's correct rollouts,
-forgetting/rollout_sft.py).
+"""The study's arms, and where each lives: `sft` (SFT on ground-truth answers, forgetting/sft.py), `teacher_sft`
+(SFT on a scripted, always-correct explanation plus the answer, forgetting/puzzles.py:teacher_reasoning), `rft`
+(GRPO with the puzzle reward, forgetting/rft.py) and `rollout_sft` (SFT on the RFT arm's correct rollouts,
+forgetting/rollout_sft.py). Each arm has its own prompt style (arms.<arm>.prompt_style), which its training, its
+rollouts, its evaluation and the base's view of its data all read (arm_style).
 
 An arm's folder is named by the hash of what determines it (the base model's content, puzzles, model and arm
 settings, seed, and for rollout_sft the RFT arm it learns from), so changing one arm's settings retrains that
@@ -15,16 +17,26 @@ from pathlib import Path
 
 from forgetting.config import StudyConfig
 from forgetting.models import model_fingerprint
-from forgetting.puzzle_data import PuzzleDataset
-from forgetting.puzzles import make_target
+from forgetting.puzzle_data import CORNER_NAMES, PuzzleDataset
+from forgetting.puzzles import make_target, teacher_reasoning
 from forgetting.rft import train_rft
 from forgetting.rollout_sft import rollout_sft_data, rollout_sft_examples
 from forgetting.sft import sft_examples, train_sft
 from forgetting.storage import stable_hash, write_text_once
 from forgetting.trainer import FINAL, ArmResult, checkpoints
 
-ARMS = ("sft", "rft", "rollout_sft")
+ARMS = ("sft", "teacher_sft", "rft", "rollout_sft")
 TRAINING_DATA = "training_data.jsonl"
+
+
+def arm_style(config: StudyConfig, arm: str) -> str:
+    """The prompt style an arm trains on and is evaluated with."""
+    return getattr(config.arms, arm).prompt_style
+
+
+def arm_styles(config: StudyConfig) -> list[str]:
+    """The prompt styles of the enabled arms, in arm order, each once: the base is evaluated in each."""
+    return list(dict.fromkeys(arm_style(config, a) for a in ARMS if getattr(config.arms, a).enabled)) or ["direct"]
 
 
 def arm_spec(config: StudyConfig, arm: str) -> dict:
@@ -34,7 +46,7 @@ def arm_spec(config: StudyConfig, arm: str) -> dict:
         "arm": arm,
         "model": config.model.model_dump(mode="json"),
         "settings": getattr(config.arms, arm).model_dump(mode="json"),
-        "prompt_style": config.arms.sft.prompt_style,
+        "prompt_style": arm_style(config, arm),
         "checkpoint_every": config.arms.checkpoint_every,
         **({"checkpoint_steps": config.arms.checkpoint_steps} if config.arms.checkpoint_steps else {}),
         "seed": config.seed,
@@ -62,11 +74,12 @@ def run_arm(
     """Train one arm, or find it trained (the plain function behind the Prefect task). rollout_sft needs the
     rft arm's result; callbacks (TrainerCallbacks) get the Trainer's events and logs."""
     out = arm_dir(config, arm, base, dataset, upstream=str(rft.path) if rft else "")
-    style = config.arms.sft.prompt_style
-    if arm == "sft":
-        records = dataset.records("train")
-        write_training_data(out, [(r["id"], make_target(r["answer"], style)) for r in records])
-        return train_sft(config, arm, config.arms.sft, base, sft_examples(dataset, style), out, callbacks)
+    style = arm_style(config, arm)
+    if arm in ("sft", "teacher_sft"):
+        pairs = ground_truth(config, arm, dataset)
+        write_training_data(out, pairs)
+        examples = sft_examples(dataset, style, dict(pairs))
+        return train_sft(config, arm, getattr(config.arms, arm), base, examples, out, callbacks)
     if arm == "rft":
         return train_rft(config, base, dataset, out, callbacks)
     if arm == "rollout_sft":
@@ -79,6 +92,18 @@ def run_arm(
     raise ValueError(f"unknown arm {arm!r}; arms are {ARMS}")
 
 
+def ground_truth(config: StudyConfig, arm: str, dataset: PuzzleDataset) -> list[tuple[str, str]]:
+    """(puzzle id, target) per train puzzle: the answer alone (sft, in its prompt style's form), or a teacher's
+    explanation and the answer (teacher_sft)."""
+    rows, cols = config.puzzles.shape
+    corners = CORNER_NAMES.get(config.puzzles.cue) if config.puzzles.source == "synthetic" else None
+    pairs = []
+    for record in dataset.records("train"):
+        reasoning = teacher_reasoning(record["answer"], rows, cols, corners) if arm == "teacher_sft" else None
+        pairs.append((record["id"], make_target(record["answer"], arm_style(config, arm), reasoning)))
+    return pairs
+
+
 def write_training_data(out: Path, pairs: list[tuple[str, str]]) -> None:
     """What an SFT arm trains on, as {puzzle_id, completion} lines (the rft arm's is rollouts.jsonl):
     the learning-dynamics analysis scores it under the base model."""
@@ -89,8 +114,9 @@ def write_training_data(out: Path, pairs: list[tuple[str, str]]) -> None:
 
 
 def training_data(result: ArmResult) -> Path:
-    """The completions an arm was trained on: ground truth (sft), its own rollouts (rft), or the correct
-    rollouts it kept (rollout_sft); one JSON line each with puzzle_id and completion."""
+    """The completions an arm was trained on: ground truth (sft), the teacher's explanations (teacher_sft), its
+    own rollouts (rft), or the correct rollouts it kept (rollout_sft); one JSON line each with puzzle_id and
+    completion."""
     return result.rollouts if result.arm == "rft" else result.path / TRAINING_DATA
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from forgetting.config import StudyConfig
-from forgetting.models import pick_device, resolve_model_path
+from forgetting.models import model_fingerprint, pick_device, project_size, resolve_model_path
 from forgetting.pretrain import jigsaw_probe, pretrain, save_base
 from forgetting.storage import stable_hash, write_once
 from forgetting.world import PRIOR_TASKS, fingerprint, make_split, write_split
@@ -23,8 +23,10 @@ def pretrain_dir(config: StudyConfig) -> Path:
 
 
 def pretrain_base_model(config: StudyConfig, out: Path, log=lambda metrics, step: None, command: str = "") -> dict:
-    """Pretrain config.model.name_or_path (micro/tiny/small) on the tiny world and save it with its card."""
-    size = config.model.name_or_path
+    """Pretrain config.model.name_or_path (one of PROJECT_MODELS) on the tiny world and save it with its card.
+    A base that learned the think style is also probed on the jigsaw's think prompt: greedy, and 16 samples at
+    the RFT arm's temperature and completion length."""
+    size = project_size(config.model.name_or_path)
     started = time.perf_counter()
     device = pick_device(config.model)
     model, processor, history = pretrain(size, config.pretrain, log=log, device=device)
@@ -32,6 +34,31 @@ def pretrain_base_model(config: StudyConfig, out: Path, log=lambda metrics, step
     probe = jigsaw_probe(model, processor, seed=config.pretrain.seed, puzzles=config.puzzles)
     log(probe, config.pretrain.steps)
     final = history[max(history)]
+    think = {}
+    if config.pretrain.think_share > 0:
+        rft = config.arms.rft
+        think_probe = jigsaw_probe(
+            model,
+            processor,
+            samples=16,
+            seed=config.pretrain.seed,
+            puzzles=config.puzzles,
+            style="think",
+            temperature=rft.temperature,
+            max_new_tokens=rft.max_new_tokens,
+        )
+        log({k.replace("jigsaw.", "jigsaw_think."): v for k, v in think_probe.items()}, config.pretrain.steps)
+        think = {
+            "heldout_accuracy_think": {
+                k.removeprefix("heldout_think."): round(v, 4)
+                for k, v in final.items()
+                if k.startswith("heldout_think.")
+            },
+            "heldout_think_measure": "teacher-forced exact of the whole think completion, reasoning included",
+            "jigsaw_think": {k.removeprefix("jigsaw."): round(v, 4) for k, v in think_probe.items()},
+            "jigsaw_think_probe": f"the same puzzles, think prompt, greedy and 16 samples at T={rft.temperature} "
+            f"(at most {rft.max_new_tokens} tokens each)",
+        }
     card = {
         "command": command or f"python -m flows.pretrain_base --profile {config.name}",
         "size": size,
@@ -50,7 +77,10 @@ def pretrain_base_model(config: StudyConfig, out: Path, log=lambda metrics, step
         "wall_time_s": round(wall, 1),
         "torch_threads": torch.get_num_threads(),
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        **think,
     }
+    if config.pretrain.start_from:
+        card["start_from_fingerprint"] = model_fingerprint(resolve_model_path(config.pretrain.start_from))
     save_base(model, processor, out, card)
     return card
 

@@ -9,6 +9,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from forgetting.arm_config import (  # noqa: F401 - the arms' sections, imported from here like the rest
+    ArmsConfig,
+    RFTArmConfig,
+    RolloutSFTArmConfig,
+    SFTArmConfig,
+    TeacherSFTArmConfig,
+)
 from forgetting.schema import ConfigError, Section  # noqa: F401 - ConfigError is imported from here everywhere
 from forgetting.storage import stable_hash
 
@@ -20,6 +27,11 @@ DEFAULT_OUTPUT_DIR = REPO_ROOT / "runs"
 # is a multiple of 28 px is a whole number of image tokens.
 TOKEN_PX = 28
 
+
+# The project's own models: a size (micro, tiny, small), optionally with a suffix naming a variant of its
+# pretraining (tiny-think: the tiny base that also learned the think style). micro, tiny and tiny-think ship in
+# assets/<name>-base.
+PROJECT_MODELS = ("micro", "tiny", "small", "tiny-think")
 
 # What does not change a study's results: where they go, where they are tracked, when reruns happen, and the
 # sweep the study may be a point of.
@@ -105,7 +117,8 @@ class ModelConfig(Section):
     name_or_path: str = Field(
         "tiny",
         min_length=1,
-        description="'micro' or 'tiny' (the project's own Qwen2.5-VL-architecture models), a hub id "
+        description="'micro', 'tiny' or 'tiny-think' (the project's own Qwen2.5-VL-architecture models; "
+        "tiny-think also answers in the think style), a hub id "
         "such as Qwen/Qwen2.5-VL-3B-Instruct, or a local directory.",
     )
     finetune: Literal["full", "lora"] = Field("full", description="Train all weights or a LoRA adapter.")
@@ -167,87 +180,21 @@ class PretrainConfig(Section):
         description="Where the chat template puts a user turn's image: before its text, or after it (a tiny "
         "model learns faster: the answer is then always the same distance from the image).",
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of initialisation and data order.")
-
-
-class SFTArmConfig(Section):
-    enabled: bool = Field(True, description="Train this arm.")
-    steps: int = Field(300, ge=1, le=1_000_000, description="Optimizer steps.")
-    learning_rate: float = Field(5e-4, gt=0, le=1.0, description="Peak learning rate.")
-    batch_size: int = Field(16, ge=1, le=4096, description="Samples per optimizer step.")
-    prompt_style: Literal["direct", "think"] = Field(
-        "direct", description="direct: answer only; think: `<think>...</think><answer>...</answer>`."
-    )
-
-
-class RFTArmConfig(Section):
-    enabled: bool = Field(True, description="Train this arm.")
-    steps: int = Field(300, ge=1, le=1_000_000, description="GRPO optimizer steps.")
-    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate.")
-    batch_size: int = Field(32, ge=1, le=4096, description="Completions per step; a multiple of num_generations.")
-    num_generations: int = Field(8, ge=2, le=256, description="Group size G: completions per prompt.")
-    beta: float = Field(0.04, ge=0.0, le=10.0, description="KL penalty towards the base model.")
-    temperature: float = Field(1.0, gt=0.0, le=5.0, description="Sampling temperature of rollouts.")
-    scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group",
-        description="Advantage scaling: by the group's reward std (GRPO), the batch's, or none (Dr. GRPO).",
-    )
-    entropy_coef: float = Field(
-        0.0, ge=0.0, le=1.0, description="Weight of the mean-token-entropy bonus in the loss (0: none)."
-    )
-    max_new_tokens: int = Field(32, ge=1, le=8192, description="Longest completion sampled.")
-    use_vllm: bool = Field(False, description="GPU only: sample rollouts with TRL's vLLM integration (colocate).")
-
-    @model_validator(mode="after")
-    def _check(self) -> "RFTArmConfig":
-        if self.batch_size % self.num_generations:
-            raise ValueError(
-                f"batch_size {self.batch_size} is not a multiple of num_generations {self.num_generations}"
-            )
-        return self
-
-
-class RolloutSFTArmConfig(SFTArmConfig):
-    rollout_source: Literal["training", "final", "early"] = Field(
-        "training",
-        description="training: the RFT arm's recorded correct rollouts; final/early: fresh samples "
-        "from the final or an early RFT checkpoint, kept when correct.",
-    )
-    samples_per_puzzle: int | None = Field(
+    start_from: Literal["micro", "tiny"] | None = Field(
         None,
-        ge=1,
-        le=256,
-        description="final/early: fresh samples drawn per train puzzle (empty: arms.rft.num_generations). "
-        "An exact answer is kept once per puzzle, so a model that is mostly right gains little from more.",
-        exclude_if=lambda n: n is None,  # left out of dumps and hashes at its default: ids unchanged
+        description="Continue from this shipped base (its weights and tokenizer; vocab_size and image_position are "
+        "then its own) instead of a random initialisation. Empty: from scratch.",
+        exclude_if=lambda v: v is None,  # left out of dumps and hashes at its default: ids unchanged
     )
-
-
-class ArmsConfig(Section):
-    sft: SFTArmConfig = Field(default_factory=SFTArmConfig, description="SFT on ground-truth answers.")
-    rft: RFTArmConfig = Field(default_factory=RFTArmConfig, description="RFT: GRPO with the puzzle reward.")
-    rollout_sft: RolloutSFTArmConfig = Field(
-        default_factory=RolloutSFTArmConfig, description="SFT on the RFT arm's correct rollouts."
+    think_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of items asked in the think style: `<think>` what the model sees `</think><answer>` the "
+        "answer `</answer>` (0: direct answers only, as the tiny base).",
+        exclude_if=lambda v: v == 0.0,  # left out of dumps and hashes at its default: ids unchanged
     )
-    checkpoint_every: int = Field(50, ge=1, le=1_000_000, description="Save a checkpoint every N steps.")
-    checkpoint_steps: list[int] = Field(
-        default_factory=list,
-        max_length=64,
-        description="Steps to save a checkpoint at besides every checkpoint_every, e.g. [5, 10, 20]: points "
-        "below an arm's plateau on its learning curve. The evaluation reads them all.",
-        exclude_if=lambda steps: not steps,  # left out of dumps and hashes when empty: ids unchanged
-    )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on GPU).")
-    deepspeed: str | None = Field(
-        None, description="Path to a DeepSpeed JSON config passed to the trainers (multi-GPU, via accelerate launch)."
-    )
-
-    @field_validator("checkpoint_steps")
-    @classmethod
-    def _positive_steps(cls, v: list[int]) -> list[int]:
-        if any(step < 1 for step in v):
-            raise ValueError(f"checkpoint steps must be at least 1, got {v}")
-        return sorted(set(v))
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of initialisation and data order.")
 
 
 class EvaluationConfig(Section):
@@ -353,8 +300,8 @@ class StudyConfig(Section):
 
     @model_validator(mode="after")
     def _check_pretrain(self) -> "StudyConfig":
-        if self.model.pretrain and self.model.name_or_path not in ("micro", "tiny", "small"):
-            raise ValueError("model.pretrain needs model.name_or_path micro, tiny or small")
+        if self.model.pretrain and self.model.name_or_path not in PROJECT_MODELS:
+            raise ValueError(f"model.pretrain needs model.name_or_path one of {', '.join(PROJECT_MODELS)}")
         return self
 
     @field_validator("name")

@@ -5,6 +5,7 @@ their results lie, and the base model's view of each arm's training data.
     python -m flows.evaluate --profile tiny     # evaluate the base model and every trained arm
 """
 
+import dataclasses
 import json
 import math
 import time
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import torch
 
+from forgetting.arms import arm_style, arm_styles
 from forgetting.benchmarks import (
+    PUZZLE_BENCHMARKS,
     TINY_WORLD,
     BenchmarkData,
     EvaluationError,
@@ -23,13 +26,11 @@ from forgetting.benchmarks import (
     request_conversation,
     run_benchmarks,
 )
-from forgetting.inference import continuation_logprobs, generate
+from forgetting.inference import continuation_logprobs, generate, token_logprobs
 from forgetting.models import chat, load_model, model_fingerprint
 from forgetting.puzzle_data import PuzzleDataset
-from forgetting.puzzles import parse_answer, score_answer
+from forgetting.puzzles import parse_answer, score_answer, well_formed_think
 from forgetting.storage import stable_hash, write_once, write_text_once
-
-SAMPLING = {"do_sample": True, "temperature": 1.0}
 
 
 def puzzle_scores(
@@ -41,11 +42,13 @@ def puzzle_scores(
     samples: int = 0,
     seed: int = 0,
     max_new_tokens: int = 32,
+    temperature: float = 1.0,
 ) -> dict[str, float]:
     """On the test split (its first `limit` puzzles), through the study's own lm-eval puzzle benchmark, so the
     number is the one an evaluation reports: greedy exact accuracy, valid-permutation rate (its format check)
-    and mean reward. With samples > 0 also pass@samples and the valid rate of samples at temperature 1
-    (max_new_tokens: the benchmark's own max_gen_toks), graded by the same score_answer."""
+    and mean reward; in think style also the share of well-formed `<think>...</think><answer>...</answer>`
+    answers. With samples > 0 also pass@samples and the valid (and well-formed) rate of samples at temperature,
+    at most max_new_tokens each, graded by the same score_answer."""
     data = BenchmarkData("", str(dataset.path), style)
     lm = StudyLM(model, processor, batch_size=64)
     rows, items = run_benchmarks(lm, [data.puzzle_benchmark], data, limit)
@@ -56,16 +59,21 @@ def puzzle_scores(
         "puzzle.valid": 1 - row["format_failures"] / row["n"],
         "puzzle.reward": sum(rewards) / len(rewards),
     }
+    if style == "think":
+        scores["puzzle.well_formed"] = sum(well_formed_think(s["response"]) for s in items) / len(items)
     if samples:
         records = dataset.records("test")[:limit]
         torch.manual_seed(seed)
         _, prompts = held_out_prompts("jigsaw", data, limit)
-        sampled = lm.complete([c for c in prompts for _ in range(samples)], max_new_tokens, SAMPLING)
+        sampling = {"do_sample": True, "temperature": temperature}
+        sampled = lm.complete([c for c in prompts for _ in range(samples)], max_new_tokens, sampling)
         groups = [sampled[i * samples : (i + 1) * samples] for i in range(len(records))]
         graded = [[score_answer(text, r["answer"], style) for text in g] for g, r in zip(groups, records, strict=True)]
         scores[f"puzzle.pass_at_{samples}"] = sum(any(s.exact for s in g) for g in graded) / len(records)
         n_tiles = len(records[0]["answer"])
         scores["puzzle.sampled_valid"] = sum(parse_answer(text, n_tiles) is not None for text in sampled) / len(sampled)
+        if style == "think":
+            scores["puzzle.sampled_well_formed"] = sum(map(well_formed_think, sampled)) / len(sampled)
     return scores
 
 
@@ -142,23 +150,27 @@ def evaluate_model(
     batch_size: int = 32,
     base_state: dict[str, torch.Tensor] | None = None,
     base: tuple | None = None,
+    other_styles: tuple[str, ...] = (),
 ) -> tuple[dict, list[dict]]:
-    """Everything the study measures of one model: the puzzle and every benchmark through lm-eval, the
-    log-probability of held-out prior answers, and, given the base's weights, the distance from the base;
-    given base = (base model, its sampled answers to the puzzle prompts), the KL divergences from it."""
+    """Everything the study measures of one model: the puzzle (in data's prompt style, and in other_styles:
+    the base, for arms of other styles) and every benchmark through lm-eval, the log-probability of held-out
+    prior answers, and, given the base's weights, the distance from the base; given base = (base model, its
+    sampled answers to the puzzle prompts), the KL divergences from it."""
     started = time.perf_counter()
-    names = [data.puzzle_benchmark, *benchmarks]
-    rows, samples = run_benchmarks(StudyLM(model, processor, batch_size), names, data, limit)
+    puzzles = list(dict.fromkeys([data.puzzle_benchmark, *(PUZZLE_BENCHMARKS[s] for s in other_styles)]))
+    rows, samples = run_benchmarks(StudyLM(model, processor, batch_size), [*puzzles, *benchmarks], data, limit)
     record = {
         "benchmarks": rows,
         "puzzle_benchmark": data.puzzle_benchmark,
+        **({"puzzle_benchmarks": puzzles} if len(puzzles) > 1 else {}),
         "answer_logprob": answer_logprobs(model, processor, data, [r["benchmark"] for r in rows], limit, batch_size),
         "param_distance": parameter_distance(model, base_state) if base_state is not None else None,
     }
     if base is not None:
         base_model, base_answers = base
         _, prompts = held_out_prompts("jigsaw", data, limit)
-        record["policy_kl"] = policy_kl(model, base_model, processor, prompts, base_answers, PUZZLE_ANSWER_TOKENS)
+        tokens = PUZZLE_ANSWER_TOKENS[data.prompt_style]
+        record["policy_kl"] = policy_kl(model, base_model, processor, prompts, base_answers, tokens)
     record["seconds"] = round(time.perf_counter() - started, 1)
     return record, samples
 
@@ -168,31 +180,39 @@ def evaluate_model(
 # Results are content-addressed (<output>/evals/<arm>-<step>-<hash>/), so a rerun evaluates nothing twice.
 
 EVAL_VERSION = 2  # bump when what an evaluation record holds changes (2: policy_kl; per-example data NLL)
-PUZZLE_ANSWER_TOKENS = 32  # the puzzle benchmark's max_gen_toks
+# Longest puzzle answer sampled for the KL estimates, by prompt style: the direct benchmark's max_gen_toks, and
+# room for a tiny model's reasoning (the think benchmark's own limit, 1024, is for real models).
+PUZZLE_ANSWER_TOKENS = {"direct": 32, "think": 96}
 DATA_NLL_ITEMS = 512  # training examples scored per arm for the base-model NLL
 
 
 @dataclass(frozen=True)
 class EvalTarget:
-    """One model to evaluate: the base (step 0) or an arm's checkpoint or final model."""
+    """One model to evaluate: the base (step 0) or an arm's checkpoint or final model, on the puzzle in the
+    arm's prompt style (the base: in every style an arm uses, the first one its main)."""
 
     arm: str
     step: int
     path: str
+    styles: tuple[str, ...] = ("direct",)
+
+    def data(self, data: BenchmarkData) -> BenchmarkData:
+        """The benchmark data with this target's main prompt style."""
+        return dataclasses.replace(data, prompt_style=self.styles[0])
 
 
 def eval_targets(config, base: str, arms: dict) -> list[EvalTarget]:
     """The base, then per arm its checkpoints every evaluation.every steps and at arms.checkpoint_steps, and
     its final model."""
-    targets = [EvalTarget("base", 0, base)]
+    targets = [EvalTarget("base", 0, base, tuple(arm_styles(config)))]
     for arm, result in arms.items():
-        final = getattr(config.arms, arm).steps
+        final, styles = getattr(config.arms, arm).steps, (arm_style(config, arm),)
         for checkpoint in result.checkpoints:
             step = int(checkpoint.rsplit("-", 1)[-1])
             chosen = step % config.evaluation.every == 0 or step in config.arms.checkpoint_steps
             if chosen and step < final:
-                targets.append(EvalTarget(arm, step, checkpoint))
-        targets.append(EvalTarget(arm, final, str(result.final)))
+                targets.append(EvalTarget(arm, step, checkpoint, styles))
+        targets.append(EvalTarget(arm, final, str(result.final), styles))
     return targets
 
 
@@ -202,7 +222,8 @@ def eval_dir(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path
         "base": model_fingerprint(base),
         "benchmarks": config.evaluation.benchmarks,
         "limit": config.evaluation.limit,
-        "data": vars(data),
+        "data": vars(target.data(data)),
+        **({"styles": list(target.styles)} if len(target.styles) > 1 else {}),
         "version": EVAL_VERSION,
     }
     return config.output.path / "evals" / f"{target.arm}-{target.step}-{stable_hash(spec)[:10]}"
@@ -213,16 +234,19 @@ _BASE: dict[tuple, tuple] = {}
 
 def base_reference(config, base: str, data: BenchmarkData) -> tuple[dict[str, torch.Tensor], object, list[str]]:
     """The base model's weights on CPU, the base model itself, and its sampled answers to the held-out puzzle
-    prompts: what every evaluation compares with, made once a process."""
-    key = (base, data, config.evaluation.limit)
+    prompts in data's prompt style: what every evaluation compares with, made once a process (the answers
+    once per style)."""
+    key = (base, data.tiny_world_dir, data.puzzles_dir, config.evaluation.limit)
     if key not in _BASE:
         model, processor = load_model(config.model, base, trainable=False)
         state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
-        _, prompts = held_out_prompts("jigsaw", data, config.evaluation.limit)
-        answers = sample_answers(model, processor, prompts, PUZZLE_ANSWER_TOKENS)
         _BASE.clear()
-        _BASE[key] = (state, model, answers)
-    return _BASE[key]
+        _BASE[key] = (state, model, processor, {})
+    state, model, processor, answers = _BASE[key]
+    if data.prompt_style not in answers:
+        _, prompts = held_out_prompts("jigsaw", data, config.evaluation.limit)
+        answers[data.prompt_style] = sample_answers(model, processor, prompts, PUZZLE_ANSWER_TOKENS[data.prompt_style])
+    return state, model, answers[data.prompt_style]
 
 
 def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path:
@@ -231,10 +255,18 @@ def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) 
     if (out / "evaluation.json").is_file():
         return out
     model, processor = load_model(config.model, target.path, trainable=False)
-    ev = config.evaluation
+    ev, data = config.evaluation, target.data(data)
     state, base_model, base_answers = base_reference(config, base, data)
     record, samples = evaluate_model(
-        model, processor, ev.benchmarks, data, ev.limit, ev.batch_size, state, (base_model, base_answers)
+        model,
+        processor,
+        ev.benchmarks,
+        data,
+        ev.limit,
+        ev.batch_size,
+        state,
+        (base_model, base_answers),
+        other_styles=target.styles[1:],
     )
     record = {"arm": target.arm, "step": target.step, "model": target.path, **record}
     with write_once(out) as tmp:
@@ -243,13 +275,26 @@ def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) 
     return out
 
 
+DATA_NLL_VERSION = 2  # 2: split into reasoning and answer tokens
+
+
+def answer_start(completion: str, style: str) -> int:
+    """Where a completion's answer begins: at its last <answer> tag; a completion without one is all answer in
+    the direct style and all reasoning in the think style (it never got to answer)."""
+    at = completion.rfind("<answer>")
+    if at >= 0:
+        return at
+    return 0 if style == "direct" else len(completion)
+
+
 def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset, load_base=None) -> dict:
-    """Per-token negative log-likelihood under the BASE model of the completions an arm trained on (answer
-    tokens only; up to DATA_NLL_ITEMS examples, evenly spaced, also one by one), cached beside the data.
+    """Per-token negative log-likelihood under the BASE model of the completions an arm trained on, under the
+    arm's own prompt style (the completion's tokens, all of them and split into reasoning and answer tokens; up
+    to DATA_NLL_ITEMS examples, evenly spaced, also one by one), cached beside the data.
     load_base() gives the base (model, processor) when it must be scored: pass a cached loader to score several
     arms with one load."""
     # Keyed on the base's content: SFT's data (the puzzles' ground truth) is shared by studies of other bases.
-    key = stable_hash([model_fingerprint(base), DATA_NLL_ITEMS, EVAL_VERSION])
+    key = stable_hash([model_fingerprint(base), DATA_NLL_ITEMS, EVAL_VERSION, DATA_NLL_VERSION])
     path = training_data.with_name(f"base_nll-{key[:10]}.json")
     if path.is_file():
         return json.loads(path.read_text())
@@ -259,23 +304,33 @@ def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDa
         raise EvaluationError(f"{arm}: no training data in {training_data}")
     stride = max(1, len(rows) // DATA_NLL_ITEMS)
     rows = rows[::stride][:DATA_NLL_ITEMS]
-    style = config.arms.sft.prompt_style
+    style = arm_style(config, arm)
     records = {r["id"]: r for r in dataset.records("train")}
     prompts = [chat(records[r["puzzle_id"]][f"prompt_{style}"], dataset.image(records[r["puzzle_id"]])) for r in rows]
     model, processor = (load_base or (lambda: load_model(config.model, base, trainable=False)))()
-    scored = continuation_logprobs(model, processor, prompts, [r["completion"] for r in rows])
-    tokens = sum(n for _, n, _ in scored)
+    scored = token_logprobs(model, processor, prompts, [r["completion"] for r in rows])
+    parts = [s.split(answer_start(r["completion"], style)) for r, s in zip(rows, scored, strict=True)]
+    reasoning = [lp for before, _ in parts for lp in before]
+    answer = [lp for _, after in parts for lp in after]
+    tokens = sum(len(s.logprobs) for s in scored)
     result = {
         "arm": arm,
+        "prompt_style": style,
         "examples": len(rows),
         "tokens": tokens,
-        "nll_per_token": -sum(logp for logp, _, _ in scored) / max(tokens, 1),
-        "nll_per_example": -sum(logp for logp, _, _ in scored) / len(scored),
-        "greedy_share": sum(g for _, _, g in scored) / len(scored),  # the base would have answered exactly this
+        "nll_per_token": -sum(sum(s.logprobs) for s in scored) / max(tokens, 1),
+        "nll_per_example": -sum(sum(s.logprobs) for s in scored) / len(scored),
+        # the reasoning (everything before the answer's <answer> tag) and the answer, each per token (NaN: none)
+        "reasoning_tokens": len(reasoning),
+        "nll_per_token_reasoning": -sum(reasoning) / len(reasoning) if reasoning else math.nan,
+        "answer_tokens": len(answer),
+        "nll_per_token_answer": -sum(answer) / len(answer) if answer else math.nan,
+        "greedy_share": sum(s.greedy for s in scored) / len(scored),  # the base would have answered exactly this
         # per example, with the training step that sampled it (RFT's rollouts; SFT data have none): what
         # forgetting/predictors.py:data_nll_at averages over the data an arm had seen by a checkpoint
         "per_example": [
-            {"step": r.get("step", -1), "nll": -logp, "tokens": n} for r, (logp, n, _) in zip(rows, scored, strict=True)
+            {"step": r.get("step", -1), "nll": -sum(s.logprobs), "tokens": len(s.logprobs)}
+            for r, s in zip(rows, scored, strict=True)
         ],
     }
     write_text_once(path, json.dumps(result, indent=1) + "\n")

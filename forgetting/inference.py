@@ -2,6 +2,8 @@
 both through forgetting/models.py:batch, the processor path training and TRL use.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from forgetting.models import batch
@@ -24,23 +26,51 @@ def generate(
     return texts
 
 
-@torch.no_grad()
 def continuation_logprobs(
     model, processor, prompts: list[list[dict]], continuations: list[str], batch_size: int = 64
 ) -> list[tuple[float, int, bool]]:
     """For each (prompt conversation, continuation text): the summed log-probability of the continuation's
     tokens right after the opened assistant turn (what `generate` would continue from), their count, and
     whether greedy decoding would produce them. Chat-template tokens (<|im_end|>) are not counted."""
+    scored = token_logprobs(model, processor, prompts, continuations, batch_size)
+    return [(sum(s.logprobs), len(s.logprobs), s.greedy) for s in scored]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One continuation scored token by token: each token's log-probability and the character offset in the
+    continuation where it starts; greedy: whether greedy decoding would produce every token."""
+
+    logprobs: list[float]
+    starts: list[int]
+    greedy: bool
+
+    def split(self, at: int) -> tuple[list[float], list[float]]:
+        """The log-probabilities of the tokens that start before character `at`, and of the rest."""
+        before = [lp for lp, start in zip(self.logprobs, self.starts, strict=True) if start < at]
+        return before, self.logprobs[len(before) :]
+
+
+@torch.no_grad()
+def token_logprobs(
+    model, processor, prompts: list[list[dict]], continuations: list[str], batch_size: int = 64
+) -> list[Scored]:
+    """continuation_logprobs token by token (see Scored)."""
     was_training = model.training
     model.eval()
     tokenizer = processor.tokenizer
     out = []
     for i in range(0, len(prompts), batch_size):
         inputs = batch(processor, prompts[i : i + batch_size], train=False)
-        ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations[i : i + batch_size]]
+        encoded = [
+            tokenizer(c, add_special_tokens=False, return_offsets_mapping=True)
+            for c in continuations[i : i + batch_size]
+        ]
+        ids = [e["input_ids"] for e in encoded]
+        starts = [[start for start, _ in e["offset_mapping"]] for e in encoded]
         width = max(len(x) for x in ids)
         if width == 0:
-            out += [(0.0, 0, True)] * len(ids)
+            out += [Scored([], [], True)] * len(ids)
             continue
         pad = tokenizer.pad_token_id or 0
         cont = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
@@ -62,6 +92,6 @@ def continuation_logprobs(
         mask = mask.to(logp.device).bool()
         for row in range(len(ids)):
             m = mask[row]
-            out.append((token_logp[row][m].sum().item(), int(m.sum()), bool(greedy[row][m].all())))
+            out.append(Scored(token_logp[row][m].tolist(), starts[row], bool(greedy[row][m].all())))
     model.train(was_training)
     return out

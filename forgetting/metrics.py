@@ -14,11 +14,17 @@ from pathlib import Path
 
 import pandas as pd
 
-ARM_ORDER = ("base", "sft", "rft", "rollout_sft")
+ARM_ORDER = ("base", "sft", "teacher_sft", "rft", "rollout_sft")
 
 
 def arm_order(arm: str) -> int:
     return ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER)
+
+
+def is_puzzle(record: dict, benchmark: str) -> bool:
+    """Whether a benchmark of an evaluation record is a puzzle benchmark: the model's own prompt style's, or
+    (the base's) another arm's."""
+    return benchmark in record.get("puzzle_benchmarks", [record["puzzle_benchmark"]])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -44,7 +50,7 @@ def benchmark_frame(records: list[dict]) -> pd.DataFrame:
                     "step": rec["step"],
                     **b,
                     "answer_logprob": rec.get("answer_logprob", {}).get(b["benchmark"], math.nan),
-                    "kind": "puzzle" if b["benchmark"] == rec["puzzle_benchmark"] else "prior",
+                    "kind": "puzzle" if is_puzzle(rec, b["benchmark"]) else "prior",
                 }
             )
     return pd.DataFrame(rows)
@@ -70,10 +76,11 @@ def curves(records: list[dict]) -> pd.DataFrame:
     base_logprob = base_prior.set_index("benchmark")["answer_logprob"]
     distance = {(r["arm"], r["step"]): r.get("param_distance") or {} for r in records}
     kl = {(r["arm"], r["step"]): r.get("policy_kl") or {} for r in records}
+    puzzle_of = {r["arm"]: r["puzzle_benchmark"] for r in records}  # each arm's puzzle, in its prompt style
     out = []
     for (arm, step), group in frame.groupby(["arm", "step"]):
         prior = group[group.kind == "prior"]
-        puzzle = group[group.kind == "puzzle"]
+        puzzle = group[group.benchmark == puzzle_of[arm]]
         change = (prior.set_index("benchmark")["answer_logprob"] - base_logprob).dropna()
         out.append(
             {
@@ -92,8 +99,13 @@ def curves(records: list[dict]) -> pd.DataFrame:
         )
     table = pd.DataFrame(out)
     base_rows, trained = table[table.arm == "base"], table[table.arm != "base"]
-    if not trained.empty:  # the base is where every arm starts
-        table = pd.concat([trained] + [base_rows.assign(arm=a) for a in trained.arm.unique()], ignore_index=True)
+    if not trained.empty:  # the base is where every arm starts, on the puzzle in the arm's prompt style
+        base_puzzle = base.set_index("benchmark")["value"]
+        starts = [
+            base_rows.assign(arm=a, puzzle_exact=float(base_puzzle.get(puzzle_of[a], math.nan)))
+            for a in trained.arm.unique()
+        ]
+        table = pd.concat([trained, *starts], ignore_index=True)
     return _sorted(table)
 
 
@@ -134,7 +146,7 @@ def forgetting_table(base: dict, finals: list[dict], samples: dict[tuple[str, in
                 {
                     "arm": rec["arm"],
                     "benchmark": name,
-                    "kind": "puzzle" if name == rec["puzzle_benchmark"] else "prior",
+                    "kind": "puzzle" if is_puzzle(rec, name) else "prior",
                     "base": ref["value"],
                     "score": b["value"],
                     "delta": b["value"] - ref["value"],
@@ -291,4 +303,7 @@ BOUNDS = {
     "forgetting_at_matched": DIFFERENCE,
     "forgetting_at_common": DIFFERENCE,
     "steps_to_matched": COUNT,
+    "data_nll": COUNT,
+    "data_nll_reasoning": COUNT,
+    "data_nll_answer": COUNT,
 }

@@ -17,10 +17,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from forgetting.config import REPO_ROOT, ConfigError, ModelConfig
+from forgetting.config import PROJECT_MODELS, REPO_ROOT, ConfigError, ModelConfig
 
 ASSETS = REPO_ROOT / "assets"
-SHIPPED = {"micro": ASSETS / "micro-base", "tiny": ASSETS / "tiny-base"}
+SHIPPED = {name: ASSETS / f"{name}-base" for name in ("micro", "tiny", "tiny-think")}
+
+
+def project_size(name: str) -> str:
+    """The architecture size of one of the project's own models: 'tiny-think' -> 'tiny'."""
+    if name not in PROJECT_MODELS:
+        raise ConfigError(f"model.name_or_path: {name!r} is not one of the project's models {PROJECT_MODELS}")
+    return name.split("-")[0]
+
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -185,7 +193,8 @@ class ModelLoadError(ConfigError):
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """micro/tiny -> the shipped checkpoint; an existing directory -> itself; else a hub id (offline: cached)."""
+    """A shipped name (SHIPPED) -> its checkpoint; an existing directory -> itself; else a hub id (offline:
+    cached)."""
     if name_or_path in SHIPPED:
         path = SHIPPED[name_or_path]
         if not (path / "config.json").is_file():
@@ -203,7 +212,8 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(path.resolve())
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path):
         raise ModelLoadError(
-            f"model.name_or_path: {name_or_path!r} is neither micro/tiny, a local directory, nor a hub id (org/name)"
+            f"model.name_or_path: {name_or_path!r} is neither one of {', '.join(SHIPPED)}, a local directory, nor a "
+            "hub id (org/name)"
         )
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         from huggingface_hub import try_to_load_from_cache

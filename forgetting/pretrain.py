@@ -20,24 +20,38 @@ from pathlib import Path
 import torch
 
 from forgetting import world
-from forgetting.config import PretrainConfig, PuzzleConfig
+from forgetting.config import ModelConfig, PretrainConfig, PuzzleConfig
 from forgetting.evaluation import puzzle_scores
-from forgetting.models import batch, build_processor, build_tiny_model, chat, train_tokenizer
+from forgetting.inference import generate
+from forgetting.models import batch, build_processor, build_tiny_model, chat, load_model, train_tokenizer
 from forgetting.puzzle_data import generate_puzzles
+from forgetting.puzzles import answer_text, well_formed_think
+from forgetting.vision_heads import VISION_TASKS, VisionAux, VisionHeads
 
 
-def tokenizer_corpus(seed: int, per_task: int = 400) -> list[str]:
-    """Prompts and answers of the train splits (never a jigsaw): what the tokenizer is trained on."""
+def tokenizer_corpus(seed: int, per_task: int = 400, styles: tuple[str, ...] = ("direct",)) -> list[str]:
+    """Prompts and answers of the train splits in the given styles (never a jigsaw): what the tokenizer is
+    trained on."""
     items = [it for task in world.PRIOR_TASKS for it in world.make_split(task, "train", per_task, seed)]
-    return [it.prompt for it in items] + [it.answer for it in items]
+    styled = [world.in_style(it, style) for style in styles for it in items]
+    return [it.prompt for it in styled] + [it.completion for it in styled]
+
+
+def learned_styles(config: PretrainConfig) -> tuple[str, ...]:
+    """The prompt styles the base learns: direct, and think when think_share > 0."""
+    return world.STYLES if config.think_share > 0 else ("direct",)
 
 
 def build_base(size: str, config: PretrainConfig):
     """Tokenizer, processor and a randomly initialised model of the given size."""
-    processor = build_processor(
-        train_tokenizer(tokenizer_corpus(config.seed), config.vocab_size, image_position=config.image_position)
-    )
+    corpus = tokenizer_corpus(config.seed, styles=learned_styles(config))
+    processor = build_processor(train_tokenizer(corpus, config.vocab_size, image_position=config.image_position))
     return build_tiny_model(size, processor, seed=config.seed), processor
+
+
+def start_model(config: PretrainConfig):
+    """The shipped base config.start_from in float32 on CPU, trainable, with its processor."""
+    return load_model(ModelConfig(name_or_path=config.start_from, dtype="float32", device="cpu"))
 
 
 def lr_factor(step: int, config: PretrainConfig) -> float:
@@ -102,13 +116,22 @@ def train_batches(config: PretrainConfig, draws: TaskDraws | None = None):
     draws = draws or TaskDraws(config)  # nothing recorded: error draws are equal draws too
     streams = {task: world.item_stream(task, "train", config.seed) for task in world.PRIOR_TASKS}
     rng = random.Random(config.seed)
+    think = random.Random(f"{config.seed}-style")  # its own stream: think_share 0 draws the items it always did
     while True:
-        yield [next(streams[t]) for t in rng.choices(draws.tasks, weights=draws.weights(), k=config.batch_size)]
+        tasks = rng.choices(draws.tasks, weights=draws.weights(), k=config.batch_size)
+        if config.think_share == 0:
+            yield [next(streams[t]) for t in tasks]
+        else:
+            yield [world.in_style(next(streams[t]), _style(think, config.think_share)) for t in tasks]
+
+
+def _style(rng: random.Random, think_share: float) -> str:
+    return "think" if rng.random() < think_share else "direct"
 
 
 def item_batch(processor, items: list[world.Item], device: torch.device | str = "cpu") -> dict:
     """Prompt, image and answer of each item as one training batch through the processor (labels included)."""
-    inputs = batch(processor, [chat(it.prompt, it.image, it.answer) for it in items], train=True)
+    inputs = batch(processor, [chat(it.prompt, it.image, it.completion) for it in items], train=True)
     return {k: v.to(device) for k, v in inputs.items()}
 
 
@@ -126,6 +149,18 @@ def teacher_forced_correct(model, processor, items: list[world.Item], batch_size
         correct += exact_rows(model(**inputs).logits[:, :-1], labels[:, 1:]).tolist()
     model.train(was_training)
     return correct
+
+
+def answered_correct(model, processor, items: list[world.Item], max_new_tokens: int = 64) -> list[bool]:
+    """Per item, greedy generation graded as the benchmarks grade it: the answer (inside <answer> </answer> for a
+    think item, which must also be well formed) right under the task's format."""
+    conversations = [chat(it.prompt, it.image) for it in items]
+    texts = generate(model, processor, conversations, max_new_tokens)
+    right = []
+    for it, text in zip(items, texts, strict=True):
+        ok = it.style == "direct" or well_formed_think(text)
+        right.append(ok and world.grade(answer_text(text), it.answer, world.ANSWER_FORMATS[it.task])[0])
+    return right
 
 
 def teacher_forced_exact(model, processor, items: list[world.Item], batch_size: int = 64) -> float:
@@ -150,9 +185,10 @@ def per_item_loss(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return ((ce * mask).sum(1) / mask.sum(1)).mean(), exact_rows(logits.detach(), target)
 
 
-def length_group(item: world.Item) -> tuple[bool, bool]:
-    """Items of a group have prompts of about the same length: text-only, one-word answer, list answer."""
-    return item.image is None, world.ANSWER_FORMATS[item.task].startswith("numbers")
+def length_group(item: world.Item) -> tuple[bool, bool, str]:
+    """Items of a group have prompts of about the same length: text-only, one-word answer, list answer; direct
+    or think."""
+    return item.image is None, world.ANSWER_FORMATS[item.task].startswith("numbers"), item.style
 
 
 def backward_by_length(
@@ -175,92 +211,6 @@ def backward_by_length(
         for i, right in zip(group, exact.tolist(), strict=True):
             correct[i] = right
     return total, correct
-
-
-# Image tasks whose answer depends on the image alone (spatial asks about one side of the image, arithmetic
-# has no image): what the vision warm-up reads from the vision tower.
-VISION_TASKS = ("colour", "shape", "count", "digit", "quadrant_colours", "quadrant_shapes", "quadrant_counts")
-
-
-class VisionHeads(torch.nn.Module):
-    """One linear head per image-only task, applied to every merged image token: a one-word answer is read
-    from the mean of all tokens' logits, the k-th number of a 2x2 list answer from the mean over the tokens of
-    cell k. So each token must carry what its own part of the image shows, which is what the language model
-    attends to later. (Measured: heads on all tokens flattened reached 0.93-1.0 on the list tasks, but the
-    language model trained after them read colour worse than with no warm-up: 0.22 against 0.55 at 1500 steps.)"""
-
-    def __init__(self, visual, processor, seed: int):
-        super().__init__()
-        self.visual, self.processor = visual, processor
-        sample = {t: world.make_split(t, "train", 64, seed) for t in VISION_TASKS}
-        self.labels = {t: sorted({w for it in items for w in it.answer.split()}) for t, items in sample.items()}
-        self.slots = {t: len(items[0].answer.split()) for t, items in sample.items()}
-        width = self.features([sample[VISION_TASKS[0]][0]]).shape[-1]
-        self.heads = torch.nn.ModuleDict({t: torch.nn.Linear(width, len(self.labels[t])) for t in VISION_TASKS})
-
-    def features(self, items: list[world.Item]) -> torch.Tensor:
-        """(items, tokens, width): the merged tokens, row by row over the image."""
-        pixels = self.processor.image_processor([it.image for it in items], return_tensors="pt")
-        device = next(self.visual.parameters()).device
-        pixels = {k: v.to(device) for k, v in pixels.items()}
-        merged = self.visual(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).pooler_output
-        return merged.reshape(len(items), -1, merged.shape[-1])
-
-    def logits(self, task: str, items: list[world.Item], features: torch.Tensor | None = None) -> torch.Tensor:
-        """(items, slots, labels): token logits averaged over the whole image, or over each cell of the grid;
-        from the given features (items, tokens, width) when the vision tower has already run on items."""
-        per_token = self.heads[task](self.features(items) if features is None else features)
-        side, cells = math.isqrt(per_token.shape[1]), math.isqrt(self.slots[task])
-        grid = per_token.view(len(items), cells, side // cells, cells, side // cells, -1)
-        return grid.mean(dim=(2, 4)).flatten(1, 2)
-
-    def targets(self, task: str, items: list[world.Item]) -> torch.Tensor:
-        labels = [[self.labels[task].index(w) for w in it.answer.split()] for it in items]
-        return torch.tensor(labels, device=next(self.visual.parameters()).device)
-
-    def loss(self, task: str, items: list[world.Item], features: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.logits(task, items, features)
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), self.targets(task, items).flatten())
-
-    @torch.no_grad()
-    def accuracy(self, task: str, items: list[world.Item]) -> float:
-        right = (self.logits(task, items).argmax(-1) == self.targets(task, items)).all(dim=1)
-        return right.float().mean().item()
-
-
-class VisionAux:
-    """An auxiliary loss on the vision tower all through pretraining: VisionHeads reads the image-only tasks'
-    answers from the merged image tokens of the model's own forward pass (caught by a hook, so the vision
-    tower runs once a batch). The language model alone trains the vision tower slowly: measured with the
-    tower and heads alone (900 steps of 16), shape code per cell reached 0.92-0.98 and count per cell 0.86,
-    where the whole model pretrained on the language loss only stood at 0.12 and 0.23 after 6000 steps."""
-
-    def __init__(self, model, processor, seed: int, weight: float):
-        self.heads = VisionHeads(model.model.visual, processor, seed).to(model.device)
-        self.weight, self.features = weight, None
-        self.hook = model.model.visual.register_forward_hook(self.keep)
-
-    def keep(self, module, args, output) -> None:
-        self.features = output.pooler_output
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.heads.heads.parameters())
-
-    def loss(self, items: list[world.Item], total: int) -> torch.Tensor | None:
-        """The heads' loss on the image-only items of the last forward pass, weighted by their share of a
-        batch of `total` items; None when there is none."""
-        images = [it for it in items if it.image is not None]
-        if not images or self.features is None:
-            return None
-        features = self.features.reshape(len(images), -1, self.features.shape[-1])
-        parts = []
-        for task in sorted({it.task for it in images} & set(VISION_TASKS)):
-            index = [i for i, it in enumerate(images) if it.task == task]
-            parts.append(self.heads.loss(task, [images[i] for i in index], features[index]) * len(index) / total)
-        return self.weight * sum(parts) if parts else None
-
-    def close(self) -> None:
-        self.hook.remove()
 
 
 def warm_up_vision(model, processor, config: PretrainConfig, log=lambda metrics, step: None) -> dict[str, float]:
@@ -297,8 +247,16 @@ def warm_up_vision(model, processor, config: PretrainConfig, log=lambda metrics,
     return scores
 
 
-def held_out(config: PretrainConfig) -> dict[str, list[world.Item]]:
-    return {task: world.make_split(task, "test", config.eval_items, config.seed) for task in world.PRIOR_TASKS}
+def held_out(config: PretrainConfig, styles: tuple[str, ...] | None = None) -> dict[str, list[world.Item]]:
+    """Held-out items per task, in the given styles (default: every style the base learns): keys
+    `heldout.<task>` (direct) and `heldout_think.<task>` (think)."""
+    items = {task: world.make_split(task, "test", config.eval_items, config.seed) for task in world.PRIOR_TASKS}
+    prefix = {"direct": "heldout", "think": "heldout_think"}
+    return {
+        f"{prefix[style]}.{task}": [world.in_style(it, style) for it in its]
+        for style in styles or learned_styles(config)
+        for task, its in items.items()
+    }
 
 
 def pretrain(
@@ -307,10 +265,10 @@ def pretrain(
     log: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
     device: torch.device | str = "cpu",
 ) -> tuple[object, object, dict]:
-    """Train a fresh tiny model (float32, on device); returns (model, processor, history of held-out accuracy
-    per task)."""
+    """Train a fresh tiny model, or continue the shipped base config.start_from (float32, on device); returns
+    (model, processor, history of held-out accuracy per task)."""
     torch.manual_seed(config.seed)
-    model, processor = build_base(size, config)
+    model, processor = start_model(config) if config.start_from else build_base(size, config)
     model.to(device).train()
     history = {0: warm_up_vision(model, processor, config, log)} if config.vision_warmup_steps else {}
     optimizer = optimizer_for(model, config)
@@ -333,8 +291,10 @@ def pretrain(
         if step % 10 == 0 or step == config.steps - 1:
             log({"loss": loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm)}, step)
         if (step + 1) % config.eval_every == 0 or step == config.steps - 1:
-            scores = {f"heldout.{t}": teacher_forced_exact(model, processor, its) for t, its in evaluation.items()}
-            scores["heldout.mean"] = sum(scores.values()) / len(scores)
+            scores = {name: teacher_forced_exact(model, processor, its) for name, its in evaluation.items()}
+            for prefix in {name.split(".")[0] for name in scores}:
+                mine = [v for name, v in scores.items() if name.startswith(f"{prefix}.")]
+                scores[f"{prefix}.mean"] = sum(mine) / len(mine)
             scores["elapsed_s"] = time.perf_counter() - started
             scores |= draws.shares()
             history[step + 1] = scores
@@ -345,17 +305,34 @@ def pretrain(
 
 
 def jigsaw_probe(
-    model, processor, n: int = 64, samples: int = 8, seed: int = 0, puzzles: PuzzleConfig | None = None
+    model,
+    processor,
+    n: int = 64,
+    samples: int = 8,
+    seed: int = 0,
+    puzzles: PuzzleConfig | None = None,
+    style: str = "direct",
+    temperature: float = 1.0,
+    max_new_tokens: int = 32,
 ) -> dict[str, float]:
     """How the base answers the jigsaw prompt it has never seen (n test puzzles of the given puzzle settings,
-    default 2x2 synthetic ones, direct style): greedy exact accuracy, share of valid permutations, and
-    pass@samples at temperature 1."""
+    default 2x2 synthetic ones, in the given prompt style): greedy exact accuracy, share of valid permutations
+    (and of well-formed think answers), and pass@samples at temperature."""
     puzzles = (puzzles or PuzzleConfig()).model_copy(update={"n_train": 1, "n_test": n, "seed": seed})
     with tempfile.TemporaryDirectory() as tmp:
         dataset = generate_puzzles(puzzles, Path(tmp))
-        scores = puzzle_scores(model, processor, dataset, samples=samples, seed=seed)
+        scores = puzzle_scores(
+            model,
+            processor,
+            dataset,
+            style,
+            samples=samples,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+        )
     probe = {k.replace("puzzle.", "jigsaw."): v for k, v in scores.items()}
-    probe["jigsaw.chance_exact"] = 1 / 23  # uniform over the 23 non-identity permutations of 4
+    probe["jigsaw.chance_exact"] = 1 / (math.factorial(puzzles.shape[0] * puzzles.shape[1]) - 1)  # not identity
     return probe
 
 

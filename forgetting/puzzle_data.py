@@ -36,9 +36,8 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # tile's colour code is its original position and the base's own answers are often right. 'new_colours':
 # black, orange, purple, white, colours the base names but has no code for, so the puzzle's colour-to-position
 # map is new to it and contradicts nothing it knows.
-CODE_CORNERS = tuple(COLOURS[c] for c in CELL_COLOURS)
-NEW_CORNERS = tuple(COLOURS[c] for c in ("black", "orange", "purple", "white"))
-CORNER_CUES = {"code_colours": CODE_CORNERS, "new_colours": NEW_CORNERS}
+CORNER_NAMES = {"code_colours": CELL_COLOURS, "new_colours": ("black", "orange", "purple", "white")}
+CORNER_CUES = {cue: tuple(COLOURS[c] for c in names) for cue, names in CORNER_NAMES.items()}
 CUES = ("gradient", *CORNER_CUES)
 
 

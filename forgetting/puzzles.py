@@ -71,18 +71,44 @@ def make_prompt(rows: int, cols: int, style: str) -> str:
     if style == "direct":
         return f"{intro} Answer with {n} numbers separated by spaces."
     if style == "think":
-        return (
-            f"{intro} Think inside <think> </think>, then give the {n} numbers separated by spaces "
-            "inside <answer> </answer>."
-        )
+        return f"{intro} {think_instruction(f'the {n} numbers separated by spaces')}"
     raise ValueError(f"prompt style must be 'direct' or 'think', got {style!r}")
 
 
-def make_target(answer: list[int], style: str, reasoning: str = "") -> str:
-    """The ground-truth completion SFT trains on."""
+def think_instruction(what: str) -> str:
+    """The think prompt's last sentence, for the jigsaw and the tiny world's tasks alike."""
+    return f"Think inside <think> </think>, then give {what} inside <answer> </answer>."
+
+
+def think_completion(reasoning: str, answer: str) -> str:
+    return f"<think>{reasoning}</think>{_OPEN}{answer}{_CLOSE}"
+
+
+def make_target(answer: list[int], style: str, reasoning: str | None = None) -> str:
+    """A ground-truth completion: the bare answer (direct); under the think prompt the answer alone in its
+    tags when there is no reasoning (the paper's answer-only SFT), else the reasoning and the answer."""
     if style == "direct":
         return format_answer(answer)
-    return f"<think>{reasoning}</think><answer>{format_answer(answer)}</answer>"
+    if reasoning is None:
+        return f"{_OPEN}{format_answer(answer)}{_CLOSE}"
+    return think_completion(reasoning, format_answer(answer))
+
+
+def teacher_reasoning(answer: list[int], rows: int, cols: int, corners: tuple[str, ...] | None = None) -> str:
+    """A scripted explanation that is always right, in words the tiny world never uses (the teacher_sft arm's:
+    the paper's reasoning written by a stronger model). With a corner cue (corners: the colours of the four
+    corners, 2x2 only) it names the corner colour each piece shows and where that colour belongs; otherwise
+    where each piece belongs by row and column."""
+    where = {1: "top left", 2: "top right", 3: "bottom left", 4: "bottom right"}
+    steps = []
+    for slot, home in enumerate(answer, 1):
+        if corners is not None and rows * cols == 4:
+            seen = f"holds the {corners[home - 1]} corner, which belongs {where[home]}"
+        else:
+            r, c = divmod(home - 1, cols)
+            seen = f"continues the picture at row {r + 1}, column {c + 1}"
+        steps.append(f"Slot {slot} {seen}: {home}.")
+    return "Examining the pieces. " + " ".join(steps)
 
 
 # ---------------------------------------------------------------------------------------------------------

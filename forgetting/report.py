@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from forgetting.data_report import DATA_METRICS, sources_by_seed, training_data_markdown, training_data_summary
 from forgetting.metrics import (
     BOUNDS,
     arm_order,
@@ -21,6 +22,7 @@ from forgetting.metrics import (
     summary,
 )
 from forgetting.predictors import PREDICTORS, dynamics, predictor_rows, predictors
+from forgetting.tables import markdown_table  # noqa: F401 - the reports' one table format
 
 
 def pyplot():
@@ -115,21 +117,6 @@ def legend(ax) -> None:
         ax.legend()
 
 
-def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
-    def cell(v, column: str) -> str:
-        if isinstance(v, float):
-            if math.isnan(v):
-                return ""
-            return f"{v:.0f}" if column.startswith("step") else f"{v:.{digits}f}"  # steps: NaN made them floats
-        return "" if v is None else str(v)
-
-    head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
-    return head + "".join(
-        "| " + " | ".join(cell(v, c) for v, c in zip(row, frame.columns, strict=True)) + " |\n"
-        for row in frame.itertuples(index=False)
-    )
-
-
 def summary_frame(summary_: dict) -> pd.DataFrame:
     return pd.DataFrame([{"arm": arm, **values} for arm, values in summary_["arms"].items()])
 
@@ -166,6 +153,10 @@ def write_report(
     summary_["dynamics"] = findings
     summary_["predictors"] = predictors(dyn)
     summary_["skipped"] = dict(skipped or {})
+    summary_["training_data"] = training_data_summary(data_nll)
+    for arm, values in summary_["training_data"].items():
+        if arm in summary_["arms"]:
+            summary_["arms"][arm].update({m: values[m] for m in DATA_METRICS})
     (out / "summary.json").write_text(json.dumps(without_nan(summary_), indent=1) + "\n")
     table.to_csv(out / "forgetting.csv", index=False)
     curve.to_csv(out / "curves.csv", index=False)
@@ -204,6 +195,7 @@ def report_markdown(summary_: dict, table: pd.DataFrame, findings: dict) -> str:
         + markdown_table(summary_frame(summary_))
         + "\n### Forgetting per benchmark (score - base)\n\n"
         + markdown_table(forgetting_pivot(table))
+        + training_data_markdown(summary_["training_data"])
         + f"\n### Learning dynamics\n\n{findings['statement']}\n\n"
         + PREDICTORS_NOTE
         + markdown_table(predictor_rows(summary_["predictors"]))
@@ -263,7 +255,7 @@ def without_nan(obj):
 
 
 LEVEL_METRICS = ("steps_to_matched", "forgetting_at_matched", "format_collapse_at_matched", "forgetting_at_common")
-SEED_METRICS = ("puzzle_exact", "prior_mean", "mean_forgetting", "format_collapse", *LEVEL_METRICS)
+SEED_METRICS = ("puzzle_exact", "prior_mean", "mean_forgetting", "format_collapse", *LEVEL_METRICS, *DATA_METRICS)
 RHO = ("spearman_forgetting_vs_data_nll", "spearman_forgetting_vs_param_distance")
 
 
@@ -301,6 +293,7 @@ def aggregate_reports(out: Path, study_id: str, reports: dict[int, Path]) -> dic
         "arms": {arm: {m: mean_ci(values(arm, m), BOUNDS[m]) for m in SEED_METRICS} for arm in arms},
         "dynamics": {k: mean_ci([_nan(summaries[s]["dynamics"][k]) for s in seeds], (-1.0, 1.0)) for k in RHO},
         "skipped": {},
+        "training_data": {s: summaries[s].get("training_data", {}) for s in seeds},
     }
     for s in seeds:  # arm -> {seed: reason}
         for arm, reason in summaries[s].get("skipped", {}).items():
@@ -370,6 +363,7 @@ def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
         + markdown_table(pd.DataFrame(rows))
         + "\n### Forgetting per benchmark (score - base)\n\n"
         + markdown_table(pivot)
+        + sources_by_seed(summary_["training_data"])
         + "\n### Learning dynamics\n\nSpearman rank correlation, across each seed's arm checkpoints, of forgetting "
         + f"with the base model's NLL of the arm's training data: {_rho(rho[RHO[0]], seeds)}; with the relative "
         + f"parameter distance from the base: {_rho(rho[RHO[1]], seeds)} (mean [95% interval] over seeds; a seed "

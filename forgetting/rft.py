@@ -106,7 +106,7 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path,
     resume = shared.last_checkpoint(out)
     _truncate_rollouts(rollouts, resume)
     model, processor = load_model(config.model, base)
-    style = config.arms.sft.prompt_style
+    style = config.arms.rft.prompt_style
     examples = Dataset.from_list(rft_examples(dataset, style))
     with LOADING:  # with beta > 0 and full fine-tuning, GRPOTrainer loads a reference model here
         trainer = GRPOTrainer(

@@ -1,6 +1,7 @@
 """Rollout-SFT's data: the RFT arm's exact rollouts, de-duplicated, either as recorded while RFT trained or
-sampled afresh from its final or earliest checkpoint (the paper's cheaper variant). The training itself is
-forgetting/sft.py.
+sampled afresh from its final model or an early checkpoint (the paper's cheaper variant). Which source, checkpoint
+and step was used, and how many samples were exact, is written beside the data (rollout_source.json) and shown
+in the report. The training itself is forgetting/sft.py.
 """
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from forgetting.config import StudyConfig
+from forgetting.config import ConfigError, StudyConfig
 from forgetting.inference import generate
 from forgetting.models import chat, load_model
 from forgetting.puzzle_data import PuzzleDataset
@@ -49,7 +50,7 @@ def sample_correct_rollouts(
 ) -> Path:
     """Fresh rollouts from an RFT checkpoint on the train split, scored and written like training rollouts."""
     model, processor = load_model(config.model, checkpoint, trainable=False)
-    style = config.arms.sft.prompt_style
+    style = config.arms.rollout_sft.prompt_style
     recorder = RolloutRecorder(out, style)
     g = samples or config.arms.rft.num_generations
     records = dataset.records("train")
@@ -74,20 +75,56 @@ def sample_correct_rollouts(
     return out
 
 
+SOURCE = "rollout_source.json"
+
+
 def rollout_source(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, out: Path) -> Path:
-    """The rollouts rollout_sft learns from: RFT's recorded ones, or fresh samples from its final or
-    earliest checkpoint."""
-    source = config.arms.rollout_sft.rollout_source
-    if source == "training":
-        return rft.rollouts
-    path = out / f"rollouts-{source}.jsonl"
-    if not path.exists():
-        checkpoint = str(rft.final) if source == "final" or not rft.checkpoints else rft.checkpoints[0]
-        out.mkdir(parents=True, exist_ok=True)
-        samples = config.arms.rollout_sft.samples_per_puzzle
-        sample_correct_rollouts(config, checkpoint, dataset, path.with_suffix(".tmp"), samples)
-        path.with_suffix(".tmp").rename(path)
+    """The rollouts rollout_sft learns from: RFT's recorded ones, or fresh samples from its final model or the
+    early checkpoint (rollout_sft.early_step, else RFT's first); writes out/rollout_source.json saying which."""
+    settings = config.arms.rollout_sft
+    if settings.rollout_source == "training":
+        path, checkpoint, step = rft.rollouts, None, f"1-{config.arms.rft.steps}"
+    else:
+        checkpoint, step = source_checkpoint(config, rft)
+        path = out / f"rollouts-{settings.rollout_source}.jsonl"
+        if not path.exists():
+            out.mkdir(parents=True, exist_ok=True)
+            sample_correct_rollouts(config, checkpoint, dataset, path.with_suffix(".tmp"), settings.samples_per_puzzle)
+            path.with_suffix(".tmp").rename(path)
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    out.mkdir(parents=True, exist_ok=True)
+    provenance = {
+        "source": settings.rollout_source,
+        "checkpoint": checkpoint,
+        "rft_step": step,
+        "rollouts": len(rows),
+        "exact": sum(r["exact"] > 0 for r in rows),
+        "kept": len(correct_rollouts(path)),
+    }
+    (out / SOURCE).write_text(json.dumps(provenance, indent=1) + "\n")
     return path
+
+
+def source_checkpoint(config: StudyConfig, rft: ArmResult) -> tuple[str, int]:
+    """The RFT model fresh rollouts are sampled from, and its step: the final model, or the early checkpoint.
+    No fallback: an early step RFT did not save is an error naming the steps it did."""
+    if config.arms.rollout_sft.rollout_source == "final":
+        return str(rft.final), config.arms.rft.steps
+    saved = {int(c.rsplit("-", 1)[-1]): c for c in rft.checkpoints}
+    step = config.arms.rollout_sft.early_step or min(saved, default=0)
+    if step not in saved:
+        raise ConfigError(
+            f"arms.rollout_sft.early_step: the RFT arm has no checkpoint at step {step or '(none saved)'}; it saved "
+            f"{sorted(saved) or 'none'} (arms.checkpoint_every, arms.checkpoint_steps)"
+        )
+    return saved[step], step
+
+
+def rollout_provenance(result: ArmResult) -> dict | None:
+    """What rollout_source.json says of a rollout_sft arm's data, or None for other arms."""
+    path = result.path / SOURCE
+    return json.loads(path.read_text()) if result.arm == "rollout_sft" and path.is_file() else None
 
 
 def rollout_sft_data(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, out: Path) -> list[dict]:

@@ -1,5 +1,6 @@
-"""SFT with TRL's SFTTrainer, assistant-only loss: on the puzzles' ground-truth answers (arm `sft`) or on
-correct rollouts (arm `rollout_sft`, whose data forgetting/rollout_sft.py gathers).
+"""SFT with TRL's SFTTrainer, assistant-only loss: on the puzzles' ground-truth answers (arm `sft`), on a teacher's
+explanations (arm `teacher_sft`; both built in forgetting/arms.py:ground_truth) or on correct rollouts (arm
+`rollout_sft`, whose data forgetting/rollout_sft.py gathers).
 
     python -m flows.train --profile micro --set arms.rft.enabled=false --set arms.rollout_sft.enabled=false
 """
@@ -10,7 +11,6 @@ from pathlib import Path
 from forgetting.config import SFTArmConfig, StudyConfig
 from forgetting.models import LOADING, load_model
 from forgetting.puzzle_data import PuzzleDataset
-from forgetting.puzzles import make_target
 from forgetting.trainer import (
     FINAL,
     ArmResult,
@@ -22,18 +22,13 @@ from forgetting.trainer import (
 )
 
 
-def sft_examples(dataset: PuzzleDataset, style: str) -> list[dict]:
-    """TRL's conversational vision format: messages with an image placeholder, images beside them."""
-    examples = []
-    for record in dataset.records("train"):
-        prompt = record[f"prompt_{style}"]
-        examples.append(
-            {
-                "messages": trl_messages(prompt, make_target(record["answer"], style)),
-                "images": [dataset.image(record)],
-            }
-        )
-    return examples
+def sft_examples(dataset: PuzzleDataset, style: str, targets: dict[str, str]) -> list[dict]:
+    """TRL's conversational vision format (messages with an image placeholder, images beside them) for the train
+    puzzles' prompts in style and targets (puzzle id -> completion)."""
+    return [
+        {"messages": trl_messages(record[f"prompt_{style}"], targets[record["id"]]), "images": [dataset.image(record)]}
+        for record in dataset.records("train")
+    ]
 
 
 def sft_args(config: StudyConfig, arm_config: SFTArmConfig, out: Path) -> dict:

@@ -9,9 +9,11 @@ words the jigsaw prompt uses, so the base model answers a list prompt it has nev
     python -m flows.pretrain_base --profile tiny      # builds and pretrains the shipped base model
 """
 
+import dataclasses
 import hashlib
 import json
 import random
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -21,7 +23,11 @@ import numpy as np
 from PIL import Image
 
 from forgetting.drawing import CELL_COLOURS, COLOURS, SHAPES, SIDE, canvas, draw_shape, pick, scatter
-from forgetting.puzzles import format_answer  # one list format for every list answer, jigsaw included
+from forgetting.puzzles import (  # one list format and one think format for the jigsaw and the tiny world
+    format_answer,
+    think_completion,
+    think_instruction,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # Prior-knowledge tasks. A generator draws one item from rng; `key` identifies the item, and its hash
@@ -35,6 +41,13 @@ class Item:
     prompt: str
     answer: str
     image: Image.Image | None = None
+    reasoning: str = ""  # what the base writes inside <think> </think> under the think prompt: what it sees
+    style: str = "direct"  # how the prompt asks: direct, or think (forgetting.world.in_style)
+
+    @property
+    def completion(self) -> str:
+        """What the model learns to write: the answer, or in think style its reasoning and answer in tags."""
+        return self.answer if self.style == "direct" else think_completion(self.reasoning, self.answer)
 
 
 GRID_INTRO = "The image is a 2x2 grid of {what}. Positions are numbered row by row:\n1 2\n3 4\n"
@@ -50,7 +63,8 @@ def colour_item(rng: random.Random) -> Item:
     prompt = rng.choice(
         ["What colour is the shape?", "Name the colour of the shape in the image.", "Which colour is the shape?"]
     )
-    return Item("colour", f"{colour}{shape}{size:.3f}{cx:.3f}{cy:.3f}{background}{prompt}", prompt, colour, image)
+    key = f"{colour}{shape}{size:.3f}{cx:.3f}{cy:.3f}{background}{prompt}"
+    return Item("colour", key, prompt, colour, image, f"{article(colour)} {colour} {shape}")
 
 
 def shape_item(rng: random.Random) -> Item:
@@ -63,7 +77,14 @@ def shape_item(rng: random.Random) -> Item:
     image, draw = canvas()
     draw_shape(draw, shape, cx, cy, size, COLOURS[colour])
     prompt = rng.choice(["What shape is in the image?", "Name the shape.", "Which shape do you see?"])
-    return Item("shape", f"{colour}{shape}{size:.3f}{cx:.3f}{cy:.3f}{prompt}", prompt, shape, image)
+    return Item(
+        "shape",
+        f"{colour}{shape}{size:.3f}{cx:.3f}{cy:.3f}{prompt}",
+        prompt,
+        shape,
+        image,
+        f"{article(colour)} {colour} {shape}",
+    )
 
 
 def count_item(rng: random.Random) -> Item:
@@ -76,7 +97,8 @@ def count_item(rng: random.Random) -> Item:
     prompt = rng.choice(
         ["How many shapes are in the image?", "Count the shapes.", "How many shapes do you see? Answer with a number."]
     )
-    return Item("count", f"{n}{colour}{shape}{points}{prompt}", prompt, str(n), image)
+    counted = f"{colour} {shape}s: " + " ".join(str(i) for i in range(1, n + 1))
+    return Item("count", f"{n}{colour}{shape}{points}{prompt}", prompt, str(n), image, counted)
 
 
 @cache
@@ -91,12 +113,15 @@ def digit_item(rng: random.Random) -> Item:
     """scikit-learn's 8x8 digits, one digit pixel per 14 px patch."""
     images, targets = _digits()
     index = rng.randrange(len(images))
-    ink = np.array(COLOURS[rng.choice(["white", "yellow", "orange"])])
+    ink_name = rng.choice(["white", "yellow", "orange"])
+    ink = np.array(COLOURS[ink_name])
     level = (images[index] / 16.0)[..., None]
     pixels = (level * ink + (1 - level) * np.array([20, 20, 20])).astype(np.uint8)
     image = Image.fromarray(pixels, "RGB").resize((SIDE, SIDE), Image.Resampling.NEAREST)
     prompt = rng.choice(["Which digit is written in the image?", "Read the digit.", "What digit is this?"])
-    return Item("digit", f"digit{index}", prompt, str(targets[index]), image)
+    return Item(
+        "digit", f"digit{index}", prompt, str(targets[index]), image, f"{article(ink_name)} {ink_name} {targets[index]}"
+    )
 
 
 SIDES = {"x": ("left", "right"), "y": ("top", "bottom")}
@@ -128,7 +153,8 @@ def spatial_item(rng: random.Random) -> Item:
             f"Name the colour of the {side} shape.",
         ]
     )
-    return Item("spatial", f"{prompt}{p1}{p2}{c1}{c2}{s1}{s2}", prompt, c1 if low else c2, image)
+    seen = f"{SIDES[axis][0]}: {c1} {s1}, {SIDES[axis][1]}: {c2} {s2}"
+    return Item("spatial", f"{prompt}{p1}{p2}{c1}{c2}{s1}{s2}", prompt, c1 if low else c2, image, seen)
 
 
 def arithmetic_item(rng: random.Random) -> Item:
@@ -149,7 +175,16 @@ def arithmetic_item(rng: random.Random) -> Item:
             f"Calculate {expression}.",
         ]
     )
-    return Item("arithmetic", prompt, prompt, str(value), None)
+    return Item("arithmetic", prompt, prompt, str(value), None, f"{expression} = {value}")
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def cell_list(seen: Iterable[str]) -> str:
+    """What each cell of a 2x2 grid holds, by position: '1 red, 2 blue, 3 yellow, 4 green'."""
+    return ", ".join(f"{pos} {what}" for pos, what in enumerate(seen, 1))
 
 
 def code_table(names: Iterable[str]) -> str:
@@ -186,7 +221,8 @@ def quadrant_colours_item(rng: random.Random) -> Item:
         ]
     )
     answer = format_answer([code + 1 for code in cells])
-    return Item("quadrant_colours", f"{shades}{prompt}", prompt, answer, image)
+    seen = cell_list(CELL_COLOURS[code] for code in cells)
+    return Item("quadrant_colours", f"{shades}{prompt}", prompt, answer, image, seen)
 
 
 def quadrant_shapes_item(rng: random.Random) -> Item:
@@ -207,7 +243,8 @@ def quadrant_shapes_item(rng: random.Random) -> Item:
         ]
     )
     answer = format_answer([shape + 1 for shape in placement])
-    return Item("quadrant_shapes", f"{placement}{colour}{jitter}{prompt}", prompt, answer, image)
+    seen = cell_list(SHAPES[shape] for shape in placement)
+    return Item("quadrant_shapes", f"{placement}{colour}{jitter}{prompt}", prompt, answer, image, seen)
 
 
 def quadrant_counts_item(rng: random.Random) -> Item:
@@ -227,9 +264,9 @@ def quadrant_counts_item(rng: random.Random) -> Item:
             "Count the shapes at each position, in order. Answer with 4 numbers.",
         ]
     )
-    return Item(
-        "quadrant_counts", f"{counts}{colour}{shape}{prompt}{rng.random()}", prompt, format_answer(counts), image
-    )
+    key = f"{counts}{colour}{shape}{prompt}{rng.random()}"
+    seen = cell_list(f"has {n}" for n in counts)
+    return Item("quadrant_counts", key, prompt, format_answer(counts), image, seen)
 
 
 PRIOR_TASKS: dict[str, Callable[[random.Random], Item]] = {
@@ -258,6 +295,23 @@ ANSWER_FORMATS: dict[str, str] = {
     "quadrant_shapes": "numbers:4",
     "quadrant_counts": "numbers:4",
 }
+
+
+STYLES = ("direct", "think")
+_ANSWER_WITH = re.compile(r"\s*Answer with [^.]*\.$")
+
+
+def in_style(item: Item, style: str) -> Item:
+    """The item as asked in a prompt style: direct as generated; think with the direct prompt's answer
+    instruction replaced by the think instruction the jigsaw's think prompt ends with, and the completion
+    `<think>reasoning</think><answer>answer</answer>` as its completion."""
+    if style == "direct":
+        return item
+    if style != "think":
+        raise ValueError(f"prompt style must be one of {STYLES}, got {style!r}")
+    what = "the 4 numbers separated by spaces" if ANSWER_FORMATS[item.task].startswith("numbers") else "the answer"
+    prompt = f"{_ANSWER_WITH.sub('', item.prompt)} {think_instruction(what)}"
+    return dataclasses.replace(item, prompt=prompt, style=style)
 
 
 def _words(text: str) -> list[str]:

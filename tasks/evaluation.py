@@ -11,7 +11,7 @@ from assets import evaluation
 from forgetting.benchmarks import BenchmarkData
 from forgetting.config import StudyConfig
 from forgetting.evaluation import EVAL_VERSION, EvalTarget, eval_dir, evaluate_target
-from forgetting.metrics import read_evaluation
+from forgetting.metrics import is_puzzle, read_evaluation
 from tasks.tracking import child_run, flat_params
 
 
@@ -37,7 +37,7 @@ def eval_metrics(record: dict) -> dict[str, float]:
         metrics[f"{name}.{row['metric']}"] = row["value"]
         if row["format_failures"] is not None:
             metrics[f"{name}.format_ok"] = 1 - row["format_failures"] / row["n"]
-    prior = [r["value"] for r in record["benchmarks"] if r["benchmark"] != record["puzzle_benchmark"]]
+    prior = [r["value"] for r in record["benchmarks"] if not is_puzzle(record, r["benchmark"])]
     puzzle = [r["value"] for r in record["benchmarks"] if r["benchmark"] == record["puzzle_benchmark"]]
     metrics["puzzle_exact"] = puzzle[0] if puzzle else float("nan")
     metrics["prior_mean"] = sum(prior) / len(prior) if prior else float("nan")
@@ -60,7 +60,7 @@ def eval_params(config: StudyConfig, arm: str, targets: list[EvalTarget], data: 
         "base_model": base,
         "prior_benchmarks": data.tiny_world_dir,
         "puzzles": data.puzzles_dir,
-        "prompt_style": data.prompt_style,
+        "prompt_style": ",".join(targets[0].styles),
         "eval_version": EVAL_VERSION,
     } | flat_params(config.evaluation.model_dump(mode="json"), "evaluation.")
 

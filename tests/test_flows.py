@@ -208,3 +208,72 @@ def _study_ids(config) -> set[str]:
     from forgetting.sweep import points
 
     return {one.study_id for _, _, one in points(config)}
+
+
+def test_the_four_arms_on_the_think_prompt(prefect_harness, tmp_path, monkeypatch):
+    """The paper's arms on the think prompt, through the study flow: answer-only SFT, teacher-SFT, RFT and
+    rollout-SFT on an early RFT checkpoint's exact rollouts, then from the final model. The tiny-think base on
+    the code_colours cue (corners in the colours whose codes it knows) solves some puzzles, so rollout-SFT gets
+    data. Every setting of every arm's section is read by some stage (recorded as the flow runs)."""
+    from forgetting.arm_config import ArmsConfig
+    from forgetting.profiles import load_config
+    from forgetting.schema import Section
+
+    think = [
+        "model.name_or_path=tiny-think",
+        "puzzles.cue=code_colours",
+        "puzzles.image_size=112",
+        "arms.sft.prompt_style=think",
+        "arms.teacher_sft={enabled: true, steps: 4, batch_size: 4, learning_rate: 0.001}",
+        "arms.rft.prompt_style=think",
+        "arms.rft.max_new_tokens=48",
+        "arms.rollout_sft.prompt_style=think",
+        "arms.rollout_sft.rollout_source=early",
+        "arms.rollout_sft.samples_per_puzzle=4",
+        "evaluation.every=4",
+    ]
+    config = load_config("micro", think, output_dir=str(tmp_path))
+    read, plain = set(), object.__getattribute__
+
+    def recording(self, name):
+        kind = plain(self, "__class__")
+        if name in kind.model_fields:
+            read.add((kind.__name__, name))
+        return plain(self, name)
+
+    monkeypatch.setattr(Section, "__getattribute__", recording)
+    result = study(config)
+    monkeypatch.undo()
+    for arm in ArmsConfig.model_fields:
+        if isinstance(getattr(config.arms, arm), Section) and getattr(config.arms, arm).enabled:
+            kind = type(getattr(config.arms, arm))
+            unread = {f for f in kind.model_fields if (kind.__name__, f) not in read}
+            assert not unread, f"arms.{arm}: settings no stage read: {unread}"
+    assert set(result["arms"]) == {"sft", "teacher_sft", "rft", "rollout_sft"}
+    report = Path(result["report"])
+    summary = json.loads((report / "summary.json").read_text())
+    data = summary["training_data"]
+    assert {a: d["prompt_style"] for a, d in data.items()} == dict.fromkeys(data, "think")
+    assert data["sft"]["reasoning_tokens"] == 0 and data["teacher_sft"]["reasoning_tokens"] > 20
+    assert data["rollout_sft"]["source"]["source"] == "early" and data["rollout_sft"]["source"]["rft_step"] == 2
+    assert data["rollout_sft"]["source"]["kept"] > 0
+    assert summary["arms"]["teacher_sft"]["data_nll_reasoning"] > 0  # in MLflow too, on the study's run
+    assert "teacher_sft.data_nll_answer" in mlflow.get_run(result["mlflow_run_id"]).data.metrics
+    text = (report / "report.md").read_text()
+    assert "early RFT checkpoint (step 2)" in text and "teacher's explanation + answer" in text
+    # every arm trained and was evaluated on the think prompt
+    for arm in ("sft", "teacher_sft", "rollout_sft"):
+        line = (Path(result["arms"][arm]).parent / "training_data.jsonl").read_text().splitlines()[0]
+        assert json.loads(line)["completion"].endswith("</answer>"), arm
+    curves = pd.read_csv(report / "curves.csv")
+    assert curves[curves.step == 0].puzzle_exact.nunique() == 1  # the base, on the same think puzzle prompt
+    # from the final RFT model instead: a rollout-SFT arm of its own, the other arms reused
+    final = load_config("micro", [*think, "arms.rollout_sft.rollout_source=final"], str(tmp_path))
+    again = study(final)
+    assert again["arms"]["rft"] == result["arms"]["rft"]
+    assert again["arms"]["rollout_sft"] != result["arms"]["rollout_sft"]
+    summary = json.loads((Path(again["report"]) / "summary.json").read_text())
+    source = summary["training_data"]["rollout_sft"]["source"]
+    assert source["source"] == "final" and source["rft_step"] == final.arms.rft.steps
+    with pytest.raises(Exception, match="no checkpoint at step 3"):
+        study(load_config("micro", [*think, "arms.rollout_sft.early_step=3"], str(tmp_path)))

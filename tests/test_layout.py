@@ -1,6 +1,7 @@
 """The shape of the code: the domain package stands alone, no import cycles, no module a reader must scroll."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_the_domain_package_imports_no_orchestration():
         bad = {m for m in imports(path) if m.split(".")[0] in ORCHESTRATION}
         assert not bad, f"{path.relative_to(REPO_ROOT)} imports {bad}"
     config_deps = {m for m in imports(REPO_ROOT / "forgetting" / "config.py") if m.startswith("forgetting")}
-    assert config_deps <= {"forgetting.schema", "forgetting.storage"}, (
+    assert config_deps <= {"forgetting.schema", "forgetting.storage", "forgetting.arm_config"}, (
         f"the configuration imports a stage: {config_deps}"
     )
 
@@ -88,3 +89,46 @@ def test_the_flows_call_mlflow_through_tasks_only():
     """MLflow calls live in tasks/ (beside the Prefect tasks they log); a flow reads as the DAG."""
     for path in (REPO_ROOT / "flows").glob("*.py"):
         assert not {m for m in imports(path) if m.split(".")[0] == "mlflow"}, path.name
+
+
+def _fields(model, path=""):
+    """(dotted path, field name) of every leaf setting of a config section, recursively."""
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            yield from _fields(kind, f"{path}{name}.")
+        else:
+            yield f"{path}{name}", name
+
+
+def _property_reads(path: Path) -> set[str]:
+    """Attribute names read inside the @property methods of a module (a stage reading the property reads them)."""
+    reads = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef) and any(getattr(d, "id", "") == "property" for d in node.decorator_list):
+            reads |= {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+    return reads
+
+
+def test_every_setting_is_read_by_some_stage():
+    """A setting nothing reads is a lie in the form and in every profile that sets it: each leaf field of
+    StudyConfig must be read as an attribute (`.name`) somewhere outside the modules that declare the schema
+    (validators there do not count; properties do, as what they compute is read)."""
+    from forgetting.config import StudyConfig
+
+    declaring = [REPO_ROOT / "forgetting" / name for name in ("config.py", "arm_config.py", "schema.py")]
+    sources = [
+        p.read_text()
+        for folder in ("forgetting", "tasks", "flows", "deployments")
+        for p in (REPO_ROOT / folder).glob("*.py")
+        if p not in declaring
+    ]
+    code, via_properties = "\n".join(sources), set().union(*map(_property_reads, declaring))
+    unread = [
+        path
+        for path, name in _fields(StudyConfig)
+        if name not in via_properties and not re.search(rf"\.{name}\b", code)
+    ]
+    assert not unread, f"settings no stage reads: {unread}"

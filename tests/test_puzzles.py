@@ -11,8 +11,8 @@ from PIL import Image
 from forgetting.config import PuzzleConfig
 from forgetting.drawing import CELL_COLOURS, COLOURS
 from forgetting.puzzle_data import (
-    CODE_CORNERS,
-    NEW_CORNERS,
+    CORNER_CUES,
+    CORNER_NAMES,
     PuzzleError,
     generate_puzzles,
     open_source,
@@ -28,6 +28,7 @@ from forgetting.puzzles import (
     restore_image,
     score_answer,
     shuffle_image,
+    teacher_reasoning,
     tile_boxes,
     well_formed_think,
 )
@@ -133,8 +134,22 @@ def test_prompts_and_targets():
     assert "<answer>" in make_prompt(3, 3, "think")
     assert make_target([2, 1], "direct") == "2 1"
     assert make_target([2, 1], "think", "swap") == "<think>swap</think><answer>2 1</answer>"
+    assert make_target([2, 1], "think") == "<answer>2 1</answer>"  # answer-only SFT under the think prompt
     with pytest.raises(ValueError, match="prompt style"):
         make_prompt(2, 2, "chatty")
+
+
+@given(st.permutations([1, 2, 3, 4]))
+def test_teacher_explanations_are_right_and_well_formed(perm):
+    """teacher_sft's explanation names, for each slot, the corner colour of the tile there and that tile's home;
+    its target scores full marks under the think reward."""
+    corners = ("black", "orange", "purple", "white")
+    reasoning = teacher_reasoning(list(perm), 2, 2, corners)
+    for slot, home in enumerate(perm, 1):
+        assert f"Slot {slot} holds the {corners[home - 1]} corner" in reasoning and f": {home}." in reasoning
+    target = make_target(list(perm), "think", reasoning)
+    assert well_formed_think(target) and score_answer(target, list(perm), "think").total == 2.5
+    assert "row 1, column 2: 2." in teacher_reasoning([2, 1, 3, 4, 5, 6, 7, 8, 9], 3, 3)  # no cue: rows and columns
 
 
 # --- images and datasets ---------------------------------------------------------------------------------
@@ -235,9 +250,10 @@ def test_same_config_same_bytes(tmp_path):
 def test_synthetic_cue_colours_each_tile_by_its_home(cue, homes):
     """Each original quadrant's mean colour is nearest its own corner's: with code_colours, the tiny world's
     colour codes 1..4; with new_colours, colours the base can name that are none of its codes."""
-    assert tuple(COLOURS[c] for c in CELL_COLOURS) == CODE_CORNERS  # the codes the base learned
+    assert CORNER_NAMES["code_colours"] == CELL_COLOURS  # the codes the base learned
     new = ("black", "orange", "purple", "white")
-    assert tuple(COLOURS[c] for c in new) == NEW_CORNERS and not set(new) & set(CELL_COLOURS)
+    assert CORNER_NAMES["new_colours"] == new and not set(new) & set(CELL_COLOURS)
+    assert CORNER_CUES["new_colours"] == tuple(COLOURS[c] for c in new)
     # The gradient's dark corner, the codes, and the cue's own corners
     references = {"dark": (16, 16, 128), **{c: COLOURS[c] for c in (*CELL_COLOURS, *homes.split()) if c in COLOURS}}
     image = synthetic_image(np.random.default_rng(0), 112, 0.0, cue)

@@ -27,9 +27,7 @@ from forgetting.models import (
     train_tokenizer,
 )
 from forgetting.pretrain import (
-    VISION_TASKS,
     TaskDraws,
-    VisionAux,
     backward_by_length,
     build_base,
     pretrain,
@@ -38,6 +36,8 @@ from forgetting.pretrain import (
     train_batches,
     warm_up_vision,
 )
+from forgetting.puzzles import answer_text, make_prompt, well_formed_think
+from forgetting.vision_heads import VISION_TASKS, VisionAux
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_loader_takes_shipped_names_and_local_dirs(processor, tmp_path):
         ("/no/such/dir", "not a model directory"),
         ("./nope", "not a model directory"),
         ("Qwen/Qwen2.5-VL-3B-Instruct", "HF_HUB_OFFLINE=1"),
-        ("not a model!", "neither micro/tiny"),
+        ("not a model!", "neither one of micro, tiny, tiny-think"),
     ],
 )
 def test_loader_errors_are_clear(name, message, monkeypatch):
@@ -242,6 +242,37 @@ def test_lora_adapts_only_the_language_model(processor, tmp_path):
 
 
 # --- pretraining -----------------------------------------------------------------------------------------
+
+
+def test_the_think_style_asks_as_the_jigsaw_does_and_answers_with_what_it_sees():
+    """Under the think prompt every task ends with the jigsaw's think instruction and its completion is
+    `<think>what the model sees</think><answer>the answer</answer>`; the list tasks name each cell."""
+    jigsaw_end = make_prompt(2, 2, "think").rsplit(". ", 1)[-1]
+    for task in world.PRIOR_TASKS:
+        for item in world.make_split(task, "train", 5):
+            think = world.in_style(item, "think")
+            assert think.answer == item.answer and world.in_style(item, "direct") is item
+            assert "Answer with" not in think.prompt and well_formed_think(think.completion)
+            assert answer_text(think.completion) == item.answer and think.reasoning
+            if task.startswith("quadrant"):
+                assert think.prompt.endswith(jigsaw_end) and think.reasoning.startswith("1 ")
+    item = world.make_split("quadrant_shapes", "test", 1)[0]
+    assert world.in_style(item, "think").reasoning == world.cell_list(
+        world.SHAPES[int(code) - 1] for code in item.answer.split()
+    )
+
+
+def test_think_share_mixes_styles_and_zero_draws_what_it_always_did():
+    """think_share 0 draws exactly the items the shipped tiny base was trained on; 0.5 asks about half in think."""
+    plain = PretrainConfig(batch_size=64, seed=3)
+    batches = train_batches(plain)
+    assert all(it.style == "direct" for it in next(batches))
+    mixed = next(train_batches(plain.model_copy(update={"think_share": 0.5})))
+    share = sum(it.style == "think" for it in mixed) / len(mixed)
+    assert 0.3 < share < 0.7
+    first = next(train_batches(plain))
+    assert [it.key for it in first] == [it.key for it in mixed]  # the same items, asked in either style
+    assert "think_share" not in plain.model_dump(mode="json")  # ids of direct-only pretraining as before
 
 
 def test_micro_pretraining_smoke():

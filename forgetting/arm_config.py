@@ -1,0 +1,139 @@
+"""The arms' sections of StudyConfig (forgetting/config.py, which imports them): each arm's settings, its prompt
+style included, and what every arm shares (checkpoints, memory savers)."""
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from forgetting.schema import Section
+
+PromptStyle = Literal["direct", "think"]
+STYLE_HELP = (
+    "The puzzle prompt this arm trains on and is evaluated with. direct: `Answer with 4 numbers`; think: "
+    "`Think inside <think> </think>, then give the 4 numbers ... inside <answer> </answer>`."
+)
+
+
+class SFTArmConfig(Section):
+    enabled: bool = Field(True, description="Train this arm.")
+    steps: int = Field(300, ge=1, le=1_000_000, description="Optimizer steps.")
+    learning_rate: float = Field(5e-4, gt=0, le=1.0, description="Peak learning rate.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Samples per optimizer step.")
+    prompt_style: PromptStyle = Field(
+        "direct",
+        description=STYLE_HELP + " SFT's target under the think prompt is the answer alone, `<answer>...</answer>` "
+        "(the paper's SFT without reasoning).",
+    )
+
+
+class RFTArmConfig(Section):
+    enabled: bool = Field(True, description="Train this arm.")
+    steps: int = Field(300, ge=1, le=1_000_000, description="GRPO optimizer steps.")
+    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Completions per step; a multiple of num_generations.")
+    num_generations: int = Field(8, ge=2, le=256, description="Group size G: completions per prompt.")
+    beta: float = Field(0.04, ge=0.0, le=10.0, description="KL penalty towards the base model.")
+    temperature: float = Field(1.0, gt=0.0, le=5.0, description="Sampling temperature of rollouts.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group",
+        description="Advantage scaling: by the group's reward std (GRPO), the batch's, or none (Dr. GRPO).",
+    )
+    entropy_coef: float = Field(
+        0.0, ge=0.0, le=1.0, description="Weight of the mean-token-entropy bonus in the loss (0: none)."
+    )
+    max_new_tokens: int = Field(32, ge=1, le=8192, description="Longest completion sampled.")
+    prompt_style: PromptStyle = Field(
+        "direct",
+        description=STYLE_HELP + " Under the think prompt the format reward asks for exactly "
+        "`<think>...</think><answer>...</answer>`.",
+        exclude_if=lambda v: v == "direct",  # left out of dumps and hashes at its default: ids unchanged
+    )
+    use_vllm: bool = Field(False, description="GPU only: sample rollouts with TRL's vLLM integration (colocate).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RFTArmConfig":
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of num_generations {self.num_generations}"
+            )
+        return self
+
+
+class TeacherSFTArmConfig(SFTArmConfig):
+    enabled: bool = Field(False, description="Train this arm.")
+    prompt_style: Literal["think"] = Field(
+        "think",
+        description="Always think: the target is a scripted, always-correct explanation in a wording the base never "
+        "saw, then the answer (the paper's SFT on a teacher model's reasoning).",
+    )
+
+
+class RolloutSFTArmConfig(SFTArmConfig):
+    rollout_source: Literal["training", "final", "early"] = Field(
+        "training",
+        description="training: the RFT arm's recorded correct rollouts; final/early: fresh samples "
+        "from the final or an early RFT checkpoint, kept when correct.",
+    )
+    samples_per_puzzle: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="final/early: fresh samples drawn per train puzzle (empty: arms.rft.num_generations). "
+        "An exact answer is kept once per puzzle, so a model that is mostly right gains little from more.",
+        exclude_if=lambda n: n is None,  # left out of dumps and hashes at its default: ids unchanged
+    )
+    early_step: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="early: the RFT checkpoint (its step) to sample from; one RFT saved (checkpoint_every, "
+        "checkpoint_steps). Empty: the RFT arm's first checkpoint.",
+        exclude_if=lambda n: n is None,
+    )
+
+    @model_validator(mode="after")
+    def _early_only(self) -> "RolloutSFTArmConfig":
+        if self.early_step is not None and self.rollout_source != "early":
+            raise ValueError(f"early_step is read with rollout_source 'early' only, not {self.rollout_source!r}")
+        return self
+
+
+class ArmsConfig(Section):
+    sft: SFTArmConfig = Field(default_factory=SFTArmConfig, description="SFT on ground-truth answers.")
+    teacher_sft: TeacherSFTArmConfig = Field(
+        default_factory=TeacherSFTArmConfig,
+        description="SFT on a teacher's reasoning: a scripted, correct explanation plus the answer.",
+        exclude_if=lambda arm: not arm.enabled,  # left out of dumps and hashes when off: ids unchanged
+    )
+    rft: RFTArmConfig = Field(default_factory=RFTArmConfig, description="RFT: GRPO with the puzzle reward.")
+    rollout_sft: RolloutSFTArmConfig = Field(
+        default_factory=RolloutSFTArmConfig, description="SFT on the RFT arm's correct rollouts."
+    )
+    checkpoint_every: int = Field(50, ge=1, le=1_000_000, description="Save a checkpoint every N steps.")
+    checkpoint_steps: list[int] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Steps to save a checkpoint at besides every checkpoint_every, e.g. [5, 10, 20]: points "
+        "below an arm's plateau on its learning curve. The evaluation reads them all.",
+        exclude_if=lambda steps: not steps,  # left out of dumps and hashes when empty: ids unchanged
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on GPU).")
+    deepspeed: str | None = Field(
+        None, description="Path to a DeepSpeed JSON config passed to the trainers (multi-GPU, via accelerate launch)."
+    )
+
+    @model_validator(mode="after")
+    def _rollouts_in_style(self) -> "ArmsConfig":
+        if self.rollout_sft.enabled and self.rollout_sft.prompt_style != self.rft.prompt_style:
+            raise ValueError(
+                f"rollout_sft.prompt_style {self.rollout_sft.prompt_style!r} differs from rft.prompt_style "
+                f"{self.rft.prompt_style!r}: rollout-SFT learns RFT's answers to RFT's prompts"
+            )
+        return self
+
+    @field_validator("checkpoint_steps")
+    @classmethod
+    def _positive_steps(cls, v: list[int]) -> list[int]:
+        if any(step < 1 for step in v):
+            raise ValueError(f"checkpoint steps must be at least 1, got {v}")
+        return sorted(set(v))
