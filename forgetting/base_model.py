@@ -4,6 +4,7 @@ prior-knowledge benchmarks the tiny world holds out.
 python -m flows.pretrain_base --profile tiny     # rebuild assets/tiny-base, the shipped checkpoint
 """
 
+import json
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from forgetting.config import StudyConfig
 from forgetting.models import model_fingerprint, pick_device, project_size, resolve_model_path
 from forgetting.pretrain import jigsaw_probe, pretrain, save_base
 from forgetting.storage import stable_hash, write_once
-from forgetting.world import PRIOR_TASKS, fingerprint, make_split, write_split
+from forgetting.world import ANSWER_FORMATS, PRIOR_TASKS, Item, fingerprint, make_split
 
 
 def pretrain_dir(config: StudyConfig) -> Path:
@@ -111,3 +112,29 @@ def write_heldout_sets(config: StudyConfig) -> Path:
         for task in PRIOR_TASKS:
             write_split(make_split(task, "test", config.pretrain.eval_items, config.pretrain.seed), tmp)
     return out
+
+
+def write_split(items: list[Item], out: Path) -> Path:
+    """items as <out>/<task>.jsonl (id, prompt, answer, answer format, image path relative to out) plus PNGs."""
+    out.mkdir(parents=True, exist_ok=True)
+    task = items[0].task
+    with open(out / f"{task}.jsonl", "w") as f:
+        for i, item in enumerate(items):
+            image = None
+            if item.image is not None:
+                image = f"images/{task}-{i:05d}.png"
+                (out / "images").mkdir(exist_ok=True)
+                item.image.save(out / image)
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"{task}-{i:05d}",
+                        "prompt": item.prompt,
+                        "answer": item.answer,
+                        "format": ANSWER_FORMATS[task],
+                        "image": image,
+                    }
+                )
+                + "\n"
+            )
+    return out / f"{task}.jsonl"

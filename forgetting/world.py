@@ -11,13 +11,11 @@ words the jigsaw prompt uses, so the base model answers a list prompt it has nev
 
 import dataclasses
 import hashlib
-import json
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -41,7 +39,10 @@ class Item:
     prompt: str
     answer: str
     image: Image.Image | None = None
-    reasoning: str = ""  # what the base writes inside <think> </think> under the think prompt: what it sees
+    # What the base writes inside <think> </think> under the think prompt: what it sees, in the words it has (the
+    # colour of a small shape, not its outline, which the tiny base cannot read below 50 px), and for a list task
+    # each cell and its number, which the answer then lists ("1 blue is 3, 2 green is 2, ...").
+    reasoning: str = ""
     style: str = "direct"  # how the prompt asks: direct, or think (forgetting.world.in_style)
 
     @property
@@ -64,7 +65,7 @@ def colour_item(rng: random.Random) -> Item:
         ["What colour is the shape?", "Name the colour of the shape in the image.", "Which colour is the shape?"]
     )
     key = f"{colour}{shape}{size:.3f}{cx:.3f}{cy:.3f}{background}{prompt}"
-    return Item("colour", key, prompt, colour, image, f"{article(colour)} {colour} {shape}")
+    return Item("colour", key, prompt, colour, image, f"{article(colour)} {colour} shape")
 
 
 def shape_item(rng: random.Random) -> Item:
@@ -97,7 +98,7 @@ def count_item(rng: random.Random) -> Item:
     prompt = rng.choice(
         ["How many shapes are in the image?", "Count the shapes.", "How many shapes do you see? Answer with a number."]
     )
-    counted = f"{colour} {shape}s: " + " ".join(str(i) for i in range(1, n + 1))
+    counted = f"{colour} shapes: " + " ".join(str(i) for i in range(1, n + 1))
     return Item("count", f"{n}{colour}{shape}{points}{prompt}", prompt, str(n), image, counted)
 
 
@@ -153,7 +154,7 @@ def spatial_item(rng: random.Random) -> Item:
             f"Name the colour of the {side} shape.",
         ]
     )
-    seen = f"{SIDES[axis][0]}: {c1} {s1}, {SIDES[axis][1]}: {c2} {s2}"
+    seen = f"{SIDES[axis][0]}: {c1}, {SIDES[axis][1]}: {c2}"
     return Item("spatial", f"{prompt}{p1}{p2}{c1}{c2}{s1}{s2}", prompt, c1 if low else c2, image, seen)
 
 
@@ -221,7 +222,7 @@ def quadrant_colours_item(rng: random.Random) -> Item:
         ]
     )
     answer = format_answer([code + 1 for code in cells])
-    seen = cell_list(CELL_COLOURS[code] for code in cells)
+    seen = cell_list(f"{CELL_COLOURS[code]} is {code + 1}" for code in cells)
     return Item("quadrant_colours", f"{shades}{prompt}", prompt, answer, image, seen)
 
 
@@ -243,7 +244,7 @@ def quadrant_shapes_item(rng: random.Random) -> Item:
         ]
     )
     answer = format_answer([shape + 1 for shape in placement])
-    seen = cell_list(SHAPES[shape] for shape in placement)
+    seen = cell_list(f"{SHAPES[shape]} is {shape + 1}" for shape in placement)
     return Item("quadrant_shapes", f"{placement}{colour}{jitter}{prompt}", prompt, answer, image, seen)
 
 
@@ -382,29 +383,3 @@ def fingerprint(split: str, seed: int = 0, n: int = 20) -> str:
             if item.image is not None:
                 digest.update(item.image.tobytes())
     return digest.hexdigest()
-
-
-def write_split(items: list[Item], out: Path) -> Path:
-    """items as <out>/<task>.jsonl (id, prompt, answer, answer format, image path relative to out) plus PNGs."""
-    out.mkdir(parents=True, exist_ok=True)
-    task = items[0].task
-    with open(out / f"{task}.jsonl", "w") as f:
-        for i, item in enumerate(items):
-            image = None
-            if item.image is not None:
-                image = f"images/{task}-{i:05d}.png"
-                (out / "images").mkdir(exist_ok=True)
-                item.image.save(out / image)
-            f.write(
-                json.dumps(
-                    {
-                        "id": f"{task}-{i:05d}",
-                        "prompt": item.prompt,
-                        "answer": item.answer,
-                        "format": ANSWER_FORMATS[task],
-                        "image": image,
-                    }
-                )
-                + "\n"
-            )
-    return out / f"{task}.jsonl"

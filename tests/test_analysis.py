@@ -17,7 +17,7 @@ from forgetting.metrics import (
     summary,
 )
 from forgetting.predictors import data_nll_at, dynamics, predictors, quadratic_r2, spearman, spearman_interval
-from forgetting.report import aggregate_reports, write_report
+from forgetting.report import aggregate_reports, without_nan, write_report
 
 
 def record(arm, step, puzzle, a, b, failures=(0, 0), logprob=(-1.0, -1.0), distance=0.0, n=4):
@@ -213,10 +213,13 @@ def test_write_report_fills_the_folder(tmp_path):
     }  # fmt: skip
     saved = json.loads((out / "summary.json").read_text())  # valid JSON: NaN written as null
     assert saved["study_id"] == "study-x" and set(saved["arms"]) == {"base", "sft", "rft"}
-    assert saved["arms"]["sft"] == pytest.approx(s["arms"]["sft"])
+    assert saved["arms"]["sft"] == without_nan(s["arms"]["sft"])
+    data = saved["training_data"]["sft"]
+    assert data["data_nll"] == 2.0 and data["prompt_style"] == "direct"
     forgetting = pd.read_csv(out / "forgetting.csv")
     assert {"arm", "benchmark", "base", "score", "delta", "stderr", "format_failures"} <= set(forgetting.columns)
     assert "| sft |" in (out / "report.md").read_text()
+    assert "| sft | direct | ground-truth answers |" in (out / "report.md").read_text()  # what each arm trained on
     names = {"forward_kl", "reverse_kl", "data_nll", "param_distance", "prior_logprob_change"}
     assert set(saved["predictors"]) == names
     assert saved["predictors"]["param_distance"]["r2"] is None  # two checkpoints: not enough points, said so
