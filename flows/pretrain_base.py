@@ -40,8 +40,8 @@ def pretrain_base(config: StudyConfig = StudyConfig(), destination: str | None =
     for key in ("jigsaw", "jigsaw_think"):
         if key in card:
             print(f"{key} probe: " + ", ".join(f"{k} {v:.3f}" for k, v in card[key].items()))
-    if "heldout_accuracy_think" in card:
-        print("held-out, think: " + ", ".join(f"{k} {v:.2f}" for k, v in card["heldout_accuracy_think"].items()))
+    if "heldout_answered_think" in card:
+        print("held-out, think: " + ", ".join(f"{k} {v:.2f}" for k, v in card["heldout_answered_think"].items()))
     return card
 
 

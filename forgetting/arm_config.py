@@ -122,6 +122,21 @@ class ArmsConfig(Section):
         None, description="Path to a DeepSpeed JSON config passed to the trainers (multi-GPU, via accelerate launch)."
     )
 
+    def rft_checkpoint_steps(self) -> list[int]:
+        """The steps the RFT arm saves a checkpoint at, before its final model."""
+        every = range(self.checkpoint_every, self.rft.steps, self.checkpoint_every)
+        return sorted({*every, *(s for s in self.checkpoint_steps if s < self.rft.steps)})
+
+    @model_validator(mode="after")
+    def _early_step_saved(self) -> "ArmsConfig":
+        step = self.rollout_sft.early_step
+        if self.rollout_sft.enabled and step is not None and step not in self.rft_checkpoint_steps():
+            raise ValueError(
+                f"rollout_sft.early_step {step} is not a step the RFT arm saves a checkpoint at; it saves at "
+                f"{self.rft_checkpoint_steps() or 'none'} (checkpoint_every, checkpoint_steps)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _rollouts_in_style(self) -> "ArmsConfig":
         if self.rollout_sft.enabled and self.rollout_sft.prompt_style != self.rft.prompt_style:

@@ -40,8 +40,8 @@ class Item:
     answer: str
     image: Image.Image | None = None
     # What the base writes inside <think> </think> under the think prompt: what it sees, in the words it has (the
-    # colour of a small shape, not its outline, which the tiny base cannot read below 50 px), and for a list task
-    # each cell and its number, which the answer then lists ("1 blue is 3, 2 green is 2, ...").
+    # colour of a small shape, not its outline, which the tiny base cannot read below 50 px); for a list task what
+    # each cell holds ("1 blue, 2 green, 3 red, 4 yellow"), which the answer then turns into numbers.
     reasoning: str = ""
     style: str = "direct"  # how the prompt asks: direct, or think (forgetting.world.in_style)
 
@@ -222,7 +222,7 @@ def quadrant_colours_item(rng: random.Random) -> Item:
         ]
     )
     answer = format_answer([code + 1 for code in cells])
-    seen = cell_list(f"{CELL_COLOURS[code]} is {code + 1}" for code in cells)
+    seen = cell_list(CELL_COLOURS[code] for code in cells)
     return Item("quadrant_colours", f"{shades}{prompt}", prompt, answer, image, seen)
 
 
@@ -244,7 +244,7 @@ def quadrant_shapes_item(rng: random.Random) -> Item:
         ]
     )
     answer = format_answer([shape + 1 for shape in placement])
-    seen = cell_list(f"{SHAPES[shape]} is {shape + 1}" for shape in placement)
+    seen = cell_list(SHAPES[shape] for shape in placement)
     return Item("quadrant_shapes", f"{placement}{colour}{jitter}{prompt}", prompt, answer, image, seen)
 
 

@@ -216,6 +216,7 @@ def test_the_four_arms_on_the_think_prompt(prefect_harness, tmp_path, monkeypatc
     the code_colours cue (corners in the colours whose codes it knows) solves some puzzles, so rollout-SFT gets
     data. Every setting of every arm's section is read by some stage (recorded as the flow runs)."""
     from forgetting.arm_config import ArmsConfig
+    from forgetting.config import ConfigError
     from forgetting.profiles import load_config
     from forgetting.schema import Section
 
@@ -275,5 +276,7 @@ def test_the_four_arms_on_the_think_prompt(prefect_harness, tmp_path, monkeypatc
     summary = json.loads((Path(again["report"]) / "summary.json").read_text())
     source = summary["training_data"]["rollout_sft"]["source"]
     assert source["source"] == "final" and source["rft_step"] == final.arms.rft.steps
-    with pytest.raises(Exception, match="no checkpoint at step 3"):
-        study(load_config("micro", [*think, "arms.rollout_sft.early_step=3"], str(tmp_path)))
+    with pytest.raises(
+        ConfigError, match=r"early_step 3 is not a step the RFT arm saves a checkpoint at; it saves at \[2\]"
+    ):
+        load_config("micro", [*think, "arms.rollout_sft.early_step=3"], str(tmp_path))  # before any work
