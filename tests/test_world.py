@@ -273,6 +273,12 @@ def test_think_share_mixes_styles_and_zero_draws_what_it_always_did():
     first = next(train_batches(plain))
     assert [it.key for it in first] == [it.key for it in mixed]  # the same items, asked in either style
     assert "think_share" not in plain.model_dump(mode="json")  # ids of direct-only pretraining as before
+    config = PretrainConfig(steps=2, batch_size=8, eval_every=2, eval_items=8, vocab_size=512, think_share=0.5)
+    model, processor, history = pretrain("micro", config)
+    tokens = processor.tokenizer.tokenize("<think>1 red</think><answer>1</answer>")
+    assert tokens[0] == "<think>" and "</think>" in tokens and tokens[-3:] == ["<answer>", "1", "</answer>"]
+    assert model.get_input_embeddings().weight.shape[0] == len(processor.tokenizer)
+    assert {"heldout.mean", "heldout_think.mean"} <= set(history[2])
 
 
 def test_micro_pretraining_smoke():
