@@ -191,7 +191,7 @@ class PretrainConfig(Section):
         ge=0.0,
         le=1.0,
         description="Share of items asked in the think style: `<think>` what the model sees `</think><answer>` the "
-        "answer `</answer>` (0: direct answers only, as the tiny base).",
+        "answer `</answer>`, the four tags one token each (0: direct answers only, as the tiny base).",
         exclude_if=lambda v: v == 0.0,  # left out of dumps and hashes at its default: ids unchanged
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of initialisation and data order.")
