@@ -230,7 +230,7 @@ def test_the_four_arms_on_the_think_prompt(prefect_harness, tmp_path, monkeypatc
         "arms.rft.max_new_tokens=48",
         "arms.rollout_sft.prompt_style=think",
         "arms.rollout_sft.rollout_source=early",
-        "arms.rollout_sft.samples_per_puzzle=4",
+        "arms.rollout_sft.samples_per_puzzle=16",
         "evaluation.every=4",
     ]
     config = load_config("micro", think, output_dir=str(tmp_path))
