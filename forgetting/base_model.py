@@ -14,7 +14,7 @@ from forgetting.config import StudyConfig
 from forgetting.models import model_fingerprint, pick_device, project_size, resolve_model_path
 from forgetting.pretrain import answered_correct, held_out, jigsaw_probe, pretrain, save_base
 from forgetting.storage import stable_hash, write_once
-from forgetting.world import ANSWER_FORMATS, PRIOR_TASKS, Item, fingerprint, in_style, make_split
+from forgetting.world import ANSWER_FORMATS, PRIOR_TASKS, Item, fingerprint, make_split
 
 
 def pretrain_dir(config: StudyConfig) -> Path:
@@ -50,11 +50,11 @@ def pretrain_base_model(config: StudyConfig, out: Path, log=lambda metrics, step
         )
         log({k.replace("jigsaw.", "jigsaw_think."): v for k, v in think_probe.items()}, config.pretrain.steps)
         answered = {
-            task: sum(answered_correct(model, processor, [in_style(it, "think") for it in items])) / len(items)
-            for task, items in held_out(config.pretrain, styles=("direct",)).items()
+            name.removeprefix("heldout_think."): sum(answered_correct(model, processor, items)) / len(items)
+            for name, items in held_out(config.pretrain, styles=("think",)).items()
         }
         think = {
-            "heldout_answered_think": {k.removeprefix("heldout."): round(v, 4) for k, v in answered.items()},
+            "heldout_answered_think": {task: round(v, 4) for task, v in answered.items()},
             "heldout_answered_think_measure": "greedy generation under the think prompt, well formed with the right "
             "answer inside <answer> (as the benchmarks grade it)",
             "heldout_accuracy_think": {

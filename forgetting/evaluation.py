@@ -318,8 +318,8 @@ def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDa
         "prompt_style": style,
         "examples": len(rows),
         "tokens": tokens,
-        "nll_per_token": -sum(sum(s.logprobs) for s in scored) / max(tokens, 1),
-        "nll_per_example": -sum(sum(s.logprobs) for s in scored) / len(scored),
+        "nll_per_token": -sum(s.total for s in scored) / max(tokens, 1),
+        "nll_per_example": -sum(s.total for s in scored) / len(scored),
         # the reasoning (everything before the answer's <answer> tag) and the answer, each per token (NaN: none)
         "reasoning_tokens": len(reasoning),
         "nll_per_token_reasoning": -sum(reasoning) / len(reasoning) if reasoning else math.nan,
@@ -329,7 +329,7 @@ def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDa
         # per example, with the training step that sampled it (RFT's rollouts; SFT data have none): what
         # forgetting/predictors.py:data_nll_at averages over the data an arm had seen by a checkpoint
         "per_example": [
-            {"step": r.get("step", -1), "nll": -sum(s.logprobs), "tokens": len(s.logprobs)}
+            {"step": r.get("step", -1), "nll": -s.total, "tokens": len(s.logprobs)}
             for r, s in zip(rows, scored, strict=True)
         ],
     }

@@ -33,7 +33,7 @@ def continuation_logprobs(
     tokens right after the opened assistant turn (what `generate` would continue from), their count, and
     whether greedy decoding would produce them. Chat-template tokens (<|im_end|>) are not counted."""
     scored = token_logprobs(model, processor, prompts, continuations, batch_size)
-    return [(sum(s.logprobs), len(s.logprobs), s.greedy) for s in scored]
+    return [(s.total, len(s.logprobs), s.greedy) for s in scored]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,11 @@ class Scored:
     logprobs: list[float]
     starts: list[int]
     greedy: bool
+
+    @property
+    def total(self) -> float:
+        """The continuation's log-probability: the sum over its tokens."""
+        return sum(self.logprobs)
 
     def split(self, at: int) -> tuple[list[float], list[float]]:
         """The log-probabilities of the tokens that start before character `at`, and of the rest."""

@@ -134,10 +134,7 @@ def train_batches(config: PretrainConfig, draws: TaskDraws | None = None):
     think = random.Random(f"{config.seed}-style")  # its own stream: think_share 0 draws the items it always did
     while True:
         tasks = rng.choices(draws.tasks, weights=draws.weights(), k=config.batch_size)
-        if config.think_share == 0:
-            yield [next(streams[t]) for t in tasks]
-        else:
-            yield [world.in_style(next(streams[t]), _style(think, config.think_share)) for t in tasks]
+        yield [world.in_style(next(streams[t]), _style(think, config.think_share)) for t in tasks]
 
 
 def _style(rng: random.Random, think_share: float) -> str:

@@ -21,17 +21,25 @@ class NoCorrectRollouts(RuntimeError):
     """rollout_sft has nothing to learn from: the RFT arm never produced an exact answer."""
 
 
-def correct_rollouts(rollouts: Path) -> list[dict]:
+def read_rollouts(rollouts: Path) -> list[dict]:
+    with open(rollouts) as f:
+        return [json.loads(line) for line in f]
+
+
+def exact_unique(rows: list[dict]) -> list[dict]:
     """Exact rollouts, de-duplicated on (puzzle, completion), in the order they were sampled."""
     seen, kept = set(), []
-    with open(rollouts) as f:
-        for line in f:
-            r = json.loads(line)
-            key = (r["puzzle_id"], r["completion"].strip())
-            if r["exact"] > 0 and key not in seen:
-                seen.add(key)
-                kept.append(r)
+    for r in rows:
+        key = (r["puzzle_id"], r["completion"].strip())
+        if r["exact"] > 0 and key not in seen:
+            seen.add(key)
+            kept.append(r)
     return kept
+
+
+def correct_rollouts(rollouts: Path) -> list[dict]:
+    """exact_unique of a rollouts file."""
+    return exact_unique(read_rollouts(rollouts))
 
 
 def rollout_sft_examples(dataset: PuzzleDataset, rollouts: list[dict], style: str) -> list[dict]:
@@ -80,29 +88,16 @@ SOURCE = "rollout_source.json"
 
 def rollout_source(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, out: Path) -> Path:
     """The rollouts rollout_sft learns from: RFT's recorded ones, or fresh samples from its final model or the
-    early checkpoint (rollout_sft.early_step, else RFT's first); writes out/rollout_source.json saying which."""
+    early checkpoint (rollout_sft.early_step, else RFT's first)."""
     settings = config.arms.rollout_sft
     if settings.rollout_source == "training":
-        path, checkpoint, step = rft.rollouts, None, f"1-{config.arms.rft.steps}"
-    else:
-        checkpoint, step = source_checkpoint(config, rft)
-        path = out / f"rollouts-{settings.rollout_source}.jsonl"
-        if not path.exists():
-            out.mkdir(parents=True, exist_ok=True)
-            sample_correct_rollouts(config, checkpoint, dataset, path.with_suffix(".tmp"), settings.samples_per_puzzle)
-            path.with_suffix(".tmp").rename(path)
-    with open(path) as f:
-        rows = [json.loads(line) for line in f]
-    out.mkdir(parents=True, exist_ok=True)
-    provenance = {
-        "source": settings.rollout_source,
-        "checkpoint": checkpoint,
-        "rft_step": step,
-        "rollouts": len(rows),
-        "exact": sum(r["exact"] > 0 for r in rows),
-        "kept": len(correct_rollouts(path)),
-    }
-    (out / SOURCE).write_text(json.dumps(provenance, indent=1) + "\n")
+        return rft.rollouts
+    path = out / f"rollouts-{settings.rollout_source}.jsonl"
+    if not path.exists():
+        checkpoint, _ = source_checkpoint(config, rft)
+        out.mkdir(parents=True, exist_ok=True)
+        sample_correct_rollouts(config, checkpoint, dataset, path.with_suffix(".tmp"), settings.samples_per_puzzle)
+        path.with_suffix(".tmp").rename(path)
     return path
 
 
@@ -128,9 +123,23 @@ def rollout_provenance(result: ArmResult) -> dict | None:
 
 
 def rollout_sft_data(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, out: Path) -> list[dict]:
-    """The exact rollouts rollout_sft trains on (rollout_source), or NoCorrectRollouts when there are none."""
+    """The exact rollouts rollout_sft trains on (rollout_source), or NoCorrectRollouts when there are none; writes
+    out/rollout_source.json saying where they came from and how many were exact and kept."""
     rollouts = rollout_source(config, rft, dataset, out)
-    kept = correct_rollouts(rollouts)
+    rows = read_rollouts(rollouts)
+    kept = exact_unique(rows)
+    source = config.arms.rollout_sft.rollout_source
+    checkpoint, step = (None, f"1-{config.arms.rft.steps}") if source == "training" else source_checkpoint(config, rft)
+    provenance = {
+        "source": source,
+        "checkpoint": checkpoint,
+        "rft_step": step,
+        "rollouts": len(rows),
+        "exact": sum(r["exact"] > 0 for r in rows),
+        "kept": len(kept),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SOURCE).write_text(json.dumps(provenance, indent=1) + "\n")
     if not kept:
         raise NoCorrectRollouts(f"no exact rollouts in {rollouts}; the RFT arm never solved a puzzle")
     return kept
