@@ -10,15 +10,20 @@ render.
 """
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from deployments.servers import MLFLOW_PORT, PREFECT_PORT
+from tasks.tracking import view_url
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=15000"]
+SIZES = {"prefect-report": (1400, 2400), "prefect-form": (1400, 3000), "mlflow-arms": (1800, 1000)}
+SIZES["mlflow-evaluations"] = (1800, 1200)
+CHARTS = "&compareRunsMode=CHART"  # MLflow's runs page as charts
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=30000"]
 
 
 def browser() -> str:
@@ -38,6 +43,11 @@ def dom(url: str, timeout: float = 120) -> str:
     return done.stdout
 
 
+def text(page: str) -> str:
+    """What a DOM shows as text: tags and comments (React leaves `<!-- -->` between pieces of text) removed."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<!--.*?-->", "", page, flags=re.S)))
+
+
 def screenshot(url: str, path: Path, width: int = 1400, height: int = 1000, timeout: float = 120) -> Path:
     """A PNG of the page as rendered in a window of that size."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,8 +59,9 @@ def screenshot(url: str, path: Path, width: int = 1400, height: int = 1000, time
 
 
 def study_pages(prefect_ui: str, mlflow_ui: str, experiment: str = "forgetting-study") -> dict[str, str]:
-    """The URLs a person opens for the latest study flow run: the run (state, graph, logs), its report
-    artifact, and the MLflow experiment's runs in the model-training view."""
+    """The URLs a person opens: a served study deployment's run form (when one is served), the latest study flow
+    run (state, graph, logs), its report artifact, the MLflow experiment's runs in the model-training view, and
+    the latest study's saved views: its arms side by side (table) and its evaluations (charts: the curves)."""
     import mlflow
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName
@@ -65,13 +76,24 @@ def study_pages(prefect_ui: str, mlflow_ui: str, experiment: str = "forgetting-s
             raise RuntimeError(f"no study flow run on the Prefect server at {prefect_ui}")
         only = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[runs[0].id]))
         report = next(a for a in c.read_artifacts(artifact_filter=only) if a.key == "study-report")
-    found = mlflow.MlflowClient(mlflow_ui).get_experiment_by_name(experiment)
+        served = c.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=["study"])))
+    client = mlflow.MlflowClient(mlflow_ui)
+    found = client.get_experiment_by_name(experiment)
     if found is None:
         raise RuntimeError(f"no MLflow experiment {experiment!r} at {mlflow_ui}")
-    return {
+    latest = client.search_runs(
+        [found.experiment_id], "tags.stage = 'train'", max_results=1, order_by=["attributes.start_time DESC"]
+    )
+    if not latest:
+        raise RuntimeError(f"no arm's training run in MLflow experiment {experiment!r} at {mlflow_ui}")
+    study_id = latest[0].data.tags["study_id"]
+    form = {"prefect-form": f"{prefect_ui.rstrip('/')}/deployments/deployment/{served[0].id}/run"} if served else {}
+    return form | {
         "prefect-run": f"{prefect_ui.rstrip('/')}/runs/flow-run/{runs[0].id}",
         "prefect-report": f"{prefect_ui.rstrip('/')}/artifacts/artifact/{report.id}",
         "mlflow-runs": f"{mlflow_ui.rstrip('/')}/#/experiments/{found.experiment_id}?workflowType=machine_learning",
+        "mlflow-arms": view_url(mlflow_ui, found.experiment_id, study_id, "arms"),
+        "mlflow-evaluations": view_url(mlflow_ui, found.experiment_id, study_id, "evaluations") + CHARTS,
     }
 
 
@@ -83,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         for name, url in study_pages(args.prefect, args.mlflow).items():
-            height = 2400 if name == "prefect-report" else 1000
-            print(screenshot(url, Path(args.out) / f"{name}.png", height=height))
+            width, height = SIZES.get(name, (1400, 1000))
+            print(screenshot(url, Path(args.out) / f"{name}.png", width=width, height=height))
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

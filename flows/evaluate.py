@@ -25,7 +25,7 @@ from tasks.base_model import prior_benchmarks_task, tracked_base_model
 from tasks.evaluation import evaluate_targets
 from tasks.puzzles import tracked_puzzles
 from tasks.report import tracked_aggregate, tracked_report
-from tasks.tracking import run_link, seed_run, study_run
+from tasks.tracking import print_links, seed_run, study_run
 
 
 def evaluate_and_report(
@@ -101,7 +101,7 @@ def evaluate_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - 
                 reports[one.seed] = str(one.report_dir)
         if config.seeds:
             summary = aggregate_and_report(config, run_id, reports)
-    print(f"MLflow: {run_link(config, run_id)}")
+    print_links(config, run_id)
     return outcome(summary, summary["skipped"])
 
 

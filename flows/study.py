@@ -26,7 +26,7 @@ from forgetting.config import StudyConfig
 from forgetting.profiles import with_next_seeds
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
 from tasks.puzzles import tracked_puzzles
-from tasks.tracking import run_link, seed_run, study_run
+from tasks.tracking import print_links, seed_run, study_run
 
 
 class Progress:
@@ -71,7 +71,8 @@ def study(
             result["summary"] = aggregate_and_report(config, run_id, {s: r["report"] for s, r in seeds.items()})
         result["mlflow_run_id"] = run_id
     record_run(config, "study", Path(result["report"]), time.perf_counter() - started)
-    print(f"study {config.study_id} done. MLflow: {run_link(config, run_id)}")
+    print(f"study {config.study_id} done.")
+    print_links(config, run_id)
     return outcome(result, result["summary"]["skipped"])
 
 

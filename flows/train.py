@@ -15,7 +15,7 @@ from forgetting.rollout_sft import NoCorrectRollouts
 from forgetting.trainer import ArmResult, preload
 from tasks.base_model import tracked_base_model
 from tasks.puzzles import tracked_puzzles
-from tasks.tracking import run_link, seed_run, study_run
+from tasks.tracking import print_links, seed_run, study_run
 from tasks.training import arm_task
 
 
@@ -65,7 +65,7 @@ def train_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the
             for arm, result in results.items():
                 print(f"seed {one.seed} {arm}: {result.final} ({len(result.checkpoints)} checkpoints)")
                 paths[f"{arm}" if not config.seeds else f"{arm}/seed-{one.seed}"] = str(result.path)
-    print(f"MLflow: {run_link(config, run_id)}")
+    print_links(config, run_id)
     return outcome(paths, missing)
 
 

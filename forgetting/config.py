@@ -282,16 +282,21 @@ class StudyConfig(Section):
         description="Run the arms and evaluations once per seed (e.g. [0, 1, 2]) and report mean and 95% CI; "
         "empty: the one `seed`.",
     )
+    # In the order of the run form: what a person changes most first.
+    arms: ArmsConfig = Field(default_factory=ArmsConfig, description="The training arms.")
     puzzles: PuzzleConfig = Field(default_factory=PuzzleConfig, description="The novel task.")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Benchmarks.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
     pretrain: PretrainConfig = Field(
         default_factory=PretrainConfig, description="Pretraining of the tiny base on the tiny world."
     )
-    arms: ArmsConfig = Field(default_factory=ArmsConfig, description="The training arms.")
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Benchmarks.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output location.")
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Reruns of served deployments.")
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig,
+        description="Reruns of served deployments: the cron schedule is read when `make serve` starts, add_seeds "
+        "by each scheduled run; a run started here ignores the section.",
+    )
     sweep: SweepConfig = Field(
         default_factory=SweepConfig,
         description="A sweep of this study over settings (flows.sweep); a study ignores it.",

@@ -21,7 +21,33 @@ def _bounds_in_descriptions(schema: dict) -> None:
             field["description"] += f" ({below}x{above})"
 
 
-class Section(BaseModel):
-    """A config section: unknown keys are errors, assignments are validated, bounds are shown."""
+def _nullable(field: dict) -> bool:
+    return field.get("default", ...) is None or any(o.get("type") == "null" for o in field.get("anyOf", []))
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=_bounds_in_descriptions)
+
+def _required_in_form(schema: dict, cls: type[BaseModel]) -> None:
+    """What the form marks required: every field a config always carries, i.e. one that cannot be empty and is
+    never left out of a dump (exclude_if). The deployment's parameters, a whole dumped config, fill them all; the
+    rest are "(Optional)" in the form: empty means their default. Prefect replaces a pydantic parameter whole, so
+    a partial config sent through the API fails here, naming the missing field, instead of running with defaults
+    of a profile nobody chose."""
+    properties = schema.get("properties", {})
+    required = [
+        name
+        for name, info in cls.model_fields.items()
+        if info.exclude_if is None and name in properties and not _nullable(properties[name])
+    ]
+    if required:
+        schema["required"] = required
+
+
+def _form_schema(schema: dict, cls: type[BaseModel]) -> None:
+    _bounds_in_descriptions(schema)
+    _required_in_form(schema, cls)
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated; the form shows bounds and marks what
+    is required."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=_form_schema)

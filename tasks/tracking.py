@@ -9,6 +9,7 @@ The tracking URI is process-wide in MLflow: one study per process (run studies s
     mlflow ui --backend-store-uri sqlite:///$PWD/runs/mlflow.db     # browse what a study logged
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -48,6 +49,72 @@ def run_link(config: StudyConfig, run_id: str) -> str:
         return f"{uri} (run {run_id}; browse it with: mlflow ui --backend-store-uri {uri})"
     experiment = mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
     return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
+
+
+# Saved views of the experiment's runs page (MLflow's "shared view": an experiment tag holding the page's state, opened
+# with ?viewStateShareKey=<key>): one study's runs of one stage, grouped by arm (a group's row is the mean over
+# seeds), chosen columns, and charts of the metrics that compare arms (a regular expression over metric names). The
+# default page folds the arms' runs under their study's row and charts the first ten runs' every metric.
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+VIEWS = {
+    "arms": {
+        "stage": "train",
+        "columns": ["params.`prompt_style`", "params.`learning_rate`", "params.`steps`", "params.`batch_size`"]
+        + ["params.`beta`", "metrics.`train_loss`", "metrics.`reward`", "metrics.`train_runtime`"],
+        "charts": "^(loss|reward|kl|mean_token_accuracy)$",
+    },
+    "evaluations": {
+        "stage": "evaluate",
+        "columns": ["params.`steps`", "params.`prompt_style`", "metrics.`puzzle_exact`", "metrics.`prior_mean`"]
+        + ["metrics.`forward_kl`", "metrics.`param_distance.relative`"],
+        "charts": "^(puzzle_exact|prior_mean|forward_kl|param_distance.relative)$",
+    },
+}
+
+
+def view_state(config: StudyConfig, view: str) -> dict:
+    """The runs page's state for one of VIEWS of this study (the keys are those of MLflow's UI state)."""
+    spec = VIEWS[view]
+    return {
+        "searchFilter": f"tags.study_id = '{config.study_id}' and tags.stage = '{spec['stage']}'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": True,
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "arm"}]},
+        "runsHiddenMode": "SHOW_ALL",
+        "selectedColumns": spec["columns"],
+        "chartsSearchFilter": spec["charts"],
+    }
+
+
+def share_views(config: StudyConfig, experiment_id: str) -> None:
+    """The study's VIEWS as experiment tags, which their links open."""
+    client = mlflow.MlflowClient()
+    for view in VIEWS:
+        key = f"{SHARED_VIEW_TAG}{config.study_id}-{view}"
+        client.set_experiment_tag(experiment_id, key, json.dumps(view_state(config, view)))
+
+
+def view_links(config: StudyConfig, run_id: str) -> dict[str, str]:
+    """Saves the study's VIEWS in run_id's experiment; returns where a person opens them, view -> link (for a
+    local store, the page of `mlflow ui --backend-store-uri ...` on its default port)."""
+    uri = tracking_uri(config)
+    ui = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    experiment = mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
+    share_views(config, experiment)
+    return {view: view_url(ui, experiment, config.study_id, view) for view in VIEWS}
+
+
+def view_url(ui: str, experiment_id: str, study_id: str, view: str) -> str:
+    """The MLflow UI's runs page showing one of a study's VIEWS."""
+    runs = f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"{runs}&viewStateShareKey={study_id}-{view}"
+
+
+def print_links(config: StudyConfig, run_id: str) -> None:
+    """What a flow prints at its end: its run in the MLflow UI and the study's views there."""
+    print(f"MLflow: {run_link(config, run_id)}")
+    for view, link in view_links(config, run_id).items():
+        print(f"MLflow, the {view} side by side: {link}")
 
 
 def check_tracking(config: StudyConfig, timeout: float = 5.0) -> None:

@@ -161,6 +161,29 @@ def test_a_scheduled_run_adds_seeds_to_those_the_output_folder_holds(tmp_path):
         with_next_seeds(config, 14)
 
 
+def test_the_form_marks_what_a_run_needs():
+    """The study deployment's parameter schema, as the Prefect server checks it: every profile's parameters (a
+    whole config) pass; fields a config always carries are required (no "(Optional)" in the form), empty-able
+    ones are not; a partial config, which Prefect would not merge with the profile, fails naming what is missing."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import ValidationError, validate
+
+    from deployments.serve import parameters
+    from flows.study import study
+
+    schema = parameter_schema(study).model_dump_for_openapi()
+    for profile in ("micro", "tiny", "tiny-think", "paper-3b"):
+        validate(parameters(load_config(profile)), schema, raise_on_error=True)
+    defs = schema["definitions"]
+    assert {"learning_rate", "steps", "prompt_style"} <= set(defs["SFTArmConfig"]["required"])
+    assert "cron" not in defs["ScheduleConfig"]["required"]  # empty: no schedule
+    assert "early_step" not in defs["RolloutSFTArmConfig"]["required"]  # left out of dumps at its default
+    assert "teacher_sft" not in defs["ArmsConfig"]["required"]
+    partial = {"config": {"arms": {"sft": {"learning_rate": 1e-4}}}}
+    with pytest.raises(ValidationError, match="'name' is a required property"):
+        validate(partial, schema, raise_on_error=True)
+
+
 def test_form_descriptions_render_as_written():
     """The Prefect form renders field descriptions as markdown: an angle bracket outside a code span would be
     read as an HTML tag and vanish (`<think>`)."""
