@@ -19,40 +19,40 @@ from pathlib import Path
 
 import torch
 
+from forgetting.arms import ground_truth
 from forgetting.models import load_model, resolve_model_path
 from forgetting.profiles import load_config
 from forgetting.puzzle_data import generate_puzzles
 from forgetting.puzzles import score_answer
 from forgetting.rft import grpo_args, rft_examples, train_rft
 from forgetting.sft import sft_args, sft_examples, train_sft
-from forgetting.trainer import preload
+from forgetting.trainer import image_dataset, preload
 from tasks.training import MlflowMetrics
 
 
 def direct_sft(config, base, examples, out: Path) -> None:
-    from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     model, processor = load_model(config.model, base)
     args = SFTConfig(**{**sft_args(config, config.arms.sft, out), "report_to": []})
-    SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=processor).train()
+    SFTTrainer(model=model, args=args, train_dataset=image_dataset(examples), processing_class=processor).train()
 
 
 def direct_rft(config, base, dataset, out: Path) -> None:
     """The same GRPO run with a bare reward function: no rollout recording, no MLflow."""
-    from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     def reward(prompts, completions, answer, **_):
-        return [score_answer(c[0]["content"], a).total for c, a in zip(completions, answer, strict=True)]
+        return [score_answer(c[0]["content"], a, style).total for c, a in zip(completions, answer, strict=True)]
 
     model, processor = load_model(config.model, base)
-    examples = rft_examples(dataset, config.arms.sft.prompt_style)
+    style = config.arms.rft.prompt_style
+    examples = rft_examples(dataset, style)
     GRPOTrainer(
         model=model,
         reward_funcs=[reward],
         args=GRPOConfig(**{**grpo_args(config, out), "report_to": []}),
-        train_dataset=Dataset.from_list(examples),
+        train_dataset=image_dataset(examples),
         processing_class=processor,
     ).train()
 
@@ -96,7 +96,7 @@ def main() -> None:
         config = load_config(args.profile, overrides, output_dir=str(tmp))
         base = resolve_model_path(config.model.name_or_path)
         dataset = generate_puzzles(config.puzzles, tmp)
-        examples = sft_examples(dataset, config.arms.sft.prompt_style)
+        examples = sft_examples(dataset, config.arms.sft.prompt_style, dict(ground_truth(config, "sft", dataset)))
         import mlflow
 
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from forgetting import fast_paths
 from forgetting.config import PROJECT_MODELS, REPO_ROOT, ConfigError, ModelConfig
 
 ASSETS = REPO_ROOT / "assets"
@@ -295,6 +296,7 @@ LOADING = threading.RLock()
 def _load(config: ModelConfig, path: str, trainable: bool):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+    fast_paths.install()  # the same computation, faster vision path (forgetting/fast_paths.py)
     device = pick_device(config)
     dtype = pick_dtype(config, device)
     processor = AutoProcessor.from_pretrained(path)

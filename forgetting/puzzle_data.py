@@ -278,7 +278,10 @@ class PuzzleDataset:
             return [json.loads(line) for line in f]
 
     def image(self, record: dict, key: str = "image") -> Image.Image:
-        return Image.open(self.path / record[key]).convert("RGB")
+        return Image.open(self.image_path(record, key)).convert("RGB")
+
+    def image_path(self, record: dict, key: str = "image") -> str:
+        return str(self.path / record[key])
 
 
 def _write_split(

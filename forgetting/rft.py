@@ -68,7 +68,7 @@ def rft_examples(dataset: PuzzleDataset, style: str) -> list[dict]:
     return [
         {
             "prompt": shared.trl_messages(record[f"prompt_{style}"]),
-            "image": dataset.image(record),
+            "image": dataset.image_path(record),
             "answer": record["answer"],
             "id": record["id"],
         }
@@ -96,7 +96,6 @@ def grpo_args(config: StudyConfig, out: Path) -> dict:
 def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path, callbacks: Sequence = ()) -> ArmResult:
     """GRPOTrainer on the train split's puzzles; resumes from the last checkpoint in out (dropping the rollouts
     recorded after it); callbacks: fit's."""
-    from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +106,7 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path,
     _truncate_rollouts(rollouts, resume)
     model, processor = load_model(config.model, base)
     style = config.arms.rft.prompt_style
-    examples = Dataset.from_list(rft_examples(dataset, style))
+    examples = shared.image_dataset(rft_examples(dataset, style))
     with LOADING:  # with beta > 0 and full fine-tuning, GRPOTrainer loads a reference model here
         trainer = GRPOTrainer(
             model=model,

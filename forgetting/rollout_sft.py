@@ -47,7 +47,7 @@ def rollout_sft_examples(dataset: PuzzleDataset, rollouts: list[dict], style: st
     return [
         {
             "messages": trl_messages(records[r["puzzle_id"]][f"prompt_{style}"], r["completion"].strip()),
-            "images": [dataset.image(records[r["puzzle_id"]])],
+            "images": [dataset.image_path(records[r["puzzle_id"]])],
         }
         for r in rollouts
     ]

@@ -17,16 +17,20 @@ from forgetting.trainer import (
     checkpoints,
     common_args,
     fit,
+    image_dataset,
     last_checkpoint,
     trl_messages,
 )
 
 
 def sft_examples(dataset: PuzzleDataset, style: str, targets: dict[str, str]) -> list[dict]:
-    """TRL's conversational vision format (messages with an image placeholder, images beside them) for the train
-    puzzles' prompts in style and targets (puzzle id -> completion)."""
+    """TRL's conversational vision format (messages with an image placeholder, the image's file beside them) for
+    the train puzzles' prompts in style and targets (puzzle id -> completion)."""
     return [
-        {"messages": trl_messages(record[f"prompt_{style}"], targets[record["id"]]), "images": [dataset.image(record)]}
+        {
+            "messages": trl_messages(record[f"prompt_{style}"], targets[record["id"]]),
+            "images": [dataset.image_path(record)],
+        }
         for record in dataset.records("train")
     ]
 
@@ -50,7 +54,6 @@ def train_sft(
     callbacks: Sequence = (),
 ) -> ArmResult:
     """SFTTrainer with assistant-only loss; resumes from the last checkpoint in out; callbacks: fit's."""
-    from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     out.mkdir(parents=True, exist_ok=True)
@@ -62,8 +65,6 @@ def train_sft(
     model, processor = load_model(config.model, base)
     args = SFTConfig(**sft_args(config, arm_config, out))
     with LOADING:
-        trainer = SFTTrainer(
-            model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=processor
-        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=image_dataset(examples), processing_class=processor)
     fit(trainer, processor, config, out, resume, callbacks)
     return ArmResult(arm, out, checkpoints(out))

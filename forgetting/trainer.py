@@ -145,6 +145,19 @@ def fit(trainer, processor, config: StudyConfig, out: Path, resume: str | None, 
     finish(trainer, processor, out)
 
 
+def image_dataset(examples: list[dict]):
+    """The examples as the datasets.Dataset TRL trains on; their `image` or `images` hold image file paths, read
+    when a batch needs them (as RGB). Handing datasets decoded images instead made it re-encode every one as
+    PNG bytes before the first step (some 3 s for 2,000 puzzles on 2 cores)."""
+    from datasets import Dataset, Image, List
+
+    data = Dataset.from_list(examples)
+    for column, feature in (("image", Image(mode="RGB")), ("images", List(Image(mode="RGB")))):
+        if column in data.column_names:
+            data = data.cast_column(column, feature)
+    return data
+
+
 def trl_messages(prompt: str, answer: str | None = None) -> list[dict]:
     """A sample as TRL takes it: chat messages with an image placeholder, the image in a column beside them."""
     messages = chat(prompt, image=None, answer=answer)

@@ -182,3 +182,18 @@ def test_an_arms_progress_reaches_the_flow_runs_log(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(",")[0] for line in lines] == [f"sft: step {s}/20" for s in range(2, 21, 2)]
     assert lines[-1].startswith("sft: step 20/20, loss 0.05 (")
+
+
+def test_the_trainers_read_the_puzzle_images_from_their_files(setup):
+    """Examples carry image paths; the dataset TRL trains on decodes them to the RGB images the puzzles are."""
+    import numpy as np
+
+    from forgetting.rft import rft_examples
+    from forgetting.trainer import image_dataset
+
+    _, dataset = setup
+    records = dataset.records("train")
+    data = image_dataset(rft_examples(dataset, "direct"))
+    assert data.features["image"].mode == "RGB" and len(data) == len(records)
+    for i in (0, len(records) - 1):
+        assert np.array_equal(np.asarray(data[i]["image"]), np.asarray(dataset.image(records[i])))

@@ -1,0 +1,140 @@
+"""How close the arms' training steps come to the machine's matrix-multiply speed.
+
+    .venv/bin/python benchmarks/step_flops.py --profile tiny --steps 16
+
+One process, fixed torch threads. Measures, in this order:
+- the machine: the best of several 2048 x 2048 fp32 matrix products (GFLOP/s), and the same at the model's own
+  shapes (its MLP: tokens x hidden by hidden x intermediate), since a small model cannot use a big product's
+  blocking;
+- one SFT step and one GRPO step of the profile, as the arms run them (forgetting/sft.py, forgetting/rft.py):
+  every other step runs under torch's FLOP counter (forward, backward and, for GRPO, the rollouts' generation
+  and the reference model's forward; vision tower included), the steps between are timed without it. A
+  step's FLOPs are the mean over counted steps, its time the median over timed ones (the first two steps are
+  warm-up and neither counted nor timed).
+The counter counts matrix products and convolutions (attention's products included when they run as matmuls);
+elementwise work is not counted, so the ratio says how much of the step's time is spent at matmul speed.
+
+With --compare, the same steps run first with transformers' own vision path (FORGETTING_FAST_PATHS=0: no
+forgetting/fast_paths.py), then with the project's, and the line carries both (stock_* keys) and the speed-up.
+
+Prints one JSON line last:
+    {"sft_step_s", "rft_step_s", "sft_flops_ratio", "rft_flops_ratio", "gemm_gflops", ...}
+ratio = achieved FLOP/s over the 2048 x 2048 product's FLOP/s (the issue's definition); `*_ratio_shapes` divides
+by the model-shape product's instead.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import TrainerCallback
+
+from forgetting.arms import ground_truth
+from forgetting.models import resolve_model_path
+from forgetting.profiles import load_config
+from forgetting.puzzle_data import generate_puzzles
+from forgetting.rft import train_rft
+from forgetting.sft import sft_examples, train_sft
+from forgetting.trainer import preload
+
+WARMUP = 2
+
+
+def gemm_gflops(m: int, k: int, n: int, seconds: float = 2.0) -> float:
+    """The best GFLOP/s of an (m x k) @ (k x n) fp32 product over about `seconds` of repeats."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best / 1e9
+
+
+class StepMeter(TrainerCallback):
+    """Every other step (after WARMUP) under FlopCounterMode; the ones between timed."""
+
+    def __init__(self):
+        self.flops: list[int] = []
+        self.seconds: list[float] = []
+        self.counter: FlopCounterMode | None = None
+        self.started = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        step = state.global_step  # steps done so far
+        if step >= WARMUP and step % 2 == 0:
+            self.counter = FlopCounterMode(display=False)
+            self.counter.__enter__()
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        elapsed = time.perf_counter() - self.started
+        if self.counter is not None:
+            self.counter.__exit__(None, None, None)
+            self.flops.append(self.counter.get_total_flops())
+            self.counter = None
+        elif state.global_step > WARMUP:
+            self.seconds.append(elapsed)
+
+    def result(self) -> tuple[float, float]:
+        """(FLOPs a step, seconds a step)."""
+        return statistics.mean(self.flops), statistics.median(self.seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--steps", type=int, default=16, help="steps of each arm (the first 2 are warm-up)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--compare", action="store_true", help="also run transformers' own vision path first (stock_* keys, *_speedup)"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    preload()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+        overrides = [f"arms.{a}.steps={args.steps}" for a in ("sft", "rft")] + [f"arms.checkpoint_every={args.steps}"]
+        config = load_config(args.profile, overrides + ["arms.checkpoint_steps=[]"], output_dir=str(tmp))
+        base = resolve_model_path(config.model.name_or_path)
+        dataset = generate_puzzles(config.puzzles, tmp)
+        model_config = json.loads((Path(base) / "config.json").read_text())
+        text = model_config.get("text_config", model_config)
+        hidden, inner = text["hidden_size"], text["intermediate_size"]
+        tokens = config.arms.sft.batch_size * 80  # about a batch of the tiny puzzles' sequences
+        gemm, gemm_shapes = gemm_gflops(2048, 2048, 2048), gemm_gflops(tokens, hidden, inner)
+
+        examples = sft_examples(dataset, config.arms.sft.prompt_style, dict(ground_truth(config, "sft", dataset)))
+        meters: dict[str, StepMeter] = {}
+        for side in ("stock", "fast") if args.compare else ("fast",):
+            os.environ["FORGETTING_FAST_PATHS"] = "1" if side == "fast" else "0"
+            meters[f"{side}-sft"], meters[f"{side}-rft"] = StepMeter(), StepMeter()
+            train_sft(config, "sft", config.arms.sft, base, examples, tmp / f"{side}-sft", [meters[f"{side}-sft"]])
+            train_rft(config, base, dataset, tmp / f"{side}-rft", [meters[f"{side}-rft"]])
+    out = {"profile": args.profile, "threads": args.threads, "gemm_gflops": round(gemm, 1)}
+    out["gemm_gflops_model_shapes"] = round(gemm_shapes, 1)
+    for key, meter in meters.items():
+        side, arm = key.split("-")
+        name = arm if side == "fast" else f"stock_{arm}"
+        flops, seconds = meter.result()
+        achieved = flops / seconds / 1e9
+        out |= {f"{name}_step_s": round(seconds, 4), f"{name}_step_gflop": round(flops / 1e9, 2)}
+        out |= {f"{name}_gflops": round(achieved, 1), f"{name}_flops_ratio": round(achieved / gemm, 3)}
+        out[f"{name}_flops_ratio_shapes"] = round(achieved / gemm_shapes, 3)
+    if args.compare:
+        for arm in ("sft", "rft"):
+            out[f"{arm}_speedup"] = round(out[f"stock_{arm}_step_s"] / out[f"{arm}_step_s"], 3)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Two shortcuts in Qwen2.5-VL's vision path that compute the same thing faster, installed for the whole process
+(models.load_model calls install(); every instance of the classes uses them, GRPO's reference model included):
+
+- The patch embedding as one matrix product. The model cuts images into patches before the tower and embeds
+  each with a Conv3d whose kernel equals its stride, which is a product of the flattened patches with the
+  flattened kernel; oneDNN's conv3d ran several times slower than that product on CPU.
+- Each distinct image through the vision tower once per forward. GRPO repeats a prompt, image included,
+  num_generations times in one batch (generation, the policy's and the reference model's forward); the tower
+  sees every image on its own (attention within an image), so encoding one copy and repeating its features
+  gives every copy the same features, and autograd sums the copies' gradients into the one encoding.
+
+Neither changes what is computed, only the order of floating-point sums (results agree to float rounding;
+benchmarks/step_flops.py --compare measures the time, tests/test_fast_paths.py the agreement). Set
+FORGETTING_FAST_PATHS=0 to run transformers' own code.
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+_ORIGINAL: dict[str, object] = {}
+
+
+def _classes():
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+
+    return qwen.Qwen2_5_VisionPatchEmbed, qwen.Qwen2_5_VLModel
+
+
+def _patch_embed(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    weight = self.proj.weight  # (embed, channels, time, patch, patch), no bias
+    flat = weight.reshape(weight.shape[0], -1)
+    return F.linear(hidden_states.to(weight.dtype).reshape(-1, flat.shape[1]), flat)
+
+
+def distinct_images(pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(the first of each distinct image, for every image the position of its distinct one in that list).
+    Images are the consecutive runs of grid_thw.prod(-1) patches in pixel_values; two are the same when their
+    grids and patches are equal (a sum picks the candidates, torch.equal decides)."""
+    sizes = grid_thw.prod(-1)
+    owner = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
+    sums = torch.zeros(len(sizes), dtype=torch.float64, device=pixel_values.device)
+    sums = sums.index_add(0, owner, pixel_values.sum(-1, dtype=torch.float64)).tolist()
+    chunks = pixel_values.split(sizes.tolist())
+    keys = [(tuple(g), s) for g, s in zip(grid_thw.tolist(), sums, strict=True)]
+    keep: list[int] = []
+    index: list[int] = []
+    seen: dict[tuple, list[int]] = {}
+    for i, key in enumerate(keys):
+        match = next((j for j in seen.get(key, []) if torch.equal(chunks[keep[j]], chunks[i])), None)
+        if match is None:
+            match = len(keep)
+            seen.setdefault(key, []).append(match)
+            keep.append(i)
+        index.append(match)
+    return keep, index
+
+
+def _image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs):
+    original = _ORIGINAL["get_image_features"]
+    if image_grid_thw is None or len(image_grid_thw) < 2:
+        return original(self, pixel_values, image_grid_thw, **kwargs)
+    keep, index = distinct_images(pixel_values, image_grid_thw)
+    if len(keep) == len(index):
+        return original(self, pixel_values, image_grid_thw, **kwargs)
+    patches = pixel_values.split(image_grid_thw.prod(-1).tolist())
+    out = original(self, torch.cat([patches[i] for i in keep]), image_grid_thw[keep], **kwargs)
+    out.pooler_output = tuple(out.pooler_output[j] for j in index)  # what the model reads: one per image
+    out.last_hidden_state = None  # the tower's unmerged states, in its window order over the distinct images only
+    return out
+
+
+def install() -> None:
+    """Use both shortcuts from now on, in every Qwen2.5-VL model of this process (idempotent). With the environment
+    variable FORGETTING_FAST_PATHS=0 it uses transformers' own code instead (to compare or to rule them out)."""
+    if os.environ.get("FORGETTING_FAST_PATHS", "1") == "0":
+        uninstall()
+        return
+    if _ORIGINAL:
+        return
+    embed, model = _classes()
+    _ORIGINAL["patch_embed"], _ORIGINAL["get_image_features"] = embed.forward, model.get_image_features
+    embed.forward, model.get_image_features = _patch_embed, _image_features
+
+
+def uninstall() -> None:
+    """Transformers' own code paths again (for side-by-side measurements)."""
+    if not _ORIGINAL:
+        return
+    embed, model = _classes()
+    embed.forward, model.get_image_features = _ORIGINAL.pop("patch_embed"), _ORIGINAL.pop("get_image_features")

@@ -1,0 +1,71 @@
+"""The vision path's shortcuts (forgetting/fast_paths.py) compute what transformers' code computes."""
+
+import pytest
+import torch
+
+from forgetting import fast_paths
+from forgetting.models import load_model
+from forgetting.profiles import load_config
+from forgetting.puzzle_data import generate_puzzles
+
+
+def test_distinct_images_finds_the_copies_and_only_them():
+    grid = torch.tensor([[1, 2, 2]] * 5)  # five images of 4 patches each
+    a, b = torch.randn(4, 6), torch.randn(4, 6)
+    shuffled = a[[1, 0, 2, 3]]  # the same patches in another order: the same sums, another image
+    pixels = torch.cat([a, b, a, shuffled, b])
+    keep, index = fast_paths.distinct_images(pixels, grid)
+    assert keep == [0, 1, 3] and index == [0, 1, 0, 2, 1]
+    other = torch.tensor([[1, 2, 2]] * 4 + [[1, 4, 1]])  # the same patches on another grid: another image
+    assert fast_paths.distinct_images(pixels, other)[0] == [0, 1, 3, 4]
+
+
+@pytest.fixture
+def group_batch(tmp_path):
+    """A GRPO-like batch on the micro model: 3 puzzles, each prompt 4 times."""
+    config = load_config("micro")
+    dataset = generate_puzzles(config.puzzles, tmp_path)
+    model, processor = load_model(config.model)
+    records = dataset.records("train")[:3]
+    images = [dataset.image(r) for r in records for _ in range(4)]
+    content = [{"type": "image"}, {"type": "text", "text": "which tile?"}]
+    texts = [processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)] * 12
+    return model, processor(text=texts, images=images, return_tensors="pt", padding=True)
+
+
+def _forward_backward(model, batch):
+    model.zero_grad()
+    logits = model(**batch).logits
+    logits.float().logsumexp(-1).mean().backward()
+    return logits.detach(), model.model.visual.patch_embed.proj.weight.grad.clone()
+
+
+def test_the_shortcuts_give_the_stock_logits_and_gradients(group_batch, monkeypatch):
+    model, batch = group_batch
+    seen = []
+    visual = model.model.visual
+    original = type(visual).forward
+    monkeypatch.setattr(
+        type(visual), "forward", lambda self, x, **kw: seen.append(len(kw["grid_thw"])) or original(self, x, **kw)
+    )
+    try:
+        fast_paths.uninstall()
+        stock = _forward_backward(model, batch)
+        fast_paths.install()
+        fast = _forward_backward(model, batch)
+    finally:
+        fast_paths.install()
+    assert seen == [12, 3]  # the tower saw every copy, then each distinct image once
+    assert torch.allclose(fast[0], stock[0], atol=1e-4, rtol=1e-4)
+    assert torch.allclose(fast[1], stock[1], atol=1e-7, rtol=1e-4)
+
+
+def test_the_switch_turns_them_off(monkeypatch):
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+
+    monkeypatch.setenv("FORGETTING_FAST_PATHS", "0")
+    fast_paths.install()
+    assert qwen.Qwen2_5_VisionPatchEmbed.forward is not fast_paths._patch_embed
+    monkeypatch.setenv("FORGETTING_FAST_PATHS", "1")
+    fast_paths.install()
+    assert qwen.Qwen2_5_VisionPatchEmbed.forward is fast_paths._patch_embed
