@@ -125,19 +125,31 @@ def sample_answers(model, processor, prompts: list[list[dict]], max_new_tokens: 
     return generate(model, processor, repeated, max_new_tokens, **KL_SAMPLING)
 
 
-def policy_kl(model, base_model, processor, prompts: list[list[dict]], base_answers: list[str], max_new_tokens: int):
+@dataclass(frozen=True)
+class BaseSamples:
+    """The base model's sampled answers to the held-out puzzle prompts (KL_SAMPLES each, in order) and its own
+    log-probability of each: the forward KL's side that is the same for every model evaluated."""
+
+    answers: list[str]
+    logps: list[float]
+
+
+def answer_logps(model, processor, prompts: list[list[dict]], answers: list[str]) -> list[float]:
+    """The model's log-probability of each answer (KL_SAMPLES answers per prompt, in order)."""
+    repeated = [p for p in prompts for _ in range(KL_SAMPLES)]
+    return [lp for lp, _, _ in continuation_logprobs(model, processor, repeated, answers)]
+
+
+def policy_kl(model, base_model, processor, prompts: list[list[dict]], base: BaseSamples, max_new_tokens: int):
     """Monte Carlo estimates over the prompts of forward E_x[KL(base || model)] (answers the base sampled) and
     reverse E_x[KL(model || base)] (answers the model samples), each the mean over samples of the difference of
     the two models' log-probabilities of the answer's tokens (summed over the answer; the end-of-turn token is
     not counted). Both models share the processor (the base's and its fine-tunes')."""
-    repeated = [p for p in prompts for _ in range(KL_SAMPLES)]
-
-    def logp(m, answers: list[str]) -> list[float]:
-        return [lp for lp, _, _ in continuation_logprobs(m, processor, repeated, answers)]
-
-    forward = [b - m for b, m in zip(logp(base_model, base_answers), logp(model, base_answers), strict=True)]
+    mine = answer_logps(model, processor, prompts, base.answers)
+    forward = [b - m for b, m in zip(base.logps, mine, strict=True)]
     own = sample_answers(model, processor, prompts, max_new_tokens)
-    reverse = [m - b for m, b in zip(logp(model, own), logp(base_model, own), strict=True)]
+    theirs = answer_logps(base_model, processor, prompts, own)
+    reverse = [m - b for m, b in zip(answer_logps(model, processor, prompts, own), theirs, strict=True)]
     return {"forward": sum(forward) / len(forward), "reverse": sum(reverse) / len(reverse), "samples": len(own)}
 
 
@@ -155,7 +167,7 @@ def evaluate_model(
     """Everything the study measures of one model: the puzzle (in data's prompt style, and in other_styles:
     the base, for arms of other styles) and every benchmark through lm-eval, the log-probability of held-out
     prior answers, and, given the base's weights, the distance from the base; given base = (base model, its
-    sampled answers to the puzzle prompts), the KL divergences from it."""
+    samples of the puzzle prompts: BaseSamples), the KL divergences from it."""
     started = time.perf_counter()
     puzzles = list(dict.fromkeys([data.puzzle_benchmark, *(PUZZLE_BENCHMARKS[s] for s in other_styles)]))
     rows, samples = run_benchmarks(StudyLM(model, processor, batch_size), [*puzzles, *benchmarks], data, limit)
@@ -167,10 +179,10 @@ def evaluate_model(
         "param_distance": parameter_distance(model, base_state) if base_state is not None else None,
     }
     if base is not None:
-        base_model, base_answers = base
+        base_model, base_samples = base
         _, prompts = held_out_prompts("jigsaw", data, limit)
         tokens = PUZZLE_ANSWER_TOKENS[data.prompt_style]
-        record["policy_kl"] = policy_kl(model, base_model, processor, prompts, base_answers, tokens)
+        record["policy_kl"] = policy_kl(model, base_model, processor, prompts, base_samples, tokens)
     record["seconds"] = round(time.perf_counter() - started, 1)
     return record, samples
 
@@ -232,10 +244,10 @@ def eval_dir(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path
 _BASE: dict[tuple, tuple] = {}
 
 
-def base_reference(config, base: str, data: BenchmarkData) -> tuple[dict[str, torch.Tensor], object, list[str]]:
+def base_reference(config, base: str, data: BenchmarkData) -> tuple[dict[str, torch.Tensor], object, BaseSamples]:
     """The base model's weights on CPU, the base model itself, and its sampled answers to the held-out puzzle
-    prompts in data's prompt style: what every evaluation compares with, made once a process (the answers
-    once per style)."""
+    prompts in data's prompt style with their log-probabilities: what every evaluation compares with, made once
+    a process (the samples once per style)."""
     key = (base, data.tiny_world_dir, data.puzzles_dir, config.evaluation.limit)
     if key not in _BASE:
         model, processor = load_model(config.model, base, trainable=False)
@@ -245,7 +257,8 @@ def base_reference(config, base: str, data: BenchmarkData) -> tuple[dict[str, to
     state, model, processor, answers = _BASE[key]
     if data.prompt_style not in answers:
         _, prompts = held_out_prompts("jigsaw", data, config.evaluation.limit)
-        answers[data.prompt_style] = sample_answers(model, processor, prompts, PUZZLE_ANSWER_TOKENS[data.prompt_style])
+        sampled = sample_answers(model, processor, prompts, PUZZLE_ANSWER_TOKENS[data.prompt_style])
+        answers[data.prompt_style] = BaseSamples(sampled, answer_logps(model, processor, prompts, sampled))
     return state, model, answers[data.prompt_style]
 
 
@@ -256,7 +269,7 @@ def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) 
         return out
     model, processor = load_model(config.model, target.path, trainable=False)
     ev, data = config.evaluation, target.data(data)
-    state, base_model, base_answers = base_reference(config, base, data)
+    state, base_model, base_samples = base_reference(config, base, data)
     record, samples = evaluate_model(
         model,
         processor,
@@ -265,7 +278,7 @@ def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) 
         ev.limit,
         ev.batch_size,
         state,
-        (base_model, base_answers),
+        (base_model, base_samples),
         other_styles=target.styles[1:],
     )
     record = {"arm": target.arm, "step": target.step, "model": target.path, **record}

@@ -40,8 +40,8 @@ def distinct_images(pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple
     grids and patches are equal (a sum picks the candidates, torch.equal decides)."""
     sizes = grid_thw.prod(-1)
     owner = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
-    sums = torch.zeros(len(sizes), dtype=torch.float64, device=pixel_values.device)
-    sums = sums.index_add(0, owner, pixel_values.sum(-1, dtype=torch.float64)).tolist()
+    sums = torch.zeros(len(sizes), dtype=pixel_values.dtype, device=pixel_values.device)
+    sums = sums.index_add(0, owner, pixel_values.sum(-1)).tolist()  # equal images, equal sums
     chunks = pixel_values.split(sizes.tolist())
     keys = [(tuple(g), s) for g, s in zip(grid_thw.tolist(), sums, strict=True)]
     keep: list[int] = []
