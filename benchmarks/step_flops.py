@@ -14,8 +14,11 @@ One process, fixed torch threads. Measures, in this order:
 The counter counts matrix products and convolutions (attention's products included when they run as matmuls);
 elementwise work is not counted, so the ratio says how much of the step's time is spent at matmul speed.
 
-With --compare, the same steps run first with transformers' own vision path (FORGETTING_FAST_PATHS=0: no
-forgetting/fast_paths.py), then with the project's, and the line carries both (stock_* keys) and the speed-up.
+With --compare, the same steps run first with the project's faster paths off (FORGETTING_FAST_PATHS=0:
+transformers' vision path and TRL's GRPO log-probabilities; forgetting/fast_paths.py, forgetting/shared_prompts.py),
+then on, and the line carries both (stock_* keys) and the speed-up. The faster paths compute the same numbers
+with fewer FLOPs (GRPO runs each distinct prompt once), so their FLOP ratio can fall while the step gets faster:
+compare step times, and read the ratio as how busy the remaining work keeps the machine.
 
 Prints one JSON line last:
     {"sft_step_s", "rft_step_s", "sft_flops_ratio", "rft_flops_ratio", "gemm_gflops", ...}
@@ -95,7 +98,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="steps of each arm (the first 2 are warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--compare", action="store_true", help="also run transformers' own vision path first (stock_* keys, *_speedup)"
+        "--compare",
+        action="store_true",
+        help="also run with the faster paths off first (FORGETTING_FAST_PATHS=0: stock_* keys, *_speedup)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

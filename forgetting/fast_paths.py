@@ -11,7 +11,7 @@
 
 Neither changes what is computed, only the order of floating-point sums (results agree to float rounding;
 benchmarks/step_flops.py --compare measures the time, tests/test_fast_paths.py the agreement). Set
-FORGETTING_FAST_PATHS=0 to run transformers' own code.
+FORGETTING_FAST_PATHS=0 to run transformers' and TRL's own code.
 """
 
 import os
@@ -71,10 +71,16 @@ def _image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tens
     return out
 
 
+def enabled() -> bool:
+    """Whether the project's faster paths are on: this module's and GRPO's shared prompts
+    (forgetting/shared_prompts.py). FORGETTING_FAST_PATHS=0 turns them off (to compare, or to rule them out)."""
+    return os.environ.get("FORGETTING_FAST_PATHS", "1") != "0"
+
+
 def install() -> None:
-    """Use both shortcuts from now on, in every Qwen2.5-VL model of this process (idempotent). With the environment
-    variable FORGETTING_FAST_PATHS=0 it uses transformers' own code instead (to compare or to rule them out)."""
-    if os.environ.get("FORGETTING_FAST_PATHS", "1") == "0":
+    """Use both shortcuts from now on, in every Qwen2.5-VL model of this process (idempotent); with the faster
+    paths off (enabled()), transformers' own code instead."""
+    if not enabled():
         uninstall()
         return
     if _ORIGINAL:

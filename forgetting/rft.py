@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from forgetting import fast_paths
 from forgetting import trainer as shared
 from forgetting.config import StudyConfig
 from forgetting.models import LOADING, load_model
@@ -98,6 +99,8 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path,
     recorded after it); callbacks: fit's."""
     from trl import GRPOConfig, GRPOTrainer
 
+    from forgetting.shared_prompts import SharedPromptGRPOTrainer
+
     out.mkdir(parents=True, exist_ok=True)
     rollouts = out / "rollouts.jsonl"
     if (out / FINAL).is_dir():
@@ -108,7 +111,7 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path,
     style = config.arms.rft.prompt_style
     examples = shared.image_dataset(rft_examples(dataset, style))
     with LOADING:  # with beta > 0 and full fine-tuning, GRPOTrainer loads a reference model here
-        trainer = GRPOTrainer(
+        trainer = (SharedPromptGRPOTrainer if fast_paths.enabled() else GRPOTrainer)(
             model=model,
             reward_funcs=[RolloutRecorder(rollouts, style)],
             args=GRPOConfig(**grpo_args(config, out)),

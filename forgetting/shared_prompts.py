@@ -1,0 +1,128 @@
+"""GRPO's log-probabilities with each distinct prompt run once: the same numbers, a fraction of the work.
+
+GRPO scores num_generations completions of every prompt, so a batch holds each prompt (its text, padding and
+image) that many times over, and the prompt is most of every sequence (the tiny jigsaw: some 70 prompt tokens,
+8 to 16 completion tokens). A causal model's states over a prompt do not depend on what follows it, so
+
+  1. the distinct prompts (all but their last token) run once, keeping their keys and values (the cache);
+  2. the cache is repeated to every row that has that prompt (an index_select, through which autograd sums
+     the rows' gradients back onto the one prompt);
+  3. the rows' last prompt token and completions run on that cache, with the positions (Qwen2.5-VL's 3D rope)
+     and attention mask the whole sequence would have had, and TRL's fused head scores the completion tokens.
+
+Step 3's log-probabilities are those of one forward over whole sequences up to float rounding, and so are
+their gradients; tests/test_shared_prompts.py checks both against TRL's own path. It is used for the policy's
+and the reference model's log-probabilities (GRPOTrainer._get_per_token_logps_and_entropies) when every
+sample has one image and some prompt repeats; anything else takes TRL's own path.
+"""
+
+import torch
+from trl import GRPOTrainer
+
+from forgetting.fast_paths import distinct_images
+
+
+def distinct_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pixel_values, image_grid_thw):
+    """(the first row of each distinct prompt, for every row the position of its prompt in that list): rows are
+    the same prompt when their token ids, mask and image are."""
+    _, image_of = distinct_images(pixel_values, image_grid_thw)
+    keep, index, seen = [], [], {}
+    for row, (ids, mask) in enumerate(zip(prompt_ids.tolist(), prompt_mask.tolist(), strict=True)):
+        key = (tuple(ids), tuple(mask), image_of[row])
+        if key not in seen:
+            seen[key] = len(keep)
+            keep.append(row)
+        index.append(seen[key])
+    return keep, index
+
+
+def positions(model, input_ids, attention_mask, image_grid_thw, mm_token_type_ids) -> torch.Tensor:
+    """The (3, batch, length) rope positions a forward over the whole sequences would use (Qwen2.5-VL's
+    compute_3d_position_ids, or the plain count it falls back to)."""
+    inner = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
+    found = inner.compute_3d_position_ids(
+        input_ids=input_ids,
+        image_grid_thw=image_grid_thw,
+        video_grid_thw=None,
+        inputs_embeds=None,
+        attention_mask=attention_mask,
+        cache=None,
+        mm_token_type_ids=mm_token_type_ids,
+    )
+    if found is not None:
+        return found
+    count = torch.arange(input_ids.shape[1], device=input_ids.device)
+    return count.view(1, 1, -1).expand(3, input_ids.shape[0], -1)
+
+
+def shared_prompt_logps(
+    model, unwrapped, input_ids, attention_mask, logits_to_keep: int, pixel_values, image_grid_thw,
+    mm_token_type_ids=None, compute_entropy: bool = False,
+):  # fmt: skip
+    """Per-token log-probabilities (and entropies) of the last logits_to_keep tokens of every row, as
+    GRPOTrainer computes them, running each distinct prompt once; model as the trainer calls it, unwrapped the
+    model inside (for its rope positions). None when no prompt repeats."""
+    split = input_ids.shape[1] - logits_to_keep  # prompt | completion
+    keep, index = distinct_prompts(input_ids[:, :split], attention_mask[:, :split], pixel_values, image_grid_thw)
+    if len(keep) == len(index):
+        return None
+    position_ids = positions(unwrapped, input_ids, attention_mask, image_grid_thw, mm_token_type_ids)
+    patches = pixel_values.split(image_grid_thw.prod(-1).tolist())
+    prefix = model(
+        input_ids=input_ids[keep, : split - 1],
+        attention_mask=attention_mask[keep, : split - 1],
+        position_ids=position_ids[:, keep, : split - 1],
+        pixel_values=torch.cat([patches[i] for i in keep]),
+        image_grid_thw=image_grid_thw[keep],
+        **({"mm_token_type_ids": mm_token_type_ids[keep, : split - 1]} if mm_token_type_ids is not None else {}),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = prefix.past_key_values
+    cache.reorder_cache(torch.tensor(index, device=input_ids.device))
+    rest = input_ids[:, split - 1 :]
+    labels = rest.masked_fill(attention_mask[:, split - 1 :] == 0, -100)
+    labels[:, 0] = -100  # the prompt's last token is context, not scored
+    out = model(
+        input_ids=rest,
+        attention_mask=attention_mask,
+        position_ids=position_ids[:, :, split - 1 :],
+        cache=cache,
+        labels=labels,
+        fused_lm_head=True,
+    )
+    return out.log_probs[:, -logits_to_keep:], (out.entropy[:, -logits_to_keep:] if compute_entropy else None)
+
+
+class SharedPromptGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose log-probabilities run each distinct prompt once (shared_prompt_logps) when every sample
+    has one image and the call is not chunked; TRL's own path otherwise."""
+
+    OTHER_INPUTS = ("pixel_attention_mask", "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids")
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, **kwargs):
+        chunk, images = kwargs.get("batch_size"), kwargs.get("num_images")
+        usable = (
+            not kwargs.get("compute_aux_loss")
+            and all(kwargs.get(k) is None for k in self.OTHER_INPUTS)
+            and kwargs.get("pixel_values") is not None
+            and images is not None
+            and set(images) == {1}
+            and (chunk is None or chunk >= input_ids.shape[0])
+        )
+        if usable:
+            with self.accelerator.autocast():
+                found = shared_prompt_logps(
+                    model,
+                    self.accelerator.unwrap_model(model),
+                    input_ids,
+                    attention_mask,
+                    logits_to_keep,
+                    kwargs["pixel_values"],
+                    kwargs["image_grid_thw"],
+                    kwargs.get("mm_token_type_ids"),
+                    kwargs.get("compute_entropy", False),
+                )
+            if found is not None:
+                return (*found, None)
+        return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, **kwargs)
