@@ -99,7 +99,7 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path,
     recorded after it); callbacks: fit's."""
     from trl import GRPOConfig, GRPOTrainer
 
-    from forgetting.shared_prompts import SharedPromptGRPOTrainer
+    from forgetting.shared_prompts import grpo_trainer
 
     out.mkdir(parents=True, exist_ok=True)
     rollouts = out / "rollouts.jsonl"
@@ -111,7 +111,7 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path,
     style = config.arms.rft.prompt_style
     examples = shared.image_dataset(rft_examples(dataset, style))
     with LOADING:  # with beta > 0 and full fine-tuning, GRPOTrainer loads a reference model here
-        trainer = (SharedPromptGRPOTrainer if fast_paths.enabled() else GRPOTrainer)(
+        trainer = (grpo_trainer() if fast_paths.enabled() else GRPOTrainer)(
             model=model,
             reward_funcs=[RolloutRecorder(rollouts, style)],
             args=GRPOConfig(**grpo_args(config, out)),

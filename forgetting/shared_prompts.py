@@ -16,8 +16,9 @@ and the reference model's log-probabilities (GRPOTrainer._get_per_token_logps_an
 sample has one image and some prompt repeats; anything else takes TRL's own path.
 """
 
+import functools
+
 import torch
-from trl import GRPOTrainer
 
 from forgetting.fast_paths import distinct_images
 
@@ -94,9 +95,9 @@ def shared_prompt_logps(
     return out.log_probs[:, -logits_to_keep:], (out.entropy[:, -logits_to_keep:] if compute_entropy else None)
 
 
-class SharedPromptGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer whose log-probabilities run each distinct prompt once (shared_prompt_logps) when every sample
-    has one image and the call is not chunked; TRL's own path otherwise."""
+class SharedPrompts:
+    """Mixed into GRPOTrainer (grpo_trainer()): its log-probabilities run each distinct prompt once
+    (shared_prompt_logps) when every sample has one image and the call is not chunked; TRL's own path otherwise."""
 
     OTHER_INPUTS = ("pixel_attention_mask", "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids")
 
@@ -126,3 +127,12 @@ class SharedPromptGRPOTrainer(GRPOTrainer):
             if found is not None:
                 return (*found, None)
         return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, **kwargs)
+
+
+@functools.cache
+def grpo_trainer() -> type:
+    """TRL's GRPOTrainer with SharedPrompts (built on first use: TRL's GRPO module imports MLflow, which the
+    domain package does not)."""
+    from trl import GRPOTrainer
+
+    return type("SharedPromptGRPOTrainer", (SharedPrompts, GRPOTrainer), {})

@@ -9,10 +9,10 @@ from forgetting.models import load_model
 from forgetting.profiles import load_config
 from forgetting.puzzle_data import generate_puzzles
 from forgetting.rft import rft_examples
-from forgetting.shared_prompts import SharedPromptGRPOTrainer, distinct_prompts
+from forgetting.shared_prompts import distinct_prompts, grpo_trainer
 
 
-class Bare(SharedPromptGRPOTrainer):
+class Bare(grpo_trainer()):
     """Just enough of a trainer to call the log-probability method on its own."""
 
     def __init__(self):
