@@ -20,8 +20,12 @@ from deployments.servers import MLFLOW_PORT, PREFECT_PORT
 from tasks.tracking import view_url
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-SIZES = {"prefect-report": (1400, 2400), "prefect-form": (1400, 3000), "mlflow-arms": (1800, 1000)}
-SIZES["mlflow-evaluations"] = (1800, 1200)
+SIZES = {  # window (width, height) of a page's screenshot; others 1400 x 1000
+    "prefect-report": (1400, 2400),
+    "prefect-form": (1400, 3000),
+    "mlflow-arms": (1800, 1000),
+    "mlflow-evaluations": (1800, 1200),
+}
 CHARTS = "&compareRunsMode=CHART"  # MLflow's runs page as charts
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=30000"]
 

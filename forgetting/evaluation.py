@@ -134,8 +134,9 @@ class BaseSamples:
     logps: list[float]
 
 
-def answer_logps(model, processor, prompts: list[list[dict]], answers: list[str]) -> list[float]:
-    """The model's log-probability of each answer (KL_SAMPLES answers per prompt, in order)."""
+def sample_logps(model, processor, prompts: list[list[dict]], answers: list[str]) -> list[float]:
+    """The model's log-probability of each sampled answer (KL_SAMPLES per prompt, in order, as sample_answers
+    draws them)."""
     repeated = [p for p in prompts for _ in range(KL_SAMPLES)]
     return [lp for lp, _, _ in continuation_logprobs(model, processor, repeated, answers)]
 
@@ -145,11 +146,11 @@ def policy_kl(model, base_model, processor, prompts: list[list[dict]], base: Bas
     reverse E_x[KL(model || base)] (answers the model samples), each the mean over samples of the difference of
     the two models' log-probabilities of the answer's tokens (summed over the answer; the end-of-turn token is
     not counted). Both models share the processor (the base's and its fine-tunes')."""
-    mine = answer_logps(model, processor, prompts, base.answers)
+    mine = sample_logps(model, processor, prompts, base.answers)
     forward = [b - m for b, m in zip(base.logps, mine, strict=True)]
     own = sample_answers(model, processor, prompts, max_new_tokens)
-    theirs = answer_logps(base_model, processor, prompts, own)
-    reverse = [m - b for m, b in zip(answer_logps(model, processor, prompts, own), theirs, strict=True)]
+    theirs = sample_logps(base_model, processor, prompts, own)
+    reverse = [m - b for m, b in zip(sample_logps(model, processor, prompts, own), theirs, strict=True)]
     return {"forward": sum(forward) / len(forward), "reverse": sum(reverse) / len(reverse), "samples": len(own)}
 
 
@@ -258,7 +259,7 @@ def base_reference(config, base: str, data: BenchmarkData) -> tuple[dict[str, to
     if data.prompt_style not in answers:
         _, prompts = held_out_prompts("jigsaw", data, config.evaluation.limit)
         sampled = sample_answers(model, processor, prompts, PUZZLE_ANSWER_TOKENS[data.prompt_style])
-        answers[data.prompt_style] = BaseSamples(sampled, answer_logps(model, processor, prompts, sampled))
+        answers[data.prompt_style] = BaseSamples(sampled, sample_logps(model, processor, prompts, sampled))
     return state, model, answers[data.prompt_style]
 
 

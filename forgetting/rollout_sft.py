@@ -101,10 +101,14 @@ def rollout_source(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, 
     return path
 
 
-def source_checkpoint(config: StudyConfig, rft: ArmResult) -> tuple[str, int]:
-    """The RFT model fresh rollouts are sampled from, and its step: the final model, or the early checkpoint.
-    No fallback: an early step RFT did not save is an error naming the steps it did."""
-    if config.arms.rollout_sft.rollout_source == "final":
+def source_checkpoint(config: StudyConfig, rft: ArmResult) -> tuple[str | None, int | str]:
+    """The RFT model rollout_sft's rollouts come from, and its step: none and RFT's steps ("1-200") for the
+    rollouts RFT recorded while training, else the model fresh rollouts are sampled from, the final one or the
+    early checkpoint. No fallback: an early step RFT did not save is an error naming the steps it did."""
+    source = config.arms.rollout_sft.rollout_source
+    if source == "training":
+        return None, f"1-{config.arms.rft.steps}"
+    if source == "final":
         return str(rft.final), config.arms.rft.steps
     saved = {int(c.rsplit("-", 1)[-1]): c for c in rft.checkpoints}
     step = config.arms.rollout_sft.early_step or min(saved, default=0)
@@ -128,10 +132,9 @@ def rollout_sft_data(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset
     rollouts = rollout_source(config, rft, dataset, out)
     rows = read_rollouts(rollouts)
     kept = exact_unique(rows)
-    source = config.arms.rollout_sft.rollout_source
-    checkpoint, step = (None, f"1-{config.arms.rft.steps}") if source == "training" else source_checkpoint(config, rft)
+    checkpoint, step = source_checkpoint(config, rft)
     provenance = {
-        "source": source,
+        "source": config.arms.rollout_sft.rollout_source,
         "checkpoint": checkpoint,
         "rft_step": step,
         "rollouts": len(rows),

@@ -86,11 +86,16 @@ def view_state(config: StudyConfig, view: str) -> dict:
     }
 
 
+def view_key(study_id: str, view: str) -> str:
+    """The share key of one of a study's VIEWS (its experiment tag is SHARED_VIEW_TAG + key)."""
+    return f"{study_id}-{view}"
+
+
 def share_views(config: StudyConfig, experiment_id: str) -> None:
     """The study's VIEWS as experiment tags, which their links open."""
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri(config))
     for view in VIEWS:
-        key = f"{SHARED_VIEW_TAG}{config.study_id}-{view}"
+        key = SHARED_VIEW_TAG + view_key(config.study_id, view)
         client.set_experiment_tag(experiment_id, key, json.dumps(view_state(config, view)))
 
 
@@ -107,7 +112,7 @@ def view_links(config: StudyConfig, run_id: str) -> dict[str, str]:
 def view_url(ui: str, experiment_id: str, study_id: str, view: str) -> str:
     """The MLflow UI's runs page showing one of a study's VIEWS."""
     runs = f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    return f"{runs}&viewStateShareKey={study_id}-{view}"
+    return f"{runs}&viewStateShareKey={view_key(study_id, view)}"
 
 
 def print_links(config: StudyConfig, run_id: str) -> None:
