@@ -307,8 +307,10 @@ def _load(config: ModelConfig, path: str, trainable: bool):
 
         base = json.loads(adapter.read_text())["base_model_name_or_path"]
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(resolve_model_path(base), dtype=dtype).to(device)
+        neutral_generation(model)
         return PeftModel.from_pretrained(model, path, is_trainable=trainable and config.finetune == "lora"), processor
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
+    neutral_generation(model)
     if trainable and config.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -316,6 +318,29 @@ def _load(config: ModelConfig, path: str, trainable: bool):
             model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=LORA_TARGETS)
         )
     return model, processor
+
+
+def neutral_generation(model) -> None:
+    """Give the model a generation config that decides nothing: greedy unless a caller samples, and sampling is
+    plain temperature sampling. A checkpoint's own generation_config.json fills every setting a caller leaves
+    unset (Qwen2.5-VL-Instruct's: do_sample, temperature 0.1, top_k 1, top_p 0.001, repetition_penalty 1.05,
+    which turn "sampling at temperature 1" into near-greedy decoding), and transformers' global defaults fill
+    the rest (top_k 50). So rollouts, pass@k and fresh rollout-SFT samples are drawn as TRL's GRPO draws them
+    (top_k 0, top_p 1, no repetition penalty) and greedy evaluations are plain argmax; only the end-of-text
+    tokens are kept."""
+    from transformers import GenerationConfig
+
+    old = model.generation_config
+    model.generation_config = GenerationConfig(
+        bos_token_id=old.bos_token_id,
+        eos_token_id=old.eos_token_id,
+        pad_token_id=old.pad_token_id,
+        do_sample=False,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

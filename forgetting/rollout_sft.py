@@ -96,8 +96,10 @@ def rollout_source(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, 
     if not path.exists():
         checkpoint, _ = source_checkpoint(config, rft)
         out.mkdir(parents=True, exist_ok=True)
-        sample_correct_rollouts(config, checkpoint, dataset, path.with_suffix(".tmp"), settings.samples_per_puzzle)
-        path.with_suffix(".tmp").rename(path)
+        partial = path.with_suffix(".tmp")
+        partial.unlink(missing_ok=True)  # a run killed while sampling: its samples (and torn last line) go
+        sample_correct_rollouts(config, checkpoint, dataset, partial, settings.samples_per_puzzle)
+        partial.rename(path)
     return path
 
 

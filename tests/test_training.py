@@ -109,7 +109,8 @@ def test_rollout_sft_learns_from_exact_rollouts_only(setup, tmp_path):
 
 def test_fresh_rollouts_draw_samples_per_puzzle_from_the_rft_model(setup, tmp_path):
     """rollout_source final samples every train puzzle samples_per_puzzle times (default: the RFT group
-    size) from the RFT arm's final model, and the setting names the arm's folder only when it is set."""
+    size) from the RFT arm's final model, starting afresh after a killed run, and the setting names the arm's
+    folder only when it is set."""
     config, dataset = setup
     rft_dir = tmp_path / "rft"
     shutil.copytree(SHIPPED["micro"], rft_dir / "final")  # stands in for a trained RFT model
@@ -121,6 +122,8 @@ def test_fresh_rollouts_draw_samples_per_puzzle_from_the_rft_model(setup, tmp_pa
         one.arms.rollout_sft.rollout_source = "final"
         one.arms.rollout_sft.samples_per_puzzle = samples
         out = tmp_path / f"rollout_sft-{samples}"
+        out.mkdir()  # a run killed while sampling left part of a file, its last line torn
+        (out / "rollouts-final.tmp").write_text(json.dumps({"step": -1, "puzzle_id": "x"}) + '\n{"step": -1, "puzz')
         rows = [json.loads(line) for line in rollout_source(one, rft, dataset, out).read_text().splitlines()]
         assert len(rows) == n * expected
         assert {r["puzzle_id"] for r in rows} == {r["id"] for r in dataset.records("train")}
@@ -197,3 +200,25 @@ def test_the_trainers_read_the_puzzle_images_from_their_files(setup):
     assert data.features["image"].mode == "RGB" and len(data) == len(records)
     for i in (0, len(records) - 1):
         assert np.array_equal(np.asarray(data[i]["image"]), np.asarray(dataset.image(records[i])))
+
+
+def test_sampling_is_plain_temperature_sampling_whatever_the_checkpoint_says(setup, tmp_path):
+    """A checkpoint's generation_config.json (here Qwen2.5-VL-Instruct's: top_k 1, top_p 0.001, temperature 0.1,
+    repetition_penalty 1.05) does not shape the study's samples: at temperature 1 a puzzle's 16 samples differ."""
+    from forgetting.inference import generate
+    from forgetting.models import chat, load_model
+
+    config, dataset = setup
+    stock = tmp_path / "stock"
+    shutil.copytree(SHIPPED["micro"], stock)
+    settings = json.loads((stock / "generation_config.json").read_text())
+    settings.update(do_sample=True, temperature=0.1, top_k=1, top_p=0.001, repetition_penalty=1.05)
+    (stock / "generation_config.json").write_text(json.dumps(settings))
+    model, processor = load_model(config.model, str(stock), trainable=False)
+    record = dataset.records("train")[0]
+    conversation = chat(record["prompt_direct"], dataset.image(record))
+    torch.manual_seed(0)
+    texts = generate(model, processor, [conversation] * 16, 8, do_sample=True, temperature=1.0)
+    assert len(set(texts)) > 1, texts
+    greedy = generate(model, processor, [conversation] * 2, 8)
+    assert greedy[0] == greedy[1]
