@@ -26,7 +26,7 @@ from lm_eval.api.registry import register_model
 from PIL import Image
 
 from forgetting.config import ConfigError
-from forgetting.inference import continuation_logprobs, generate
+from forgetting.inference import continuation_logprobs, generate, sampling
 from forgetting.models import chat
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import format_answer, parse_answer, score_answer
@@ -131,9 +131,9 @@ class StudyLM(LM):
     def tokenizer_name(self) -> str:
         return getattr(self.processor.tokenizer, "name_or_path", "study-vlm")
 
-    def complete(self, conversations: list[list[dict]], max_new_tokens: int, sampling: dict) -> list[str]:
+    def complete(self, conversations: list[list[dict]], max_new_tokens: int, settings: dict) -> list[str]:
         """Completions for prompt conversations; the one place that calls the model for generation."""
-        return generate(self.model, self.processor, conversations, max_new_tokens, self.batch_size, **sampling)
+        return generate(self.model, self.processor, conversations, max_new_tokens, self.batch_size, **settings)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         groups = defaultdict(list)  # requests with the same generation settings run together
@@ -144,15 +144,14 @@ class StudyLM(LM):
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(kwargs.pop("max_gen_toks", 256))
             do_sample = bool(kwargs.pop("do_sample", False)) and float(kwargs.get("temperature", 0) or 0) > 0
-            sampling = {"do_sample": do_sample}
-            if do_sample:
-                sampling.update({k: kwargs[k] for k in ("temperature", "top_p", "top_k") if k in kwargs})
+            chosen = {k: kwargs[k] for k in ("temperature", "top_p", "top_k") if k in kwargs}
+            settings = sampling(**chosen) if do_sample else {"do_sample": False}
             visuals = rest[0].get("visual") if rest else None
-            key = (tuple(until), max_new, json.dumps(sampling, sort_keys=True))
+            key = (tuple(until), max_new, json.dumps(settings, sort_keys=True))
             groups[key].append((index, request_conversation(context, visuals)))
         texts: list[str] = [""] * len(requests)
-        for (until, max_new, sampling), members in groups.items():
-            outputs = self.complete([c for _, c in members], max_new, json.loads(sampling))
+        for (until, max_new, settings), members in groups.items():
+            outputs = self.complete([c for _, c in members], max_new, json.loads(settings))
             for (index, _), text in zip(members, outputs, strict=True):
                 for stop in until:
                     text = text.split(stop, 1)[0] if stop else text

@@ -26,7 +26,7 @@ from forgetting.benchmarks import (
     request_conversation,
     run_benchmarks,
 )
-from forgetting.inference import continuation_logprobs, generate, token_logprobs
+from forgetting.inference import continuation_logprobs, generate, sampling, token_logprobs
 from forgetting.models import chat, load_model, model_fingerprint
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import parse_answer, score_answer, well_formed_think
@@ -65,8 +65,7 @@ def puzzle_scores(
         records = dataset.records("test")[:limit]
         torch.manual_seed(seed)
         _, prompts = held_out_prompts("jigsaw", data, limit)
-        sampling = {"do_sample": True, "temperature": temperature}
-        sampled = lm.complete([c for c in prompts for _ in range(samples)], max_new_tokens, sampling)
+        sampled = lm.complete([c for c in prompts for _ in range(samples)], max_new_tokens, sampling(temperature))
         groups = [sampled[i * samples : (i + 1) * samples] for i in range(len(records))]
         graded = [[score_answer(text, r["answer"], style) for text in g] for g, r in zip(groups, records, strict=True)]
         scores[f"puzzle.pass_at_{samples}"] = sum(any(s.exact for s in g) for g in graded) / len(records)
@@ -115,7 +114,7 @@ def parameter_distance(model, base_state: dict[str, torch.Tensor]) -> dict[str, 
 
 
 KL_SAMPLES = 2  # answers sampled per held-out puzzle prompt, for each direction of the KL
-KL_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}  # the policy itself, untruncated
+KL_SAMPLING = sampling(1.0)  # the policy itself, untruncated
 
 
 def sample_answers(model, processor, prompts: list[list[dict]], max_new_tokens: int, seed: int = 0) -> list[str]:

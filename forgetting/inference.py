@@ -9,6 +9,13 @@ import torch
 from forgetting.models import batch
 
 
+def sampling(temperature: float, top_p: float = 1.0, top_k: int = 0) -> dict:
+    """generate's keywords for sampling at temperature, as TRL's GRPO samples its rollouts: no top-k or top-p cut
+    unless asked (transformers fills an unset top_k with 50; forgetting/models.py:neutral_generation keeps a
+    checkpoint's own settings out)."""
+    return {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+
+
 @torch.no_grad()
 def generate(
     model, processor, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 64, **sampling

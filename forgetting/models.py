@@ -321,25 +321,16 @@ def _load(config: ModelConfig, path: str, trainable: bool):
 
 
 def neutral_generation(model) -> None:
-    """Give the model a generation config that decides nothing: greedy unless a caller samples, and sampling is
-    plain temperature sampling. A checkpoint's own generation_config.json fills every setting a caller leaves
-    unset (Qwen2.5-VL-Instruct's: do_sample, temperature 0.1, top_k 1, top_p 0.001, repetition_penalty 1.05,
-    which turn "sampling at temperature 1" into near-greedy decoding), and transformers' global defaults fill
-    the rest (top_k 50). So rollouts, pass@k and fresh rollout-SFT samples are drawn as TRL's GRPO draws them
-    (top_k 0, top_p 1, no repetition penalty) and greedy evaluations are plain argmax; only the end-of-text
-    tokens are kept."""
+    """Give the model a generation config that decides nothing but where text ends: a checkpoint's own
+    generation_config.json fills every setting a caller leaves unset (Qwen2.5-VL-Instruct's: do_sample, temperature
+    0.1, top_k 1, top_p 0.001, repetition_penalty 1.05, which make greedy evaluation penalised and "sampling at
+    temperature 1" near-greedy). With it, an unset setting is transformers' default (greedy, no penalty); the
+    study samples through forgetting/inference.py:sampling, as TRL's GRPO does."""
     from transformers import GenerationConfig
 
     old = model.generation_config
     model.generation_config = GenerationConfig(
-        bos_token_id=old.bos_token_id,
-        eos_token_id=old.eos_token_id,
-        pad_token_id=old.pad_token_id,
-        do_sample=False,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        repetition_penalty=1.0,
+        bos_token_id=old.bos_token_id, eos_token_id=old.eos_token_id, pad_token_id=old.pad_token_id
     )
 
 
@@ -357,13 +348,42 @@ def chat(prompt: str, image: Image.Image | None = None, answer: str | None = Non
     return messages
 
 
+def training_template(processor) -> str | None:
+    """The chat template to train on: None for the processor's own when it marks the assistant's tokens with
+    `{% generation %}` (the project's models), else TRL's training version of it: the same text with the markers
+    (TRL keeps them for Qwen2.5-VL's stock template, among others, and SFTTrainer makes the same swap). Without
+    markers an assistant-only mask is all zeros: nothing would be learned. ModelLoadError when there is none."""
+    template = processor.chat_template
+    if isinstance(template, str) and re.search(r"\{%-?\s*generation\s*-?%\}", template):
+        return None
+    from trl.chat_template_utils import get_training_chat_template
+
+    try:
+        return get_training_chat_template(processor)
+    except (ValueError, TypeError) as e:
+        raise ModelLoadError(
+            "the model's chat template has no {% generation %} markers, which assistant-only loss needs, and TRL "
+            "knows no training version of it; wrap the assistant's content and its <|im_end|> in "
+            "{% generation %}...{% endgeneration %} in the model's chat_template.jinja"
+        ) from e
+
+
+def check_training_template(name_or_path: str) -> None:
+    """Before any training: ModelLoadError when the model's chat template cannot give an assistant-only mask."""
+    from transformers import AutoProcessor
+
+    training_template(AutoProcessor.from_pretrained(resolve_model_path(name_or_path)))
+
+
 def batch(processor, conversations: list[list[dict]], train: bool) -> dict:
     """Model inputs for a list of conversations, left-padded.
 
     train=True: each conversation ends with the assistant's answer and `labels` keep only the answer
-    tokens and <|im_end|>. train=False: the prompt ends with the assistant's turn opened, for generate."""
+    tokens and <|im_end|> (training_template). train=False: the prompt ends with the assistant's turn opened,
+    for generate."""
     out = processor.apply_chat_template(
         conversations,
+        chat_template=training_template(processor) if train else None,
         tokenize=True,
         return_dict=True,
         return_tensors="pt",

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from forgetting.config import ConfigError, StudyConfig
-from forgetting.inference import generate
+from forgetting.inference import generate, sampling
 from forgetting.models import chat, load_model
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.rft import RolloutRecorder
@@ -71,8 +71,7 @@ def sample_correct_rollouts(
             processor,
             conversations,
             config.arms.rft.max_new_tokens,
-            do_sample=True,
-            temperature=config.arms.rft.temperature,
+            **sampling(config.arms.rft.temperature),
         )
         recorder(
             prompts=None,

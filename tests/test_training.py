@@ -205,7 +205,7 @@ def test_the_trainers_read_the_puzzle_images_from_their_files(setup):
 def test_sampling_is_plain_temperature_sampling_whatever_the_checkpoint_says(setup, tmp_path):
     """A checkpoint's generation_config.json (here Qwen2.5-VL-Instruct's: top_k 1, top_p 0.001, temperature 0.1,
     repetition_penalty 1.05) does not shape the study's samples: at temperature 1 a puzzle's 16 samples differ."""
-    from forgetting.inference import generate
+    from forgetting.inference import generate, sampling
     from forgetting.models import chat, load_model
 
     config, dataset = setup
@@ -218,7 +218,43 @@ def test_sampling_is_plain_temperature_sampling_whatever_the_checkpoint_says(set
     record = dataset.records("train")[0]
     conversation = chat(record["prompt_direct"], dataset.image(record))
     torch.manual_seed(0)
-    texts = generate(model, processor, [conversation] * 16, 8, do_sample=True, temperature=1.0)
+    texts = generate(model, processor, [conversation] * 16, 8, **sampling(1.0))
     assert len(set(texts)) > 1, texts
     greedy = generate(model, processor, [conversation] * 2, 8)
     assert greedy[0] == greedy[1]
+
+
+def test_sft_on_the_stock_qwen_template_learns_the_answer_alone(setup, tmp_path):
+    """Qwen2.5-VL's stock chat template has no {% generation %} markers; the assistant-only mask still covers
+    the answer and <|im_end|> only, in our batches and in TRL's SFT, and the preflight accepts the model."""
+    from pathlib import Path
+
+    import trl
+    from transformers import AutoProcessor
+
+    from flows.preflight import check_inputs
+    from forgetting.models import batch as make_batch
+    from forgetting.models import chat
+    from forgetting.sft import sft_examples
+
+    config, dataset = setup
+    stock = tmp_path / "stock"
+    shutil.copytree(SHIPPED["micro"], stock)
+    template = Path(trl.__file__).parent / "chat_templates" / "qwen2_5_vl.jinja"  # the hub model's own
+    (stock / "chat_template.jinja").write_text(template.read_text())
+    processor = AutoProcessor.from_pretrained(stock)
+    assert "{% generation %}" not in processor.chat_template
+    record = dataset.records("train")[0]
+    inputs = make_batch(processor, [chat(record["prompt_direct"], dataset.image(record), "1 2 3 4")], train=True)
+    learned = inputs["input_ids"][inputs["labels"] != -100]
+    assert processor.tokenizer.decode(learned).rstrip("\n") == "1 2 3 4<|im_end|>"  # TRL's version adds the \n
+    assert "You are a helpful assistant." in processor.tokenizer.decode(inputs["input_ids"][0])  # the stock text
+
+    one = config.model_copy(deep=True)
+    one.model.name_or_path = str(stock)
+    one.arms.sft.steps = 2
+    check_inputs(one, benchmarks=False)
+    targets = {r["id"]: make_target(r["answer"], "direct") for r in dataset.records("train")}
+    result = train_sft(one, "sft", one.arms.sft, str(stock), sft_examples(dataset, "direct", targets), tmp_path / "a")
+    losses = [h["loss"] for h in json.loads((result.final / "trainer_state.json").read_text()) if "loss" in h]
+    assert len(losses) == 2 and all(0 < loss < 20 for loss in losses)
