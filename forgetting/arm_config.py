@@ -14,6 +14,26 @@ STYLE_HELP = (
 )
 
 
+def micro_batch_field():
+    return Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Samples one device computes at once; each step accumulates gradients over batch_size / "
+        "(micro_batch_size x processes) of them, the same step in less memory. Empty: the whole batch at once "
+        "(split over the processes).",
+        exclude_if=lambda n: n is None,  # left out of dumps and hashes at its default: ids unchanged
+    )
+
+
+def check_micro_batch(section):
+    """A micro batch divides the batch, so every step sees batch_size samples."""
+    micro = section.micro_batch_size
+    if micro is not None and section.batch_size % micro:
+        raise ValueError(f"batch_size {section.batch_size} is not a multiple of micro_batch_size {micro}")
+    return section
+
+
 class SFTArmConfig(Section):
     enabled: bool = Field(True, description="Train this arm.")
     steps: int = Field(300, ge=1, le=1_000_000, description="Optimizer steps.")
@@ -24,6 +44,9 @@ class SFTArmConfig(Section):
         description=STYLE_HELP + " SFT's target under the think prompt is the answer alone, `<answer>...</answer>` "
         "(the paper's SFT without reasoning).",
     )
+    micro_batch_size: int | None = micro_batch_field()
+
+    _micro_divides = model_validator(mode="after")(check_micro_batch)
 
 
 class RFTArmConfig(Section):
@@ -49,6 +72,7 @@ class RFTArmConfig(Section):
         exclude_if=lambda v: v == "direct",  # left out of dumps and hashes at its default: ids unchanged
     )
     use_vllm: bool = Field(False, description="GPU only: sample rollouts with TRL's vLLM integration (colocate).")
+    micro_batch_size: int | None = micro_batch_field()
 
     @model_validator(mode="after")
     def _check(self) -> "RFTArmConfig":
@@ -56,7 +80,7 @@ class RFTArmConfig(Section):
             raise ValueError(
                 f"batch_size {self.batch_size} is not a multiple of num_generations {self.num_generations}"
             )
-        return self
+        return check_micro_batch(self)
 
 
 class TeacherSFTArmConfig(SFTArmConfig):

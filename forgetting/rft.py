@@ -81,7 +81,7 @@ def grpo_args(config: StudyConfig, out: Path) -> dict:
     """GRPOConfig keywords for the rft arm."""
     rft = config.arms.rft
     return dict(
-        **shared.common_args(config, out, rft.steps, rft.learning_rate, rft.batch_size),
+        **shared.common_args(config, out, rft),
         num_generations=rft.num_generations,
         beta=rft.beta,
         temperature=rft.temperature,

@@ -38,7 +38,7 @@ def sft_examples(dataset: PuzzleDataset, style: str, targets: dict[str, str]) ->
 def sft_args(config: StudyConfig, arm_config: SFTArmConfig, out: Path) -> dict:
     """SFTConfig keywords for the sft and rollout_sft arms."""
     return dict(
-        **common_args(config, out, arm_config.steps, arm_config.learning_rate, arm_config.batch_size),
+        **common_args(config, out, arm_config),
         assistant_only_loss=True,
         max_length=None,
     )

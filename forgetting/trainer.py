@@ -9,6 +9,7 @@ logs (the flows pass one that logs the metrics to the arm's MLflow run: tasks/tr
 """
 
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from forgetting.config import ModelConfig, StudyConfig
+from forgetting.config import ConfigError, ModelConfig, StudyConfig
 from forgetting.models import chat, load_model, pick_device
 
 FINAL = "final"
@@ -63,14 +64,29 @@ def device_args(model: ModelConfig) -> dict:
     return {"use_cpu": not on_gpu, "bf16": on_gpu, "fp16": False}
 
 
-def common_args(config: StudyConfig, out: Path, steps: int, lr: float, batch_size: int) -> dict:
-    """The TrainingArguments keywords every arm shares; the arm adds its trainer's own."""
+def batch_args(batch_size: int, micro_batch_size: int | None) -> dict:
+    """Per-device batch and gradient accumulation so that every optimizer step sees batch_size samples over all
+    processes (WORLD_SIZE, set by accelerate launch): micro_batch_size a device at once, or the whole share."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_device = micro_batch_size or batch_size // world
+    if per_device < 1 or batch_size % (per_device * world):
+        raise ConfigError(
+            f"batch_size {batch_size} cannot be split into {world} process(es) x micro batches of "
+            f"{micro_batch_size or 'batch_size / processes'}: set the arm's micro_batch_size to a divisor of "
+            f"{batch_size // world if batch_size >= world else 'batch_size / processes'}"
+        )
+    accumulate = batch_size // (per_device * world)
+    return {"per_device_train_batch_size": per_device, "gradient_accumulation_steps": accumulate}
+
+
+def common_args(config: StudyConfig, out: Path, arm_config) -> dict:
+    """The TrainingArguments keywords every arm shares, from its section (steps, learning_rate, batch_size,
+    micro_batch_size); the arm adds its trainer's own."""
     return dict(
         output_dir=str(out),
-        max_steps=steps,
-        learning_rate=lr,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=1,
+        max_steps=arm_config.steps,
+        learning_rate=arm_config.learning_rate,
+        **batch_args(arm_config.batch_size, arm_config.micro_batch_size),
         lr_scheduler_type="cosine",
         warmup_steps=0,
         logging_steps=1,

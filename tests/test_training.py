@@ -258,3 +258,27 @@ def test_sft_on_the_stock_qwen_template_learns_the_answer_alone(setup, tmp_path)
     result = train_sft(one, "sft", one.arms.sft, str(stock), sft_examples(dataset, "direct", targets), tmp_path / "a")
     losses = [h["loss"] for h in json.loads((result.final / "trainer_state.json").read_text()) if "loss" in h]
     assert len(losses) == 2 and all(0 < loss < 20 for loss in losses)
+
+
+def test_micro_batches_take_the_same_step_in_less_memory(setup, tmp_path):
+    """micro_batch_size splits each step's batch and accumulates the gradients: the weights come out as with the
+    whole batch at once (to float rounding); GRPO takes a micro batch too."""
+    from forgetting.trainer import batch_args
+
+    config, dataset = setup
+    assert batch_args(8, 2) == {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}
+    trained = {}
+    for micro in (None, 2):
+        one = config.model_copy(deep=True)
+        one.arms.sft.steps, one.arms.sft.micro_batch_size = 2, micro
+        result = run_arm(one, "sft", BASE, dataset)
+        state = json.loads((result.path / "checkpoint-2" / "trainer_state.json").read_text())
+        assert state["train_batch_size"] == (micro or 4)  # a device's batch
+        trained[micro] = _weights(result.final)
+    assert _changed(_weights(SHIPPED["micro"]), trained[2])
+    for name, whole in trained[None].items():
+        torch.testing.assert_close(trained[2][name], whole, rtol=1e-4, atol=1e-5)
+    one = config.model_copy(deep=True)
+    one.arms.rft.steps, one.arms.rft.micro_batch_size = 1, 4
+    history = json.loads((run_arm(one, "rft", BASE, dataset).final / "trainer_state.json").read_text())
+    assert [h["step"] for h in history if "loss" in h] == [1]
