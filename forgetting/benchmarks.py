@@ -25,6 +25,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from PIL import Image
 
+from forgetting.answer_formats import format_check
 from forgetting.config import ConfigError
 from forgetting.inference import continuation_logprobs, generate, sampling
 from forgetting.models import chat
@@ -236,9 +237,7 @@ def _skip_what_the_study_does_not_read() -> None:
 def run_benchmarks(
     lm: LM, benchmarks: list[str], data: BenchmarkData, limit: int | None = None
 ) -> tuple[list[dict], list[dict]]:
-    """Evaluate lm on benchmarks (tasks or groups) through lm-eval. Returns one row per leaf benchmark
-    {benchmark, metric, value, stderr, n, format_failures} and the per-sample records
-    {benchmark, doc_id, target, response, score, format_ok}."""
+    """Evaluate lm on benchmarks (tasks or groups) through lm-eval: benchmark_rows of what it returns."""
     from lm_eval import simple_evaluate
 
     _skip_what_the_study_does_not_read()
@@ -255,33 +254,74 @@ def run_benchmarks(
         fewshot_random_seed=0,
         verbosity="ERROR",
     )
-    rows, samples = [], []
-    for name, task_samples in out["samples"].items():
-        result = out["results"][name]
-        metric = out["configs"][name]["metric_list"][0]["metric"]
-        n = out["n-samples"][name]["effective"]
-        ok = result.get("format_ok,none")
+    return benchmark_rows(out, benchmarks)
+
+
+def compared(name: str, out: dict) -> list[str]:
+    """The benchmarks a requested task or group stands for: a task itself; a group lm-eval scores as one (its
+    aggregate_metric_list: mmmu_val's 30 subjects give one score, weighted by their sizes) itself; a group that
+    only collects tasks (tiny_world) its members, each counted as if requested."""
+    if name in out.get("groups", {}) or name not in out.get("group_subtasks", {}):
+        return [name]
+    return [b for member in out["group_subtasks"][name] for b in compared(member, out)]
+
+
+def score_metric(result: dict) -> str:
+    """The metric a benchmark is scored by: the first lm-eval reports for it (its metric_list's order), format_ok
+    aside. (lm-eval's configs give a metric defined as a function by its source code, so names come from here.)"""
+    for key in result:
+        name, sep, _ = key.partition(",")
+        if sep and not name.endswith("_stderr") and name != "format_ok":
+            return name
+    raise EvaluationError(f"lm-eval reported no score for {result.get('name', result)}")
+
+
+def benchmark_rows(out: dict, requested: list[str]) -> tuple[list[dict], list[dict]]:
+    """One row per compared benchmark, {benchmark, metric, value, stderr, n, format_failures}, and the per-sample
+    records {benchmark, task, doc_id, target, response, score, format_ok} of its tasks. format_ok: the task's own
+    check (the shipped tasks), else the study's for the task's family (forgetting/answer_formats.py), else None;
+    format_failures counts the samples out of format, None when a task has no check."""
+    samples = []
+    for task, task_samples in out["samples"].items():
+        metric, check = score_metric(out["results"][task]), format_check(task)
+        for s in task_samples:
+            response = s["filtered_resps"][0] if s["filtered_resps"] else ""
+            response = response if isinstance(response, str) else str(response)
+            ok = s.get("format_ok", check(s["doc"], response) if check else None)
+            samples.append(
+                {
+                    "task": task,
+                    "doc_id": s["doc_id"],
+                    "target": s["target"],
+                    "response": response,
+                    "score": float(s[metric]),
+                    "format_ok": None if ok is None else float(ok),
+                }
+            )
+    rows = []
+    for benchmark in dict.fromkeys(b for name in requested for b in compared(name, out)):
+        result = out["results"][benchmark]
+        metric = score_metric(result)
+        tasks = _tasks_of(benchmark, out)
+        mine = [s for s in samples if s["task"] in tasks]
+        for s in mine:
+            s["benchmark"] = benchmark
+        checked = [s["format_ok"] for s in mine]
         stderr = result.get(f"{metric}_stderr,none")
         rows.append(
             {
-                "benchmark": name,
+                "benchmark": benchmark,
                 "metric": metric,
                 "value": float(result[f"{metric},none"]),
                 "stderr": float(stderr) if isinstance(stderr, int | float) else math.nan,
-                "n": int(n),
-                "format_failures": round(n * (1 - ok)) if ok is not None else None,
+                "n": sum(int(out["n-samples"][t]["effective"]) for t in tasks),
+                "format_failures": None if None in checked else round(sum(1 - ok for ok in checked)),
             }
         )
-        for s in task_samples:
-            response = s["filtered_resps"][0] if s["filtered_resps"] else ""
-            samples.append(
-                {
-                    "benchmark": name,
-                    "doc_id": s["doc_id"],
-                    "target": s["target"],
-                    "response": response if isinstance(response, str) else str(response),
-                    "score": float(s[metric]),
-                    "format_ok": float(s["format_ok"]) if "format_ok" in s else None,
-                }
-            )
-    return sorted(rows, key=lambda r: r["benchmark"]), samples
+    return sorted(rows, key=lambda r: r["benchmark"]), [s for s in samples if "benchmark" in s]
+
+
+def _tasks_of(name: str, out: dict) -> list[str]:
+    """The tasks (leaves) under a task or group."""
+    members = out.get("group_subtasks", {}).get(name)
+    return [name] if members is None else [t for m in members for t in _tasks_of(m, out)]

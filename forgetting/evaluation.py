@@ -31,6 +31,7 @@ from forgetting.models import chat, load_model, model_fingerprint
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import parse_answer, score_answer, well_formed_think
 from forgetting.storage import stable_hash, write_once, write_text_once
+from forgetting.world import PRIOR_TASKS
 
 
 def puzzle_scores(
@@ -88,7 +89,7 @@ def answer_logprobs(model, processor, data: BenchmarkData, benchmarks: list[str]
     """Mean log-probability of the right answers of the tiny world's held-out benchmarks (dynamics (c))."""
     means = {}
     for name in benchmarks:
-        if not name.startswith(f"{TINY_WORLD}_"):
+        if name.removeprefix(f"{TINY_WORLD}_") not in PRIOR_TASKS:  # a shipped task, not a group of them
             continue
         docs, prompts = held_out_prompts(name.removeprefix(f"{TINY_WORLD}_"), data, limit)
         scored = continuation_logprobs(model, processor, prompts, [d["answer"] for d in docs], batch_size)

@@ -161,3 +161,77 @@ def test_micro_evaluation_end_to_end(data):
     stamp = (out / "evaluation.json").stat().st_mtime_ns
     assert evaluate_target(config, target, benchmark_data, base) == out
     assert (out / "evaluation.json").stat().st_mtime_ns == stamp
+
+
+def test_a_group_lm_eval_scores_as_one_is_one_benchmark(data):
+    """A requested group with an aggregate score (tiny_world_quadrants, as mmmu_val) is one benchmark of the prior
+    mean, scored as lm-eval scores it; a group that only collects tasks (tiny_world) counts as its tasks."""
+    _, benchmark_data = data
+    lm = ScriptedLM(benchmark_data, lambda d: d["answer"] if len(d["prompt"]) % 2 else "banana")
+    rows, samples = run_benchmarks(lm, ["tiny_world_quadrants", "tiny_world_colour"], benchmark_data, limit=5)
+    assert [r["benchmark"] for r in rows] == ["tiny_world_colour", "tiny_world_quadrants"]
+    quadrants = rows[1]
+    mine = [s for s in samples if s["benchmark"] == "tiny_world_quadrants"]
+    assert quadrants["n"] == len(mine) == 15
+    assert {s["task"] for s in mine} == {f"tiny_world_quadrant_{t}" for t in ("colours", "shapes", "counts")}
+    assert quadrants["value"] == pytest.approx(sum(s["score"] for s in mine) / 15)
+    assert quadrants["format_failures"] == sum(s["format_ok"] == 0 for s in mine)
+
+
+def _lm_eval_output(responses: dict[str, list[tuple[dict, str, float]]]) -> dict:
+    """What simple_evaluate returns for mmmu_val (a group of groups that lm-eval scores as one) and chartqa (whose
+    metrics are functions), reduced to the fields the study reads."""
+    samples = {
+        task: [
+            {"doc_id": i, "doc": doc, "target": "", "filtered_resps": [text], metric: score}
+            for i, (doc, text, score) in enumerate(rows)
+        ]
+        for task, rows in responses.items()
+        for metric in ["exact_match" if task == "chartqa" else "acc"]
+    }
+    mean = lambda rows: sum(score for *_, score in rows) / len(rows)  # noqa: E731
+    mmmu = [row for task, rows in responses.items() if task != "chartqa" for row in rows]
+    results = {task: {"name": task, "acc,none": mean(rows)} for task, rows in responses.items() if task != "chartqa"}
+    results["chartqa"] = {"name": "chartqa", "exact_match,none": mean(responses["chartqa"]), "relaxed_accuracy,none": 1}
+    results["mmmu_val"] = results["mmmu_val_art"] = {"name": "mmmu_val", "acc,none": mean(mmmu), "acc_stderr,none": 0.1}
+    return {
+        "results": results,
+        "groups": {"mmmu_val": {}, "mmmu_val_art": {}},
+        "group_subtasks": {"mmmu_val": ["mmmu_val_art"], "mmmu_val_art": ["mmmu_val_art_design", "mmmu_val_music"]},
+        "samples": samples,
+        "n-samples": {task: {"effective": len(rows)} for task, rows in responses.items()},
+    }
+
+
+def test_real_benchmark_groups_weigh_as_one_and_their_answers_are_format_checked():
+    """mmmu_val's subjects make one benchmark, beside chartqa; each answer's format is checked as the task's own
+    scorer reads answers (an option named, a "Final Answer:" line), so format collapse is a number there too."""
+    from forgetting.benchmarks import benchmark_rows
+
+    choice = {"question_type": "multiple-choice", "options": "['cat', 'dog', 'a red bird']"}
+    open_question = {"question_type": "open", "options": "[]"}
+    out = _lm_eval_output(
+        {
+            "mmmu_val_art_design": [(choice, "(B)", 1.0), (choice, "I cannot tell", 0.0), (choice, "C.", 0.0)],
+            "mmmu_val_music": [(open_question, "42", 1.0), (open_question, "  ", 0.0)],
+            "chartqa": [({}, "It rises.\nFinal Answer: 12", 1.0), ({}, "12", 0.0)],
+        }
+    )
+    rows, samples = benchmark_rows(out, ["mmmu_val", "chartqa"])
+    assert [(r["benchmark"], r["metric"], r["n"], r["format_failures"]) for r in rows] == [
+        ("chartqa", "exact_match", 2, 1),
+        ("mmmu_val", "acc", 5, 2),
+    ]
+    assert rows[1]["value"] == pytest.approx(2 / 5) and rows[1]["stderr"] == 0.1
+    assert [s["format_ok"] for s in samples if s["task"] == "mmmu_val_art_design"] == [1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [("(A)", True), ("The answer is B", True), ("b", False), ("It is a dog, clearly, as the picture shows", True)],
+)
+def test_mmmu_format(response, expected):
+    from forgetting.answer_formats import mmmu
+
+    doc = {"question_type": "multiple-choice", "options": "['cat', 'dog']"}
+    assert mmmu(doc, response) is expected
