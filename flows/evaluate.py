@@ -5,7 +5,6 @@ study's last stages.
     python -m flows.evaluate --profile tiny       # arms not trained yet for this config are left out
 """
 
-import functools
 from pathlib import Path
 
 from prefect import flow
@@ -16,7 +15,6 @@ from forgetting.arms import ARMS, finished_arms, training_data
 from forgetting.benchmarks import BenchmarkData
 from forgetting.config import StudyConfig
 from forgetting.evaluation import data_nll, eval_targets
-from forgetting.models import load_model
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.report import forgetting_pivot, summary_frame
 from forgetting.rollout_sft import rollout_provenance
@@ -45,9 +43,8 @@ def evaluate_and_report(
     data = BenchmarkData(str(heldout), str(dataset.path))  # each target sets its arm's prompt style
     targets = eval_targets(config, base, arms)
     folders = evaluate_targets(config, run_id, targets, data, base, progress)
-    load_base = functools.cache(lambda: load_model(config.model, base, trainable=False))  # once, if at all
     nll = {
-        arm: data_nll(config, base, arm, training_data(result), dataset, load_base)
+        arm: data_nll(config, base, arm, training_data(result), dataset)
         | {"rollout_source": rollout_provenance(result)}
         for arm, result in arms.items()
     }

@@ -242,25 +242,32 @@ def eval_dir(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path
     return config.output.path / "evals" / f"{target.arm}-{target.step}-{stable_hash(spec)[:10]}"
 
 
-_BASE: dict[tuple, tuple] = {}
+_BASE: dict[str, tuple] = {}
+_BASE_SAMPLES: dict[tuple, BaseSamples] = {}
+
+
+def base_model(config, base: str) -> tuple:
+    """The base (model, processor), loaded once a process on the study's device and in its dtype: every evaluation
+    compares with it, and the data NLL scores with it (one copy of a 7B model, no float32 one beside it)."""
+    key = base + config.model.model_dump_json()  # the same weights in another dtype are another copy
+    if key not in _BASE:
+        _BASE.clear()
+        _BASE_SAMPLES.clear()
+        _BASE[key] = load_model(config.model, base, trainable=False)
+    return _BASE[key]
 
 
 def base_reference(config, base: str, data: BenchmarkData) -> tuple[dict[str, torch.Tensor], object, BaseSamples]:
-    """The base model's weights on CPU, the base model itself, and its sampled answers to the held-out puzzle
-    prompts in data's prompt style with their log-probabilities: what every evaluation compares with, made once
-    a process (the samples once per style)."""
-    key = (base, data.tiny_world_dir, data.puzzles_dir, config.evaluation.limit)
-    if key not in _BASE:
-        model, processor = load_model(config.model, base, trainable=False)
-        state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
-        _BASE.clear()
-        _BASE[key] = (state, model, processor, {})
-    state, model, processor, answers = _BASE[key]
-    if data.prompt_style not in answers:
+    """The base model's weights (its own tensors, not a copy), the base model itself, and its sampled answers to
+    the held-out puzzle prompts in data's prompt style with their log-probabilities: what every evaluation compares
+    with, made once a process (the samples once per style)."""
+    model, processor = base_model(config, base)
+    key = (base, data.tiny_world_dir, data.puzzles_dir, config.evaluation.limit, data.prompt_style)
+    if key not in _BASE_SAMPLES:
         _, prompts = held_out_prompts("jigsaw", data, config.evaluation.limit)
         sampled = sample_answers(model, processor, prompts, PUZZLE_ANSWER_TOKENS[data.prompt_style])
-        answers[data.prompt_style] = BaseSamples(sampled, sample_logps(model, processor, prompts, sampled))
-    return state, model, answers[data.prompt_style]
+        _BASE_SAMPLES[key] = BaseSamples(sampled, sample_logps(model, processor, prompts, sampled))
+    return model.state_dict(), model, _BASE_SAMPLES[key]
 
 
 def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path:
@@ -301,12 +308,11 @@ def answer_start(completion: str, style: str) -> int:
     return 0 if style == "direct" else len(completion)
 
 
-def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset, load_base=None) -> dict:
-    """Per-token negative log-likelihood under the BASE model of the completions an arm trained on, under the
-    arm's own prompt style (the completion's tokens, all of them and split into reasoning and answer tokens; up
-    to DATA_NLL_ITEMS examples, evenly spaced, also one by one), cached beside the data.
-    load_base() gives the base (model, processor) when it must be scored: pass a cached loader to score several
-    arms with one load."""
+def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset) -> dict:
+    """Per-token negative log-likelihood under the BASE model (base_model: the evaluations' copy) of the
+    completions an arm trained on, under the arm's own prompt style (the completion's tokens, all of them and split
+    into reasoning and answer tokens; up to DATA_NLL_ITEMS examples, evenly spaced, also one by one), cached beside
+    the data."""
     # Keyed on the base's content: SFT's data (the puzzles' ground truth) is shared by studies of other bases.
     key = stable_hash([model_fingerprint(base), DATA_NLL_ITEMS, EVAL_VERSION, DATA_NLL_VERSION])
     path = training_data.with_name(f"base_nll-{key[:10]}.json")
@@ -321,7 +327,7 @@ def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDa
     style = arm_style(config, arm)
     records = {r["id"]: r for r in dataset.records("train")}
     prompts = [chat(records[r["puzzle_id"]][f"prompt_{style}"], dataset.image(records[r["puzzle_id"]])) for r in rows]
-    model, processor = (load_base or (lambda: load_model(config.model, base, trainable=False)))()
+    model, processor = base_model(config, base)
     scored = token_logprobs(model, processor, prompts, [r["completion"] for r in rows])
     parts = [s.split(answer_start(r["completion"], style)) for r, s in zip(rows, scored, strict=True)]
     reasoning = [lp for before, _ in parts for lp in before]

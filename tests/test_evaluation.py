@@ -4,6 +4,7 @@ import hashlib
 import json
 
 import pytest
+import torch
 
 from forgetting import world
 from forgetting.base_model import write_heldout_sets
@@ -235,3 +236,29 @@ def test_mmmu_format(response, expected):
 
     doc = {"question_type": "multiple-choice", "options": "['cat', 'dog']"}
     assert mmmu(doc, response) is expected
+
+
+@pytest.mark.slow
+def test_one_copy_of_the_base_serves_every_evaluation_and_the_data_nll(data, tmp_path, monkeypatch):
+    """The base is loaded once a process, on the study's device in its dtype, and both the evaluations (its weights
+    for the parameter distance: its own tensors, not a float32 copy) and the data NLL use that copy: a 7B base
+    once, not three times."""
+    from forgetting import evaluation
+
+    config, benchmark_data = data
+    one = config.model_copy(deep=True)
+    one.model.dtype = "bfloat16"
+    one.output.dir = str(tmp_path)
+    base = str(SHIPPED["micro"])
+    loads = []
+    monkeypatch.setattr(evaluation, "load_model", lambda *a, **k: loads.append(a[1]) or load_model(*a, **k))
+    evaluate_target(one, EvalTarget("base", 0, base), benchmark_data, base)
+    state, model, _ = evaluation.base_reference(one, base, benchmark_data)
+    weights = dict(model.named_parameters())
+    assert all(state[name].data_ptr() == p.data_ptr() and p.dtype == torch.bfloat16 for name, p in weights.items())
+    dataset = generate_puzzles(one.puzzles, config.output.path)
+    record = dataset.records("train")[0]
+    (tmp_path / "training_data.jsonl").write_text(json.dumps({"puzzle_id": record["id"], "completion": "1 2 3 4"}))
+    nll = evaluation.data_nll(one, base, "sft", tmp_path / "training_data.jsonl", dataset)
+    assert nll["tokens"] > 0
+    assert loads == [base, base]  # the base once, then the target (here the base again, as a model to evaluate)
