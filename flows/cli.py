@@ -17,6 +17,7 @@ from prefect.states import Completed
 
 from flows.preflight import check_inputs
 from forgetting.config import NOT_RESULTS, REPO_ROOT, ConfigError, StudyConfig
+from forgetting.environment import environment
 from forgetting.profiles import load_config
 from forgetting.puzzle_data import PuzzleError
 from forgetting.report import skipped_reasons
@@ -68,10 +69,11 @@ def outcome(result, skipped: dict):
 
 
 def record_run(config: StudyConfig, flow: str, report: Path, seconds: float) -> None:
-    """How to reproduce a report (flow: study or sweep): its config as a profile, the command, and how long this
-    run took (work already on disk from earlier runs is not counted again)."""
+    """How to reproduce a report (flow: study or sweep): its config as a profile, the command, how long this run
+    took (work already on disk from earlier runs is not counted again) and the environment it ran in."""
     profile = sweep_spec(config) if flow == "sweep" else config.model_dump(mode="json", exclude=NOT_RESULTS)
     (report / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    (report / "environment.json").write_text(json.dumps(environment(), indent=1) + "\n")
     run_info = {
         "command": f"python -m flows.{flow} --profile {_shown(report / 'config.yaml')}",
         "wall_time_s": round(seconds, 1),

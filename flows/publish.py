@@ -26,7 +26,7 @@ from forgetting.sweep import sweep_dir
 
 DEFAULT_BLOCK = "results"
 PUBLISHED = (  # a study's report files, then a sweep's; each report folder holds those of its kind
-    ("report.md", "summary.json", "config.yaml", "run.json")
+    ("report.md", "summary.json", "config.yaml", "run.json", "environment.json")
     + ("forgetting.csv", "curves.csv", "dynamics.csv", "tradeoff.png", "forgetting.png", "dynamics.png")
     + ("frontier.csv", "matched.csv", "frontier.png", "predictors.png")
 )

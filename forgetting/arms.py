@@ -5,7 +5,7 @@ forgetting/rollout_sft.py). Each arm has its own prompt style (arms.<arm>.prompt
 rollouts, its evaluation and the base's view of its data all read (arm_style).
 
 An arm's folder is named by the hash of what determines it (the base model's content, puzzles, model and arm
-settings, seed, and for rollout_sft the RFT arm it learns from), so changing one arm's settings retrains that
+settings, seed, the training libraries and code, and for rollout_sft the RFT arm it learns from), so changing one arm's settings retrains that
 arm and what depends on it only; a finished arm has final/, and a rerun finds it.
 
     python -m flows.train --profile micro     # the arms alone
@@ -15,7 +15,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from forgetting import fast_paths
 from forgetting.config import StudyConfig
+from forgetting.environment import training_fingerprint
 from forgetting.models import model_fingerprint
 from forgetting.puzzle_data import CORNER_NAMES, PuzzleDataset
 from forgetting.puzzles import make_target, teacher_reasoning
@@ -40,10 +42,12 @@ def arm_styles(config: StudyConfig) -> list[str]:
 
 
 def arm_spec(config: StudyConfig, arm: str) -> dict:
-    """What of the study's config determines an arm, besides the base model, the puzzles and the arm it learns
-    from (arm_dir adds those; a sweep compares arms by this alone, since its points share them)."""
+    """What determines an arm, besides the base model, the puzzles and the arm it learns from (arm_dir adds those;
+    a sweep compares arms by this alone, since its points share them): the study's settings for it, and what
+    trains it (the training libraries' versions, the training code, whether the faster paths are on)."""
     return {
         "arm": arm,
+        "training": {**training_fingerprint(), "fast_paths": fast_paths.enabled()},
         "model": config.model.model_dump(mode="json"),
         "settings": getattr(config.arms, arm).model_dump(mode="json"),
         "prompt_style": arm_style(config, arm),

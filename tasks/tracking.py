@@ -26,6 +26,7 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from forgetting.config import REPO_ROOT, ConfigError, StudyConfig  # noqa: E402
+from forgetting.environment import environment
 from forgetting.puzzle_data import PuzzleDataset  # noqa: E402
 from forgetting.puzzles import format_answer  # noqa: E402
 
@@ -240,7 +241,8 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
 @contextmanager
 def study_run(config: StudyConfig, run_name: str | None = None, parent_run_id: str | None = None) -> Iterator[str]:
     """The study's parent run (a child of parent_run_id when given: a sweep's point), with its config as params
-    and artifact; yields the run id. Runs an earlier, killed process left RUNNING are marked FAILED first."""
+    and artifact and its Python environment as an artifact; yields the run id. Runs an earlier, killed process
+    left RUNNING are marked FAILED first."""
     experiment_id = configure(config)
     for run_id in close_orphaned_runs(experiment_id):
         print(f"MLflow run {run_id} was left running by a killed process: marked FAILED")
@@ -250,6 +252,7 @@ def study_run(config: StudyConfig, run_name: str | None = None, parent_run_id: s
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags, **nesting) as run:
         mlflow.log_params(flat_params(config.model_dump(mode="json")))
         mlflow.log_dict(config.model_dump(mode="json"), "config.json")
+        mlflow.log_dict(environment(), "environment.json")  # every installed package, what pip freeze lists
         yield run.info.run_id
 
 

@@ -35,6 +35,8 @@ def test_puzzles_flow_writes_and_tracks_the_dataset(prefect_harness, micro):
     assert child.data.metrics["puzzles.train_count"] == config.puzzles.n_train
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "puzzles")}
     assert artifacts == {"puzzles/manifest.json", "puzzles/contact_sheet.png"}
+    environment = client.load_dict(f"runs:/{parent.info.run_id}/environment.json")  # what pip freeze lists
+    assert environment["packages"]["torch"] and environment["python"].startswith("3.")
     contexts = {i.tags[0].value for i in child.inputs.dataset_inputs}
     assert contexts == {"train", "test"}
     # The artifacts live beside the store, under the output dir, not in ./mlruns.
@@ -158,6 +160,7 @@ def test_study_over_seeds_reports_mean_and_ci(prefect_harness, tmp_path):
     run_info = json.loads((Path(result["report"]) / "run.json").read_text())
     assert run_info["command"].endswith("report/config.yaml") and run_info["wall_time_s"] > 0
     assert load_config(str(Path(result["report"]) / "config.yaml")).study_id == config.study_id
+    assert "trl" in json.loads((Path(result["report"]) / "environment.json").read_text())["packages"]
 
 
 def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path):

@@ -282,3 +282,28 @@ def test_micro_batches_take_the_same_step_in_less_memory(setup, tmp_path):
     one.arms.rft.steps, one.arms.rft.micro_batch_size = 1, 4
     history = json.loads((run_arm(one, "rft", BASE, dataset).final / "trainer_state.json").read_text())
     assert [h["step"] for h in history if "loss" in h] == [1]
+
+
+def test_an_arm_is_retrained_when_its_libraries_or_training_code_change(setup, tmp_path, monkeypatch):
+    """An arm's folder (its cache key) holds the training libraries' versions and the training code's syntax: a
+    TRL upgrade or a code change makes a new arm; a docstring or comment does not."""
+    from forgetting import environment
+
+    config, dataset = setup
+    before = arm_dir(config, "sft", BASE, dataset)
+    monkeypatch.setattr(environment, "installed", lambda name: "99.0" if name == "trl" else "1.0")
+    environment.training_fingerprint.cache_clear()
+    try:
+        assert arm_dir(config, "sft", BASE, dataset) != before
+    finally:
+        monkeypatch.undo()
+        environment.training_fingerprint.cache_clear()
+    assert arm_dir(config, "sft", BASE, dataset) == before
+
+    code = tmp_path / "code.py"
+    code.write_text('def f(x):\n    """Twice x."""\n    return 2 * x\n')
+    same = environment.code_fingerprint([code])
+    code.write_text('def f(x):\n    """Two times x."""\n\n    # doubled\n    return 2 * x\n')
+    assert environment.code_fingerprint([code]) == same
+    code.write_text('def f(x):\n    """Two times x."""\n    return 3 * x\n')
+    assert environment.code_fingerprint([code]) != same
