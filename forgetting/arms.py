@@ -5,8 +5,8 @@ forgetting/rollout_sft.py). Each arm has its own prompt style (arms.<arm>.prompt
 rollouts, its evaluation and the base's view of its data all read (arm_style).
 
 An arm's folder is named by the hash of what determines it (the base model's content, puzzles, model and arm
-settings, seed, the training libraries and code, and for rollout_sft the RFT arm it learns from), so changing one arm's settings retrains that
-arm and what depends on it only; a finished arm has final/, and a rerun finds it.
+settings, seed, the training libraries and code, and for rollout_sft the RFT arm it learns from), so changing one
+arm's settings retrains that arm and what depends on it only; a finished arm has final/, and a rerun finds it.
 
     python -m flows.train --profile micro     # the arms alone
 """

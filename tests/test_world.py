@@ -378,3 +378,15 @@ def test_pretraining_is_reproducible():
     assert all(
         torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
     )
+
+
+@pytest.mark.parametrize(("grid", "chance"), [("2x2", 1 / 23), ("3x3", 1 / 362879)])
+def test_the_jigsaw_probe_gives_the_chance_of_its_own_grid(grid, chance):
+    """A shuffled puzzle is any permutation but the identity: chance exact accuracy is 1 / (tiles! - 1)."""
+    from forgetting.config import PuzzleConfig
+    from forgetting.pretrain import jigsaw_probe
+
+    model, processor = load_model(ModelConfig(name_or_path="micro"), trainable=False)
+    puzzles = PuzzleConfig(grid=grid, source="synthetic" if grid == "2x2" else "bundled")
+    probe = jigsaw_probe(model, processor, n=2, samples=0, puzzles=puzzles, max_new_tokens=4)
+    assert probe["jigsaw.chance_exact"] == pytest.approx(chance)
