@@ -22,11 +22,13 @@ def check_inputs(config: StudyConfig, base_model: bool = True, benchmarks: bool 
             raise ConfigError(f"puzzles.folder: {folder} is not a directory")
     if config.arms.deepspeed and not Path(config.arms.deepspeed).expanduser().is_file():
         raise ConfigError(f"arms.deepspeed: {config.arms.deepspeed} is not a file")
-    if config.arms.rft.use_vllm:
-        import torch
+    import torch
 
-        if not torch.cuda.is_available():
-            raise ConfigError("arms.rft.use_vllm: vLLM rollouts need a GPU, and none is available")
+    if config.arms.rft.use_vllm and not torch.cuda.is_available():
+        raise ConfigError("arms.rft.use_vllm: vLLM rollouts need a GPU, and none is available")
+    gpus = torch.cuda.device_count()
+    if gpus and config.arms.num_processes > gpus:  # without a GPU, processes share the CPU (gloo)
+        raise ConfigError(f"arms.num_processes: {config.arms.num_processes} processes, one per GPU, but {gpus} found")
     check_tracking(config)  # an http(s) MLflow URI must answer
     if benchmarks:
         check_benchmarks(config.evaluation.benchmarks)  # raises EvaluationError, a ConfigError

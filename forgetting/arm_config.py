@@ -141,9 +141,18 @@ class ArmsConfig(Section):
         "below an arm's plateau on its learning curve. The evaluation reads them all.",
         exclude_if=lambda steps: not steps,  # left out of dumps and hashes when empty: ids unchanged
     )
+    num_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes each arm trains on, one per GPU. Above 1 an arm runs under `accelerate launch` "
+        "(DDP, or DeepSpeed with `deepspeed`) in a subprocess its task waits for; its first process alone writes "
+        "rollouts and logs to MLflow. A step still sees batch_size samples in all.",
+        exclude_if=lambda n: n == 1,  # left out of dumps and hashes at its default: ids unchanged
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on GPU).")
     deepspeed: str | None = Field(
-        None, description="Path to a DeepSpeed JSON config passed to the trainers (multi-GPU, via accelerate launch)."
+        None, description="Path to a DeepSpeed JSON config passed to the trainers (ZeRO-2/3 over num_processes GPUs)."
     )
 
     def rft_checkpoint_steps(self) -> list[int]:

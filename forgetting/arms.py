@@ -53,6 +53,8 @@ def arm_spec(config: StudyConfig, arm: str) -> dict:
         "prompt_style": arm_style(config, arm),
         "checkpoint_every": config.arms.checkpoint_every,
         **({"checkpoint_steps": config.arms.checkpoint_steps} if config.arms.checkpoint_steps else {}),
+        # several processes sample and reduce in another order: another arm (one process: ids as before)
+        **({"num_processes": config.arms.num_processes} if config.arms.num_processes > 1 else {}),
         "seed": config.seed,
     }
 
@@ -67,6 +69,29 @@ def arm_dir(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, up
     return config.output.path / "arms" / f"{arm}-{stable_hash(spec)[:10]}"
 
 
+def prepare_arm(
+    config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, rft: ArmResult | None = None
+) -> tuple[Path, list[dict] | None]:
+    """An arm's folder and the examples an SFT-type arm trains on (None for rft, which samples its own), their
+    data written there first (training_data.jsonl; rollout-SFT's fresh rollouts): every process of an arm that
+    trains on several reads the same. rollout_sft needs the rft arm's result."""
+    out = arm_dir(config, arm, base, dataset, upstream=str(rft.path) if rft else "")
+    style = arm_style(config, arm)
+    if arm in ("sft", "teacher_sft"):
+        pairs = ground_truth(config, arm, dataset)
+        write_training_data(out, pairs)
+        return out, sft_examples(dataset, style, dict(pairs))
+    if arm == "rft":
+        return out, None
+    if arm == "rollout_sft":
+        if rft is None:
+            raise ValueError("rollout_sft needs the rft arm's result")
+        kept = rollout_sft_data(config, rft, dataset, out)
+        write_training_data(out, [(r["puzzle_id"], r["completion"].strip()) for r in kept])
+        return out, rollout_sft_examples(dataset, kept, style)
+    raise ValueError(f"unknown arm {arm!r}; arms are {ARMS}")
+
+
 def run_arm(
     config: StudyConfig,
     arm: str,
@@ -75,25 +100,13 @@ def run_arm(
     rft: ArmResult | None = None,
     callbacks: Sequence = (),
 ) -> ArmResult:
-    """Train one arm, or find it trained (the plain function behind the Prefect task). rollout_sft needs the
-    rft arm's result; callbacks (TrainerCallbacks) get the Trainer's events and logs."""
-    out = arm_dir(config, arm, base, dataset, upstream=str(rft.path) if rft else "")
-    style = arm_style(config, arm)
-    if arm in ("sft", "teacher_sft"):
-        pairs = ground_truth(config, arm, dataset)
-        write_training_data(out, pairs)
-        examples = sft_examples(dataset, style, dict(pairs))
-        return train_sft(config, arm, getattr(config.arms, arm), base, examples, out, callbacks)
+    """Train one arm in this process, or find it trained (the plain function behind the Prefect task; an arm on
+    several processes runs this in each: tasks/arm_process.py). rollout_sft needs the rft arm's result;
+    callbacks (TrainerCallbacks) get the Trainer's events and logs."""
+    out, examples = prepare_arm(config, arm, base, dataset, rft)
     if arm == "rft":
         return train_rft(config, base, dataset, out, callbacks)
-    if arm == "rollout_sft":
-        if rft is None:
-            raise ValueError("rollout_sft needs the rft arm's result")
-        kept = rollout_sft_data(config, rft, dataset, out)
-        write_training_data(out, [(r["puzzle_id"], r["completion"].strip()) for r in kept])
-        examples = rollout_sft_examples(dataset, kept, style)
-        return train_sft(config, arm, config.arms.rollout_sft, base, examples, out, callbacks)
-    raise ValueError(f"unknown arm {arm!r}; arms are {ARMS}")
+    return train_sft(config, arm, getattr(config.arms, arm), base, examples, out, callbacks)
 
 
 def ground_truth(config: StudyConfig, arm: str, dataset: PuzzleDataset) -> list[tuple[str, str]]:

@@ -41,8 +41,10 @@ class RolloutRecorder:
             )
             for text, puzzle_id, parts in zip(texts, id, scored, strict=True)
         ]
-        with self.lock, open(self.path, "a") as f:
-            f.write("\n".join(lines) + "\n")
+        lines = shared.gathered(lines)  # an arm on several processes: every rank's, written by the main one
+        if lines is not None:
+            with self.lock, open(self.path, "a") as f:
+                f.write("\n".join(lines) + "\n")
         rewards = [parts.total for parts in scored]
         if log_metric is not None:
             log_metric("reward_parts/exact_rate", sum(parts.exact for parts in scored) / len(scored))
@@ -106,7 +108,8 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path,
     if (out / FINAL).is_dir():
         return ArmResult("rft", out, checkpoints(out), rollouts)
     resume = shared.last_checkpoint(out)
-    _truncate_rollouts(rollouts, resume)
+    if shared.is_main_process():
+        _truncate_rollouts(rollouts, resume)
     model, processor = load_model(config.model, base)
     style = config.arms.rft.prompt_style
     examples = shared.image_dataset(rft_examples(dataset, style))

@@ -14,6 +14,7 @@ from forgetting.inference import generate, sampling
 from forgetting.models import chat, load_model
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.rft import RolloutRecorder
+from forgetting.storage import write_text_once
 from forgetting.trainer import ArmResult, trl_messages
 
 
@@ -143,7 +144,7 @@ def rollout_sft_data(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset
         "kept": len(kept),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / SOURCE).write_text(json.dumps(provenance, indent=1) + "\n")
+    write_text_once(out / SOURCE, json.dumps(provenance, indent=1) + "\n")  # whole, even with several processes
     if not kept:
         raise NoCorrectRollouts(f"no exact rollouts in {rollouts}; the RFT arm never solved a puzzle")
     return kept

@@ -115,7 +115,7 @@ def last_checkpoint(out: Path) -> str | None:
             return checkpoint
         except (OSError, ValueError, KeyError):
             print(f"removing {checkpoint}: written only in part (killed while saving)")
-            shutil.rmtree(checkpoint)
+            shutil.rmtree(checkpoint, ignore_errors=True)  # an arm's other processes remove it too
     return None
 
 
@@ -126,8 +126,10 @@ def restore_weights(model, config: StudyConfig, checkpoint: str | None) -> None:
     `model.layers.*`, held as `model.language_model.layers.*`): it loads nothing and only warns, and the run
     goes on from the base weights with the checkpoint's optimizer state. Loading through from_pretrained maps
     the keys. (LoRA checkpoints hold adapter weights under PEFT's own names, which the Trainer loads right.)
-    Called after the trainer is built, so a reference model (GRPO's KL term) stays the base."""
-    if checkpoint is None or (Path(checkpoint) / "adapter_config.json").is_file():
+    Called after the trainer is built, so a reference model (GRPO's KL term) stays the base. Under DeepSpeed the
+    Trainer resumes from DeepSpeed's own checkpoint, under the module's own names, and ZeRO-3's parameters are
+    shards this process cannot load a whole tensor into: nothing to do here."""
+    if checkpoint is None or (Path(checkpoint) / "adapter_config.json").is_file() or config.arms.deepspeed:
         return
     saved, _ = load_model(config.model, checkpoint, trainable=False)
     model.load_state_dict(saved.state_dict(), strict=True)
@@ -138,14 +140,37 @@ def checkpoints(out: Path) -> tuple[str, ...]:
     return tuple(str(p) for p in sorted(found, key=lambda p: int(p.name.split("-")[-1])))
 
 
+def is_main_process() -> bool:
+    """Whether this process writes an arm's files: the only one, or rank 0 of an arm on several (RANK, set by
+    accelerate launch and torchrun)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def gathered(lines: list[str]) -> list[str] | None:
+    """Every process's lines, in rank order, on the main process (None on the others); the lines themselves in
+    a single process. Every process of the arm must call it at the same point."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return lines
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, lines)
+    return [line for part in every for line in part] if dist.get_rank() == 0 else None
+
+
 def finish(trainer, processor, out: Path) -> None:
-    """Save the final model (merged view not needed: LoRA saves the adapter) and processor atomically."""
+    """Save the final model (merged view not needed: LoRA saves the adapter) and processor atomically. Every
+    process saves the model (DeepSpeed ZeRO-3 gathers its shards), the main process alone writes."""
     tmp = out / f".{FINAL}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if is_main_process():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))
-    processor.save_pretrained(str(tmp))
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    tmp.rename(out / FINAL)
+    if is_main_process():
+        processor.save_pretrained(str(tmp))
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        tmp.rename(out / FINAL)
+    trainer.accelerator.wait_for_everyone()
 
 
 def fit(trainer, processor, config: StudyConfig, out: Path, resume: str | None, callbacks: Sequence = ()) -> None:

@@ -2,22 +2,32 @@
 when a retry can help (it resumes from the arm's last checkpoint), and logging to an MLflow child run of its
 own: the arm's own settings as parameters, the Trainer's curves, its full arguments as one file, where the arm
 lies, its final weights and rollouts.
+
+An arm on several processes (arms.num_processes > 1): its task writes the arm's data, runs `accelerate launch` of
+tasks/arm_process.py (one process per GPU) and waits for it; the flow sees one arm folder, as with one process.
+Without a GPU the processes talk over gloo (the tests do this on 2 CPU processes).
 """
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
+from collections import deque
+from pathlib import Path
 
 import mlflow
 from prefect.assets import materialize
 from transformers import TrainerCallback
 
 from assets import arm_checkpoints
-from forgetting.arms import arm_dir, arm_spec, run_arm
+from forgetting.arms import arm_dir, arm_spec, prepare_arm, run_arm
 from forgetting.config import ConfigError, StudyConfig
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.rollout_sft import NoCorrectRollouts
 from forgetting.trainer import ArmResult
-from tasks.tracking import child_run, flat_params
+from tasks.tracking import child_run, flat_params, tracking_uri
 
 
 class MlflowMetrics(TrainerCallback):
@@ -90,9 +100,63 @@ def _tracked_arm(
 ) -> ArmResult:
     with child_run(parent_run_id, arm, tags={"arm": arm, "stage": "train"}) as run_id:
         mlflow.log_params(arm_params(config, arm))
+        if config.arms.num_processes > 1:  # trained by processes of their own; run_arm then finds it
+            launch_arm(config, arm, base, dataset, rft, run_id)
         result = run_arm(config, arm, base, dataset, rft, callbacks=[MlflowMetrics(run_id), StepLog(arm)])
         mlflow.log_params({"arm_dir": str(result.path), "base_model": base, "checkpoints": len(result.checkpoints)})
         if result.rollouts is not None and result.rollouts.exists():
             mlflow.log_artifact(str(result.rollouts), "rollouts")
         mlflow.log_artifacts(str(result.final), "final")
     return result
+
+
+LAUNCH = "launch.json"
+
+
+def launch_command(config: StudyConfig, spec: Path, port: int) -> list[str]:
+    """accelerate launch of tasks/arm_process.py on arms.num_processes processes of this machine (its GPUs, or
+    CPU processes over gloo)."""
+    n = config.arms.num_processes
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_machines", "1", "--num_processes", str(n), "--main_process_port", str(port),
+        "--mixed_precision", "no",  # the trainers' own bf16 setting decides (forgetting/trainer.py:device_args)
+        "--dynamo_backend", "no",
+        "-m", "tasks.arm_process", str(spec),
+    ]  # fmt: skip
+
+
+def launch_arm(
+    config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, rft: ArmResult | None, run_id: str
+) -> None:
+    """Train arm on config.arms.num_processes processes and wait for them; their output goes to this process's
+    (the flow run's log). A process that fails fails the arm, with the last lines of what they printed."""
+    out, _ = prepare_arm(config, arm, base, dataset, rft)  # the data, once, before the processes start
+    spec = {
+        "config": config.model_dump(mode="json"),
+        "arm": arm,
+        "base": base,
+        "puzzles": str(dataset.path),
+        "rft": str(rft.path) if rft else None,
+        "run_id": run_id,
+        "tracking_uri": tracking_uri(config),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LAUNCH).write_text(json.dumps(spec, indent=1) + "\n")
+    threads = max(1, (os.cpu_count() or 1) // config.arms.num_processes)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    command = launch_command(config, out / LAUNCH, _free_port())
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            tail.append(line.rstrip())
+            print(line, end="")
+    if process.returncode:
+        lines = "\n".join(tail)
+        raise RuntimeError(f"{arm} on {config.arms.num_processes} processes exited with {process.returncode}:\n{lines}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -35,8 +35,8 @@ def test_puzzles_flow_writes_and_tracks_the_dataset(prefect_harness, micro):
     assert child.data.metrics["puzzles.train_count"] == config.puzzles.n_train
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "puzzles")}
     assert artifacts == {"puzzles/manifest.json", "puzzles/contact_sheet.png"}
-    environment = client.load_dict(f"runs:/{parent.info.run_id}/environment.json")  # what pip freeze lists
-    assert environment["packages"]["torch"] and environment["python"].startswith("3.")
+    environment = json.loads(Path(client.download_artifacts(parent.info.run_id, "environment.json")).read_text())
+    assert environment["packages"]["torch"] and environment["python"].startswith("3.")  # what pip freeze lists
     contexts = {i.tags[0].value for i in child.inputs.dataset_inputs}
     assert contexts == {"train", "test"}
     # The artifacts live beside the store, under the output dir, not in ./mlruns.
@@ -283,3 +283,32 @@ def test_the_four_arms_on_the_think_prompt(prefect_harness, tmp_path, monkeypatc
         ConfigError, match=r"early_step 3 is not a step the RFT arm saves a checkpoint at; it saves at \[2\]"
     ):
         load_config("micro", [*think, "arms.rollout_sft.early_step=3"], str(tmp_path))  # before any work
+
+
+def test_arms_on_two_processes(prefect_harness, micro):
+    """arms.num_processes=2: each arm trains under accelerate launch on 2 processes (here CPU ones, over gloo),
+    which the flow waits for; it sees one arm folder, rank 0 alone writes the rollouts (every rank's, once) and
+    logs each step once to the arm's MLflow run."""
+    from flows.train import train_flow
+    from forgetting.arms import arm_dir
+    from forgetting.models import SHIPPED
+    from forgetting.puzzle_data import PuzzleDataset
+
+    config = micro.model_copy(deep=True)
+    config.arms.num_processes = 2
+    config.arms.rollout_sft.enabled = False
+    paths = train_flow(config)
+    assert set(paths) == {"sft", "rft"}
+    puzzles = next((config.output.path / "puzzles").iterdir())
+    sft = arm_dir(config, "sft", str(SHIPPED["micro"]), PuzzleDataset(puzzles, puzzles.name))
+    assert Path(paths["sft"]) == sft and (sft / "final" / "model.safetensors").is_file()
+    assert len(list((config.output.path / "arms").iterdir())) == 2  # one folder an arm, as with one process
+    rft = Path(paths["rft"])
+    rows = [json.loads(line) for line in (rft / "rollouts.jsonl").read_text().splitlines()]
+    steps = config.arms.rft.steps
+    assert len(rows) == steps * config.arms.rft.batch_size  # 8 completions a step, 4 from each process
+    assert sorted({r["step"] for r in rows}) == list(range(steps))
+    client, runs = _runs(config)
+    for arm, metric in (("sft", "loss"), ("rft", "reward")):
+        run = next(r for r in runs if r.info.run_name == arm)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == list(range(1, steps + 1))

@@ -307,3 +307,22 @@ def test_an_arm_is_retrained_when_its_libraries_or_training_code_change(setup, t
     assert environment.code_fingerprint([code]) == same
     code.write_text('def f(x):\n    """Two times x."""\n    return 3 * x\n')
     assert environment.code_fingerprint([code]) != same
+
+
+def test_resuming_under_deepspeed_leaves_the_weights_to_deepspeed(setup):
+    """Under DeepSpeed the Trainer resumes from DeepSpeed's own checkpoint, and ZeRO-3 holds every parameter as a
+    shard (outside a gather, an empty tensor, as here), which a whole-tensor load_state_dict cannot fill:
+    restore_weights leaves them to DeepSpeed instead of failing the resume."""
+    from forgetting.models import load_model
+    from forgetting.trainer import restore_weights
+
+    config, dataset = setup
+    checkpoint = run_arm(config, "sft", BASE, dataset).checkpoints[-1]
+    model, _ = load_model(config.model, BASE)
+    for parameter in model.parameters():
+        parameter.data = torch.empty(0)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        restore_weights(model, config, checkpoint)  # what a ZeRO-3 resume did
+    zero3 = config.model_copy(deep=True)
+    zero3.arms.deepspeed = "configs/accelerate/zero3.json"
+    restore_weights(model, zero3, checkpoint)
