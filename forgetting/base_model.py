@@ -5,13 +5,14 @@ python -m flows.pretrain_base --profile tiny     # rebuild assets/tiny-base, the
 """
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from forgetting.config import StudyConfig
-from forgetting.models import model_fingerprint, pick_device, project_size, resolve_model_path
+from forgetting.models import architecture_only, model_fingerprint, pick_device, project_size, resolve_model_path
 from forgetting.pretrain import answered_correct, held_out, jigsaw_probe, pretrain, save_base
 from forgetting.storage import stable_hash, write_once
 from forgetting.world import ANSWER_FORMATS, PRIOR_TASKS, Item, fingerprint, make_split
@@ -99,10 +100,50 @@ def probe_puzzles(config: StudyConfig) -> str:
 
 
 def resolve_base(config: StudyConfig) -> str:
-    """A path or hub id the loader takes: the study's own pretraining when model.pretrain, else the model named."""
+    """A path or hub id the loader takes: the study's own pretraining when model.pretrain, the study's random
+    initialisation when the model named is an architecture without weights (forgetting/architectures.py), else the
+    model named."""
     if config.model.pretrain:
         return str(pretrain_dir(config))
-    return resolve_model_path(config.model.name_or_path)
+    named = resolve_model_path(config.model.name_or_path)
+    if architecture_only(named):
+        spec = [model_fingerprint(named), config.pretrain.seed]
+        return str(config.output.path / "base" / f"{Path(named).name}-random-{stable_hash(spec)[:10]}")
+    return named
+
+
+def build_base(config: StudyConfig, target: Path, log=lambda metrics, step: None) -> None:
+    """Make the study's own base at target (resolve_base) unless it is there: pretrain it (model.pretrain), or
+    initialise the architecture named at random (seed: pretrain.seed) and save it with the architecture's
+    tokenizer, chat template, processor and generation settings. A model named as it is needs nothing."""
+    if (target / "model_card.json").is_file():
+        return
+    if config.model.pretrain:
+        pretrain_base_model(config, target, log)
+        return
+    named = Path(resolve_model_path(config.model.name_or_path))
+    if not architecture_only(named):
+        return
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    started = time.perf_counter()
+    with write_once(target) as tmp:
+        with torch.random.fork_rng():
+            torch.manual_seed(config.pretrain.seed)
+            model = Qwen2_5_VLForConditionalGeneration(AutoConfig.from_pretrained(named))
+        model.save_pretrained(tmp)
+        for file in named.iterdir():  # its tokenizer, template, processor and generation settings, not the model's
+            if file.is_file() and file.name != "config.json":
+                shutil.copy(file, tmp / file.name)
+        card = {
+            "initialised": "at random",
+            "architecture": str(named),
+            "architecture_fingerprint": model_fingerprint(str(named)),
+            "seed": config.pretrain.seed,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "wall_time_s": round(time.perf_counter() - started, 1),
+        }
+        (tmp / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
 
 
 def heldout_dir(config: StudyConfig) -> Path:

@@ -205,6 +205,8 @@ def resolve_model_path(name_or_path: str) -> str:
             )
         return str(path)
     path = Path(name_or_path).expanduser()
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path / "config.json").is_file():
+        path = REPO_ROOT / path  # a folder of the repository's (assets/...), from anywhere
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise ModelLoadError(
@@ -225,6 +227,16 @@ def resolve_model_path(name_or_path: str) -> str:
                 "cache; download it first or give a local directory"
             )
     return name_or_path
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "adapter_config.json")
+
+
+def architecture_only(path: str | Path) -> bool:
+    """Whether a model folder holds an architecture without weights (forgetting/architectures.py writes them; the
+    base stage initialises them at random: forgetting/base_model.py:build_base)."""
+    path = Path(path)
+    return (path / "config.json").is_file() and not any(next(path.glob(p), None) for p in WEIGHT_FILES)
 
 
 _FINGERPRINTS: dict[tuple, str] = {}
@@ -297,6 +309,11 @@ def _load(config: ModelConfig, path: str, trainable: bool):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     fast_paths.install()  # the same computation, faster vision path (forgetting/fast_paths.py)
+    if architecture_only(path):
+        raise ModelLoadError(
+            f"model: {path} holds an architecture without weights; a study's base stage initialises it at random "
+            "(python -m flows.study), writing the base with weights under <output>/base/"
+        )
     device = pick_device(config)
     dtype = pick_dtype(config, device)
     processor = AutoProcessor.from_pretrained(path)

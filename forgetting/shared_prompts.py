@@ -13,7 +13,8 @@ image) that many times over, and the prompt is most of every sequence (the tiny 
 Step 3's log-probabilities are those of one forward over whole sequences up to float rounding, and so are
 their gradients; tests/test_shared_prompts.py checks both against TRL's own path. It is used for the policy's
 and the reference model's log-probabilities (GRPOTrainer._get_per_token_logps_and_entropies) when every
-sample has one image and some prompt repeats; anything else takes TRL's own path.
+sample has one image, some prompt repeats and the model keeps a cache (no gradient checkpointing); anything else
+takes TRL's own path.
 """
 
 import functools
@@ -95,9 +96,16 @@ def shared_prompt_logps(
     return out.log_probs[:, -logits_to_keep:], (out.entropy[:, -logits_to_keep:] if compute_entropy else None)
 
 
+def checkpointed(model) -> bool:
+    """Whether the model recomputes its activations in the backward pass (gradient checkpointing): transformers
+    then keeps no cache in training, and the prompts' keys and values cannot be shared."""
+    return any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
+
+
 class SharedPrompts:
     """Mixed into GRPOTrainer (grpo_trainer()): its log-probabilities run each distinct prompt once
-    (shared_prompt_logps) when every sample has one image and the call is not chunked; TRL's own path otherwise."""
+    (shared_prompt_logps) when every sample has one image, the call is not chunked and the model keeps a cache (no
+    gradient checkpointing); TRL's own path otherwise."""
 
     OTHER_INPUTS = ("pixel_attention_mask", "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids")
 
@@ -110,6 +118,7 @@ class SharedPrompts:
             and images is not None
             and set(images) == {1}
             and (chunk is None or chunk >= input_ids.shape[0])
+            and not checkpointed(self.accelerator.unwrap_model(model))
         )
         if usable:
             with self.accelerator.autocast():

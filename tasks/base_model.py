@@ -9,19 +9,19 @@ import mlflow
 from prefect.assets import materialize
 
 from assets import base_model, prior_benchmarks
-from forgetting.base_model import heldout_dir, pretrain_base_model, resolve_base, write_heldout_sets
+from forgetting.base_model import build_base, heldout_dir, pretrain_base_model, resolve_base, write_heldout_sets
 from forgetting.config import StudyConfig
 from tasks.tracking import child_run
 
 
 def base_model_task(config: StudyConfig, log=lambda metrics, step: None) -> str:
-    """Resolve the base model, pretraining it first when the study asks to; materializes assets.base_model."""
+    """Resolve the base model, pretraining or initialising it first when the study's is its own (build_base);
+    materializes assets.base_model."""
     target = resolve_base(config)
 
     @materialize(base_model(target), name="resolve-base-model", retries=1)
     def resolve(config: StudyConfig) -> str:
-        if config.model.pretrain and not (Path(target) / "model_card.json").is_file():
-            pretrain_base_model(config, Path(target), log)
+        build_base(config, Path(target), log)  # the study's own pretraining or random initialisation, if any
         return target
 
     return resolve(config)

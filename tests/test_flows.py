@@ -312,3 +312,49 @@ def test_arms_on_two_processes(prefect_harness, micro):
     for arm, metric in (("sft", "loss"), ("rft", "reward")):
         run = next(r for r in runs if r.info.run_name == arm)
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == list(range(1, steps + 1))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+# What paper-3b-smoke may change of paper-3b: the model, sizes, steps, the benchmarks' stand-in, CPU settings.
+SMOKE_SHRINKS = {
+    "name", "output.dir", "model.name_or_path", "model.dtype", "model.device",
+    "arms.checkpoint_every", "arms.rft.use_vllm",
+    "puzzles.source", "puzzles.folder", "puzzles.image_size", "puzzles.n_train", "puzzles.n_test",
+    "evaluation.benchmarks", "evaluation.limit", "evaluation.batch_size", "evaluation.every",
+    *(f"arms.{a}.{k}" for a in ("sft", "rft", "rollout_sft") for k in ("steps", "batch_size", "micro_batch_size")),
+    "arms.rft.num_generations", "arms.rft.max_new_tokens",
+}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_paper_profile_runs_end_to_end_on_its_architecture_cut_down(prefect_harness, tmp_path):
+    """paper-3b-smoke: every stage of the paper profile's code path on Qwen2.5-VL-3B's architecture cut to 2 text
+    layers and 2 vision blocks, initialised at random by the study, with the stock chat template and generation
+    settings: LoRA, gradient checkpointing, micro batches, think style, 3x3 photo jigsaws, a group lm-eval scores
+    as one. It differs from paper-3b only where a smoke run must shrink."""
+    from forgetting.profiles import load_config
+
+    smoke = load_config("paper-3b-smoke", output_dir=str(tmp_path))
+    paper, mine = _flat(load_config("paper-3b").model_dump(mode="json")), _flat(smoke.model_dump(mode="json"))
+    assert {k for k in paper.keys() | mine.keys() if paper.get(k) != mine.get(k)} <= SMOKE_SHRINKS
+    result = study(smoke)
+    base = Path(result["base_model"])
+    assert json.loads((base / "model_card.json").read_text())["initialised"] == "at random"
+    architecture = json.loads((base / "config.json").read_text())
+    assert architecture["text_config"]["hidden_size"] == 2048 and architecture["text_config"]["num_hidden_layers"] == 2
+    assert architecture["vision_config"]["hidden_size"] == 1280 and architecture["vision_config"]["depth"] == 2
+    assert json.loads((base / "generation_config.json").read_text())["top_k"] == 1  # the stock settings, set aside
+    assert set(result["arms"]) == {"sft", "rft"}  # a random model solves no 3x3 jigsaw: rollout-SFT says so
+    for arm in ("sft", "rft"):
+        assert (Path(result["arms"][arm]) / "adapter_config.json").is_file()
+    summary = json.loads((Path(result["report"]) / "summary.json").read_text())
+    assert summary["arms"]["sft"]["data_nll"] > 0 and summary["arms"]["base"]["format_collapse"] >= 0
+    rows = pd.read_csv(Path(result["report"]) / "forgetting.csv")
+    assert set(rows.benchmark) == {"jigsaw_think", "tiny_world_quadrants"}
+    assert set(rows[rows.benchmark == "tiny_world_quadrants"].n) == {3 * smoke.evaluation.limit}

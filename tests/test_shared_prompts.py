@@ -100,3 +100,18 @@ def test_no_repeated_prompt_takes_trls_path(group_batch, monkeypatch):
     )
     Bare()._get_per_token_logps_and_entropies(model, ids[rows], mask[rows], 7, **extra)
     assert called == [1]
+
+
+def test_gradient_checkpointing_takes_trls_path(group_batch, monkeypatch):
+    """With gradient checkpointing transformers keeps no cache in training (the paper profiles' setting): the
+    prompts cannot be shared, and TRL's own path computes the log-probabilities."""
+    model, ids, mask, _, extra = group_batch
+    model.gradient_checkpointing_enable()
+    model.train()
+    called = []
+    original = GRPOTrainer._get_per_token_logps_and_entropies
+    monkeypatch.setattr(
+        GRPOTrainer, "_get_per_token_logps_and_entropies", lambda *a, **k: called.append(1) or original(*a, **k)
+    )
+    logps, _, _ = Bare()._get_per_token_logps_and_entropies(model, ids, mask, 7, **extra)
+    assert called == [1] and logps.shape == (12, 7)

@@ -390,3 +390,19 @@ def test_the_jigsaw_probe_gives_the_chance_of_its_own_grid(grid, chance):
     puzzles = PuzzleConfig(grid=grid, source="synthetic" if grid == "2x2" else "bundled")
     probe = jigsaw_probe(model, processor, n=2, samples=0, puzzles=puzzles, max_new_tokens=4)
     assert probe["jigsaw.chance_exact"] == pytest.approx(chance)
+
+
+def test_the_shipped_architecture_is_what_its_command_writes_and_loads_only_through_a_study(tmp_path):
+    """assets/qwen2.5-vl-3b-smoke is forgetting/architectures.py's output (Qwen2.5-VL-3B's settings, 2 text layers,
+    2 vision blocks, no weights); loading it as a model is a clear error (a study's base stage initialises it)."""
+    from forgetting.architectures import write_architecture
+    from forgetting.config import REPO_ROOT
+    from forgetting.models import ModelLoadError
+
+    shipped = REPO_ROOT / "assets" / "qwen2.5-vl-3b-smoke"
+    fresh = write_architecture(tmp_path / shipped.name, text_layers=2, vision_blocks=2)
+    assert sorted(p.name for p in fresh.iterdir()) == sorted(p.name for p in shipped.iterdir())
+    for file in shipped.iterdir():
+        assert (fresh / file.name).read_text() == file.read_text(), file.name
+    with pytest.raises(ModelLoadError, match="architecture without weights"):
+        load_model(ModelConfig(name_or_path="assets/qwen2.5-vl-3b-smoke"))

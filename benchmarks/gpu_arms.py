@@ -1,0 +1,205 @@
+"""The arms' speed at the paper's model size on a GPU: SFT tokens/s and model FLOP utilisation, GRPO rollout
+tokens/s with transformers' generate and with vLLM where it is installed.
+
+    python benchmarks/gpu_arms.py                       # on a CUDA machine: Qwen2.5-VL-3B-sized, bf16
+    python benchmarks/gpu_arms.py --text-layers 1 --vision-blocks 1 --steps 2 --rollout-tokens 8   # a CPU check
+
+The model is Qwen2.5-VL-3B's architecture at full widths and depth (forgetting/architectures.py), with its real
+151,936-token embedding and head, initialised at random: the weights do not change the arithmetic. Inputs are what
+the paper profile trains on: 3x3 jigsaws of the bundled photos at 504 px (324 image tokens a prompt, 1,296 patches
+through the vision tower) with the think prompt, batched through the project's processor path.
+
+- SFT: forward, backward and AdamW step on --batch sequences (LoRA as the paper profiles train, or --full),
+  bf16, gradient checkpointing as the profiles set it. Model FLOPs per step: 2 x parameters x tokens for the
+  forward (vision blocks on their patches, the merger on its tokens, the language model on every token), twice
+  that for the backward's activation gradients, and once more for the weights' gradients when training all of
+  them (--full); recomputation under gradient checkpointing is not counted (MFU, as usual). MFU = model FLOP/s over
+  the GPU's dense bf16 peak (--peak-tflops, or a table by device name).
+- GRPO rollouts: --generations completions of --prompts prompts sampled at temperature 1 for --rollout-tokens
+  tokens each (a random model rarely stops: every completion runs to the limit), generated tokens/s; then the same
+  through vLLM when it imports (its failure is reported, not raised).
+
+Prints one JSON line last.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from forgetting.architectures import architecture_config, project_tokenizer, stock_chat_template
+from forgetting.config import PuzzleConfig
+from forgetting.inference import generate, sampling
+from forgetting.models import LORA_TARGETS, batch, build_processor, chat
+from forgetting.puzzle_data import generate_puzzles
+from forgetting.puzzles import make_target
+
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}  # dense bf16
+
+
+def peak_tflops(device: torch.device, given: float | None) -> float | None:
+    if given or device.type != "cuda":
+        return given
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+
+
+def build(args, device: torch.device, dtype: torch.dtype):
+    """The random-init model (LoRA-wrapped unless --full) and the processor with the stock template."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = project_tokenizer(stock_chat_template())
+    config = architecture_config(tokenizer, args.text_layers, args.vision_blocks, vocab_size=151936)
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(device=device, dtype=dtype)
+    return model, build_processor(tokenizer)
+
+
+def puzzle_conversations(n: int, answers: bool) -> list[list[dict]]:
+    """n think-prompt 3x3 jigsaws of the bundled photos at 504 px, with their answers when asked."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = PuzzleConfig(grid="3x3", source="bundled", image_size=504, n_train=n, n_test=1)
+        dataset = generate_puzzles(config, Path(tmp))
+        records = dataset.records("train")[:n]
+        return [
+            chat(r["prompt_think"], dataset.image(r), make_target(r["answer"], "think") if answers else None)
+            for r in records
+        ]
+
+
+def model_flops(model, inputs: dict, trained_weights: bool) -> float:
+    """A step's model FLOPs. Forward: 2 x parameters x tokens for each part (the vision blocks on the patches, the
+    merger on the merged tokens, the language model's layers and head on every token; the embedding is a lookup).
+    Backward: activation gradients as much again as the forward, weight gradients once more (--full). With LoRA
+    the vision tower has nothing to train and no gradient reaches it: forward only."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    visual, language = inner.model.visual, inner.model.language_model
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    patches = int(inputs["image_grid_thw"].prod(-1).sum())
+    tokens = int(inputs["attention_mask"].sum())
+    vision = 2 * ((count(visual) - count(visual.merger)) * patches + count(visual.merger) * patches // 4)
+    text = 2 * (count(language) - language.embed_tokens.weight.numel() + inner.lm_head.weight.numel()) * tokens
+    return 3 * (vision + text) if trained_weights else vision + 2 * text
+
+
+def sft_speed(args, model, processor, device: torch.device) -> dict:
+    conversations = puzzle_conversations(args.batch, answers=True)
+    inputs = {k: v.to(device) for k, v in batch(processor, conversations, train=True).items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    model.train()
+    if args.checkpointing:
+        model.gradient_checkpointing_enable()
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    times = []
+    for step in range(args.steps + 1):
+        synchronize(device)
+        started = time.perf_counter()
+        loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        if step:  # the first is warm-up
+            times.append(time.perf_counter() - started)
+    seconds = sorted(times)[len(times) // 2]
+    flops = model_flops(model, inputs, trained_weights=args.full)
+    return {
+        "sft_step_s": round(seconds, 4),
+        "sft_tokens_per_s": round(int(inputs["attention_mask"].sum()) / seconds, 1),
+        "sft_model_tflops_per_s": round(flops / seconds / 1e12, 2),
+        "sft_tokens_per_step": int(inputs["attention_mask"].sum()),
+    }
+
+
+def rollout_speed(args, model, processor) -> dict:
+    model.eval()
+    prompts = puzzle_conversations(args.prompts, answers=False)
+    conversations = [c for c in prompts for _ in range(args.generations)]
+    generate(model, processor, conversations[:2], 2, len(conversations), **sampling(1.0))  # warm-up
+    synchronize(model.device)
+    started = time.perf_counter()
+    texts = generate(model, processor, conversations, args.rollout_tokens, len(conversations), **sampling(1.0))
+    synchronize(model.device)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(processor.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    return {"rollout_hf_s": round(seconds, 2), "rollout_hf_tokens_per_s": round(tokens / seconds, 1)}
+
+
+def vllm_speed(args, model, processor) -> dict:
+    """The same rollouts through vLLM from the model saved to a folder; {"vllm": why not} when it cannot run."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as err:
+        return {"vllm": f"not installed ({err.name})"}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            (model.merge_and_unload() if hasattr(model, "merge_and_unload") else model).save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+            llm = LLM(model=tmp, dtype="bfloat16", gpu_memory_utilization=0.5, limit_mm_per_prompt={"image": 1})
+            prompts = puzzle_conversations(args.prompts, answers=False)
+            requests = [
+                {
+                    "prompt": processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+                    "multi_modal_data": {"image": c[0]["content"][0]["image"]},
+                }
+                for c in prompts
+                for _ in range(args.generations)
+            ]
+            params = SamplingParams(temperature=1.0, top_k=-1, top_p=1.0, max_tokens=args.rollout_tokens)
+            llm.generate(requests[:2], params)
+            started = time.perf_counter()
+            outputs = llm.generate(requests, params)
+            seconds = time.perf_counter() - started
+        tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+        return {"rollout_vllm_s": round(seconds, 2), "rollout_vllm_tokens_per_s": round(tokens / seconds, 1)}
+    except Exception as err:  # noqa: BLE001 - reported with the figures, the rest still stands
+        return {"vllm": f"failed: {type(err).__name__}: {err}"[:300]}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--text-layers", type=int, default=None, help="default: all 36")
+    parser.add_argument("--vision-blocks", type=int, default=None, help="default: all 32")
+    parser.add_argument("--batch", type=int, default=8, help="SFT sequences a step")
+    parser.add_argument("--steps", type=int, default=5, help="timed SFT steps (after one warm-up)")
+    parser.add_argument("--full", action="store_true", help="train every weight (default: LoRA r 64, as the profiles)")
+    parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--generations", type=int, default=8)
+    parser.add_argument("--rollout-tokens", type=int, default=256)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model, processor = build(args, device, dtype)
+    parameters = sum(p.numel() for p in model.parameters())
+    if not args.full:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=64, lora_alpha=128, target_modules=LORA_TARGETS))
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "parameters": parameters,
+        "finetune": "full" if args.full else "lora",
+        **sft_speed(args, model, processor, device),
+        **rollout_speed(args, model, processor),
+    }
+    peak = peak_tflops(device, args.peak_tflops)
+    result["sft_mfu"] = round(result["sft_model_tflops_per_s"] / peak, 3) if peak else None
+    if device.type == "cuda":
+        result |= vllm_speed(args, model, processor)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
