@@ -32,7 +32,7 @@ import torch
 
 from forgetting.architectures import architecture_config, project_tokenizer, stock_chat_template
 from forgetting.config import PuzzleConfig
-from forgetting.inference import generate, sampling
+from forgetting.inference import sampling
 from forgetting.models import LORA_TARGETS, batch, build_processor, chat
 from forgetting.puzzle_data import generate_puzzles
 from forgetting.puzzles import make_target
@@ -116,17 +116,21 @@ def sft_speed(args, model, processor, device: torch.device) -> dict:
     }
 
 
+@torch.no_grad()
 def rollout_speed(args, model, processor) -> dict:
+    """Generated tokens/s of one batch of rollouts through generate, sampled as GRPO samples (sampling()). Tokens
+    are counted as generated (ids past the project tokenizer's 509 decode to nothing: the head is the real 151,936)."""
     model.eval()
     prompts = puzzle_conversations(args.prompts, answers=False)
-    conversations = [c for c in prompts for _ in range(args.generations)]
-    generate(model, processor, conversations[:2], 2, len(conversations), **sampling(1.0))  # warm-up
+    inputs = batch(processor, [c for c in prompts for _ in range(args.generations)], train=False)
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    model.generate(**inputs, max_new_tokens=2, **sampling(1.0))  # warm-up
     synchronize(model.device)
     started = time.perf_counter()
-    texts = generate(model, processor, conversations, args.rollout_tokens, len(conversations), **sampling(1.0))
+    out = model.generate(**inputs, max_new_tokens=args.rollout_tokens, **sampling(1.0))
     synchronize(model.device)
     seconds = time.perf_counter() - started
-    tokens = sum(len(processor.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    tokens = int((out[:, inputs["input_ids"].shape[1] :] != processor.tokenizer.pad_token_id).sum())
     return {"rollout_hf_s": round(seconds, 2), "rollout_hf_tokens_per_s": round(tokens / seconds, 1)}
 
 
@@ -150,7 +154,9 @@ def vllm_speed(args, model, processor) -> dict:
                 for c in prompts
                 for _ in range(args.generations)
             ]
-            params = SamplingParams(temperature=1.0, top_k=-1, top_p=1.0, max_tokens=args.rollout_tokens)
+            params = SamplingParams(
+                temperature=1.0, top_k=-1, top_p=1.0, max_tokens=args.rollout_tokens, detokenize=False
+            )
             llm.generate(requests[:2], params)
             started = time.perf_counter()
             outputs = llm.generate(requests, params)
