@@ -33,9 +33,10 @@ import torch
 from forgetting.architectures import architecture_config, project_tokenizer, stock_chat_template
 from forgetting.config import PuzzleConfig
 from forgetting.inference import sampling
-from forgetting.models import LORA_TARGETS, batch, build_processor, chat
+from forgetting.models import LORA_TARGETS, batch, chat
 from forgetting.puzzle_data import generate_puzzles
 from forgetting.puzzles import make_target
+from forgetting.tiny_models import build_processor
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}  # dense bf16
 

@@ -23,9 +23,10 @@ from forgetting import world
 from forgetting.config import ModelConfig, PretrainConfig, PuzzleConfig
 from forgetting.evaluation import puzzle_scores
 from forgetting.inference import generate
-from forgetting.models import batch, build_processor, build_tiny_model, chat, load_model, train_tokenizer
+from forgetting.models import batch, chat, load_model
 from forgetting.puzzle_data import generate_puzzles
 from forgetting.puzzles import answer_text, well_formed_think
+from forgetting.tiny_models import build_processor, build_tiny_model, train_tokenizer
 from forgetting.vision_heads import VISION_TASKS, VisionAux, VisionHeads
 
 

@@ -16,14 +16,10 @@ from forgetting.models import (
     SHIPPED,
     ModelLoadError,
     batch,
-    build_processor,
-    build_tiny_model,
     chat,
-    chat_template,
     load_model,
     model_fingerprint,
     resolve_model_path,
-    train_tokenizer,
 )
 from forgetting.pretrain import (
     TaskDraws,
@@ -36,6 +32,7 @@ from forgetting.pretrain import (
     warm_up_vision,
 )
 from forgetting.puzzles import answer_text, make_prompt, well_formed_think
+from forgetting.tiny_models import build_processor, build_tiny_model, chat_template, train_tokenizer
 from forgetting.vision_heads import VISION_TASKS, VisionAux
 
 
