@@ -281,8 +281,12 @@ def benchmark_rows(out: dict, requested: list[str]) -> tuple[list[dict], list[di
     records {benchmark, task, doc_id, target, response, score, format_ok} of its tasks. format_ok: the task's own
     check (the shipped tasks), else the study's for the task's family (forgetting/answer_formats.py), else None;
     format_failures counts the samples out of format, None when a task has no check."""
+    benchmarks = dict.fromkeys(b for name in requested for b in compared(name, out))
+    benchmark_of = {task: b for b in benchmarks for task in _tasks_of(b, out)}
     samples = []
     for task, task_samples in out["samples"].items():
+        if task not in benchmark_of:
+            continue
         metric, check = score_metric(out["results"][task]), format_check(task)
         for s in task_samples:
             response = s["filtered_resps"][0] if s["filtered_resps"] else ""
@@ -290,6 +294,7 @@ def benchmark_rows(out: dict, requested: list[str]) -> tuple[list[dict], list[di
             ok = s.get("format_ok", check(s["doc"], response) if check else None)
             samples.append(
                 {
+                    "benchmark": benchmark_of[task],
                     "task": task,
                     "doc_id": s["doc_id"],
                     "target": s["target"],
@@ -299,14 +304,10 @@ def benchmark_rows(out: dict, requested: list[str]) -> tuple[list[dict], list[di
                 }
             )
     rows = []
-    for benchmark in dict.fromkeys(b for name in requested for b in compared(name, out)):
+    for benchmark in benchmarks:
         result = out["results"][benchmark]
         metric = score_metric(result)
-        tasks = _tasks_of(benchmark, out)
-        mine = [s for s in samples if s["task"] in tasks]
-        for s in mine:
-            s["benchmark"] = benchmark
-        checked = [s["format_ok"] for s in mine]
+        checked = [s["format_ok"] for s in samples if s["benchmark"] == benchmark]
         stderr = result.get(f"{metric}_stderr,none")
         rows.append(
             {
@@ -314,11 +315,11 @@ def benchmark_rows(out: dict, requested: list[str]) -> tuple[list[dict], list[di
                 "metric": metric,
                 "value": float(result[f"{metric},none"]),
                 "stderr": float(stderr) if isinstance(stderr, int | float) else math.nan,
-                "n": sum(int(out["n-samples"][t]["effective"]) for t in tasks),
+                "n": sum(int(out["n-samples"][t]["effective"]) for t in _tasks_of(benchmark, out)),
                 "format_failures": None if None in checked else round(sum(1 - ok for ok in checked)),
             }
         )
-    return sorted(rows, key=lambda r: r["benchmark"]), [s for s in samples if "benchmark" in s]
+    return sorted(rows, key=lambda r: r["benchmark"]), samples
 
 
 def _tasks_of(name: str, out: dict) -> list[str]:
