@@ -102,11 +102,11 @@ def write_architecture(out: Path, text_layers: int | None = None, vision_blocks:
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    layers, blocks = text_layers or TEXT["num_hidden_layers"], vision_blocks or VISION["depth"]
     template = stock_chat_template()
     tokenizer = project_tokenizer(template)
-    config = architecture_config(tokenizer, layers, blocks)
+    config = architecture_config(tokenizer, text_layers, vision_blocks)
     eos, pad = config.text_config.eos_token_id, config.text_config.pad_token_id
+    layers, blocks = config.text_config.num_hidden_layers, config.vision_config.depth
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out)
     GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad, **GENERATION).save_pretrained(out)

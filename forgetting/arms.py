@@ -25,7 +25,7 @@ from forgetting.rft import train_rft
 from forgetting.rollout_sft import rollout_sft_data, rollout_sft_examples
 from forgetting.sft import sft_examples, train_sft
 from forgetting.storage import stable_hash, write_text_once
-from forgetting.trainer import FINAL, ArmResult, checkpoints
+from forgetting.trainer import FINAL, ArmResult
 
 ARMS = ("sft", "teacher_sft", "rft", "rollout_sft")
 TRAINING_DATA = "training_data.jsonl"
@@ -143,10 +143,8 @@ def finished_arms(config: StudyConfig, base: str, dataset: PuzzleDataset) -> dic
     for arm in ARMS:
         upstream = found.get("rft") if arm == "rollout_sft" else None
         if arm == "rollout_sft" and upstream is None:
-            upstream_dir = arm_dir(config, "rft", base, dataset)
-            upstream = ArmResult("rft", upstream_dir, checkpoints(upstream_dir), upstream_dir / "rollouts.jsonl")
+            upstream = ArmResult.of("rft", arm_dir(config, "rft", base, dataset))
         out = arm_dir(config, arm, base, dataset, upstream=str(upstream.path) if upstream else "")
         if getattr(config.arms, arm).enabled and (out / FINAL).is_dir():
-            rollouts = out / "rollouts.jsonl" if arm == "rft" else None
-            found[arm] = ArmResult(arm, out, checkpoints(out), rollouts)
+            found[arm] = ArmResult.of(arm, out)
     return found

@@ -18,7 +18,7 @@ from forgetting.models import LOADING, load_model
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import score_answer
 from forgetting.storage import write_text_once
-from forgetting.trainer import FINAL, ArmResult, checkpoints
+from forgetting.trainer import FINAL, ArmResult
 
 
 class RolloutRecorder:
@@ -104,9 +104,9 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path,
     from forgetting.shared_prompts import grpo_trainer
 
     out.mkdir(parents=True, exist_ok=True)
-    rollouts = out / "rollouts.jsonl"
+    rollouts = out / shared.ROLLOUTS
     if (out / FINAL).is_dir():
-        return ArmResult("rft", out, checkpoints(out), rollouts)
+        return ArmResult.of("rft", out)
     resume = shared.last_checkpoint(out)
     if shared.is_main_process():
         _truncate_rollouts(rollouts, resume)
@@ -122,7 +122,7 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path,
             processing_class=processor,
         )
     shared.fit(trainer, processor, config, out, resume, callbacks)
-    return ArmResult("rft", out, checkpoints(out), rollouts)
+    return ArmResult.of("rft", out)
 
 
 def _truncate_rollouts(path: Path, resume: str | None) -> None:

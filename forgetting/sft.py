@@ -14,7 +14,6 @@ from forgetting.puzzle_data import PuzzleDataset
 from forgetting.trainer import (
     FINAL,
     ArmResult,
-    checkpoints,
     common_args,
     fit,
     image_dataset,
@@ -58,7 +57,7 @@ def train_sft(
 
     out.mkdir(parents=True, exist_ok=True)
     if (out / FINAL).is_dir():  # written last, by an atomic rename
-        return ArmResult(arm, out, checkpoints(out))
+        return ArmResult.of(arm, out)
     if not examples:
         raise ValueError(f"{arm}: no training examples")
     resume = last_checkpoint(out)
@@ -67,4 +66,4 @@ def train_sft(
     with LOADING:
         trainer = SFTTrainer(model=model, args=args, train_dataset=image_dataset(examples), processing_class=processor)
     fit(trainer, processor, config, out, resume, callbacks)
-    return ArmResult(arm, out, checkpoints(out))
+    return ArmResult.of(arm, out)

@@ -22,6 +22,7 @@ from forgetting.config import ConfigError, ModelConfig, StudyConfig
 from forgetting.models import chat, load_model, pick_device
 
 FINAL = "final"
+ROLLOUTS = "rollouts.jsonl"  # the rft arm's: every rollout, one JSON line each
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class ArmResult:
     @property
     def final(self) -> Path:
         return self.path / FINAL
+
+    @classmethod
+    def of(cls, arm: str, path: Path) -> "ArmResult":
+        """What arm's folder holds as it is now: its checkpoints, and for rft its rollouts file."""
+        return cls(arm, path, checkpoints(path), path / ROLLOUTS if arm == "rft" else None)
 
 
 class SaveAt(TrainerCallback):

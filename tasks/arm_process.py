@@ -17,7 +17,7 @@ import torch
 from forgetting.arms import run_arm
 from forgetting.config import StudyConfig
 from forgetting.puzzle_data import PuzzleDataset
-from forgetting.trainer import ArmResult, checkpoints
+from forgetting.trainer import ArmResult
 from tasks.training import MlflowMetrics, StepLog
 
 
@@ -28,10 +28,7 @@ def main(spec_path: str) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     config = StudyConfig.model_validate(spec["config"])
     puzzles = Path(spec["puzzles"])
-    rft = None
-    if spec["rft"]:
-        path = Path(spec["rft"])
-        rft = ArmResult("rft", path, checkpoints(path), path / "rollouts.jsonl")
+    rft = ArmResult.of("rft", Path(spec["rft"])) if spec["rft"] else None
     callbacks = [MlflowMetrics(spec["run_id"]), StepLog(spec["arm"])]  # both act on the first process only
     run_arm(config, spec["arm"], spec["base"], PuzzleDataset(puzzles, puzzles.name), rft, callbacks)
 
