@@ -8,6 +8,7 @@ the last checkpoint. The Trainer reports to no logger of its own; `callbacks` (T
 logs (the flows pass one that logs the metrics to the arm's MLflow run: tasks/training.py).
 """
 
+import functools
 import json
 import os
 import shutil
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
 from forgetting.config import ConfigError, ModelConfig, StudyConfig
 from forgetting.models import chat, load_model, pick_device
@@ -44,7 +44,26 @@ class ArmResult:
         return cls(arm, path, checkpoints(path), path / ROLLOUTS if arm == "rft" else None)
 
 
-class SaveAt(TrainerCallback):
+class Callback:
+    """Base of the study's Trainer callbacks. An instance is a transformers TrainerCallback (every event a no-op
+    unless the class defines it), but transformers' callback module is imported at the first instance, not with
+    this module: it imports peft and the Trainer's utilities (some 3.5 s), which a run that trains nothing (a
+    rerun, an evaluation, the CLI's --help) never needs."""
+
+    def __new__(cls, *args, **kwargs):
+        from transformers import TrainerCallback
+
+        return object.__new__(cls if issubclass(cls, TrainerCallback) else _trainer_callback(cls))
+
+
+@functools.cache
+def _trainer_callback(cls: type) -> type:
+    from transformers import TrainerCallback
+
+    return type(cls.__name__, (cls, TrainerCallback), {"__module__": cls.__module__, "__doc__": cls.__doc__})
+
+
+class SaveAt(Callback):
     """Also save a checkpoint at the given steps (log-spaced points below an arm's plateau)."""
 
     def __init__(self, steps: list[int]):

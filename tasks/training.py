@@ -19,18 +19,17 @@ from pathlib import Path
 
 import mlflow
 from prefect.assets import materialize
-from transformers import TrainerCallback
 
 from assets import arm_checkpoints
 from forgetting.arms import arm_dir, arm_spec, prepare_arm, run_arm
 from forgetting.config import ConfigError, StudyConfig
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.rollout_sft import NoCorrectRollouts
-from forgetting.trainer import ArmResult
+from forgetting.trainer import ArmResult, Callback
 from tasks.tracking import child_run, flat_params, tracking_uri
 
 
-class MlflowMetrics(TrainerCallback):
+class MlflowMetrics(Callback):
     """The Trainer's logs as metrics of one MLflow run at their global step, and its full arguments as that
     run's trainer_args.json. In place of transformers' MLflowCallback, which logs every argument (some 200) as a
     parameter and buries the arm's own settings under them."""
@@ -48,7 +47,7 @@ class MlflowMetrics(TrainerCallback):
             mlflow.log_metrics(numbers, step=state.global_step, run_id=self.run_id)
 
 
-class StepLog(TrainerCallback):
+class StepLog(Callback):
     """A line in the flow run's log every tenth of an arm's steps (Prefect keeps printed lines, not the
     Trainer's progress bar): step, loss or reward, seconds so far."""
 
