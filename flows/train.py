@@ -8,7 +8,7 @@ from prefect import flow
 
 from flows.cli import outcome, run
 from flows.preflight import check_inputs
-from forgetting.arms import ARMS
+from forgetting.arms import ARMS, finished_arms
 from forgetting.config import StudyConfig
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.rollout_sft import NoCorrectRollouts
@@ -31,9 +31,10 @@ def train_arms(
     raced on it ("AcceleratorState object has no attribute distributed_type"). Arms run concurrently only as
     separate processes (separate flow runs)."""
     arms = config.arms
-    preload()
     results, skipped = {}, {}
     order = [a for a in ARMS if getattr(arms, a).enabled or (a == "rft" and arms.rollout_sft.enabled)]
+    if set(order) - set(finished_arms(config, base, dataset)):  # TRL's imports (seconds) only to train
+        preload()
     for i, arm in enumerate(order, 1):
         upstream = results["rft"] if arm == "rollout_sft" else None
         task = arm_task(config, arm, base, dataset, upstream=upstream)

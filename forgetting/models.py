@@ -207,13 +207,16 @@ def chat(prompt: str, image: Image.Image | None = None, answer: str | None = Non
     return messages
 
 
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
 def training_template(processor) -> str | None:
     """The chat template to train on: None for the processor's own when it marks the assistant's tokens with
     `{% generation %}` (the project's models), else TRL's training version of it: the same text with the markers
     (TRL keeps them for Qwen2.5-VL's stock template, among others, and SFTTrainer makes the same swap). Without
     markers an assistant-only mask is all zeros: nothing would be learned. ModelLoadError when there is none."""
     template = processor.chat_template
-    if isinstance(template, str) and re.search(r"\{%-?\s*generation\s*-?%\}", template):
+    if isinstance(template, str) and GENERATION_MARKER.search(template):
         return None
     from trl.chat_template_utils import get_training_chat_template
 
@@ -228,10 +231,16 @@ def training_template(processor) -> str | None:
 
 
 def check_training_template(name_or_path: str) -> None:
-    """Before any training: ModelLoadError when the model's chat template cannot give an assistant-only mask."""
+    """Before any training: ModelLoadError when the model's chat template cannot give an assistant-only mask. A
+    folder whose chat_template.jinja (the template its processor loads) has the markers passes without loading
+    the processor, which costs seconds of imports (torchvision) in every flow's preflight."""
+    path = resolve_model_path(name_or_path)
+    template = Path(path) / "chat_template.jinja"
+    if template.is_file() and GENERATION_MARKER.search(template.read_text()):
+        return
     from transformers import AutoProcessor
 
-    training_template(AutoProcessor.from_pretrained(resolve_model_path(name_or_path)))
+    training_template(AutoProcessor.from_pretrained(path))
 
 
 def batch(processor, conversations: list[list[dict]], train: bool) -> dict:

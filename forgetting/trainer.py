@@ -8,7 +8,6 @@ the last checkpoint. The Trainer reports to no logger of its own; `callbacks` (T
 logs (the flows pass one that logs the metrics to the arm's MLflow run: tasks/training.py).
 """
 
-import functools
 import json
 import os
 import shutil
@@ -45,22 +44,19 @@ class ArmResult:
 
 
 class Callback:
-    """Base of the study's Trainer callbacks. An instance is a transformers TrainerCallback (every event a no-op
-    unless the class defines it), but transformers' callback module is imported at the first instance, not with
-    this module: it imports peft and the Trainer's utilities (some 3.5 s), which a run that trains nothing (a
-    rerun, an evaluation, the CLI's --help) never needs."""
+    """Base of the study's Trainer callbacks: every event a subclass does not define does nothing, as on
+    transformers' TrainerCallback (the Trainer calls each event by name and keeps what it returns when not None).
+    Not a subclass of it: its module imports peft and the Trainer's utilities, some 3.5 s that a process that
+    trains nothing (a rerun, an evaluation) would pay for building the callbacks it never uses."""
 
-    def __new__(cls, *args, **kwargs):
-        from transformers import TrainerCallback
+    def __getattr__(self, name: str):
+        if name.startswith("on_"):
+            return _no_op
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-        return object.__new__(cls if issubclass(cls, TrainerCallback) else _trainer_callback(cls))
 
-
-@functools.cache
-def _trainer_callback(cls: type) -> type:
-    from transformers import TrainerCallback
-
-    return type(cls.__name__, (cls, TrainerCallback), {"__module__": cls.__module__, "__doc__": cls.__doc__})
+def _no_op(*args, **kwargs) -> None:
+    return None
 
 
 class SaveAt(Callback):

@@ -2,12 +2,15 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from forgetting.arms import arm_dir, run_arm
+from forgetting.config import REPO_ROOT
 from forgetting.models import SHIPPED
 from forgetting.profiles import load_config
 from forgetting.puzzle_data import generate_puzzles
@@ -258,6 +261,41 @@ def test_sft_on_the_stock_qwen_template_learns_the_answer_alone(setup, tmp_path)
     result = train_sft(one, "sft", one.arms.sft, str(stock), sft_examples(dataset, "direct", targets), tmp_path / "a")
     losses = [h["loss"] for h in json.loads((result.final / "trainer_state.json").read_text()) if "loss" in h]
     assert len(losses) == 2 and all(0 < loss < 20 for loss in losses)
+
+
+def test_the_preflight_refuses_a_template_without_an_assistant_mask(setup, tmp_path, monkeypatch):
+    """A chat template without {% generation %} markers that TRL has no training version of is refused before
+    any training, naming the markers; a marked template (the project's models) passes without its processor
+    being loaded."""
+    import transformers
+
+    from flows.preflight import check_inputs
+    from forgetting.models import ModelLoadError
+
+    config, _ = setup
+    odd = tmp_path / "odd"
+    shutil.copytree(SHIPPED["micro"], odd)
+    (odd / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content if m.content is string else '' }}"
+        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    one = config.model_copy(deep=True)
+    one.model.name_or_path = str(odd)
+    with pytest.raises(ModelLoadError, match="generation %} markers"):
+        check_inputs(one, benchmarks=False)
+    one.arms.sft.enabled = one.arms.teacher_sft.enabled = one.arms.rollout_sft.enabled = False
+    check_inputs(one, benchmarks=False)  # RFT alone needs no mask
+
+    def no_processor(*args, **kwargs):
+        raise AssertionError("the processor was loaded")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", no_processor)
+    check_inputs(config, benchmarks=False)
+    # nor imported (transformers.image_processing_utils imports torchvision: seconds)
+    code = "import sys; from forgetting.models import check_training_template as c; c('micro'); "
+    code += "print('transformers.image_processing_utils' in sys.modules)"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    assert shown.stdout.strip() == "False"
 
 
 def test_micro_batches_take_the_same_step_in_less_memory(setup, tmp_path):
