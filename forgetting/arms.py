@@ -102,7 +102,7 @@ def run_arm(
 ) -> ArmResult:
     """Train one arm in this process, or find it trained (the plain function behind the Prefect task; an arm on
     several processes runs this in each: tasks/arm_process.py). rollout_sft needs the rft arm's result;
-    callbacks (TrainerCallbacks) get the Trainer's events and logs."""
+    callbacks (trainer.Callback objects) get the Trainer's events and logs."""
     out, examples = prepare_arm(config, arm, base, dataset, rft)
     if (out / FINAL).is_dir():  # trained already: no trainer to import (TRL takes seconds)
         return ArmResult.of(arm, out)

@@ -4,7 +4,7 @@ forgetting/rft.py, forgetting/rollout_sft.py; which arm goes where: forgetting/a
 
 Every arm: full fine-tuning or LoRA (forgetting/models.py:load_model), fp32 on CPU and bf16 on GPU, a
 checkpoint every arms.checkpoint_every steps (kept: they are the learning curves), and a rerun resumes from
-the last checkpoint. The Trainer reports to no logger of its own; `callbacks` (TrainerCallbacks) receive its
+the last checkpoint. The Trainer reports to no logger of its own; `callbacks` (Callback objects) receive its
 logs (the flows pass one that logs the metrics to the arm's MLflow run: tasks/training.py).
 """
 
