@@ -104,8 +104,6 @@ def run_arm(
     several processes runs this in each: tasks/arm_process.py). rollout_sft needs the rft arm's result;
     callbacks (trainer.Callback objects) get the Trainer's events and logs."""
     out, examples = prepare_arm(config, arm, base, dataset, rft)
-    if (out / FINAL).is_dir():  # trained already: no trainer to import (TRL takes seconds)
-        return ArmResult.of(arm, out)
     if arm == "rft":
         return train_rft(config, base, dataset, out, callbacks)
     return train_sft(config, arm, getattr(config.arms, arm), base, examples, out, callbacks)

@@ -99,14 +99,14 @@ def grpo_args(config: StudyConfig, out: Path) -> dict:
 def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path, callbacks: Sequence = ()) -> ArmResult:
     """GRPOTrainer on the train split's puzzles; resumes from the last checkpoint in out (dropping the rollouts
     recorded after it); callbacks: fit's."""
-    from trl import GRPOConfig, GRPOTrainer
-
-    from forgetting.shared_prompts import grpo_trainer
-
     out.mkdir(parents=True, exist_ok=True)
     rollouts = out / shared.ROLLOUTS
     if (out / FINAL).is_dir():
         return ArmResult.of("rft", out)
+    from trl import GRPOConfig, GRPOTrainer  # only to train: TRL's import takes seconds
+
+    from forgetting.shared_prompts import grpo_trainer
+
     resume = shared.last_checkpoint(out)
     if shared.is_main_process():
         _truncate_rollouts(rollouts, resume)

@@ -53,11 +53,11 @@ def train_sft(
     callbacks: Sequence = (),
 ) -> ArmResult:
     """SFTTrainer with assistant-only loss; resumes from the last checkpoint in out; callbacks: fit's."""
-    from trl import SFTConfig, SFTTrainer
-
     out.mkdir(parents=True, exist_ok=True)
     if (out / FINAL).is_dir():  # written last, by an atomic rename
         return ArmResult.of(arm, out)
+    from trl import SFTConfig, SFTTrainer  # only to train: TRL's import takes seconds
+
     if not examples:
         raise ValueError(f"{arm}: no training examples")
     resume = last_checkpoint(out)
