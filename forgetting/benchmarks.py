@@ -27,11 +27,11 @@ from PIL import Image
 
 from forgetting.answer_formats import format_check
 from forgetting.config import ConfigError
-from forgetting.inference import continuation_logprobs, generate, sampling
+from forgetting.inference import continuation_logprobs, generate_and_score, sampling
 from forgetting.models import chat
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import format_answer, parse_answer, score_answer
-from forgetting.world import grade
+from forgetting.world import PRIOR_TASKS, grade
 
 LM_EVAL_TASKS = Path(__file__).resolve().parent.parent / "assets" / "lm_eval"
 TINY_WORLD = "tiny_world"
@@ -119,22 +119,46 @@ class StudyLM(LM):
     """An in-memory (model, processor) pair as an lm-eval model, with text and image requests.
 
     lm-eval's own `hf-multimodal` never stores a processor passed in memory, and formats prompts its own
-    way; this class sends every request through forgetting.models.batch, the path training and TRL use."""
+    way; this class sends every request through forgetting.models.batch, the path training and TRL use.
+
+    With score_answers, generating for a tiny-world task also scores each document's right answer on the same
+    forward over its prompt (forgetting/inference.py:generate_and_score): answer_logprobs() gives their mean log-
+    probability per benchmark (the learning dynamics' answer log-probability)."""
 
     MULTIMODAL = True
 
-    def __init__(self, model=None, processor=None, batch_size: int = 32, max_length: int = 2048):
+    def __init__(
+        self, model=None, processor=None, batch_size: int = 32, max_length: int = 2048, score_answers: bool = False
+    ):
         super().__init__()
         self.model, self.processor = model, processor
         self.batch_size, self.max_length = int(batch_size), int(max_length)
+        self.score_answers = score_answers
+        self.answer_scores: dict[str, list[float]] = defaultdict(list)  # task -> the right answers' log-probs
+
+    def answer_logprobs(self) -> dict[str, float]:
+        """The mean log-probability of the right answers of each scored tiny-world benchmark, by name."""
+        return {task: sum(v) / len(v) for task, v in sorted(self.answer_scores.items())}
+
+    def scored_answer(self, request) -> str | None:
+        """The right answer to score with a request's generation: a tiny-world task's, when scoring answers."""
+        task = str(request.task_name or "")
+        if self.score_answers and task.removeprefix(f"{TINY_WORLD}_") in PRIOR_TASKS and "answer" in request.doc:
+            return str(request.doc["answer"])
+        return None
 
     @property
     def tokenizer_name(self) -> str:
         return getattr(self.processor.tokenizer, "name_or_path", "study-vlm")
 
-    def complete(self, conversations: list[list[dict]], max_new_tokens: int, settings: dict) -> list[str]:
-        """Completions for prompt conversations; the one place that calls the model for generation."""
-        return generate(self.model, self.processor, conversations, max_new_tokens, self.batch_size, **settings)
+    def complete(
+        self, conversations: list[list[dict]], max_new_tokens: int, settings: dict, answers: list | None = None
+    ) -> tuple[list[str], list]:
+        """Completions for prompt conversations, and the Scored of each answer given (None where none is); the one
+        place that calls the model for generation."""
+        return generate_and_score(
+            self.model, self.processor, conversations, answers, max_new_tokens, self.batch_size, **settings
+        )
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         groups = defaultdict(list)  # requests with the same generation settings run together
@@ -149,14 +173,17 @@ class StudyLM(LM):
             settings = sampling(**chosen) if do_sample else {"do_sample": False}
             visuals = rest[0].get("visual") if rest else None
             key = (tuple(until), max_new, json.dumps(settings, sort_keys=True))
-            groups[key].append((index, request_conversation(context, visuals)))
+            groups[key].append((index, request_conversation(context, visuals), self.scored_answer(request)))
         texts: list[str] = [""] * len(requests)
         for (until, max_new, settings), members in groups.items():
-            outputs = self.complete([c for _, c in members], max_new, json.loads(settings))
-            for (index, _), text in zip(members, outputs, strict=True):
+            answers = [a for _, _, a in members]
+            outputs, scored = self.complete([c for _, c, _ in members], max_new, json.loads(settings), answers)
+            for (index, _, _), text, score in zip(members, outputs, scored, strict=True):
                 for stop in until:
                     text = text.split(stop, 1)[0] if stop else text
                 texts[index] = text
+                if score is not None:
+                    self.answer_scores[requests[index].task_name].append(score.total)
         return texts
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:

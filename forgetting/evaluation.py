@@ -17,7 +17,6 @@ import torch
 from forgetting.arms import arm_style, arm_styles
 from forgetting.benchmarks import (
     PUZZLE_BENCHMARKS,
-    TINY_WORLD,
     BenchmarkData,
     EvaluationError,
     StudyLM,
@@ -31,7 +30,6 @@ from forgetting.models import chat, load_model, model_fingerprint
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import parse_answer, score_answer, well_formed_think
 from forgetting.storage import stable_hash, write_once, write_text_once
-from forgetting.world import PRIOR_TASKS
 
 
 def puzzle_scores(
@@ -66,7 +64,7 @@ def puzzle_scores(
         records = dataset.records("test")[:limit]
         torch.manual_seed(seed)
         _, prompts = held_out_prompts("jigsaw", data, limit)
-        sampled = lm.complete([c for c in prompts for _ in range(samples)], max_new_tokens, sampling(temperature))
+        sampled, _ = lm.complete([c for c in prompts for _ in range(samples)], max_new_tokens, sampling(temperature))
         groups = [sampled[i * samples : (i + 1) * samples] for i in range(len(records))]
         graded = [[score_answer(text, r["answer"], style) for text in g] for g, r in zip(groups, records, strict=True)]
         scores[f"puzzle.pass_at_{samples}"] = sum(any(s.exact for s in g) for g in graded) / len(records)
@@ -83,18 +81,6 @@ def held_out_prompts(benchmark: str, data: BenchmarkData, limit: int | None) -> 
     docs = load_docs(benchmark, data.tiny_world_dir, data.puzzles_dir, data.prompt_style)["test"]
     docs = docs.select(range(min(limit or len(docs), len(docs))))
     return list(docs), [request_conversation(d["prompt"], doc_to_image(d)) for d in docs]
-
-
-def answer_logprobs(model, processor, data: BenchmarkData, benchmarks: list[str], limit: int | None, batch_size: int):
-    """Mean log-probability of the right answers of the tiny world's held-out benchmarks (dynamics (c))."""
-    means = {}
-    for name in benchmarks:
-        if name.removeprefix(f"{TINY_WORLD}_") not in PRIOR_TASKS:  # a shipped task, not a group of them
-            continue
-        docs, prompts = held_out_prompts(name.removeprefix(f"{TINY_WORLD}_"), data, limit)
-        scored = continuation_logprobs(model, processor, prompts, [d["answer"] for d in docs], batch_size)
-        means[name] = sum(logp for logp, _, _ in scored) / len(scored)
-    return means
 
 
 @torch.no_grad()
@@ -134,11 +120,21 @@ class BaseSamples:
     logps: list[float]
 
 
-def sample_logps(model, processor, prompts: list[list[dict]], answers: list[str]) -> list[float]:
-    """The model's log-probability of each sampled answer (KL_SAMPLES per prompt, in order, as sample_answers
-    draws them)."""
-    repeated = [p for p in prompts for _ in range(KL_SAMPLES)]
-    return [lp for lp, _, _ in continuation_logprobs(model, processor, repeated, answers)]
+def sample_logps(model, processor, prompts: list[list[dict]], *answers: list[str]) -> list[list[float]]:
+    """The model's log-probability of each sampled answer, for each list of answers (KL_SAMPLES per prompt, in
+    order, as sample_answers draws them). Every answer to one prompt is scored in one batch, so the prompt runs
+    once for all of them (forgetting/inference.py:continuation_logits)."""
+    per_prompt = len(answers) * KL_SAMPLES
+    rows = [p for p in prompts for _ in range(per_prompt)]
+    grouped = [
+        a[i * KL_SAMPLES + j] for i in range(len(prompts)) for a in answers for j in range(KL_SAMPLES)
+    ]  # prompt-major: one prompt's answers side by side
+    batch_size = per_prompt * max(1, 64 // per_prompt)
+    scored = [lp for lp, _, _ in continuation_logprobs(model, processor, rows, grouped, batch_size)]
+    return [
+        [scored[i * per_prompt + k * KL_SAMPLES + j] for i in range(len(prompts)) for j in range(KL_SAMPLES)]
+        for k in range(len(answers))
+    ]
 
 
 def policy_kl(model, base_model, processor, prompts: list[list[dict]], base: BaseSamples, max_new_tokens: int):
@@ -146,11 +142,11 @@ def policy_kl(model, base_model, processor, prompts: list[list[dict]], base: Bas
     reverse E_x[KL(model || base)] (answers the model samples), each the mean over samples of the difference of
     the two models' log-probabilities of the answer's tokens (summed over the answer; the end-of-turn token is
     not counted). Both models share the processor (the base's and its fine-tunes')."""
-    mine = sample_logps(model, processor, prompts, base.answers)
-    forward = [b - m for b, m in zip(base.logps, mine, strict=True)]
     own = sample_answers(model, processor, prompts, max_new_tokens)
-    theirs = sample_logps(base_model, processor, prompts, own)
-    reverse = [m - b for m, b in zip(sample_logps(model, processor, prompts, own), theirs, strict=True)]
+    mine, mine_own = sample_logps(model, processor, prompts, base.answers, own)
+    (theirs,) = sample_logps(base_model, processor, prompts, own)
+    forward = [b - m for b, m in zip(base.logps, mine, strict=True)]
+    reverse = [m - b for m, b in zip(mine_own, theirs, strict=True)]
     return {"forward": sum(forward) / len(forward), "reverse": sum(reverse) / len(reverse), "samples": len(own)}
 
 
@@ -171,12 +167,13 @@ def evaluate_model(
     samples of the puzzle prompts: BaseSamples), the KL divergences from it."""
     started = time.perf_counter()
     puzzles = list(dict.fromkeys([data.puzzle_benchmark, *(PUZZLE_BENCHMARKS[s] for s in other_styles)]))
-    rows, samples = run_benchmarks(StudyLM(model, processor, batch_size), [*puzzles, *benchmarks], data, limit)
+    lm = StudyLM(model, processor, batch_size, score_answers=True)  # the right answers' log-probs on the way
+    rows, samples = run_benchmarks(lm, [*puzzles, *benchmarks], data, limit)
     record = {
         "benchmarks": rows,
         "puzzle_benchmark": data.puzzle_benchmark,
         **({"puzzle_benchmarks": puzzles} if len(puzzles) > 1 else {}),
-        "answer_logprob": answer_logprobs(model, processor, data, [r["benchmark"] for r in rows], limit, batch_size),
+        "answer_logprob": lm.answer_logprobs(),
         "param_distance": parameter_distance(model, base_state) if base_state is not None else None,
     }
     if base is not None:
@@ -266,7 +263,7 @@ def base_reference(config, base: str, data: BenchmarkData) -> tuple[dict[str, to
     if key not in _BASE_SAMPLES:
         _, prompts = held_out_prompts("jigsaw", data, config.evaluation.limit)
         sampled = sample_answers(model, processor, prompts, PUZZLE_ANSWER_TOKENS[data.prompt_style])
-        _BASE_SAMPLES[key] = BaseSamples(sampled, sample_logps(model, processor, prompts, sampled))
+        _BASE_SAMPLES[key] = BaseSamples(sampled, sample_logps(model, processor, prompts, sampled)[0])
     return model.state_dict(), model, _BASE_SAMPLES[key]
 
 

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from forgetting import fast_paths
 from forgetting.models import batch
+from forgetting.shared_prompts import shared_prompt_forward
 
 
 def sampling(temperature: float, top_p: float = 1.0, top_k: int = 0) -> dict:
@@ -14,33 +16,6 @@ def sampling(temperature: float, top_p: float = 1.0, top_k: int = 0) -> dict:
     unless asked (transformers fills an unset top_k with 50; forgetting/models.py:neutral_generation keeps a
     checkpoint's own settings out)."""
     return {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
-
-
-@torch.no_grad()
-def generate(
-    model, processor, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 64, **sampling
-) -> list[str]:
-    """Completions (text after the prompt, special tokens dropped) for prompt-only conversations, in batches."""
-    was_training = model.training
-    model.eval()
-    texts = []
-    for i in range(0, len(conversations), batch_size):
-        inputs = batch(processor, conversations[i : i + batch_size], train=False)
-        inputs = {k: v.to(model.device) for k, v in inputs.items()}
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
-        texts += processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    model.train(was_training)
-    return texts
-
-
-def continuation_logprobs(
-    model, processor, prompts: list[list[dict]], continuations: list[str], batch_size: int = 64
-) -> list[tuple[float, int, bool]]:
-    """For each (prompt conversation, continuation text): the summed log-probability of the continuation's
-    tokens right after the opened assistant turn (what `generate` would continue from), their count, and
-    whether greedy decoding would produce them. Chat-template tokens (<|im_end|>) are not counted."""
-    scored = token_logprobs(model, processor, prompts, continuations, batch_size)
-    return [(s.total, len(s.logprobs), s.greedy) for s in scored]
 
 
 @dataclass(frozen=True)
@@ -63,6 +38,144 @@ class Scored:
         return before, self.logprobs[len(before) :]
 
 
+class Continuations:
+    """Continuation texts tokenized for a batch of left-padded prompts: appended to the prompt rows (right-padded),
+    and their tokens' log-probabilities read from the logits that predict them."""
+
+    def __init__(self, tokenizer, texts: list[str]):
+        encoded = [tokenizer(t, add_special_tokens=False, return_offsets_mapping=True) for t in texts]
+        self.ids = [e["input_ids"] for e in encoded]
+        self.starts = [[start for start, _ in e["offset_mapping"]] for e in encoded]
+        self.width = max((len(x) for x in self.ids), default=0)
+        pad = tokenizer.pad_token_id or 0
+        self.tokens = torch.tensor([x + [pad] * (self.width - len(x)) for x in self.ids], dtype=torch.long)
+        self.mask = torch.tensor([[1] * len(x) + [0] * (self.width - len(x)) for x in self.ids], dtype=torch.long)
+        self.split = 0
+
+    def appended(self, inputs: dict) -> dict:
+        """The model inputs with every per-token tensor right-padded by the continuations."""
+        self.split = prompt_len = inputs["input_ids"].shape[1]
+        tokens, mask = self.tokens.to(inputs["input_ids"].device), self.mask.to(inputs["input_ids"].device)
+        out = dict(inputs)
+        for key, value in inputs.items():
+            if key == "input_ids":
+                out[key] = torch.cat([value, tokens], dim=1)
+            elif key == "attention_mask":
+                out[key] = torch.cat([value, mask], dim=1)
+            elif value.dim() == 2 and value.shape[1] == prompt_len and key not in ("pixel_values", "image_grid_thw"):
+                out[key] = torch.cat([value, torch.zeros_like(tokens, dtype=value.dtype)], dim=1)
+        return out
+
+    def scored(self, logits: torch.Tensor) -> list[Scored]:
+        """Each continuation's Scored from the logits predicting its tokens (batch, width, vocabulary)."""
+        logits = logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        target = self.tokens.to(logp.device)
+        token_logp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        greedy = logits.argmax(-1) == target
+        mask = self.mask.to(logp.device).bool()
+        return [
+            Scored(token_logp[row][mask[row]].tolist(), self.starts[row], bool(greedy[row][mask[row]].all()))
+            for row in range(len(self.ids))
+        ]
+
+
+@torch.no_grad()
+def generate(
+    model, processor, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 64, **sampling
+) -> list[str]:
+    """Completions (text after the prompt, special tokens dropped) for prompt-only conversations, in batches."""
+    return generate_and_score(model, processor, conversations, None, max_new_tokens, batch_size, **sampling)[0]
+
+
+@torch.no_grad()
+def generate_and_score(
+    model,
+    processor,
+    conversations: list[list[dict]],
+    continuations: list[str | None] | None,
+    max_new_tokens: int,
+    batch_size: int = 64,
+    **sampling,
+) -> tuple[list[str], list[Scored | None]]:
+    """generate's completions, and for each conversation given a continuation its Scored (None where none is
+    given), with each batch's prompts run once for both: one forward over `[prompt | continuation]` scores the
+    continuations (as token_logprobs does) and generation goes on from that forward's cache, cut back to the
+    prompt (a causal model's states over the prompt do not depend on what follows it). The evaluation scores the
+    held-out answers of the benchmarks it generates for this way."""
+    was_training = model.training
+    model.eval()
+    texts, scored = [], []
+    continuations = continuations or [None] * len(conversations)
+    for i in range(0, len(conversations), batch_size):
+        inputs = batch(processor, conversations[i : i + batch_size], train=False)
+        inputs = {k: v.to(model.device) for k, v in inputs.items()}
+        wanted = continuations[i : i + batch_size]
+        rows = Continuations(processor.tokenizer, [c or "" for c in wanted])
+        if rows.width:
+            forward = rows.appended(inputs)
+            text_only = "pixel_values" not in inputs
+            if text_only:  # positions counted past the left padding, as generate counts them, with no rope offsets
+                count = (forward["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+                forward["position_ids"] = count[None].expand(3, -1, -1)
+            out = model(**forward, use_cache=True, logits_to_keep=rows.width + 1)
+            found = rows.scored(out.logits[:, :-1])
+            scored += [s if c is not None else None for s, c in zip(found, wanted, strict=True)]
+            cache = out.get("cache")
+            cache = out.past_key_values if cache is None else cache  # its name in earlier transformers 5 releases
+            cache.crop(-(rows.width + 1))  # back to the prompt but its last token, which generation runs itself
+            if text_only:
+                text_model(model).rope_deltas = torch.zeros(len(wanted), 1, dtype=torch.long, device=model.device)
+            prompt = {k: v for k, v in inputs.items() if k not in ("pixel_values", "image_grid_thw")}
+            generated = model.generate(**prompt, cache=cache, max_new_tokens=max_new_tokens, **sampling)
+        else:
+            scored += [Scored([], [], True) if c is not None else None for c in wanted]
+            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+        texts += processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    model.train(was_training)
+    return texts, scored
+
+
+def text_model(model):
+    """The model under the language-model head (and under a LoRA wrapper): where Qwen2.5-VL keeps the rope
+    offsets of the batch it last ran over a whole prompt, which generation continuing from a cache reads."""
+    return model.get_base_model().model if hasattr(model, "get_base_model") else model.model
+
+
+def continuation_logprobs(
+    model, processor, prompts: list[list[dict]], continuations: list[str], batch_size: int = 64
+) -> list[tuple[float, int, bool]]:
+    """For each (prompt conversation, continuation text): the summed log-probability of the continuation's
+    tokens right after the opened assistant turn (what `generate` would continue from), their count, and
+    whether greedy decoding would produce them. Chat-template tokens (<|im_end|>) are not counted."""
+    scored = token_logprobs(model, processor, prompts, continuations, batch_size)
+    return [(s.total, len(s.logprobs), s.greedy) for s in scored]
+
+
+def continuation_logits(model, inputs: dict, split: int) -> torch.Tensor:
+    """The logits that predict each token from column split on, for rows `[left-padded prompt | continuation]`:
+    of one forward over the whole rows, or, when prompts with one image each repeat (several answers to one
+    prompt: the KL's samples), with each distinct prompt run once (forgetting/shared_prompts.py; the same numbers
+    to float rounding; FORGETTING_FAST_PATHS=0 turns it off)."""
+    if fast_paths.enabled() and one_image_each(model, inputs):
+        out = shared_prompt_forward(
+            model, model, inputs["input_ids"], inputs["attention_mask"], split, inputs["pixel_values"],
+            inputs["image_grid_thw"], inputs.get("mm_token_type_ids"),
+        )  # fmt: skip
+        if out is not None:
+            return out.logits[:, :-1]
+    width = inputs["input_ids"].shape[1] - split  # the head runs on the continuation's positions alone
+    return model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
+
+
+def one_image_each(model, inputs: dict) -> bool:
+    """Whether every row of a batch holds exactly one image (and nothing else a prompt cache cannot carry)."""
+    if inputs.get("pixel_values") is None or "pixel_values_videos" in inputs:
+        return False
+    starts = (inputs["input_ids"] == model.config.vision_start_token_id).sum(-1)
+    return inputs["image_grid_thw"].shape[0] == len(starts) and bool((starts == 1).all())
+
+
 @torch.no_grad()
 def token_logprobs(
     model, processor, prompts: list[list[dict]], continuations: list[str], batch_size: int = 64
@@ -70,40 +183,14 @@ def token_logprobs(
     """continuation_logprobs token by token (see Scored)."""
     was_training = model.training
     model.eval()
-    tokenizer = processor.tokenizer
     out = []
     for i in range(0, len(prompts), batch_size):
-        inputs = batch(processor, prompts[i : i + batch_size], train=False)
-        encoded = [
-            tokenizer(c, add_special_tokens=False, return_offsets_mapping=True)
-            for c in continuations[i : i + batch_size]
-        ]
-        ids = [e["input_ids"] for e in encoded]
-        starts = [[start for start, _ in e["offset_mapping"]] for e in encoded]
-        width = max(len(x) for x in ids)
-        if width == 0:
-            out += [Scored([], [], True)] * len(ids)
+        rows = Continuations(processor.tokenizer, continuations[i : i + batch_size])
+        if rows.width == 0:
+            out += [Scored([], [], True)] * len(rows.ids)
             continue
-        pad = tokenizer.pad_token_id or 0
-        cont = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
-        prompt_len = inputs["input_ids"].shape[1]
-        for key, value in list(inputs.items()):  # right-pad every per-token tensor with the continuation
-            if key == "input_ids":
-                inputs[key] = torch.cat([value, cont], dim=1)
-            elif key == "attention_mask":
-                inputs[key] = torch.cat([value, mask], dim=1)
-            elif value.dim() == 2 and value.shape[1] == prompt_len and key not in ("pixel_values", "image_grid_thw"):
-                inputs[key] = torch.cat([value, torch.zeros_like(cont, dtype=value.dtype)], dim=1)
-        inputs = {k: v.to(model.device) for k, v in inputs.items()}
-        logits = model(**inputs).logits[:, prompt_len - 1 : -1].float()
-        logp = torch.log_softmax(logits, dim=-1)
-        target = cont.to(logp.device)
-        token_logp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        greedy = logits.argmax(-1) == target
-        mask = mask.to(logp.device).bool()
-        for row in range(len(ids)):
-            m = mask[row]
-            out.append(Scored(token_logp[row][m].tolist(), starts[row], bool(greedy[row][m].all())))
+        inputs = batch(processor, prompts[i : i + batch_size], train=False)
+        inputs = rows.appended({k: v.to(model.device) for k, v in inputs.items()})
+        out += rows.scored(continuation_logits(model, inputs, rows.split))
     model.train(was_training)
     return out

@@ -14,7 +14,8 @@ Step 3's log-probabilities are those of one forward over whole sequences up to f
 their gradients; tests/test_shared_prompts.py checks both against TRL's own path. It is used for the policy's
 and the reference model's log-probabilities (GRPOTrainer._get_per_token_logps_and_entropies) when every
 sample has one image, some prompt repeats and the model keeps a cache (no gradient checkpointing); anything else
-takes TRL's own path.
+takes TRL's own path. Evaluation scores its sampled answers the same way (forgetting/inference.py:token_logprobs:
+the KL's answers, several to each held-out puzzle prompt).
 """
 
 import functools
@@ -57,14 +58,14 @@ def positions(model, input_ids, attention_mask, image_grid_thw, mm_token_type_id
     return count.view(1, 1, -1).expand(3, input_ids.shape[0], -1)
 
 
-def shared_prompt_logps(
-    model, unwrapped, input_ids, attention_mask, logits_to_keep: int, pixel_values, image_grid_thw,
-    mm_token_type_ids=None, compute_entropy: bool = False,
+def shared_prompt_forward(
+    model, unwrapped, input_ids, attention_mask, split: int, pixel_values, image_grid_thw, mm_token_type_ids=None,
+    **kwargs,
 ):  # fmt: skip
-    """Per-token log-probabilities (and entropies) of the last logits_to_keep tokens of every row, as
-    GRPOTrainer computes them, running each distinct prompt once; model as the trainer calls it, unwrapped the
-    model inside (for its rope positions). None when no prompt repeats."""
-    split = input_ids.shape[1] - logits_to_keep  # prompt | completion
+    """One forward over rows `[prompt | completion]` (completions from column split on; prompts left-padded, one
+    image each) with each distinct prompt run once: steps 1 to 3 above. Returns the model's output over
+    input_ids[:, split - 1:] (each row's last prompt token and its completion; kwargs go to that call), or None
+    when no prompt repeats. model as it is called, unwrapped the model inside (for its rope positions)."""
     keep, index = distinct_prompts(input_ids[:, :split], attention_mask[:, :split], pixel_values, image_grid_thw)
     if len(keep) == len(index):
         return None
@@ -82,17 +83,30 @@ def shared_prompt_logps(
     )
     cache = prefix.past_key_values
     cache.reorder_cache(torch.tensor(index, device=input_ids.device))
-    rest = input_ids[:, split - 1 :]
-    labels = rest.masked_fill(attention_mask[:, split - 1 :] == 0, -100)
-    labels[:, 0] = -100  # the prompt's last token is context, not scored
-    out = model(
-        input_ids=rest,
+    return model(
+        input_ids=input_ids[:, split - 1 :],
         attention_mask=attention_mask,
         position_ids=position_ids[:, :, split - 1 :],
         cache=cache,
-        labels=labels,
-        fused_lm_head=True,
+        **kwargs,
     )
+
+
+def shared_prompt_logps(
+    model, unwrapped, input_ids, attention_mask, logits_to_keep: int, pixel_values, image_grid_thw,
+    mm_token_type_ids=None, compute_entropy: bool = False,
+):  # fmt: skip
+    """Per-token log-probabilities (and entropies) of the last logits_to_keep tokens of every row, as
+    GRPOTrainer computes them, through shared_prompt_forward and TRL's fused head. None when no prompt repeats."""
+    split = input_ids.shape[1] - logits_to_keep  # prompt | completion
+    labels = input_ids[:, split - 1 :].masked_fill(attention_mask[:, split - 1 :] == 0, -100)
+    labels[:, 0] = -100  # the prompt's last token is context, not scored
+    out = shared_prompt_forward(
+        model, unwrapped, input_ids, attention_mask, split, pixel_values, image_grid_thw, mm_token_type_ids,
+        labels=labels, fused_lm_head=True,
+    )  # fmt: skip
+    if out is None:
+        return None
     return out.log_probs[:, -logits_to_keep:], (out.entropy[:, -logits_to_keep:] if compute_entropy else None)
 
 

@@ -1,5 +1,6 @@
 """Evaluation through lm-eval on the shipped task YAMLs, and the output-format check."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -55,8 +56,8 @@ class ScriptedLM(StudyLM):
             for doc in load_docs(benchmark, data.tiny_world_dir, data.puzzles_dir)["test"]:
                 self.answers[_key(request_conversation(doc["prompt"], doc_to_image(doc)))] = answer(doc)
 
-    def complete(self, conversations, max_new_tokens, sampling):
-        return [self.answers[_key(c)] for c in conversations]
+    def complete(self, conversations, max_new_tokens, sampling, answers=None):
+        return [self.answers[_key(c)] for c in conversations], [None] * len(conversations)
 
 
 def test_oracle_scores_one_and_wrong_answers_zero(data):
@@ -137,6 +138,60 @@ def test_log_probabilities_agree_with_greedy_generation(data):
     ]
     for (a, n, _), (b, m, _) in zip(alone, scored[:5], strict=False):
         assert n == m and a == pytest.approx(b, abs=1e-4)
+
+
+def test_generation_scores_answers_on_its_own_prompt_forward(data):
+    """generate_and_score: the same completions as generate and the same log-probabilities as token_logprobs,
+    for prompts with an image and text-only ones (their positions count past the left padding), with and
+    without an answer to score; StudyLM collects them per tiny-world benchmark as lm-eval generates."""
+    from forgetting.inference import generate_and_score, token_logprobs
+
+    config, benchmark_data = data
+    model, processor = load_model(config.model, str(SHIPPED["micro"]), trainable=False)
+    for task in ("colour", "arithmetic", "quadrant_counts"):
+        docs = list(load_docs(task, benchmark_data.tiny_world_dir)["test"])[:12]
+        prompts = [request_conversation(d["prompt"], doc_to_image(d)) for d in docs]
+        answers = [d["answer"] if i % 3 else None for i, d in enumerate(docs)]
+        texts, scored = generate_and_score(model, processor, prompts, answers, 8, 5, do_sample=False)
+        assert texts == generate(model, processor, prompts, 8, 5, do_sample=False)
+        alone = token_logprobs(model, processor, prompts, [a or "" for a in answers], 5)
+        for answer, got, expected in zip(answers, scored, alone, strict=True):
+            assert (got is None) == (answer is None)
+            if got is not None:
+                assert got.total == pytest.approx(expected.total, abs=1e-5) and got.greedy == expected.greedy
+    lm = StudyLM(model, processor, 8, score_answers=True)
+    run_benchmarks(lm, ["jigsaw", "tiny_world_colour", "tiny_world_arithmetic"], benchmark_data, 6)
+    found = lm.answer_logprobs()
+    assert sorted(found) == ["tiny_world_arithmetic", "tiny_world_colour"] and all(v < 0 for v in found.values())
+    docs = list(load_docs("colour", benchmark_data.tiny_world_dir)["test"])[:6]
+    prompts = [request_conversation(d["prompt"], doc_to_image(d)) for d in docs]
+    expected = [s.total for s in token_logprobs(model, processor, prompts, [d["answer"] for d in docs])]
+    assert found["tiny_world_colour"] == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+
+
+def test_answers_to_one_prompt_score_as_with_the_prompt_run_for_each(data, monkeypatch):
+    """Several answers to one prompt (the KL's samples) are scored with the prompt run once: the same
+    log-probabilities as one forward per whole row (the stock path, FORGETTING_FAST_PATHS=0), and sample_logps
+    returns each list of answers in its own order."""
+    import forgetting.inference as inference
+    from forgetting.evaluation import KL_SAMPLES, held_out_prompts, sample_logps
+
+    config, benchmark_data = data
+    model, processor = load_model(config.model, str(SHIPPED["micro"]), trainable=False)
+    _, prompts = held_out_prompts("jigsaw", dataclasses.replace(benchmark_data, prompt_style="think"), 5)
+    first = ["<think>1 red</think><answer>1 2 3 4</answer>", "", "4 3", "2", "1 1 1 1 1 1", "3 1", "x", "4", "2 2", "1"]
+    second = ["1 2 3 4", "<think></think>", "3", "4 1 2 3", "", "2 1", "1 3 2 4", "4 4", "2 4 1 3", "9"]
+    shared = []
+    real = inference.shared_prompt_forward
+    monkeypatch.setattr(inference, "shared_prompt_forward", lambda *a, **k: shared.append(real(*a, **k)) or shared[-1])
+    fast = sample_logps(model, processor, prompts, first, second)
+    assert shared and all(out is not None for out in shared)  # the prompts did run once for their answers
+    monkeypatch.setenv("FORGETTING_FAST_PATHS", "0")
+    stock = [sample_logps(model, processor, prompts, answers)[0] for answers in (first, second)]
+    assert len(fast) == 2 and len(fast[0]) == len(prompts) * KL_SAMPLES
+    for got, expected in zip(fast, stock, strict=True):
+        assert got == pytest.approx(expected, abs=1e-4)
+    assert fast[0][1] == 0.0 and fast[1][1] < 0  # an empty answer has no tokens; "<think></think>" has some
 
 
 @pytest.mark.slow
