@@ -102,38 +102,75 @@ def generate_and_score(
     given), with each batch's prompts run once for both: one forward over `[prompt | continuation]` scores the
     continuations (as token_logprobs does) and generation goes on from that forward's cache, cut back to the
     prompt (a causal model's states over the prompt do not depend on what follows it). The evaluation scores the
-    held-out answers of the benchmarks it generates for this way."""
+    held-out answers of the benchmarks it generates for this way. A batch without continuations that passes one
+    conversation object several times (several samples of one prompt) runs that prompt once and generates every
+    sample from its cache (off with FORGETTING_FAST_PATHS=0); the samples are drawn as from the repeated prompts."""
     was_training = model.training
     model.eval()
     texts, scored = [], []
     continuations = continuations or [None] * len(conversations)
     for i in range(0, len(conversations), batch_size):
-        inputs = batch(processor, conversations[i : i + batch_size], train=False)
+        chunk, wanted = conversations[i : i + batch_size], continuations[i : i + batch_size]
+        keep, index = shared_rows(chunk, wanted)
+        inputs = batch(processor, [chunk[k] for k in keep], train=False)
         inputs = {k: v.to(model.device) for k, v in inputs.items()}
-        wanted = continuations[i : i + batch_size]
         rows = Continuations(processor.tokenizer, [c or "" for c in wanted])
-        if rows.width:
-            forward = rows.appended(inputs)
-            text_only = "pixel_values" not in inputs
-            if text_only:  # positions counted past the left padding, as generate counts them, with no rope offsets
-                count = (forward["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-                forward["position_ids"] = count[None].expand(3, -1, -1)
-            out = model(**forward, use_cache=True, logits_to_keep=rows.width + 1)
-            found = rows.scored(out.logits[:, :-1])
-            scored += [s if c is not None else None for s, c in zip(found, wanted, strict=True)]
-            cache = out.get("cache")
-            cache = out.past_key_values if cache is None else cache  # its name in earlier transformers 5 releases
-            cache.crop(-(rows.width + 1))  # back to the prompt but its last token, which generation runs itself
-            if text_only:
-                text_model(model).rope_deltas = torch.zeros(len(wanted), 1, dtype=torch.long, device=model.device)
-            prompt = {k: v for k, v in inputs.items() if k not in ("pixel_values", "image_grid_thw")}
-            generated = model.generate(**prompt, cache=cache, max_new_tokens=max_new_tokens, **sampling)
+        if rows.width or len(keep) < len(chunk):
+            cache = prompt_cache(model, inputs, rows)
+            if rows.width:
+                scored += [s if c is not None else None for s, c in zip(rows.scored(cache.logits), wanted, strict=True)]
+            else:
+                scored += [None] * len(wanted)
+            if len(keep) < len(chunk):  # every sample from its prompt's one run
+                cache.kv.reorder_cache(torch.tensor(index, device=model.device))
+                text_model(model).rope_deltas = text_model(model).rope_deltas[index]
+            prompt = {k: v[index] for k, v in inputs.items() if k not in ("pixel_values", "image_grid_thw")}
+            generated = model.generate(**prompt, cache=cache.kv, max_new_tokens=max_new_tokens, **sampling)
         else:
             scored += [Scored([], [], True) if c is not None else None for c in wanted]
             generated = model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
         texts += processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     model.train(was_training)
     return texts, scored
+
+
+def shared_rows(conversations: list[list[dict]], continuations: list[str | None]) -> tuple[list[int], list[int]]:
+    """(the first row of each distinct conversation object, for every row the position of its own in that list):
+    rows share a prompt run when they pass the same object and no row has a continuation to score."""
+    if any(c is not None for c in continuations) or not fast_paths.enabled():
+        return list(range(len(conversations))), list(range(len(conversations)))
+    keep, index, seen = [], [], {}
+    for row, conversation in enumerate(conversations):
+        if id(conversation) not in seen:
+            seen[id(conversation)] = len(keep)
+            keep.append(row)
+        index.append(seen[id(conversation)])
+    return keep, index
+
+
+@dataclass
+class PromptCache:
+    kv: object  # the model's cache over each prompt but its last token
+    logits: torch.Tensor | None  # the logits predicting each continuation token (when there are continuations)
+
+
+def prompt_cache(model, inputs: dict, rows: Continuations) -> PromptCache:
+    """One forward over the batch's prompts (with rows' continuations appended, when any): the continuations'
+    logits, and the cache cut back to each prompt but its last token (which generation runs itself), the model's
+    rope offsets set for generation to go on from it."""
+    forward = rows.appended(inputs) if rows.width else dict(inputs)
+    text_only = "pixel_values" not in inputs
+    if text_only:  # positions counted past the left padding, as generate counts them, with no rope offsets
+        count = (forward["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        forward["position_ids"] = count[None].expand(3, -1, -1)
+    out = model(**forward, use_cache=True, logits_to_keep=rows.width + 1)
+    cache = out.get("cache")
+    cache = out.past_key_values if cache is None else cache  # its name in earlier transformers 5 releases
+    cache.crop(-(rows.width + 1))
+    if text_only:
+        rows_n = inputs["input_ids"].shape[0]
+        text_model(model).rope_deltas = torch.zeros(rows_n, 1, dtype=torch.long, device=model.device)
+    return PromptCache(cache, out.logits[:, :-1] if rows.width else None)
 
 
 def text_model(model):

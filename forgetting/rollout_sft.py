@@ -66,7 +66,8 @@ def sample_correct_rollouts(
     torch.manual_seed(config.seed)
     for i in range(0, len(records), 8):
         chunk = records[i : i + 8]
-        conversations = [chat(r[f"prompt_{style}"], dataset.image(r)) for r in chunk for _ in range(g)]
+        prompts = [chat(r[f"prompt_{style}"], dataset.image(r)) for r in chunk]
+        conversations = [p for p in prompts for _ in range(g)]  # one object per prompt: run once for its samples
         texts = generate(
             model,
             processor,

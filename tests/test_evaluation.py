@@ -169,6 +169,34 @@ def test_generation_scores_answers_on_its_own_prompt_forward(data):
     assert found["tiny_world_colour"] == pytest.approx(sum(expected) / len(expected), abs=1e-5)
 
 
+def test_samples_of_one_prompt_are_drawn_from_its_one_run(data, monkeypatch):
+    """generate given one conversation object several times (the KL's and pass@k's samples) runs the prompt once
+    and samples every copy from its cache: the same samples, seed for seed, as from the repeated prompts (the stock
+    path, FORGETTING_FAST_PATHS=0), for think and text-only prompts."""
+    import forgetting.inference as inference
+    from forgetting.evaluation import held_out_prompts
+    from forgetting.inference import sampling
+
+    config, benchmark_data = data
+    model, processor = load_model(config.model, str(SHIPPED["micro"]), trainable=False)
+    _, puzzles = held_out_prompts("jigsaw", dataclasses.replace(benchmark_data, prompt_style="think"), 4)
+    docs = list(load_docs("arithmetic", benchmark_data.tiny_world_dir)["test"])[:3]
+    sums = [request_conversation(d["prompt"]) for d in docs]
+    runs, real = [], inference.prompt_cache
+    monkeypatch.setattr(inference, "prompt_cache", lambda m, i, r: runs.append(len(i["input_ids"])) or real(m, i, r))
+    for prompts in (puzzles, sums):
+        repeated = [p for p in prompts for _ in range(3)]
+        torch.manual_seed(7)
+        fast = generate(model, processor, repeated, 12, 8, **sampling(1.0))
+        monkeypatch.setenv("FORGETTING_FAST_PATHS", "0")
+        torch.manual_seed(7)
+        assert fast == generate(model, processor, repeated, 12, 8, **sampling(1.0))
+        monkeypatch.delenv("FORGETTING_FAST_PATHS")
+        assert len(set(fast)) > len(prompts)  # samples of one prompt differ
+    # batches of 8 rows: 4 puzzles x 3 run as 3 + 2 prompts; 3 sums x 3 as 3, then one row alone (nothing to share)
+    assert runs == [3, 2, 3]
+
+
 def test_answers_to_one_prompt_score_as_with_the_prompt_run_for_each(data, monkeypatch):
     """Several answers to one prompt (the KL's samples) are scored with the prompt run once: the same
     log-probabilities as one forward per whole row (the stock path, FORGETTING_FAST_PATHS=0), and sample_logps
