@@ -1,5 +1,8 @@
 """The model calls every stage shares: batched generation and the log-probability of given continuations,
-both through forgetting/models.py:batch, the processor path training and TRL use.
+both through forgetting/models.py:batch, the processor path training and TRL use. Each runs a prompt as few times
+as it can, with the numbers of one forward per row to float rounding: a generation's prompt also scores a given
+answer (generate_and_score), several answers or samples of one prompt share its run (continuation_logits,
+shared_rows).
 """
 
 from dataclasses import dataclass
