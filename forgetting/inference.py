@@ -11,7 +11,7 @@ import torch
 
 from forgetting import fast_paths
 from forgetting.models import batch
-from forgetting.shared_prompts import shared_prompt_forward
+from forgetting.shared_prompts import prompt_cache, repeat_cache, shared_prompt_forward
 
 
 def sampling(temperature: float, top_p: float = 1.0, top_k: int = 0) -> dict:
@@ -119,16 +119,15 @@ def generate_and_score(
         inputs = {k: v.to(model.device) for k, v in inputs.items()}
         rows = Continuations(processor.tokenizer, [c or "" for c in wanted])
         if rows.width or len(keep) < len(chunk):
-            cache = prompt_cache(model, inputs, rows)
+            logits, cache = prompt_cache(model, rows.appended(inputs) if rows.width else inputs, rows.width)
             if rows.width:
-                scored += [s if c is not None else None for s, c in zip(rows.scored(cache.logits), wanted, strict=True)]
+                scored += [s if c is not None else None for s, c in zip(rows.scored(logits), wanted, strict=True)]
             else:
                 scored += [None] * len(wanted)
             if len(keep) < len(chunk):  # every sample from its prompt's one run
-                cache.kv.reorder_cache(torch.tensor(index, device=model.device))
-                text_model(model).rope_deltas = text_model(model).rope_deltas[index]
+                repeat_cache(model, cache, index)
             prompt = {k: v[index] for k, v in inputs.items() if k not in ("pixel_values", "image_grid_thw")}
-            generated = model.generate(**prompt, cache=cache.kv, max_new_tokens=max_new_tokens, **sampling)
+            generated = model.generate(**prompt, cache=cache, max_new_tokens=max_new_tokens, **sampling)
         else:
             scored += [Scored([], [], True) if c is not None else None for c in wanted]
             generated = model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
@@ -149,37 +148,6 @@ def shared_rows(conversations: list[list[dict]], continuations: list[str | None]
             keep.append(row)
         index.append(seen[id(conversation)])
     return keep, index
-
-
-@dataclass
-class PromptCache:
-    kv: object  # the model's cache over each prompt but its last token
-    logits: torch.Tensor | None  # the logits predicting each continuation token (when there are continuations)
-
-
-def prompt_cache(model, inputs: dict, rows: Continuations) -> PromptCache:
-    """One forward over the batch's prompts (with rows' continuations appended, when any): the continuations'
-    logits, and the cache cut back to each prompt but its last token (which generation runs itself), the model's
-    rope offsets set for generation to go on from it."""
-    forward = rows.appended(inputs) if rows.width else dict(inputs)
-    text_only = "pixel_values" not in inputs
-    if text_only:  # positions counted past the left padding, as generate counts them, with no rope offsets
-        count = (forward["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        forward["position_ids"] = count[None].expand(3, -1, -1)
-    out = model(**forward, use_cache=True, logits_to_keep=rows.width + 1)
-    cache = out.get("cache")
-    cache = out.past_key_values if cache is None else cache  # its name in earlier transformers 5 releases
-    cache.crop(-(rows.width + 1))
-    if text_only:
-        rows_n = inputs["input_ids"].shape[0]
-        text_model(model).rope_deltas = torch.zeros(rows_n, 1, dtype=torch.long, device=model.device)
-    return PromptCache(cache, out.logits[:, :-1] if rows.width else None)
-
-
-def text_model(model):
-    """The model under the language-model head (and under a LoRA wrapper): where Qwen2.5-VL keeps the rope
-    offsets of the batch it last ran over a whole prompt, which generation continuing from a cache reads."""
-    return model.get_base_model().model if hasattr(model, "get_base_model") else model.model
 
 
 def continuation_logprobs(

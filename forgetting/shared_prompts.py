@@ -39,11 +39,16 @@ def distinct_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pixel_
     return keep, index
 
 
+def text_model(model):
+    """The model under the language-model head (and under a LoRA wrapper): where Qwen2.5-VL computes rope positions
+    and keeps the offsets of the batch it last ran over whole prompts, which generation from a cache reads."""
+    return model.get_base_model().model if hasattr(model, "get_base_model") else model.model
+
+
 def positions(model, input_ids, attention_mask, image_grid_thw, mm_token_type_ids) -> torch.Tensor:
     """The (3, batch, length) rope positions a forward over the whole sequences would use (Qwen2.5-VL's
     compute_3d_position_ids, or the plain count it falls back to)."""
-    inner = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
-    found = inner.compute_3d_position_ids(
+    found = text_model(model).compute_3d_position_ids(
         input_ids=input_ids,
         image_grid_thw=image_grid_thw,
         video_grid_thw=None,
@@ -110,6 +115,57 @@ def shared_prompt_logps(
     return out.log_probs[:, -logits_to_keep:], (out.entropy[:, -logits_to_keep:] if compute_entropy else None)
 
 
+def prompt_cache(model, forward: dict, width: int = 0) -> tuple[torch.Tensor | None, object]:
+    """One forward over rows `[left-padded prompt | width continuation tokens]`: the logits predicting each
+    continuation token (None when width is 0), and the cache cut back to each prompt but its last token (which
+    generation runs itself), with the rope offsets generation reads set for these rows (text-only rows: positions
+    counted past the left padding, as generate counts them, and no offsets)."""
+    text_only = forward.get("pixel_values") is None
+    if text_only:
+        count = (forward["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        forward = {**forward, "position_ids": count[None].expand(3, -1, -1)}
+    out = model(**forward, use_cache=True, logits_to_keep=width + 1)
+    cache = out.get("cache")
+    cache = out.past_key_values if cache is None else cache  # its name in earlier transformers 5 releases
+    cache.crop(-(width + 1))
+    if text_only:
+        rows = forward["input_ids"].shape[0]
+        text_model(model).rope_deltas = torch.zeros(rows, 1, dtype=torch.long, device=forward["input_ids"].device)
+    return (out.logits[:, :-1] if width else None), cache
+
+
+def repeat_cache(model, cache, index: list[int]) -> None:
+    """The cache (and the rope offsets) of distinct prompts, repeated to the rows: row r gets prompt index[r]'s."""
+    cache.reorder_cache(torch.tensor(index, device=text_model(model).rope_deltas.device))
+    text_model(model).rope_deltas = text_model(model).rope_deltas[index]
+
+
+def shared_generate(model, generate, input_ids, attention_mask, pixel_values=None, image_grid_thw=None, **kwargs):
+    """generate (the model's own, bound) over rows that repeat prompts, as GRPO's groups do, with each distinct
+    prompt (ids, mask and image) run once: its cache is repeated to its rows and generation goes on from there;
+    the samples are drawn as from the repeated rows (one random draw per row and step either way)."""
+    keep, index = (None, None)
+    if pixel_values is not None and image_grid_thw is not None and len(image_grid_thw) == len(input_ids):
+        keep, index = distinct_prompts(input_ids, attention_mask, pixel_values, image_grid_thw)
+    if keep is None or len(keep) == len(index):
+        return generate(
+            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw, **kwargs,
+        )  # fmt: skip
+    patches = pixel_values.split(image_grid_thw.prod(-1).tolist())
+    mm = kwargs.get("mm_token_type_ids")
+    forward = {
+        "input_ids": input_ids[keep],
+        "attention_mask": attention_mask[keep],
+        "pixel_values": torch.cat([patches[i] for i in keep]),
+        "image_grid_thw": image_grid_thw[keep],
+        **({"mm_token_type_ids": mm[keep]} if mm is not None else {}),
+    }
+    _, cache = prompt_cache(model, forward)
+    repeat_cache(model, cache, index)
+    return generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
+
+
 def checkpointed(model) -> bool:
     """Whether the model recomputes its activations in the backward pass (gradient checkpointing): transformers
     then keeps no cache in training, and the prompts' keys and values cannot be shared."""
@@ -150,6 +206,18 @@ class SharedPrompts:
             if found is not None:
                 return (*found, None)
         return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, **kwargs)
+
+    def _generate_single_turn(self, *args, **kwargs):
+        """TRL's generation (transformers' generate, not vLLM's), with each distinct prompt of the batch run once
+        (shared_generate) unless the model recomputes its activations (no cache then)."""
+        model = self.accelerator.unwrap_model(self.model)
+        if self.use_vllm or getattr(self, "use_transformers_continuous_batching", False) or checkpointed(model):
+            return super()._generate_single_turn(*args, **kwargs)
+        model.generate = functools.partial(shared_generate, model, model.generate)
+        try:
+            return super()._generate_single_turn(*args, **kwargs)
+        finally:
+            del model.generate  # the class's own again
 
 
 @functools.cache

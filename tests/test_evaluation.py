@@ -183,7 +183,7 @@ def test_samples_of_one_prompt_are_drawn_from_its_one_run(data, monkeypatch):
     docs = list(load_docs("arithmetic", benchmark_data.tiny_world_dir)["test"])[:3]
     sums = [request_conversation(d["prompt"]) for d in docs]
     runs, real = [], inference.prompt_cache
-    monkeypatch.setattr(inference, "prompt_cache", lambda m, i, r: runs.append(len(i["input_ids"])) or real(m, i, r))
+    monkeypatch.setattr(inference, "prompt_cache", lambda m, f, w=0: runs.append(len(f["input_ids"])) or real(m, f, w))
     for prompts in (puzzles, sums):
         repeated = [p for p in prompts for _ in range(3)]
         torch.manual_seed(7)

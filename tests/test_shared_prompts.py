@@ -115,3 +115,37 @@ def test_gradient_checkpointing_takes_trls_path(group_batch, monkeypatch):
     )
     logps, _, _ = Bare()._get_per_token_logps_and_entropies(model, ids, mask, 7, **extra)
     assert called == [1] and logps.shape == (12, 7)
+
+
+@pytest.mark.parametrize("adapter", [False, True])
+def test_grpo_generation_runs_each_prompt_once_and_samples_as_the_repeated_rows(tmp_path, adapter, monkeypatch):
+    """shared_generate (GRPO's generation through SharedPrompts): each distinct prompt of a group batch runs once,
+    and the samples are those model.generate draws from the repeated rows, seed for seed."""
+    import forgetting.shared_prompts as shared
+
+    config = load_config("micro")
+    dataset = generate_puzzles(config.puzzles, tmp_path)
+    model, processor = load_model(config.model, trainable=False)
+    if adapter:
+        from peft import LoraConfig, get_peft_model
+
+        from forgetting.models import LORA_TARGETS
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=LORA_TARGETS, init_lora_weights=False))
+    examples = rft_examples(dataset, "think")[:3]
+    prompts = [processor.apply_chat_template(e["prompt"], add_generation_prompt=True) for e in examples]
+    from PIL import Image
+
+    images = [Image.open(e["image"]).convert("RGB") for e in examples]
+    inputs = processor(text=[p for p in prompts for _ in range(4)], images=[i for i in images for _ in range(4)],
+                       return_tensors="pt", padding=True)  # fmt: skip
+    settings = {"do_sample": True, "temperature": 1.3, "top_k": 0, "top_p": 1.0, "max_new_tokens": 10}
+    torch.manual_seed(3)
+    stock = model.generate(**inputs, **settings)
+    runs, real = [], shared.prompt_cache
+    monkeypatch.setattr(shared, "prompt_cache", lambda m, f, w=0: runs.append(len(f["input_ids"])) or real(m, f, w))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        found = shared.shared_generate(model, model.generate, **inputs, **settings)
+    assert runs == [3] and torch.equal(found, stock)
+    assert len({tuple(row) for row in stock[:, inputs["input_ids"].shape[1] :].tolist()}) > 3  # samples differ
