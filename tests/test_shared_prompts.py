@@ -21,16 +21,15 @@ class Bare(grpo_trainer()):
         self.accelerator = Accelerator(cpu=True)
 
 
-@pytest.fixture(params=["full", "lora"])
-def group_batch(tmp_path, request):
-    """3 puzzles, each prompt 4 times, with completions of different lengths (right-padded), as GRPO batches; the
-    model fully trainable or with a LoRA adapter (fused head added before PEFT wraps it, as GRPOTrainer does)."""
-    torch.manual_seed(0)
+def group_prompts(tmp_path, lora: bool, fused_head: bool = False, trainable: bool = True):
+    """The micro model (fully trainable or with a LoRA adapter; TRL's fused head added before PEFT wraps it, as
+    GRPOTrainer does) and 3 puzzles' think prompts, each 4 times over, left-padded as GRPO batches them."""
     config = load_config("micro")
     dataset = generate_puzzles(config.puzzles, tmp_path)
-    model, processor = load_model(config.model)
-    add_fused_lm_head(model, temperature=1.3, outputs=("log_probs", "entropy"))
-    if request.param == "lora":
+    model, processor = load_model(config.model, trainable=trainable)
+    if fused_head:
+        add_fused_lm_head(model, temperature=1.3, outputs=("log_probs", "entropy"))
+    if lora:
         from peft import LoraConfig, get_peft_model
 
         from forgetting.models import LORA_TARGETS
@@ -43,6 +42,15 @@ def group_batch(tmp_path, request):
     images = [Image.open(e["image"]).convert("RGB") for e in examples]
     inputs = processor(text=[p for p in prompts for _ in range(4)], images=[i for i in images for _ in range(4)],
                        return_tensors="pt", padding=True)  # fmt: skip
+    return model, inputs
+
+
+@pytest.fixture(params=["full", "lora"])
+def group_batch(tmp_path, request):
+    """3 puzzles, each prompt 4 times, with completions of different lengths (right-padded), as GRPO batches; the
+    model fully trainable or with a LoRA adapter (fused head added before PEFT wraps it, as GRPOTrainer does)."""
+    torch.manual_seed(0)
+    model, inputs = group_prompts(tmp_path, request.param == "lora", fused_head=True)
     completions = torch.randint(10, 200, (12, 7))
     completion_mask = (torch.arange(7)[None] < torch.randint(2, 8, (12, 1))).long()
     ids = torch.cat([inputs["input_ids"], completions], 1)
@@ -123,22 +131,7 @@ def test_grpo_generation_runs_each_prompt_once_and_samples_as_the_repeated_rows(
     and the samples are those model.generate draws from the repeated rows, seed for seed."""
     import forgetting.shared_prompts as shared
 
-    config = load_config("micro")
-    dataset = generate_puzzles(config.puzzles, tmp_path)
-    model, processor = load_model(config.model, trainable=False)
-    if adapter:
-        from peft import LoraConfig, get_peft_model
-
-        from forgetting.models import LORA_TARGETS
-
-        model = get_peft_model(model, LoraConfig(r=4, target_modules=LORA_TARGETS, init_lora_weights=False))
-    examples = rft_examples(dataset, "think")[:3]
-    prompts = [processor.apply_chat_template(e["prompt"], add_generation_prompt=True) for e in examples]
-    from PIL import Image
-
-    images = [Image.open(e["image"]).convert("RGB") for e in examples]
-    inputs = processor(text=[p for p in prompts for _ in range(4)], images=[i for i in images for _ in range(4)],
-                       return_tensors="pt", padding=True)  # fmt: skip
+    model, inputs = group_prompts(tmp_path, adapter, trainable=False)
     settings = {"do_sample": True, "temperature": 1.3, "top_k": 0, "top_p": 1.0, "max_new_tokens": 10}
     torch.manual_seed(3)
     stock = model.generate(**inputs, **settings)
