@@ -11,7 +11,7 @@ import torch
 
 from forgetting import fast_paths
 from forgetting.models import batch
-from forgetting.shared_prompts import prompt_cache, repeat_cache, shared_prompt_forward
+from forgetting.shared_prompts import one_image_each, prompt_cache, repeat_cache, shared_prompt_forward
 
 
 def sampling(temperature: float, top_p: float = 1.0, top_k: int = 0) -> dict:
@@ -120,17 +120,14 @@ def generate_and_score(
         rows = Continuations(processor.tokenizer, [c or "" for c in wanted])
         if rows.width or len(keep) < len(chunk):
             logits, cache = prompt_cache(model, rows.appended(inputs) if rows.width else inputs, rows.width)
-            if rows.width:
-                scored += [s if c is not None else None for s, c in zip(rows.scored(logits), wanted, strict=True)]
-            else:
-                scored += [None] * len(wanted)
             if len(keep) < len(chunk):  # every sample from its prompt's one run
                 repeat_cache(model, cache, index)
             prompt = {k: v[index] for k, v in inputs.items() if k not in ("pixel_values", "image_grid_thw")}
             generated = model.generate(**prompt, cache=cache, max_new_tokens=max_new_tokens, **sampling)
         else:
-            scored += [Scored([], [], True) if c is not None else None for c in wanted]
             generated = model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+        found = rows.scored(logits) if rows.width else [Scored([], [], True)] * len(wanted)
+        scored += [s if c is not None else None for s, c in zip(found, wanted, strict=True)]
         texts += processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     model.train(was_training)
     return texts, scored
@@ -174,14 +171,6 @@ def continuation_logits(model, inputs: dict, split: int) -> torch.Tensor:
             return out.logits[:, :-1]
     width = inputs["input_ids"].shape[1] - split  # the head runs on the continuation's positions alone
     return model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
-
-
-def one_image_each(model, inputs: dict) -> bool:
-    """Whether every row of a batch holds exactly one image (and nothing else a prompt cache cannot carry)."""
-    if inputs.get("pixel_values") is None or "pixel_values_videos" in inputs:
-        return False
-    starts = (inputs["input_ids"] == model.config.vision_start_token_id).sum(-1)
-    return inputs["image_grid_thw"].shape[0] == len(starts) and bool((starts == 1).all())
 
 
 @torch.no_grad()

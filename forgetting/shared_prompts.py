@@ -115,6 +115,14 @@ def shared_prompt_logps(
     return out.log_probs[:, -logits_to_keep:], (out.entropy[:, -logits_to_keep:] if compute_entropy else None)
 
 
+def one_image_each(model, inputs: dict) -> bool:
+    """Whether every row of a batch holds exactly one image (and nothing else a prompt cache cannot carry)."""
+    if inputs.get("pixel_values") is None or inputs.get("pixel_values_videos") is not None:
+        return False
+    starts = (inputs["input_ids"] == model.config.vision_start_token_id).sum(-1)
+    return inputs["image_grid_thw"].shape[0] == len(starts) and bool((starts == 1).all())
+
+
 def prompt_cache(model, forward: dict, width: int = 0) -> tuple[torch.Tensor | None, object]:
     """One forward over rows `[left-padded prompt | width continuation tokens]`: the logits predicting each
     continuation token (None when width is 0), and the cache cut back to each prompt but its last token (which
@@ -144,10 +152,10 @@ def shared_generate(model, generate, input_ids, attention_mask, pixel_values=Non
     """generate (the model's own, bound) over rows that repeat prompts, as GRPO's groups do, with each distinct
     prompt (ids, mask and image) run once: its cache is repeated to its rows and generation goes on from there;
     the samples are drawn as from the repeated rows (one random draw per row and step either way)."""
-    keep, index = (None, None)
-    if pixel_values is not None and image_grid_thw is not None and len(image_grid_thw) == len(input_ids):
-        keep, index = distinct_prompts(input_ids, attention_mask, pixel_values, image_grid_thw)
-    if keep is None or len(keep) == len(index):
+    rows = {**kwargs, "input_ids": input_ids, "pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
+    one_each = one_image_each(model, rows)
+    keep, index = distinct_prompts(input_ids, attention_mask, pixel_values, image_grid_thw) if one_each else ([], [])
+    if len(keep) == len(index):
         return generate(
             input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
             image_grid_thw=image_grid_thw, **kwargs,
