@@ -8,10 +8,13 @@ training and evaluation alike: it goes through the processor, which passes `mm_t
 it, transformers 5 gives image tokens plain 1D positions in training but 3D ones in `generate`).
 """
 
+import hashlib
 import json
 import os
 import re
 import threading
+import weakref
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -248,7 +251,14 @@ def batch(processor, conversations: list[list[dict]], train: bool) -> dict:
 
     train=True: each conversation ends with the assistant's answer and `labels` keep only the answer
     tokens and <|im_end|> (training_template). train=False: the prompt ends with the assistant's turn opened,
-    for generate."""
+    for generate; a batch of prompts seen before (every checkpoint's evaluation asks the same held-out prompts)
+    is copied from PROMPT_BATCHES instead of going through the processor again."""
+    if not train:
+        return PROMPT_BATCHES.get(processor, conversations)
+    return _processed(processor, conversations, train)
+
+
+def _processed(processor, conversations: list[list[dict]], train: bool) -> dict:
     out = processor.apply_chat_template(
         conversations,
         chat_template=training_template(processor) if train else None,
@@ -263,3 +273,61 @@ def batch(processor, conversations: list[list[dict]], train: bool) -> dict:
         mask = out.pop("assistant_masks")
         out["labels"] = torch.where(mask.bool(), out["input_ids"], -100)
     return dict(out)
+
+
+class PromptBatches:
+    """The processor's output for batches of prompts, kept by content (the processor's tokenizer, template and
+    image settings, each message's text and each image's pixels) up to max_bytes, least recently used dropped
+    first. Processing is deterministic, so a hit is the same tensors; callers get copies. Off with
+    FORGETTING_FAST_PATHS=0."""
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self.fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.size = 0
+
+    def get(self, processor, conversations: list[list[dict]]) -> dict:
+        if not fast_paths.enabled():
+            return _processed(processor, conversations, train=False)
+        key = hashlib.blake2b(self.fingerprint(processor).encode(), digest_size=20)
+        key.update(str(processor.tokenizer.padding_side).encode())
+        try:
+            for conversation in conversations:
+                key.update(json.dumps(conversation, default=_image_digest, sort_keys=True).encode())
+        except TypeError:  # something in a conversation with no digest: process it, keep nothing
+            return _processed(processor, conversations, train=False)
+        key = key.hexdigest()
+        if key not in self.entries:
+            self.entries[key] = _processed(processor, conversations, train=False)
+            self.size += sum(v.nbytes for v in self.entries[key].values())
+            while self.size > self.max_bytes and len(self.entries) > 1:
+                self.size -= sum(v.nbytes for v in self.entries.popitem(last=False)[1].values())
+        self.entries.move_to_end(key)
+        return {k: v.clone() for k, v in self.entries[key].items()}
+
+    def fingerprint(self, processor) -> str:
+        """What decides the processor's output besides the conversations: its tokenizer, chat template and image
+        processor settings (one hash per processor object)."""
+        if processor not in self.fingerprints:
+            tokenizer = processor.tokenizer
+            backend = getattr(tokenizer, "backend_tokenizer", None)
+            parts = [
+                backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True),
+                json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str),
+                str(processor.chat_template),
+                processor.image_processor.to_json_string(),
+                type(processor).__name__,
+            ]
+            self.fingerprints[processor] = hashlib.blake2b("\0".join(parts).encode(), digest_size=20).hexdigest()
+        return self.fingerprints[processor]
+
+
+def _image_digest(value) -> str:
+    """A PIL image in a conversation, as a digest of its mode, size and pixels (json.dumps' default)."""
+    if isinstance(value, Image.Image):
+        return f"image:{value.mode}:{value.size}:{hashlib.blake2b(value.tobytes(), digest_size=20).hexdigest()}"
+    raise TypeError(type(value).__name__)
+
+
+PROMPT_BATCHES = PromptBatches()

@@ -63,6 +63,24 @@ def positions(model, input_ids, attention_mask, image_grid_thw, mm_token_type_id
     return count.view(1, 1, -1).expand(3, input_ids.shape[0], -1)
 
 
+def rows_of(keep, input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids=None, end=None) -> dict:
+    """The model inputs of rows keep (their first end columns; all when end is None), each with its own image."""
+    patches = pixel_values.split(image_grid_thw.prod(-1).tolist())
+    return {
+        "input_ids": input_ids[keep, :end],
+        "attention_mask": attention_mask[keep, :end],
+        "pixel_values": torch.cat([patches[i] for i in keep]),
+        "image_grid_thw": image_grid_thw[keep],
+        **({"mm_token_type_ids": mm_token_type_ids[keep, :end]} if mm_token_type_ids is not None else {}),
+    }
+
+
+def cache_of(out):
+    """A forward's cache: `cache` in transformers 5's outputs, `past_key_values` in its earlier releases."""
+    cache = out.get("cache")
+    return out.past_key_values if cache is None else cache
+
+
 def shared_prompt_forward(
     model, unwrapped, input_ids, attention_mask, split: int, pixel_values, image_grid_thw, mm_token_type_ids=None,
     **kwargs,
@@ -75,18 +93,9 @@ def shared_prompt_forward(
     if len(keep) == len(index):
         return None
     position_ids = positions(unwrapped, input_ids, attention_mask, image_grid_thw, mm_token_type_ids)
-    patches = pixel_values.split(image_grid_thw.prod(-1).tolist())
-    prefix = model(
-        input_ids=input_ids[keep, : split - 1],
-        attention_mask=attention_mask[keep, : split - 1],
-        position_ids=position_ids[:, keep, : split - 1],
-        pixel_values=torch.cat([patches[i] for i in keep]),
-        image_grid_thw=image_grid_thw[keep],
-        **({"mm_token_type_ids": mm_token_type_ids[keep, : split - 1]} if mm_token_type_ids is not None else {}),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache = prefix.past_key_values
+    prefix = rows_of(keep, input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids, split - 1)
+    out = model(**prefix, position_ids=position_ids[:, keep, : split - 1], use_cache=True, logits_to_keep=1)
+    cache = cache_of(out)
     cache.reorder_cache(torch.tensor(index, device=input_ids.device))
     return model(
         input_ids=input_ids[:, split - 1 :],
@@ -133,8 +142,7 @@ def prompt_cache(model, forward: dict, width: int = 0) -> tuple[torch.Tensor | N
         count = (forward["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         forward = {**forward, "position_ids": count[None].expand(3, -1, -1)}
     out = model(**forward, use_cache=True, logits_to_keep=width + 1)
-    cache = out.get("cache")
-    cache = out.past_key_values if cache is None else cache  # its name in earlier transformers 5 releases
+    cache = cache_of(out)
     cache.crop(-(width + 1))
     if text_only:
         rows = forward["input_ids"].shape[0]
@@ -160,15 +168,7 @@ def shared_generate(model, generate, input_ids, attention_mask, pixel_values=Non
             input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
             image_grid_thw=image_grid_thw, **kwargs,
         )  # fmt: skip
-    patches = pixel_values.split(image_grid_thw.prod(-1).tolist())
-    mm = kwargs.get("mm_token_type_ids")
-    forward = {
-        "input_ids": input_ids[keep],
-        "attention_mask": attention_mask[keep],
-        "pixel_values": torch.cat([patches[i] for i in keep]),
-        "image_grid_thw": image_grid_thw[keep],
-        **({"mm_token_type_ids": mm[keep]} if mm is not None else {}),
-    }
+    forward = rows_of(keep, input_ids, attention_mask, pixel_values, image_grid_thw, kwargs.get("mm_token_type_ids"))
     _, cache = prompt_cache(model, forward)
     repeat_cache(model, cache, index)
     return generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
