@@ -180,7 +180,7 @@ class PretrainConfig(Section):
         description="Where the chat template puts a user turn's image: before its text, or after it (a tiny "
         "model learns faster: the answer is then always the same distance from the image).",
     )
-    start_from: Literal["micro", "tiny"] | None = Field(
+    start_from: Literal["micro", "tiny", "tiny-think"] | None = Field(
         None,
         description="Continue from this shipped base (its weights and tokenizer; vocab_size and image_position are "
         "then its own) instead of a random initialisation. Empty: from scratch.",
@@ -192,6 +192,14 @@ class PretrainConfig(Section):
         le=1.0,
         description="Share of items asked in the think style: `<think>` what the model sees `</think><answer>` the "
         "answer `</answer>`, the four tags one token each (0: direct answers only, as the tiny base).",
+        exclude_if=lambda v: v == 0.0,  # left out of dumps and hashes at its default: ids unchanged
+    )
+    brief_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of the think items whose reasoning is brief (`I look at the 4 cells`) instead of what the "
+        "model sees, so that a think answer also learns to read the image itself, as a direct answer does.",
         exclude_if=lambda v: v == 0.0,  # left out of dumps and hashes at its default: ids unchanged
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of initialisation and data order.")

@@ -133,13 +133,23 @@ def train_batches(config: PretrainConfig, draws: TaskDraws | None = None):
     streams = {task: world.item_stream(task, "train", config.seed) for task in world.PRIOR_TASKS}
     rng = random.Random(config.seed)
     think = random.Random(f"{config.seed}-style")  # its own stream: think_share 0 draws the items it always did
+    brief = random.Random(f"{config.seed}-brief")  # and brief_share 0 the styles
     while True:
         tasks = rng.choices(draws.tasks, weights=draws.weights(), k=config.batch_size)
-        yield [world.in_style(next(streams[t]), _style(think, config.think_share)) for t in tasks]
+        styles = [_style(think, config.think_share) for _ in tasks]
+        yield [
+            world.in_style(next(streams[t]), style, style == "think" and _drawn(brief, config.brief_share))
+            for t, style in zip(tasks, styles, strict=True)
+        ]
 
 
 def _style(rng: random.Random, think_share: float) -> str:
-    return "think" if rng.random() < think_share else "direct"
+    return "think" if _drawn(rng, think_share) else "direct"
+
+
+def _drawn(rng: random.Random, share: float) -> bool:
+    """True with probability share; draws nothing when share is 0 (so a new share leaves old streams as they were)."""
+    return share > 0 and rng.random() < share
 
 
 def item_batch(processor, items: list[world.Item], device: torch.device | str = "cpu") -> dict:

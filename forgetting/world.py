@@ -302,17 +302,30 @@ STYLES = ("direct", "think")
 _ANSWER_WITH = re.compile(r"\s*Answer with [^.]*\.$")
 
 
-def in_style(item: Item, style: str) -> Item:
+# Brief reasoning: what a think answer says when it does not spell out what it sees; the answer then comes from
+# the image itself, as a direct answer does (pretrain.brief_share of the think items).
+BRIEF_REASONING = {"list": "I look at the 4 cells", "image": "I look at the image", "text": "I work it out"}
+
+
+def brief_reasoning(item: Item) -> str:
+    if ANSWER_FORMATS[item.task].startswith("numbers"):
+        return BRIEF_REASONING["list"]
+    return BRIEF_REASONING["image" if item.image is not None else "text"]
+
+
+def in_style(item: Item, style: str, brief: bool = False) -> Item:
     """The item as asked in a prompt style: direct as generated; think with the direct prompt's answer
     instruction replaced by the think instruction the jigsaw's think prompt ends with, and the completion
-    `<think>reasoning</think><answer>answer</answer>` as its completion."""
+    `<think>reasoning</think><answer>answer</answer>` as its completion (brief: brief_reasoning instead of what the
+    item's reasoning spells out)."""
     if style == "direct":
         return item
     if style != "think":
         raise ValueError(f"prompt style must be one of {STYLES}, got {style!r}")
     what = "the 4 numbers separated by spaces" if ANSWER_FORMATS[item.task].startswith("numbers") else "the answer"
     prompt = f"{_ANSWER_WITH.sub('', item.prompt)} {think_instruction(what)}"
-    return dataclasses.replace(item, prompt=prompt, style=style)
+    reasoning = brief_reasoning(item) if brief else item.reasoning
+    return dataclasses.replace(item, prompt=prompt, style=style, reasoning=reasoning)
 
 
 def _words(text: str) -> list[str]:

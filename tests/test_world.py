@@ -277,6 +277,22 @@ def test_think_share_mixes_styles_and_zero_draws_what_it_always_did():
     assert {"heldout.mean", "heldout_think.mean"} <= set(history[2])
 
 
+def test_brief_share_gives_think_items_brief_reasoning_and_zero_leaves_the_stream_as_it_was():
+    """brief_share: that share of the think items says briefly that it looks (a list task: at its cells) instead
+    of what it sees, with the same prompt and answer; 0 draws the same items in the same styles as before."""
+    mixed = PretrainConfig(batch_size=64, seed=3, think_share=0.5)
+    brief = next(train_batches(mixed.model_copy(update={"brief_share": 0.5})))
+    before = next(train_batches(mixed))
+    assert [(it.key, it.style, it.prompt) for it in brief] == [(it.key, it.style, it.prompt) for it in before]
+    short = [it for it in brief if it.reasoning in world.BRIEF_REASONING.values()]
+    assert 0.3 < len(short) / sum(it.style == "think" for it in brief) < 0.7
+    assert all(it.style == "think" for it in short)
+    for it in short:
+        assert answer_text(it.completion) == it.answer and well_formed_think(it.completion)
+        assert (it.reasoning == world.BRIEF_REASONING["list"]) == it.task.startswith("quadrant")
+    assert "brief_share" not in mixed.model_dump(mode="json")
+
+
 def test_micro_pretraining_smoke():
     torch.set_num_threads(2)
     losses = []
