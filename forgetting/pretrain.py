@@ -211,7 +211,7 @@ def per_item_loss(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def length_group(item: world.Item) -> tuple[bool, bool, str]:
     """Items of a group have prompts of about the same length: text-only, one-word answer, list answer; direct
     or think."""
-    return item.image is None, world.ANSWER_FORMATS[item.task].startswith("numbers"), item.style
+    return item.image is None, world.answers_a_list(item), item.style
 
 
 def backward_by_length(

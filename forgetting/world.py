@@ -302,15 +302,17 @@ STYLES = ("direct", "think")
 _ANSWER_WITH = re.compile(r"\s*Answer with [^.]*\.$")
 
 
-# Brief reasoning: what a think answer says when it does not spell out what it sees; the answer then comes from
-# the image itself, as a direct answer does (pretrain.brief_share of the think items).
+# What a think item says with brief reasoning (pretrain.brief_share): its answer must then read the image itself.
 BRIEF_REASONING = {"list": "I look at the 4 cells", "image": "I look at the image", "text": "I work it out"}
 
 
+def answers_a_list(item: Item) -> bool:
+    """Whether the item's answer is a list of numbers, one per grid position (as a jigsaw's is)."""
+    return ANSWER_FORMATS[item.task].startswith("numbers")
+
+
 def brief_reasoning(item: Item) -> str:
-    if ANSWER_FORMATS[item.task].startswith("numbers"):
-        return BRIEF_REASONING["list"]
-    return BRIEF_REASONING["image" if item.image is not None else "text"]
+    return BRIEF_REASONING["list" if answers_a_list(item) else "image" if item.image is not None else "text"]
 
 
 def in_style(item: Item, style: str, brief: bool = False) -> Item:
@@ -322,7 +324,7 @@ def in_style(item: Item, style: str, brief: bool = False) -> Item:
         return item
     if style != "think":
         raise ValueError(f"prompt style must be one of {STYLES}, got {style!r}")
-    what = "the 4 numbers separated by spaces" if ANSWER_FORMATS[item.task].startswith("numbers") else "the answer"
+    what = "the 4 numbers separated by spaces" if answers_a_list(item) else "the answer"
     prompt = f"{_ANSWER_WITH.sub('', item.prompt)} {think_instruction(what)}"
     reasoning = brief_reasoning(item) if brief else item.reasoning
     return dataclasses.replace(item, prompt=prompt, style=style, reasoning=reasoning)
