@@ -1,8 +1,9 @@
 """Prefect Assets: one key per data product of the study, so the Prefect UI's events show what each
 task materialized and from what. Keys are file:// URIs of where the product lies.
 
-This folder also holds the study's shipped static inputs: the tiny base checkpoints (micro-base, tiny-base)
-with their processors, and the lm-eval task YAMLs of the tiny world's benchmarks and the puzzle (lm_eval/).
+This folder also holds the study's shipped static inputs: the tiny base checkpoints (micro-base, tiny-base,
+tiny-think-base, tiny-think-brief-base) with their processors, and the lm-eval task YAMLs of the tiny world's
+benchmarks and the puzzle (lm_eval/).
 """
 
 from pathlib import Path

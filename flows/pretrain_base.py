@@ -3,6 +3,7 @@
     python -m flows.pretrain_base --profile tiny                 # assets/tiny-base (about 60 min, 2 cores)
     python -m flows.pretrain_base --profile micro                # assets/micro-base (the test profile's base)
     python -m flows.pretrain_base --profile tiny-think           # assets/tiny-think-base (also thinks)
+    python -m flows.pretrain_base --profile tiny-think-brief     # assets/tiny-think-brief-base (from tiny-think)
 
 Writes model.safetensors, the processor (tokenizer, chat template, image processor) and model_card.json
 (command, seed, data hash, parameter count, held-out accuracy per task, jigsaw probe, wall time), and

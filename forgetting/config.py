@@ -29,9 +29,10 @@ TOKEN_PX = 28
 
 
 # The project's own models: a size (micro, tiny, small), optionally with a suffix naming a variant of its
-# pretraining (tiny-think: the tiny base that also learned the think style). micro, tiny and tiny-think ship in
-# assets/<name>-base.
-PROJECT_MODELS = ("micro", "tiny", "small", "tiny-think")
+# pretraining (tiny-think: the tiny base that also learned the think style; tiny-think-brief: tiny-think whose think
+# answers often follow a brief reasoning, so they read the picture). micro, tiny, tiny-think and tiny-think-brief
+# ship in assets/<name>-base.
+PROJECT_MODELS = ("micro", "tiny", "small", "tiny-think", "tiny-think-brief")
 
 # What does not change a study's results: where they go, where they are tracked, when reruns happen, and the
 # sweep the study may be a point of.
@@ -117,8 +118,8 @@ class ModelConfig(Section):
     name_or_path: str = Field(
         "tiny",
         min_length=1,
-        description="'micro', 'tiny' or 'tiny-think' (the project's own Qwen2.5-VL-architecture models; "
-        "tiny-think also answers in the think style), a hub id "
+        description="'micro', 'tiny', 'tiny-think' or 'tiny-think-brief' (the project's own Qwen2.5-VL-architecture "
+        "models; tiny-think also answers in the think style, tiny-think-brief often after a brief reasoning), a hub id "
         "such as Qwen/Qwen2.5-VL-3B-Instruct, or a local directory.",
     )
     finetune: Literal["full", "lora"] = Field("full", description="Train all weights or a LoRA adapter.")

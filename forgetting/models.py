@@ -24,11 +24,11 @@ from forgetting import fast_paths
 from forgetting.config import PROJECT_MODELS, REPO_ROOT, ConfigError, ModelConfig
 
 ASSETS = REPO_ROOT / "assets"
-SHIPPED = {name: ASSETS / f"{name}-base" for name in ("micro", "tiny", "tiny-think")}
+SHIPPED = {name: ASSETS / f"{name}-base" for name in ("micro", "tiny", "tiny-think", "tiny-think-brief")}
 
 
 def project_size(name: str) -> str:
-    """The architecture size of one of the project's own models: 'tiny-think' -> 'tiny'."""
+    """The architecture size of one of the project's own models: 'tiny-think-brief' -> 'tiny'."""
     if name not in PROJECT_MODELS:
         raise ConfigError(f"model.name_or_path: {name!r} is not one of the project's models {PROJECT_MODELS}")
     return name.split("-")[0]

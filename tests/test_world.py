@@ -149,11 +149,11 @@ def test_the_template_puts_the_image_where_the_model_was_built_to_read_it():
     assert text["first"].startswith(f"<|im_start|>user\n{image}{item.prompt}<|im_end|>")
     assert text["last"].startswith(f"<|im_start|>user\n{item.prompt}{image}<|im_end|>")
     assert text["first"].endswith(f"<|im_start|>assistant\n{item.answer}<|im_end|>\n")
-    # The shipped bases carry the template they were built with (image last): "last" renders it exactly.
+    # Every shipped base carries the template it was built with (image last): "last" renders it exactly.
     from transformers import AutoProcessor
 
     conversations = [chat(item.prompt, item.image, item.answer), chat("What is 2 + 3?")]
-    for name in ("micro", "tiny"):
+    for name in SHIPPED:
         shipped = AutoProcessor.from_pretrained(SHIPPED[name])
         saved = shipped.apply_chat_template(conversations, tokenize=False)
         shipped.chat_template = chat_template("last")
@@ -175,7 +175,7 @@ def test_loader_takes_shipped_names_and_local_dirs(processor, tmp_path):
         torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
     )
     assert loaded_processor.tokenizer.padding_side == "left"
-    for name in ("micro", "tiny"):
+    for name in SHIPPED:
         assert resolve_model_path(name) == str(SHIPPED[name])
         assert (SHIPPED[name] / "model.safetensors").stat().st_size < 25 * 2**20
 
@@ -186,7 +186,7 @@ def test_loader_takes_shipped_names_and_local_dirs(processor, tmp_path):
         ("/no/such/dir", "not a model directory"),
         ("./nope", "not a model directory"),
         ("Qwen/Qwen2.5-VL-3B-Instruct", "HF_HUB_OFFLINE=1"),
-        ("not a model!", "neither one of micro, tiny, tiny-think"),
+        ("not a model!", "neither one of micro, tiny, tiny-think, tiny-think-brief"),
     ],
 )
 def test_loader_errors_are_clear(name, message, monkeypatch):
