@@ -181,7 +181,7 @@ class PretrainConfig(Section):
         description="Where the chat template puts a user turn's image: before its text, or after it (a tiny "
         "model learns faster: the answer is then always the same distance from the image).",
     )
-    start_from: Literal["micro", "tiny", "tiny-think"] | None = Field(
+    start_from: Literal["micro", "tiny", "tiny-think", "tiny-think-brief"] | None = Field(
         None,
         description="Continue from this shipped base (its weights and tokenizer; vocab_size and image_position are "
         "then its own) instead of a random initialisation. Empty: from scratch.",
