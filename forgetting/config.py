@@ -30,9 +30,10 @@ TOKEN_PX = 28
 
 # The project's own models: a size (micro, tiny, small), optionally with a suffix naming a variant of its
 # pretraining (tiny-think: the tiny base that also learned the think style; tiny-think-brief: tiny-think whose think
-# answers often follow a brief reasoning, so they read the picture). micro, tiny, tiny-think and tiny-think-brief
-# ship in assets/<name>-base.
-PROJECT_MODELS = ("micro", "tiny", "small", "tiny-think", "tiny-think-brief")
+# answers often follow a brief reasoning, so they read the picture). The shipped ones lie in assets/<name>-base
+# (models.SHIPPED); small is only built by pretraining.
+SHIPPED_MODELS = ("micro", "tiny", "tiny-think", "tiny-think-brief")
+PROJECT_MODELS = (*SHIPPED_MODELS, "small")
 
 # What does not change a study's results: where they go, where they are tracked, when reruns happen, and the
 # sweep the study may be a point of.
@@ -181,7 +182,7 @@ class PretrainConfig(Section):
         description="Where the chat template puts a user turn's image: before its text, or after it (a tiny "
         "model learns faster: the answer is then always the same distance from the image).",
     )
-    start_from: Literal["micro", "tiny", "tiny-think", "tiny-think-brief"] | None = Field(
+    start_from: Literal[SHIPPED_MODELS] | None = Field(
         None,
         description="Continue from this shipped base (its weights and tokenizer; vocab_size and image_position are "
         "then its own) instead of a random initialisation. Empty: from scratch.",

@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 
 from forgetting import fast_paths
-from forgetting.config import PROJECT_MODELS, REPO_ROOT, ConfigError, ModelConfig
+from forgetting.config import PROJECT_MODELS, REPO_ROOT, SHIPPED_MODELS, ConfigError, ModelConfig
 
 ASSETS = REPO_ROOT / "assets"
-SHIPPED = {name: ASSETS / f"{name}-base" for name in ("micro", "tiny", "tiny-think", "tiny-think-brief")}
+SHIPPED = {name: ASSETS / f"{name}-base" for name in SHIPPED_MODELS}
 
 
 def project_size(name: str) -> str:
