@@ -2,7 +2,9 @@
 
     python -m flows.study --profile tiny --set arms.sft.learning_rate=1e-4 --output-dir /tmp/run
 
-A bad file, key or value is a ConfigError whose message names the field.
+A profile may start from another: `extends: tiny-think` takes that profile's mapping and sets this file's keys
+over it, section by section (a key this file leaves out keeps the other profile's value). A bad file, key or value
+is a ConfigError whose message names the field.
 """
 
 from pathlib import Path
@@ -64,17 +66,40 @@ def build_config(data: dict) -> StudyConfig:
         raise ConfigError(describe_validation_error(err)) from None
 
 
-def load_config(
-    profile: str = "tiny", overrides: list[str] | tuple[str, ...] = (), output_dir: str | None = None
-) -> StudyConfig:
-    """Profile YAML + `--set` overrides + output dir -> a validated StudyConfig, or ConfigError."""
-    path = profile_path(profile)
+def read_profile(profile: str, seen: tuple[Path, ...] = ()) -> dict:
+    """A profile's mapping, its `extends:` chain resolved (the named profile's mapping under this one's keys)."""
+    path = profile_path(profile).resolve()
+    if path in seen:
+        chain = " -> ".join(p.stem for p in (*seen, path))
+        raise ConfigError(f"profile {path}: extends itself ({chain})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"profile {path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"profile {path}: expected a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"profile {path}: extends names one profile, not {parent!r}")
+    return merged(read_profile(parent, (*seen, path)), data)
+
+
+def merged(base: dict, over: dict) -> dict:
+    """base with over's keys set on it; a section present in both is merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both else value
+    return out
+
+
+def load_config(
+    profile: str = "tiny", overrides: list[str] | tuple[str, ...] = (), output_dir: str | None = None
+) -> StudyConfig:
+    """Profile YAML + `--set` overrides + output dir -> a validated StudyConfig, or ConfigError."""
+    data = read_profile(profile)
     for assignment in overrides:
         set_dotted(data, assignment)
     if output_dir is not None:

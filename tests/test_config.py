@@ -59,6 +59,29 @@ def test_bad_values_name_the_field(override, field):
     assert f"{field}:" in str(err.value)
 
 
+def test_a_profile_extends_another_section_by_section(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: micro\nname: child\narms:\n  sft: {steps: 7}\n")
+    config, parent = load_config(str(child)), load_config("micro")
+    assert config.name == "child" and config.arms.sft.steps == 7
+    assert config.arms.sft.learning_rate == parent.arms.sft.learning_rate  # a key the child leaves out is kept
+    assert config.arms.rft == parent.arms.rft and config.puzzles == parent.puzzles
+    grandchild = tmp_path / "grandchild.yaml"
+    grandchild.write_text(f"extends: {child}\nname: grandchild\narms: {{sft: {{learning_rate: 1.0e-3}}}}\n")
+    config = load_config(str(grandchild))
+    assert (config.arms.sft.steps, config.arms.sft.learning_rate) == (7, 1e-3)
+
+
+def test_a_profile_that_extends_itself_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\nname: a\n")
+    (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\nname: b\n")
+    with pytest.raises(ConfigError, match="extends itself .*a -> b -> a"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("extends: [micro, tiny]\nname: c\n")
+    with pytest.raises(ConfigError, match="extends names one profile"):
+        load_config(str(tmp_path / "c.yaml"))
+
+
 def test_unknown_profile_lists_the_known_ones():
     with pytest.raises(ConfigError, match="known: .*micro.*tiny"):
         load_config("nope")
