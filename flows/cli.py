@@ -41,21 +41,23 @@ def parse_args(
 
 
 def run(
-    flow: Callable[[StudyConfig], object],
+    flow: Callable[..., object],
     argv: list[str] | None = None,
     base_model: bool = True,
     benchmarks: bool = True,
+    extend: Callable[[argparse.ArgumentParser], object] | None = None,
 ) -> None:
     """Build the config from the command line, check it (base_model: that the base model can be found;
-    benchmarks: that lm-eval knows the benchmarks), then run flow(config)."""
-    args = parse_args(argv, (flow.__doc__ or "").strip().splitlines()[0] if flow.__doc__ else None)
+    benchmarks: that lm-eval knows the benchmarks), then run flow(config, **the arguments extend added)."""
+    args = parse_args(argv, (flow.__doc__ or "").strip().splitlines()[0] if flow.__doc__ else None, extend)
+    own = {key: value for key, value in vars(args).items() if key not in ("profile", "overrides", "output_dir")}
     try:
         config = load_config(args.profile, args.overrides, args.output_dir)
         check_inputs(config, base_model, benchmarks)
     except (ConfigError, PuzzleError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    flow(config)
+    flow(config, **own)
 
 
 def outcome(result, skipped: dict):

@@ -4,10 +4,13 @@
     python -m flows.pretrain_base --profile micro                # assets/micro-base (the test profile's base)
     python -m flows.pretrain_base --profile tiny-think           # assets/tiny-think-base (also thinks)
     python -m flows.pretrain_base --profile tiny-think-brief     # assets/tiny-think-brief-base (from tiny-think)
+    python -m flows.pretrain_base --profile tiny-think-brief-long  # assets/tiny-think-brief-long-base
+    python -m flows.pretrain_base --profile tiny --destination /tmp/base   # a try that leaves assets/ alone
 
-Writes model.safetensors, the processor (tokenizer, chat template, image processor) and model_card.json
-(command, seed, data hash, parameter count, held-out accuracy per task, jigsaw probe, wall time), and
-logs curves to an MLflow child run.
+Writes into the shipped base's folder, assets/<model>-base, unless `--destination DIR` names another
+(`--output-dir` says where the MLflow artifacts go, not the model): model.safetensors, the processor
+(tokenizer, chat template, image processor) and model_card.json (command, seed, data hash, parameter count,
+held-out accuracy per task, jigsaw probe, wall time), and logs curves to an MLflow child run.
 """
 
 import sys
@@ -46,5 +49,11 @@ def pretrain_base(config: StudyConfig = StudyConfig(), destination: str | None =
     return card
 
 
+def _arguments(parser) -> None:
+    parser.add_argument(
+        "--destination", default=None, help="where the base model is written (default: assets/<model>-base)"
+    )
+
+
 if __name__ == "__main__":
-    run(pretrain_base, base_model=False, benchmarks=False)
+    run(pretrain_base, base_model=False, benchmarks=False, extend=_arguments)

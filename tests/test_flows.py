@@ -108,6 +108,25 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     assert again["puzzles"] == result["puzzles"] and again["arms"] == result["arms"]
 
 
+def test_pretrain_base_writes_where_the_command_line_says(prefect_harness, tmp_path, monkeypatch):
+    """--destination takes the base; the shipped copy in assets/ is left as it was."""
+    import hashlib
+    import sys
+
+    from flows import pretrain_base
+    from forgetting.config import REPO_ROOT
+
+    shipped = REPO_ROOT / "assets" / "micro-base" / "model.safetensors"
+    before = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    steps = ["--set", "pretrain.steps=4", "--set", "pretrain.eval_every=4", "--set", "pretrain.eval_items=8"]
+    argv = ["--profile", "micro", *steps, "--output-dir", str(tmp_path / "out"), "--destination", str(tmp_path / "b")]
+    monkeypatch.setattr(sys, "argv", ["flows/pretrain_base.py", *argv])
+    pretrain_base.run(pretrain_base.pretrain_base, base_model=False, benchmarks=False, extend=pretrain_base._arguments)
+    card = json.loads((tmp_path / "b" / "model_card.json").read_text())
+    assert "--destination" in card["command"] and (tmp_path / "b" / "model.safetensors").is_file()
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == before
+
+
 def test_study_can_pretrain_its_own_base(prefect_harness, tmp_path):
     from forgetting.profiles import load_config
 
