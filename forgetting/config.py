@@ -30,9 +30,10 @@ TOKEN_PX = 28
 
 # The project's own models: a size (micro, tiny, small), optionally with a suffix naming a variant of its
 # pretraining (tiny-think: the tiny base that also learned the think style; tiny-think-brief: tiny-think whose think
-# answers often follow a brief reasoning, so they read the picture). The shipped ones lie in assets/<name>-base
-# (models.SHIPPED); small is only built by pretraining.
-SHIPPED_MODELS = ("micro", "tiny", "tiny-think", "tiny-think-brief")
+# answers often follow a brief reasoning, so they read the picture; tiny-think-brief-long: tiny-think-brief trained
+# longer in the think style). The shipped ones lie in assets/<name>-base (models.SHIPPED); small is only built by
+# pretraining.
+SHIPPED_MODELS = ("micro", "tiny", "tiny-think", "tiny-think-brief", "tiny-think-brief-long")
 PROJECT_MODELS = (*SHIPPED_MODELS, "small")
 
 # What does not change a study's results: where they go, where they are tracked, when reruns happen, and the
@@ -119,9 +120,10 @@ class ModelConfig(Section):
     name_or_path: str = Field(
         "tiny",
         min_length=1,
-        description="'micro', 'tiny', 'tiny-think' or 'tiny-think-brief' (the project's own Qwen2.5-VL-architecture "
-        "models; tiny-think also answers in the think style, tiny-think-brief often after a brief reasoning), a hub id "
-        "such as Qwen/Qwen2.5-VL-3B-Instruct, or a local directory.",
+        description="'micro', 'tiny', 'tiny-think', 'tiny-think-brief' or 'tiny-think-brief-long' (the project's own "
+        "Qwen2.5-VL-architecture models; tiny-think also answers in the think style, tiny-think-brief often after a "
+        "brief reasoning, tiny-think-brief-long as right as in the direct style), a hub id such as "
+        "Qwen/Qwen2.5-VL-3B-Instruct, or a local directory.",
     )
     finetune: Literal["full", "lora"] = Field("full", description="Train all weights or a LoRA adapter.")
     lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank (finetune: lora).")

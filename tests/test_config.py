@@ -195,7 +195,7 @@ def test_the_form_marks_what_a_run_needs():
     from flows.study import study
 
     schema = parameter_schema(study).model_dump_for_openapi()
-    for profile in ("micro", "tiny", "tiny-think", "tiny-think-brief", "paper-3b"):
+    for profile in ("micro", "tiny", "tiny-think", "tiny-think-brief", "tiny-think-brief-long", "paper-3b"):
         validate(parameters(load_config(profile)), schema, raise_on_error=True)
     defs = schema["definitions"]
     assert {"learning_rate", "steps", "prompt_style"} <= set(defs["SFTArmConfig"]["required"])

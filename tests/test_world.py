@@ -186,7 +186,7 @@ def test_loader_takes_shipped_names_and_local_dirs(processor, tmp_path):
         ("/no/such/dir", "not a model directory"),
         ("./nope", "not a model directory"),
         ("Qwen/Qwen2.5-VL-3B-Instruct", "HF_HUB_OFFLINE=1"),
-        ("not a model!", "neither one of micro, tiny, tiny-think, tiny-think-brief"),
+        ("not a model!", "neither one of micro, tiny, tiny-think, tiny-think-brief, tiny-think-brief-long"),
     ],
 )
 def test_loader_errors_are_clear(name, message, monkeypatch):
