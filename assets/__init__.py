@@ -2,8 +2,8 @@
 task materialized and from what. Keys are file:// URIs of where the product lies.
 
 This folder also holds the study's shipped static inputs: the tiny base checkpoints (micro-base, tiny-base,
-tiny-think-base, tiny-think-brief-base, tiny-think-brief-long-base) with their processors, and the lm-eval task YAMLs of the tiny world's
-benchmarks and the puzzle (lm_eval/).
+tiny-think-base, tiny-think-brief-base, tiny-think-brief-long-base) with their processors, and the lm-eval task
+YAMLs of the tiny world's benchmarks and the puzzle (lm_eval/).
 """
 
 from pathlib import Path
