@@ -50,7 +50,8 @@ def run(
     """Build the config from the command line, check it (base_model: that the base model can be found;
     benchmarks: that lm-eval knows the benchmarks), then run flow(config, **the arguments extend added)."""
     args = parse_args(argv, (flow.__doc__ or "").strip().splitlines()[0] if flow.__doc__ else None, extend)
-    own = {key: value for key, value in vars(args).items() if key not in ("profile", "overrides", "output_dir")}
+    shared = vars(parse_args([], None))  # the shared arguments' names, as parse_args defines them
+    own = {key: value for key, value in vars(args).items() if key not in shared}
     try:
         config = load_config(args.profile, args.overrides, args.output_dir)
         check_inputs(config, base_model, benchmarks)

@@ -55,5 +55,10 @@ def _arguments(parser) -> None:
     )
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The command line (argv, default sys.argv[1:]); the model card records sys.argv as the command."""
+    run(pretrain_base, argv, base_model=False, benchmarks=False, extend=_arguments)
+
+
 if __name__ == "__main__":
-    run(pretrain_base, base_model=False, benchmarks=False, extend=_arguments)
+    main()

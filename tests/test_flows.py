@@ -121,7 +121,7 @@ def test_pretrain_base_writes_where_the_command_line_says(prefect_harness, tmp_p
     steps = ["--set", "pretrain.steps=4", "--set", "pretrain.eval_every=4", "--set", "pretrain.eval_items=8"]
     argv = ["--profile", "micro", *steps, "--output-dir", str(tmp_path / "out"), "--destination", str(tmp_path / "b")]
     monkeypatch.setattr(sys, "argv", ["flows/pretrain_base.py", *argv])
-    pretrain_base.run(pretrain_base.pretrain_base, base_model=False, benchmarks=False, extend=pretrain_base._arguments)
+    pretrain_base.main()
     card = json.loads((tmp_path / "b" / "model_card.json").read_text())
     assert "--destination" in card["command"] and (tmp_path / "b" / "model.safetensors").is_file()
     assert hashlib.sha256(shipped.read_bytes()).hexdigest() == before
