@@ -31,6 +31,7 @@ from forgetting.inference import continuation_logprobs, generate_and_score, samp
 from forgetting.models import chat
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import format_answer, parse_answer, score_answer
+from forgetting.storage import rows_dataset
 from forgetting.world import PRIOR_TASKS, grade
 
 LM_EVAL_TASKS = Path(__file__).resolve().parent.parent / "assets" / "lm_eval"
@@ -55,8 +56,6 @@ def load_docs(
 ):
     """The documents of one shipped benchmark as lm-eval's custom_dataset: {"test": datasets.Dataset} with
     id, prompt, answer, format (see forgetting.world.grade) and an absolute image path ("" for text only)."""
-    import datasets
-
     if benchmark == "jigsaw":
         if not puzzles_dir:
             raise EvaluationError("the jigsaw benchmark needs the puzzle folder (TaskManager metadata puzzles_dir)")
@@ -81,7 +80,7 @@ def load_docs(
             rows = [json.loads(line) for line in f]
         for row in rows:
             row["image"] = str(Path(tiny_world_dir) / row["image"]) if row["image"] else ""
-    return {"test": datasets.Dataset.from_list(rows)}
+    return {"test": rows_dataset(rows)}
 
 
 def doc_to_image(doc: dict) -> list[Image.Image]:

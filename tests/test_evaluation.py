@@ -115,6 +115,28 @@ def test_unknown_benchmark_fails_fast():
     check_benchmarks(["tiny_world", "jigsaw"])
 
 
+def test_benchmark_documents_print_nothing(data, monkeypatch):
+    """Building a benchmark's documents calls no print (under a Prefect run that logs prints, datasets' own
+    fingerprint, dill disassembling a function through print, put bytecode in the run's log), and gives the
+    table and features datasets' own construction gives."""
+    import builtins
+
+    import datasets
+
+    _, benchmark_data = data
+    printed, print_ = [], builtins.print
+    docs = {}
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: printed.append(args))
+    for benchmark in ("jigsaw", "colour", "digit"):
+        docs[benchmark] = load_docs(benchmark, benchmark_data.tiny_world_dir, benchmark_data.puzzles_dir)["test"]
+    monkeypatch.setattr(builtins, "print", print_)
+    assert printed == []
+    for benchmark, dataset in docs.items():
+        stock = datasets.Dataset.from_list(dataset.to_list())
+        assert dataset.features == stock.features and dataset.to_list() == stock.to_list(), benchmark
+    assert len({dataset._fingerprint for dataset in docs.values()}) == 3
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(EvaluationError, match="no held-out data"):
         load_docs("colour", tiny_world_dir=str(tmp_path))
