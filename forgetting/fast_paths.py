@@ -1,5 +1,6 @@
-"""Two shortcuts in Qwen2.5-VL's vision path that compute the same thing faster, installed for the whole process
-(models.load_model calls install(); every instance of the classes uses them, GRPO's reference model included):
+"""Shortcuts that compute the same thing faster, installed for the whole process (models.load_model calls
+install(); every instance of the classes uses them, GRPO's reference model included). Two in Qwen2.5-VL's vision
+path:
 
 - The patch embedding as one matrix product. The model cuts images into patches before the tower and embeds
   each with a Conv3d whose kernel equals its stride, which is a product of the flattened patches with the
@@ -10,8 +11,15 @@
   gives every copy the same features, and autograd sums the copies' gradients into the one encoding.
 
 Neither changes what is computed, only the order of floating-point sums (results agree to float rounding;
-benchmarks/step_flops.py --compare measures the time, tests/test_fast_paths.py the agreement). Set
-FORGETTING_FAST_PATHS=0 to run transformers' and TRL's own code.
+benchmarks/step_flops.py --compare measures the time, tests/test_fast_paths.py the agreement). And one in
+generation:
+
+- The key-value cache grown in place. transformers' DynamicLayer appends each new token's keys and values by
+  concatenation, which copies the whole cache at every token of every layer; without gradients (generation, the
+  reference model, evaluation) a layer here writes them into spare room it keeps past its end and hands attention
+  views of the filled part: the same numbers bit for bit, one copy per growth instead of one per token.
+
+Set FORGETTING_FAST_PATHS=0 to run transformers' and TRL's own code.
 """
 
 import os
@@ -23,9 +31,10 @@ _ORIGINAL: dict[str, object] = {}
 
 
 def _classes():
+    from transformers.cache_utils import DynamicLayer
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
 
-    return qwen.Qwen2_5_VisionPatchEmbed, qwen.Qwen2_5_VLModel
+    return qwen.Qwen2_5_VisionPatchEmbed, qwen.Qwen2_5_VLModel, DynamicLayer
 
 
 def _patch_embed(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -71,6 +80,40 @@ def _image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tens
     return out
 
 
+def _grow_in_place(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    """DynamicLayer.update without a copy of the whole cache per token: the new keys and values are written into
+    room kept past the layer's end (allocated, with the layer's states copied in, when they do not fit or the
+    layer's states were replaced: reordered, or a fresh layer), and keys and values become views of the filled
+    part. With gradients, transformers' own update: autograd keeps the views it attended over, which a later write
+    would change under it."""
+    if torch.is_grad_enabled() and (key_states.requires_grad or value_states.requires_grad):
+        return _ORIGINAL["cache_update"](self, key_states, value_states, *args, **kwargs)
+    if not self.is_initialized:
+        self.lazy_initialization(key_states, value_states)
+    filled = self.keys.shape[-2] if self.keys.numel() else 0
+    grown = filled + key_states.shape[-2]
+    room = getattr(self, "_room", None)
+    fits = (
+        room is not None
+        and filled > 0
+        and self.keys.data_ptr() == room[0].data_ptr()
+        and self.values.data_ptr() == room[1].data_ptr()
+        and self.keys.shape[:-2] == key_states.shape[:-2] == room[0].shape[:-2]
+        and grown <= room[0].shape[-2]
+    )
+    if not fits:
+        shape = (*key_states.shape[:-2], max(2 * grown, grown + 64), key_states.shape[-1])
+        room = (key_states.new_empty(shape), value_states.new_empty(shape))
+        if filled:
+            room[0][..., :filled, :] = self.keys
+            room[1][..., :filled, :] = self.values
+        self._room = room
+    room[0][..., filled:grown, :] = key_states
+    room[1][..., filled:grown, :] = value_states
+    self.keys, self.values = room[0][..., :grown, :], room[1][..., :grown, :]
+    return self.keys, self.values
+
+
 def enabled() -> bool:
     """Whether the project's faster paths are on: this module's and GRPO's shared prompts
     (forgetting/shared_prompts.py). FORGETTING_FAST_PATHS=0 turns them off (to compare, or to rule them out)."""
@@ -78,21 +121,23 @@ def enabled() -> bool:
 
 
 def install() -> None:
-    """Use both shortcuts from now on, in every Qwen2.5-VL model of this process (idempotent); with the faster
-    paths off (enabled()), transformers' own code instead."""
+    """Use the shortcuts from now on, in every model of this process (idempotent); with the faster paths off
+    (enabled()), transformers' own code instead."""
     if not enabled():
         uninstall()
         return
     if _ORIGINAL:
         return
-    embed, model = _classes()
+    embed, model, layer = _classes()
     _ORIGINAL["patch_embed"], _ORIGINAL["get_image_features"] = embed.forward, model.get_image_features
-    embed.forward, model.get_image_features = _patch_embed, _image_features
+    _ORIGINAL["cache_update"] = layer.update
+    embed.forward, model.get_image_features, layer.update = _patch_embed, _image_features, _grow_in_place
 
 
 def uninstall() -> None:
     """Transformers' own code paths again (for side-by-side measurements)."""
     if not _ORIGINAL:
         return
-    embed, model = _classes()
+    embed, model, layer = _classes()
     embed.forward, model.get_image_features = _ORIGINAL.pop("patch_embed"), _ORIGINAL.pop("get_image_features")
+    layer.update = _ORIGINAL.pop("cache_update")

@@ -11,7 +11,7 @@ import torch
 
 from forgetting import fast_paths
 from forgetting.models import batch
-from forgetting.shared_prompts import one_image_each, prompt_cache, repeat_cache, shared_prompt_forward
+from forgetting.shared_prompts import first_of, one_image_each, prompt_cache, repeat_cache, shared_prompt_forward
 
 
 def sampling(temperature: float, top_p: float = 1.0, top_k: int = 0) -> dict:
@@ -138,13 +138,7 @@ def shared_rows(conversations: list[list[dict]], continuations: list[str | None]
     rows share a prompt run when they pass the same object and no row has a continuation to score."""
     if any(c is not None for c in continuations) or not fast_paths.enabled():
         return list(range(len(conversations))), list(range(len(conversations)))
-    keep, index, seen = [], [], {}
-    for row, conversation in enumerate(conversations):
-        if id(conversation) not in seen:
-            seen[id(conversation)] = len(keep)
-            keep.append(row)
-        index.append(seen[id(conversation)])
-    return keep, index
+    return first_of([id(conversation) for conversation in conversations])
 
 
 def continuation_logprobs(

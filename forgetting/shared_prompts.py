@@ -15,12 +15,15 @@ their gradients; tests/test_shared_prompts.py checks both against TRL's own path
 and the reference model's log-probabilities (GRPOTrainer._get_per_token_logps_and_entropies) when every
 sample has one image, some prompt repeats and the model keeps a cache (no gradient checkpointing); anything else
 takes TRL's own path. Evaluation scores its sampled answers the same way (forgetting/inference.py:token_logprobs:
-the KL's answers, several to each held-out puzzle prompt).
+the KL's answers, several to each held-out puzzle prompt). GRPO's generation runs each distinct prompt once too
+(shared_generate), and the processor prepares each distinct prompt, text and image, once (DistinctRows).
 """
 
 import functools
 
 import torch
+from PIL import Image
+from transformers.feature_extraction_utils import BatchFeature
 
 from forgetting.fast_paths import distinct_images
 
@@ -29,9 +32,14 @@ def distinct_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pixel_
     """(the first row of each distinct prompt, for every row the position of its prompt in that list): rows are
     the same prompt when their token ids, mask and image are."""
     _, image_of = distinct_images(pixel_values, image_grid_thw)
+    rows = zip(prompt_ids.tolist(), prompt_mask.tolist(), image_of, strict=True)
+    return first_of([(tuple(ids), tuple(mask), image) for ids, mask, image in rows])
+
+
+def first_of(keys: list) -> tuple[list[int], list[int]]:
+    """(the first row of each distinct key, for every row the position of its key's first row in that list)."""
     keep, index, seen = [], [], {}
-    for row, (ids, mask) in enumerate(zip(prompt_ids.tolist(), prompt_mask.tolist(), strict=True)):
-        key = (tuple(ids), tuple(mask), image_of[row])
+    for row, key in enumerate(keys):
         if key not in seen:
             seen[key] = len(keep)
             keep.append(row)
@@ -174,6 +182,74 @@ def shared_generate(model, generate, input_ids, attention_mask, pixel_values=Non
     return generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
 
 
+def _key(value):
+    """A hashable stand-in for a processor input, equal for equal inputs: an image by its mode, size and pixels."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _key(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_key(v) for v in value)
+    if isinstance(value, Image.Image):
+        return ("image", value.mode, value.size, value.tobytes())
+    return value
+
+
+def _images_in(value) -> int:
+    if isinstance(value, dict):
+        return sum(_images_in(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_images_in(v) for v in value)
+    return int(isinstance(value, Image.Image))
+
+
+class DistinctRows:
+    """The processor, for one GRPO batch (whose rows repeat each prompt num_generations times): its batched calls
+    over rows with one image each (TRL's prompt tokenisation, apply_chat_template, and its forward inputs, the
+    processor's own call) prepare each distinct row once and repeat the results to the rows. The processor prepares
+    every row on its own, and padding goes to the longest row, which is among the distinct ones, so the outputs
+    are the processor's over all rows, bit for bit. Every other call and attribute is the processor's."""
+
+    ROWS = ("input_ids", "attention_mask", "mm_token_type_ids")
+    IMAGES = ("pixel_values", "image_grid_thw")
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __getattr__(self, name: str):
+        return getattr(self.processor, name)
+
+    def __call__(self, *args, images=None, text=None, **kwargs):
+        rows = images is not None and isinstance(text, list) and not args and len(images) == len(text)
+        if not rows or any(_images_in(row) != 1 for row in images):
+            return self.processor(*args, images=images, text=text, **kwargs)
+        keys = [(t, _key(row)) for t, row in zip(text, images, strict=True)]
+        return self._once(
+            keys, lambda rows: self.processor(images=[images[r] for r in rows], text=[text[r] for r in rows], **kwargs)
+        )
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        batched = isinstance(conversation, list) and conversation and isinstance(conversation[0], list)
+        if args or not kwargs.get("tokenize") or not batched or any(_images_in(c) != 1 for c in conversation):
+            return self.processor.apply_chat_template(conversation, *args, **kwargs)
+        keys, template = [_key(c) for c in conversation], self.processor.apply_chat_template
+        return self._once(keys, lambda rows: template([conversation[r] for r in rows], **kwargs))
+
+    def _once(self, keys: list, call):
+        """call(rows) on the first row of each distinct key, its outputs repeated to every row; on all rows when no
+        key repeats or the outputs hold a field this does not know how to repeat."""
+        keep, index = first_of(keys)
+        if len(keep) == len(keys):
+            return call(index)
+        out = call(keep)
+        if not set(self.IMAGES) <= set(out) <= set(self.ROWS + self.IMAGES):
+            return call(list(range(len(keys))))
+        patches = out["pixel_values"].split(out["image_grid_thw"].prod(-1).tolist())
+        repeated = {"pixel_values": torch.cat([patches[i] for i in index])}
+        for name, value in out.items():
+            if name != "pixel_values":
+                repeated[name] = value[index] if isinstance(value, torch.Tensor) else [value[i] for i in index]
+        return BatchFeature(repeated)
+
+
 def checkpointed(model) -> bool:
     """Whether the model recomputes its activations in the backward pass (gradient checkpointing): transformers
     then keeps no cache in training, and the prompts' keys and values cannot be shared."""
@@ -214,6 +290,15 @@ class SharedPrompts:
             if found is not None:
                 return (*found, None)
         return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, **kwargs)
+
+    def _generate_and_score_completions(self, inputs):
+        """TRL's, with the processor preparing each distinct prompt of the batch once (DistinctRows)."""
+        processor = self.processing_class
+        self.processing_class = DistinctRows(processor)
+        try:
+            return super()._generate_and_score_completions(inputs)
+        finally:
+            self.processing_class = processor
 
     def _generate_single_turn(self, *args, **kwargs):
         """TRL's generation (transformers' generate, not vLLM's), with each distinct prompt of the batch run once

@@ -1,4 +1,4 @@
-"""The vision path's shortcuts (forgetting/fast_paths.py) compute what transformers' code computes."""
+"""The shortcuts of forgetting/fast_paths.py compute what transformers' code computes."""
 
 import pytest
 import torch
@@ -60,12 +60,59 @@ def test_the_shortcuts_give_the_stock_logits_and_gradients(group_batch, monkeypa
     assert torch.allclose(fast[1], stock[1], atol=1e-7, rtol=1e-4)
 
 
+def test_the_cache_grown_in_place_samples_what_transformers_cache_samples(group_batch, monkeypatch):
+    """Sampled generation with the cache grown in place: the tokens transformers' concatenating cache gives, seed
+    for seed, and a layer's keys stay in one piece of memory from token to token (no copy per token)."""
+    from transformers.cache_utils import DynamicLayer
+
+    model, batch = group_batch
+    settings = {"do_sample": True, "temperature": 1.3, "top_k": 0, "top_p": 1.0, "max_new_tokens": 12}
+    settings |= {"min_new_tokens": 12}  # twelve forwards: the prompt's, then one a token
+    storage = []
+    grown = fast_paths._grow_in_place
+
+    def watched(self, *args, **kwargs):
+        out = grown(self, *args, **kwargs)
+        storage.append(out[0].data_ptr())
+        return out
+
+    try:
+        fast_paths.uninstall()
+        torch.manual_seed(5)
+        stock = model.generate(**batch, **settings)
+        fast_paths.install()
+        monkeypatch.setattr(DynamicLayer, "update", watched)
+        torch.manual_seed(5)
+        fast = model.generate(**batch, **settings)
+    finally:
+        monkeypatch.undo()
+        fast_paths.install()
+    layers = model.config.text_config.num_hidden_layers
+    assert torch.equal(fast, stock) and len(storage) == layers * 12
+    assert len(set(storage)) == layers  # each layer's keys allocated once, at the prompt, then written in place
+
+
+def test_the_cache_keeps_transformers_update_where_autograd_needs_it(group_batch):
+    """With gradients, a layer concatenates as transformers does: a later write in place would change the keys
+    autograd kept for the backward pass."""
+    from transformers.cache_utils import DynamicLayer
+
+    layer, keys = DynamicLayer(), torch.randn(2, 1, 3, 4, requires_grad=True)
+    first, _ = fast_paths._grow_in_place(layer, keys, keys * 2)
+    second, _ = fast_paths._grow_in_place(layer, keys + 1, keys)
+    (first.sum() + second.sum()).backward()
+    assert second.shape[-2] == 6 and not hasattr(layer, "_room") and torch.equal(keys.grad, torch.full_like(keys, 3))
+
+
 def test_the_switch_turns_them_off(monkeypatch):
+    from transformers.cache_utils import DynamicLayer
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
 
     monkeypatch.setenv("FORGETTING_FAST_PATHS", "0")
     fast_paths.install()
     assert qwen.Qwen2_5_VisionPatchEmbed.forward is not fast_paths._patch_embed
+    assert DynamicLayer.update is not fast_paths._grow_in_place
     monkeypatch.setenv("FORGETTING_FAST_PATHS", "1")
     fast_paths.install()
     assert qwen.Qwen2_5_VisionPatchEmbed.forward is fast_paths._patch_embed
+    assert DynamicLayer.update is fast_paths._grow_in_place

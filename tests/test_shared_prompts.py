@@ -9,7 +9,7 @@ from forgetting.models import load_model
 from forgetting.profiles import load_config
 from forgetting.puzzle_data import generate_puzzles
 from forgetting.rft import rft_examples
-from forgetting.shared_prompts import distinct_prompts, grpo_trainer
+from forgetting.shared_prompts import DistinctRows, distinct_prompts, grpo_trainer
 
 
 class Bare(grpo_trainer()):
@@ -142,3 +142,33 @@ def test_grpo_generation_runs_each_prompt_once_and_samples_as_the_repeated_rows(
         found = shared.shared_generate(model, model.generate, **inputs, **settings)
     assert runs == [3] and torch.equal(found, stock)
     assert len({tuple(row) for row in stock[:, inputs["input_ids"].shape[1] :].tolist()}) > 3  # samples differ
+
+
+def test_the_processor_prepares_each_distinct_row_once_and_gives_its_own_outputs(tmp_path, monkeypatch):
+    """DistinctRows (the processor in a GRPO batch): TRL's two batched calls, apply_chat_template and the processor's
+    own, give what the processor gives over all rows, bit for bit, having prepared each distinct prompt once."""
+    from PIL import Image
+    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+    config = load_config("micro")
+    dataset = generate_puzzles(config.puzzles, tmp_path)
+    _, processor = load_model(config.model, trainable=False)
+    examples = rft_examples(dataset, "think")[:3]
+    prompts = [
+        prepare_multimodal_messages([dict(m) for m in e["prompt"]], images=[Image.open(e["image"]).convert("RGB")])
+        for e in examples
+        for _ in range(4)
+    ]
+    texts = [apply_chat_template({"prompt": p}, processor)["prompt"] for p in prompts]
+    images = [[part["image"] for part in p[0]["content"] if part["type"] == "image"] for p in prompts]
+    template = {"add_generation_prompt": True, "tokenize": True, "return_dict": True}
+    stock = [processor.apply_chat_template(prompts, **template), processor(images=images, text=texts, padding=True)]
+    calls, real = [], type(processor).__call__
+    counted = lambda self, **kw: calls.append(len(kw["text"])) or real(self, **kw)  # noqa: E731
+    monkeypatch.setattr(type(processor), "__call__", counted)
+    once = DistinctRows(processor)
+    found = [once.apply_chat_template(prompts, **template), once(images=images, text=texts, padding=True)]
+    assert calls == [3, 3]
+    for ours, theirs in zip(found, stock, strict=True):
+        assert set(ours) == set(theirs) and torch.equal(ours["pixel_values"], theirs["pixel_values"])
+        assert all(ours[k] == theirs[k] for k in ("input_ids", "attention_mask")) and ours.image_grid_thw.shape[0] == 12
