@@ -218,8 +218,8 @@ class DistinctRows:
         return getattr(self.processor, name)
 
     def __call__(self, *args, images=None, text=None, **kwargs):
-        rows = images is not None and isinstance(text, list) and not args and len(images) == len(text)
-        if not rows or any(_images_in(row) != 1 for row in images):
+        batched = images is not None and isinstance(text, list) and not args and len(images) == len(text)
+        if not batched or any(_images_in(row) != 1 for row in images):
             return self.processor(*args, images=images, text=text, **kwargs)
         keys = [(t, _key(row)) for t, row in zip(text, images, strict=True)]
         return self._once(

@@ -92,7 +92,7 @@ def test_the_cache_grown_in_place_samples_what_transformers_cache_samples(group_
     assert len(set(storage)) == layers  # each layer's keys allocated once, at the prompt, then written in place
 
 
-def test_the_cache_keeps_transformers_update_where_autograd_needs_it(group_batch):
+def test_the_cache_keeps_transformers_update_where_autograd_needs_it():
     """With gradients, a layer concatenates as transformers does: a later write in place would change the keys
     autograd kept for the backward pass."""
     from transformers.cache_utils import DynamicLayer
