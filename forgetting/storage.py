@@ -3,10 +3,12 @@
 Every data product lives in a folder named by the hash of what determines it, so a rerun finds it and
 two studies that need the same product share it. `write_once` fills a private temporary sibling and
 renames it into place at the end: a killed writer leaves no half folder, and when two processes make the
-same product at once, the first rename wins and the other's identical copy is dropped.
+same product at once, the first rename wins and the other's identical copy is dropped. Also: where an
+installed package's own data files lie (package_path).
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -21,6 +23,15 @@ def stable_hash(obj: Any) -> str:
     """sha256 of the canonical JSON of obj: what names every content-addressed folder."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def package_path(package: str, *parts: str) -> Path:
+    """A file or folder an installed package ships, found without importing the package (scikit-learn's import
+    takes about a second, and every process that draws the tiny world's digits would pay it)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed")
+    return Path(spec.submodule_search_locations[0]).joinpath(*parts)
 
 
 def rows_dataset(rows: list[dict]):

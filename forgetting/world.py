@@ -26,6 +26,7 @@ from forgetting.puzzles import (  # one list format and one think format for the
     think_completion,
     think_instruction,
 )
+from forgetting.storage import package_path
 
 # ---------------------------------------------------------------------------------------------------------
 # Prior-knowledge tasks. A generator draws one item from rng; `key` identifies the item, and its hash
@@ -104,10 +105,9 @@ def count_item(rng: random.Random) -> Item:
 
 @cache
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    return data.images, data.target
+    """scikit-learn's load_digits() images and targets, parsed from the file it parses, as it does."""
+    data = np.loadtxt(package_path("sklearn", "datasets", "data", "digits.csv.gz"), delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
 def digit_item(rng: random.Random) -> Item:

@@ -2,6 +2,8 @@
 
 import itertools
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -72,6 +74,17 @@ def test_the_world_fingerprint_follows_the_items(monkeypatch):
     world.fingerprint.cache_clear()
     assert world.fingerprint("test", 0) != before
     world.fingerprint.cache_clear()
+
+
+def test_the_digits_are_scikit_learns_read_without_importing_it():
+    from sklearn.datasets import load_digits
+
+    images, targets = world._digits()
+    digits = load_digits()
+    assert np.array_equal(images, digits.images) and images.dtype == digits.images.dtype
+    assert np.array_equal(targets, digits.target)
+    drawn = "from forgetting import world; world.fingerprint('test'); import sys; print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", drawn], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_list_tasks_answer_with_permutations_as_a_jigsaw_does():
