@@ -190,6 +190,41 @@ def test_an_arms_progress_reaches_the_flow_runs_log(capsys):
     assert lines[-1].startswith("sft: step 20/20, loss 0.05 (")
 
 
+def test_the_trainers_metrics_reach_mlflow_in_batches_each_at_its_step(tmp_path, monkeypatch):
+    """Pending metrics go out every `every` seconds, at a checkpoint and at the end; each keeps its step."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from tasks.training import MlflowMetrics
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("metrics")).info.run_id
+    metrics = MlflowMetrics(run_id, every=3600)
+
+    def log(step: int) -> None:
+        state = SimpleNamespace(global_step=step, is_world_process_zero=True)
+        metrics.on_log(None, state, None, logs={"loss": 1.0 / step, "epoch": step / 10, "note": "x", "flag": True})
+
+    def logged() -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")]
+
+    for step in (1, 2, 3):
+        log(step)
+    assert logged() == []  # pending until the next send
+    metrics.on_save(None, None, None)
+    assert logged() == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+    log(4)
+    metrics.every = 0  # time's up at the next log
+    log(5)
+    assert logged()[-2:] == [(4, 0.25), (5, 0.2)]
+    log(6)
+    metrics.on_train_end(None, None, None)
+    assert [step for step, _ in logged()] == [1, 2, 3, 4, 5, 6]
+    assert set(client.get_run(run_id).data.metrics) == {"loss", "epoch"}
+
+
 def test_the_trainers_read_the_puzzle_images_from_their_files(setup):
     """Examples carry image paths; the dataset TRL trains on decodes them to the RGB images the puzzles are."""
     import numpy as np
