@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/train_overhead.py --profile tiny --steps 30
 
 Both sides train the same model on the same puzzles with the same TRL config for --steps steps, one
-after the other in one process (fixed torch threads); the arm side also pays for what the study adds
-(MLflow logging, checkpoints, rollout recording, the final save). Two readings per arm:
+after the other in one process (fixed torch threads), over --repeats rounds that alternate which side goes
+first; each reading is the best of its rounds (one round's moves by 20% and more on a busy 2-core machine). The
+arm side also pays for what the study adds (MLflow logging, checkpoints, rollout recording, the final save). Two
+readings per arm:
 - step time: median time from one step's start to the next's (everything the training loop does per
   step, logging and checkpointing included), the first 3 steps left out as warm-up. Target: ratio <= 1.10.
 - total: wall time of the whole call, set-up (model load, trainer construction, MLflow run) included.
@@ -15,6 +17,7 @@ import os
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -83,6 +86,7 @@ def main() -> None:
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, alternating which side goes first")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     preload()
@@ -102,12 +106,21 @@ def main() -> None:
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         with mlflow.start_run() as run:
             logged = [MlflowMetrics(run.info.run_id)]  # the arms as the flows run them, logging to MLflow
-            arm_sft = timed(lambda: train_sft(config, "sft", config.arms.sft, base, examples, tmp / "arm-sft", logged))
-            plain_sft = timed(lambda: direct_sft(config, base, examples, tmp / "direct-sft"))
-            arm_rft = timed(lambda: train_rft(config, base, dataset, tmp / "arm-rft", logged))
-            plain_rft = timed(lambda: direct_rft(config, base, dataset, tmp / "direct-rft"))
-        rows = [("sft", arm_sft, plain_sft), ("rft", arm_rft, plain_rft)]
-    print(f"\nprofile {args.profile}, {args.steps} steps, {args.threads} threads")
+            sides = {
+                ("sft", "project"): lambda out: train_sft(config, "sft", config.arms.sft, base, examples, out, logged),
+                ("sft", "direct"): lambda out: direct_sft(config, base, examples, out),
+                ("rft", "project"): lambda out: train_rft(config, base, dataset, out, logged),
+                ("rft", "direct"): lambda out: direct_rft(config, base, dataset, out),
+            }
+            readings = {key: [] for key in sides}
+            for round_ in range(args.repeats):  # which side goes first alternates: the machine's drift hits both
+                for arm in ("sft", "rft"):
+                    order = ("project", "direct") if round_ % 2 == 0 else ("direct", "project")
+                    for side in order:
+                        readings[arm, side].append(timed(partial(sides[arm, side], tmp / f"{side}-{arm}-{round_}")))
+        best = {key: (min(t for t, _ in values), min(s for _, s in values)) for key, values in readings.items()}
+        rows = [(arm, best[arm, "project"], best[arm, "direct"]) for arm in ("sft", "rft")]
+    print(f"\nprofile {args.profile}, {args.steps} steps, {args.threads} threads, best of {args.repeats} rounds")
     print(
         f"{'arm':<6}{'step s: project':>16}{'direct':>8}{'ratio':>7}{'total s: project':>18}{'direct':>8}{'ratio':>7}"
     )
