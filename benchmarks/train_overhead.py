@@ -114,8 +114,8 @@ def main() -> None:
             }
             readings = {key: [] for key in sides}
             for round_ in range(args.repeats):  # which side goes first alternates: the machine's drift hits both
+                order = ("project", "direct") if round_ % 2 == 0 else ("direct", "project")
                 for arm in ("sft", "rft"):
-                    order = ("project", "direct") if round_ % 2 == 0 else ("direct", "project")
                     for side in order:
                         readings[arm, side].append(timed(partial(sides[arm, side], tmp / f"{side}-{arm}-{round_}")))
         best = {key: (min(t for t, _ in values), min(s for _, s in values)) for key, values in readings.items()}
