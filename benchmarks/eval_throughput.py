@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/eval_throughput.py --profile tiny --limit 100
 
 Both sides answer the same items (the puzzle test split and every tiny-world benchmark, --limit items
-each) with the same model, batch size and generation length, greedy, in one process with fixed torch
-threads, alternating which goes first over --repeats rounds. The lm-eval side also pays for building
+each) with the same model, batch size and generation length, greedy, with the text a benchmark's prompts begin
+with run once (forgetting/common_prefix.py), in one process with fixed torch threads, alternating which goes
+first over --repeats rounds. The lm-eval side also pays for building
 the tasks, the requests, scoring and the format check. Target: time ratio <= 1.3.
 """
 
@@ -40,8 +41,9 @@ def plain_loop(model, processor, data: BenchmarkData, limit: int, batch_size: in
         docs = load_docs(benchmark, data.tiny_world_dir, data.puzzles_dir)["test"].select(range(limit))
         conversations = [request_conversation(d["prompt"], doc_to_image(d)) for d in docs]
         texts = generate(
-            model, processor, conversations, MAX_NEW_TOKENS.get(benchmark, 16), batch_size, do_sample=False
-        )
+            model, processor, conversations, MAX_NEW_TOKENS.get(benchmark, 16), batch_size,
+            common_prefix=True, do_sample=False,
+        )  # fmt: skip
         correct += sum(grade_doc(d, t)[0] for t, d in zip(texts, docs, strict=True))
         items += len(texts)
     return items

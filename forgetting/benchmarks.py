@@ -156,8 +156,9 @@ class StudyLM(LM):
         """Completions for prompt conversations, and the Scored of each answer given (None where none is); the one
         place that calls the model for generation."""
         return generate_and_score(
-            self.model, self.processor, conversations, answers, max_new_tokens, self.batch_size, **settings
-        )
+            self.model, self.processor, conversations, answers, max_new_tokens, self.batch_size,
+            common_prefix=True, **settings,
+        )  # fmt: skip
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         groups = defaultdict(list)  # requests with the same generation settings run together
@@ -191,7 +192,9 @@ class StudyLM(LM):
             context, continuation, *rest = request.args
             prompts.append(request_conversation(context, rest[0].get("visual") if rest else None))
             continuations.append(continuation)
-        scored = continuation_logprobs(self.model, self.processor, prompts, continuations, self.batch_size)
+        scored = continuation_logprobs(
+            self.model, self.processor, prompts, continuations, self.batch_size, common_prefix=True
+        )
         return [(logp, greedy) for logp, _, greedy in scored]
 
     @torch.no_grad()

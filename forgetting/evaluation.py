@@ -108,7 +108,7 @@ def sample_answers(model, processor, prompts: list[list[dict]], max_new_tokens: 
     """KL_SAMPLES answers per prompt, sampled from the model's own distribution (T 1, no top-k or top-p)."""
     torch.manual_seed(seed)
     repeated = [p for p in prompts for _ in range(KL_SAMPLES)]
-    return generate(model, processor, repeated, max_new_tokens, **KL_SAMPLING)
+    return generate(model, processor, repeated, max_new_tokens, common_prefix=True, **KL_SAMPLING)
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def sample_logps(model, processor, prompts: list[list[dict]], *answers: list[str
         a[i * KL_SAMPLES + j] for i in range(len(prompts)) for a in answers for j in range(KL_SAMPLES)
     ]  # prompt-major: one prompt's answers side by side
     batch_size = per_prompt * max(1, 64 // per_prompt)
-    scored = [lp for lp, _, _ in continuation_logprobs(model, processor, rows, grouped, batch_size)]
+    scored = [lp for lp, _, _ in continuation_logprobs(model, processor, rows, grouped, batch_size, common_prefix=True)]
     return [
         [scored[i * per_prompt + k * KL_SAMPLES + j] for i in range(len(prompts)) for j in range(KL_SAMPLES)]
         for k in range(len(answers))
@@ -325,7 +325,7 @@ def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDa
     records = {r["id"]: r for r in dataset.records("train")}
     prompts = [chat(records[r["puzzle_id"]][f"prompt_{style}"], dataset.image(records[r["puzzle_id"]])) for r in rows]
     model, processor = base_model(config, base)
-    scored = token_logprobs(model, processor, prompts, [r["completion"] for r in rows])
+    scored = token_logprobs(model, processor, prompts, [r["completion"] for r in rows], common_prefix=True)
     parts = [s.split(answer_start(r["completion"], style)) for r, s in zip(rows, scored, strict=True)]
     reasoning = [lp for before, _ in parts for lp in before]
     answer = [lp for _, after in parts for lp in after]

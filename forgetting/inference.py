@@ -10,8 +10,17 @@ from dataclasses import dataclass
 import torch
 
 from forgetting import fast_paths
+from forgetting.common_prefix import prefix_first, prefix_length
 from forgetting.models import batch
-from forgetting.shared_prompts import first_of, one_image_each, prompt_cache, repeat_cache, shared_prompt_forward
+from forgetting.shared_prompts import (
+    cached_forward,
+    first_of,
+    one_image_each,
+    prompt_cache,
+    repeat_cache,
+    row_positions,
+    shared_prompt_forward,
+)
 
 
 def sampling(temperature: float, top_p: float = 1.0, top_k: int = 0) -> dict:
@@ -85,10 +94,14 @@ class Continuations:
 
 @torch.no_grad()
 def generate(
-    model, processor, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 64, **sampling
-) -> list[str]:
-    """Completions (text after the prompt, special tokens dropped) for prompt-only conversations, in batches."""
-    return generate_and_score(model, processor, conversations, None, max_new_tokens, batch_size, **sampling)[0]
+    model, processor, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 64,
+    common_prefix: bool = False, **sampling,
+) -> list[str]:  # fmt: skip
+    """Completions (text after the prompt, special tokens dropped) for prompt-only conversations, in batches
+    (common_prefix as for generate_and_score)."""
+    return generate_and_score(
+        model, processor, conversations, None, max_new_tokens, batch_size, common_prefix, **sampling
+    )[0]
 
 
 @torch.no_grad()
@@ -99,6 +112,7 @@ def generate_and_score(
     continuations: list[str | None] | None,
     max_new_tokens: int,
     batch_size: int = 64,
+    common_prefix: bool = False,
     **sampling,
 ) -> tuple[list[str], list[Scored | None]]:
     """generate's completions, and for each conversation given a continuation its Scored (None where none is
@@ -107,7 +121,8 @@ def generate_and_score(
     prompt (a causal model's states over the prompt do not depend on what follows it). The evaluation scores the
     held-out answers of the benchmarks it generates for this way. A batch without continuations that passes one
     conversation object several times (several samples of one prompt) runs that prompt once and generates every
-    sample from its cache (off with FORGETTING_FAST_PATHS=0); the samples are drawn as from the repeated prompts."""
+    sample from its cache (off with FORGETTING_FAST_PATHS=0); the samples are drawn as from the repeated prompts.
+    common_prefix: the text every prompt of a batch begins with runs once (forgetting/common_prefix.py)."""
     was_training = model.training
     model.eval()
     texts, scored = [], []
@@ -115,11 +130,10 @@ def generate_and_score(
     for i in range(0, len(conversations), batch_size):
         chunk, wanted = conversations[i : i + batch_size], continuations[i : i + batch_size]
         keep, index = shared_rows(chunk, wanted)
-        inputs = batch(processor, [chunk[k] for k in keep], train=False)
-        inputs = {k: v.to(model.device) for k, v in inputs.items()}
+        inputs, common = prompt_inputs(model, processor, [chunk[k] for k in keep], common_prefix)
         rows = Continuations(processor.tokenizer, [c or "" for c in wanted])
-        if rows.width or len(keep) < len(chunk):
-            logits, cache = prompt_cache(model, rows.appended(inputs) if rows.width else inputs, rows.width)
+        if rows.width or len(keep) < len(chunk) or common:
+            logits, cache = prompt_cache(model, rows.appended(inputs) if rows.width else inputs, rows.width, common)
             if len(keep) < len(chunk):  # every sample from its prompt's one run
                 repeat_cache(model, cache, index)
             prompt = {k: v[index] for k, v in inputs.items() if k not in ("pixel_values", "image_grid_thw")}
@@ -133,6 +147,15 @@ def generate_and_score(
     return texts, scored
 
 
+def prompt_inputs(model, processor, conversations: list[list[dict]], common_prefix: bool) -> tuple[dict, int]:
+    """The model inputs of a batch of prompts (left-padded, on the model's device) and, with common_prefix, the
+    length of the text they all begin with, moved to the front of every row (forgetting/common_prefix.py; 0 and
+    the inputs as they are without)."""
+    inputs = {k: v.to(model.device) for k, v in batch(processor, conversations, train=False).items()}
+    common = prefix_length(inputs, inputs["input_ids"].shape[1]) if common_prefix and fast_paths.enabled() else 0
+    return prefix_first(inputs, common), common
+
+
 def shared_rows(conversations: list[list[dict]], continuations: list[str | None]) -> tuple[list[int], list[int]]:
     """(the first row of each distinct conversation object, for every row the position of its own in that list):
     rows share a prompt run when they pass the same object and no row has a continuation to score."""
@@ -142,36 +165,42 @@ def shared_rows(conversations: list[list[dict]], continuations: list[str | None]
 
 
 def continuation_logprobs(
-    model, processor, prompts: list[list[dict]], continuations: list[str], batch_size: int = 64
-) -> list[tuple[float, int, bool]]:
+    model, processor, prompts: list[list[dict]], continuations: list[str], batch_size: int = 64,
+    common_prefix: bool = False,
+) -> list[tuple[float, int, bool]]:  # fmt: skip
     """For each (prompt conversation, continuation text): the summed log-probability of the continuation's
     tokens right after the opened assistant turn (what `generate` would continue from), their count, and
     whether greedy decoding would produce them. Chat-template tokens (<|im_end|>) are not counted."""
-    scored = token_logprobs(model, processor, prompts, continuations, batch_size)
+    scored = token_logprobs(model, processor, prompts, continuations, batch_size, common_prefix)
     return [(s.total, len(s.logprobs), s.greedy) for s in scored]
 
 
-def continuation_logits(model, inputs: dict, split: int) -> torch.Tensor:
+def continuation_logits(model, inputs: dict, split: int, common: int = 0) -> torch.Tensor:
     """The logits that predict each token from column split on, for rows `[left-padded prompt | continuation]`:
     of one forward over the whole rows, or, when prompts with one image each repeat (several answers to one
     prompt: the KL's samples), with each distinct prompt run once (forgetting/shared_prompts.py; the same numbers
-    to float rounding; FORGETTING_FAST_PATHS=0 turns it off)."""
+    to float rounding; FORGETTING_FAST_PATHS=0 turns it off). common: the length of the prefix every row begins
+    with, at the rows' front (prompt_inputs), run once."""
     if fast_paths.enabled() and one_image_each(model, inputs):
         out = shared_prompt_forward(
             model, model, inputs["input_ids"], inputs["attention_mask"], split, inputs["pixel_values"],
-            inputs["image_grid_thw"], inputs.get("mm_token_type_ids"),
+            inputs["image_grid_thw"], inputs.get("mm_token_type_ids"), common,
         )  # fmt: skip
         if out is not None:
             return out.logits[:, :-1]
     width = inputs["input_ids"].shape[1] - split  # the head runs on the continuation's positions alone
+    if common:
+        out = cached_forward(model, inputs, row_positions(model, inputs), common, logits_to_keep=width + 1)
+        return out.logits[:, :-1]
     return model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
 
 
 @torch.no_grad()
 def token_logprobs(
-    model, processor, prompts: list[list[dict]], continuations: list[str], batch_size: int = 64
-) -> list[Scored]:
-    """continuation_logprobs token by token (see Scored)."""
+    model, processor, prompts: list[list[dict]], continuations: list[str], batch_size: int = 64,
+    common_prefix: bool = False,
+) -> list[Scored]:  # fmt: skip
+    """continuation_logprobs token by token (see Scored); common_prefix as for generate_and_score."""
     was_training = model.training
     model.eval()
     out = []
@@ -180,8 +209,7 @@ def token_logprobs(
         if rows.width == 0:
             out += [Scored([], [], True)] * len(rows.ids)
             continue
-        inputs = batch(processor, prompts[i : i + batch_size], train=False)
-        inputs = rows.appended({k: v.to(model.device) for k, v in inputs.items()})
-        out += rows.scored(continuation_logits(model, inputs, rows.split))
+        inputs, common = prompt_inputs(model, processor, prompts[i : i + batch_size], common_prefix)
+        out += rows.scored(continuation_logits(model, rows.appended(inputs), rows.split, common))
     model.train(was_training)
     return out

@@ -91,18 +91,20 @@ def cache_of(out):
 
 def shared_prompt_forward(
     model, unwrapped, input_ids, attention_mask, split: int, pixel_values, image_grid_thw, mm_token_type_ids=None,
-    **kwargs,
+    common: int = 0, **kwargs,
 ):  # fmt: skip
     """One forward over rows `[prompt | completion]` (completions from column split on; prompts left-padded, one
     image each) with each distinct prompt run once: steps 1 to 3 above. Returns the model's output over
     input_ids[:, split - 1:] (each row's last prompt token and its completion; kwargs go to that call), or None
-    when no prompt repeats. model as it is called, unwrapped the model inside (for its rope positions)."""
+    when no prompt repeats. model as it is called, unwrapped the model inside (for its rope positions). common:
+    the length of a prefix every prompt shares, moved to the front of the rows (forgetting/common_prefix.py), which
+    then runs once for all the distinct prompts."""
     keep, index = distinct_prompts(input_ids[:, :split], attention_mask[:, :split], pixel_values, image_grid_thw)
     if len(keep) == len(index):
         return None
     position_ids = positions(unwrapped, input_ids, attention_mask, image_grid_thw, mm_token_type_ids)
-    prefix = rows_of(keep, input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids, split - 1)
-    out = model(**prefix, position_ids=position_ids[:, keep, : split - 1], use_cache=True, logits_to_keep=1)
+    prompts = rows_of(keep, input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids, split - 1)
+    out = cached_forward(model, prompts, position_ids[:, keep, : split - 1], common, logits_to_keep=1)
     cache = cache_of(out)
     cache.reorder_cache(torch.tensor(index, device=input_ids.device))
     return model(
@@ -140,22 +142,64 @@ def one_image_each(model, inputs: dict) -> bool:
     return inputs["image_grid_thw"].shape[0] == len(starts) and bool((starts == 1).all())
 
 
-def prompt_cache(model, forward: dict, width: int = 0) -> tuple[torch.Tensor | None, object]:
+def prompt_cache(model, inputs: dict, width: int = 0, common: int = 0) -> tuple[torch.Tensor | None, object]:
     """One forward over rows `[left-padded prompt | width continuation tokens]`: the logits predicting each
     continuation token (None when width is 0), and the cache cut back to each prompt but its last token (which
     generation runs itself), with the rope offsets generation reads set for these rows (text-only rows: positions
-    counted past the left padding, as generate counts them, and no offsets)."""
-    text_only = forward.get("pixel_values") is None
+    counted past the left padding, as generate counts them, and no offsets). common: the length of the prefix the
+    rows share, at their front (forgetting/common_prefix.py), run once."""
+    text_only = inputs.get("pixel_values") is None
     if text_only:
-        count = (forward["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        forward = {**forward, "position_ids": count[None].expand(3, -1, -1)}
-    out = model(**forward, use_cache=True, logits_to_keep=width + 1)
+        rows = inputs["input_ids"].shape[0]
+        text_model(model).rope_deltas = torch.zeros(rows, 1, dtype=torch.long, device=inputs["input_ids"].device)
+    if text_only or common:
+        position_ids = row_positions(model, inputs)  # image rows: their rope offsets set on the way
+        out = cached_forward(model, inputs, position_ids, common, logits_to_keep=width + 1)
+    else:
+        out = model(**inputs, use_cache=True, logits_to_keep=width + 1)
     cache = cache_of(out)
     cache.crop(-(width + 1))
-    if text_only:
-        rows = forward["input_ids"].shape[0]
-        text_model(model).rope_deltas = torch.zeros(rows, 1, dtype=torch.long, device=forward["input_ids"].device)
     return (out.logits[:, :-1] if width else None), cache
+
+
+def row_positions(model, inputs: dict) -> torch.Tensor:
+    """The rope positions of a forward over left-padded (or common_prefix-ordered) rows: for rows with images
+    Qwen2.5-VL's own (positions()), for text-only rows the count of the tokens the attention mask keeps, as
+    generate counts them."""
+    if inputs.get("pixel_values") is not None:
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        return positions(model, ids, mask, inputs.get("image_grid_thw"), inputs.get("mm_token_type_ids"))
+    count = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return count[None].expand(3, -1, -1)
+
+
+def cached_forward(model, inputs: dict, position_ids: torch.Tensor, common: int = 0, **kwargs):
+    """model(**inputs, position_ids=position_ids, use_cache=True, **kwargs); with common, over rows that begin
+    with the same `common` tokens (forgetting/common_prefix.py): those run once, as a batch of one, and their keys
+    and values are repeated to every row before the rest of the rows runs. The output covers the columns after
+    the common prefix, its cache all of them."""
+    if not common:
+        return model(**inputs, position_ids=position_ids, use_cache=True, **kwargs)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    head = model(
+        input_ids=ids[:1, :common],
+        attention_mask=mask[:1, :common],
+        position_ids=position_ids[:, :1, :common],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = cache_of(head)
+    cache.reorder_cache(torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device))
+    rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    return model(
+        input_ids=ids[:, common:],
+        attention_mask=mask,
+        position_ids=position_ids[:, :, common:],
+        cache=cache,
+        use_cache=True,
+        **rest,
+        **kwargs,
+    )
 
 
 def repeat_cache(model, cache, index: list[int]) -> None:

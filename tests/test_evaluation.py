@@ -243,7 +243,7 @@ def test_samples_of_one_prompt_are_drawn_from_its_one_run(data, monkeypatch):
     docs = list(load_docs("arithmetic", benchmark_data.tiny_world_dir)["test"])[:3]
     sums = [request_conversation(d["prompt"]) for d in docs]
     runs, real = [], inference.prompt_cache
-    monkeypatch.setattr(inference, "prompt_cache", lambda m, f, w=0: runs.append(len(f["input_ids"])) or real(m, f, w))
+    monkeypatch.setattr(inference, "prompt_cache", lambda m, f, *a: runs.append(len(f["input_ids"])) or real(m, f, *a))
     for prompts in (puzzles, sums):
         repeated = [p for p in prompts for _ in range(3)]
         torch.manual_seed(7)
@@ -255,6 +255,62 @@ def test_samples_of_one_prompt_are_drawn_from_its_one_run(data, monkeypatch):
         assert len(set(fast)) > len(prompts)  # samples of one prompt differ
     # batches of 8 rows: 4 puzzles x 3 run as 3 + 2 prompts; 3 sums x 3 as 3, then one row alone (nothing to share)
     assert runs == [3, 2, 3]
+
+
+def test_the_text_prompts_begin_with_moves_to_the_front_of_each_row():
+    """prefix_length: the tokens every left-padded prompt begins with, up to its first image token and two tokens
+    before its end; prefix_first: each row's prefix before its padding, the rest in place."""
+    from forgetting.common_prefix import prefix_first, prefix_length
+
+    ids = torch.tensor([[0, 0, 7, 8, 9, 6, 1, 2], [0, 7, 8, 9, 6, 3, 4, 5], [7, 8, 9, 6, 9, 1, 1, 1]])
+    mask = (torch.arange(8)[None] >= torch.tensor([[2], [1], [0]])).long()
+    inputs = {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.ones(3, 4)}
+    assert prefix_length(inputs, 8) == 4
+    moved = prefix_first(inputs, 4)
+    assert moved["input_ids"].tolist() == [[7, 8, 9, 6, 0, 0, 1, 2], [7, 8, 9, 6, 0, 3, 4, 5], ids[2].tolist()]
+    assert moved["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 0, 1, 1, 1], [1] * 8]
+    assert moved["pixel_values"] is inputs["pixel_values"]
+    assert prefix_length(inputs, 7) == 3 - 3  # two tokens before the shortest prompt's end: 3, below MIN_PREFIX
+    types = torch.zeros_like(ids)
+    types[2, 3] = 1  # an image token in the fourth place of one row ends the prefix before it
+    assert prefix_length({**inputs, "mm_token_type_ids": types}, 8) == 0
+    assert prefix_length({"input_ids": ids[:1], "attention_mask": mask[:1]}, 8) == 0  # one row: nothing to share
+
+
+def test_prompts_that_begin_alike_run_their_common_text_once(data, monkeypatch):
+    """generate_and_score and token_logprobs with common_prefix: the text every prompt of a batch begins with (the
+    benchmark's question, before each item's image) runs once, with the same completions and samples and the same
+    log-probabilities to float rounding as each prompt run whole, for prompts with images, text-only ones and
+    samples of repeated prompts."""
+    import forgetting.inference as inference
+    from forgetting.evaluation import held_out_prompts
+    from forgetting.inference import generate_and_score, sampling, token_logprobs
+
+    config, benchmark_data = data
+    model, processor = load_model(config.model, str(SHIPPED["micro"]), trainable=False)
+    lengths, real = [], inference.prefix_length
+    spy = lambda inputs, width: lengths.append((len(inputs["input_ids"]), real(inputs, width))) or lengths[-1][1]  # noqa: E731
+    monkeypatch.setattr(inference, "prefix_length", spy)
+    _, puzzles = held_out_prompts("jigsaw", benchmark_data, 6)
+    batches = {"jigsaw": (puzzles, ["1 2 3 4"] * 6)}
+    for task in ("arithmetic", "quadrant_counts"):
+        docs = list(load_docs(task, benchmark_data.tiny_world_dir)["test"])[:7]
+        batches[task] = [request_conversation(d["prompt"], doc_to_image(d)) for d in docs], [d["answer"] for d in docs]
+    for task, (prompts, answers) in batches.items():
+        wanted = [a if i % 2 else None for i, a in enumerate(answers)]
+        runs = {}
+        for common in (False, True):
+            texts, scored = generate_and_score(model, processor, prompts, wanted, 8, 4, common, do_sample=False)
+            alone = token_logprobs(model, processor, prompts, answers, 4, common)
+            torch.manual_seed(3)
+            samples = inference.generate(model, processor, [p for p in prompts for _ in range(3)], 8, 6, common,
+                                         **sampling(1.0))  # fmt: skip
+            runs[common] = texts, [s and s.total for s in scored], [s.total for s in alone], samples
+        (texts, scored, alone, samples), fast = runs[False], runs[True]
+        assert fast[0] == texts and fast[3] == samples, task
+        assert fast[1] == pytest.approx(scored, abs=1e-4) and fast[2] == pytest.approx(alone, abs=1e-4), task
+    shared = [n for rows, n in lengths if rows > 1]  # a batch of one prompt has nothing to share
+    assert min(shared) >= 4 and max(shared) > 40  # every batch shared its question; the jigsaw's is long
 
 
 def test_answers_to_one_prompt_score_as_with_the_prompt_run_for_each(data, monkeypatch):
