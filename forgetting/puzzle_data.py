@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from forgetting.config import PuzzleConfig
 from forgetting.drawing import CELL_COLOURS, COLOURS
 from forgetting.puzzles import format_answer, make_prompt, random_answer, restore_image, shuffle_image
-from forgetting.storage import stable_hash, write_once
+from forgetting.storage import package_path, stable_hash, write_once
 
 # Bump when a change to this file or to forgetting/puzzles.py changes the bytes of a generated dataset.
 GENERATOR_VERSION = 1
@@ -101,11 +101,9 @@ def random_square_crop(rng: np.random.Generator, photo: Image.Image, side: int) 
 
 
 def bundled_photo_paths() -> list[Path]:
-    """The real photos scikit-image and scikit-learn ship (no download), large enough to crop."""
-    import skimage
-    import sklearn.datasets
-
-    skimage_dir = Path(skimage.__file__).parent / "data"
+    """The real photos scikit-image and scikit-learn ship (no download), large enough to crop; found without
+    importing either package (storage.package_path)."""
+    skimage_dir = package_path("skimage", "data")
     names = [
         "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png",
         "coffee.png", "coins.png", "color.png", "grass.png", "gravel.png", "hubble_deep_field.jpg",
@@ -113,7 +111,7 @@ def bundled_photo_paths() -> list[Path]:
         "text.png",
     ]  # fmt: skip
     paths = [skimage_dir / n for n in names]
-    sklearn_dir = Path(sklearn.datasets.__file__).parent / "images"
+    sklearn_dir = package_path("sklearn", "datasets", "images")
     paths += [sklearn_dir / "china.jpg", sklearn_dir / "flower.jpg"]
     return [p for p in paths if p.is_file()]
 
