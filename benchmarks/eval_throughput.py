@@ -5,8 +5,8 @@
 Both sides answer the same items (the puzzle test split and every tiny-world benchmark, --limit items
 each) with the same model, batch size and generation length, greedy, with the text a benchmark's prompts begin
 with run once (forgetting/common_prefix.py), in one process with fixed torch threads, alternating which goes
-first over --repeats rounds. The lm-eval side also pays for building
-the tasks, the requests, scoring and the format check. Target: time ratio <= 1.3.
+first over --repeats rounds. The lm-eval side also pays for building the tasks, the requests, scoring and the
+format check. Target: time ratio <= 1.3.
 """
 
 import argparse

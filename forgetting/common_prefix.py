@@ -56,13 +56,15 @@ def prefix_first(inputs: dict, prefix: int) -> dict:
     column = torch.arange(width, device=mask.device)[None].expand(rows, -1)
     moved = torch.where(column < prefix + starts, column - prefix, column)  # the padding, then the rest in place
     order = torch.where(column < prefix, starts + column, moved)
-    return {key: value.gather(1, order) if _per_token(key, value, mask) else value for key, value in inputs.items()}
+    return {key: value.gather(1, order) if per_token(key, value, width) else value for key, value in inputs.items()}
 
 
-def _per_token(key: str, value, mask: torch.Tensor) -> bool:
+def per_token(key: str, value, width: int) -> bool:
+    """Whether a model input holds one column per token of rows `width` wide (input ids, attention mask, token
+    types), as the image inputs do not."""
     return (
         isinstance(value, torch.Tensor)
         and key not in ("pixel_values", "image_grid_thw")
         and value.dim() == 2
-        and value.shape == mask.shape
+        and value.shape[1] == width
     )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from forgetting import fast_paths
-from forgetting.common_prefix import prefix_first, prefix_length
+from forgetting.common_prefix import per_token, prefix_first, prefix_length
 from forgetting.models import batch
 from forgetting.shared_prompts import (
     cached_forward,
@@ -74,7 +74,7 @@ class Continuations:
                 out[key] = torch.cat([value, tokens], dim=1)
             elif key == "attention_mask":
                 out[key] = torch.cat([value, mask], dim=1)
-            elif value.dim() == 2 and value.shape[1] == prompt_len and key not in ("pixel_values", "image_grid_thw"):
+            elif per_token(key, value, prompt_len):
                 out[key] = torch.cat([value, torch.zeros_like(tokens, dtype=value.dtype)], dim=1)
         return out
 

@@ -289,7 +289,11 @@ def test_prompts_that_begin_alike_run_their_common_text_once(data, monkeypatch):
     config, benchmark_data = data
     model, processor = load_model(config.model, str(SHIPPED["micro"]), trainable=False)
     lengths, real = [], inference.prefix_length
-    spy = lambda inputs, width: lengths.append((len(inputs["input_ids"]), real(inputs, width))) or lengths[-1][1]  # noqa: E731
+
+    def spy(inputs: dict, width: int) -> int:
+        lengths.append((len(inputs["input_ids"]), real(inputs, width)))
+        return lengths[-1][1]
+
     monkeypatch.setattr(inference, "prefix_length", spy)
     _, puzzles = held_out_prompts("jigsaw", benchmark_data, 6)
     batches = {"jigsaw": (puzzles, ["1 2 3 4"] * 6)}
