@@ -104,15 +104,57 @@ def test_the_cache_keeps_transformers_update_where_autograd_needs_it():
     assert second.shape[-2] == 6 and not hasattr(layer, "_room") and torch.equal(keys.grad, torch.full_like(keys, 3))
 
 
+def test_the_assistant_mask_marks_the_tokens_transformers_marks(tmp_path):
+    """SFT's batches through TRL's collator (one image each, padded, answers of different lengths, one that repeats
+    the prompt's words, two assistant turns): the same labels as with transformers' mask."""
+    import copy
+
+    from trl.chat_template_utils import get_training_chat_template
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from forgetting.trainer import trl_messages
+
+    config = load_config("micro")
+    dataset = generate_puzzles(config.puzzles, tmp_path)
+    _, processor = load_model(config.model)
+    records = dataset.records("train")[:3]
+    answers = ["4 1 3 2", "<think>I look at the 4 cells: which tile?</think> 1 2 3 4", "1"]
+    examples = [
+        {"messages": trl_messages(r["prompt_direct"], a), "images": [dataset.image(r)]}
+        for r, a in zip(records, answers, strict=True)
+    ]
+    examples[2]["messages"] += [
+        {"role": "user", "content": [{"type": "text", "text": "again"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "2 1 4 3"}]},
+    ]
+    collate = DataCollatorForVisionLanguageModeling(
+        processor, assistant_only_loss=True, chat_template=get_training_chat_template(processor)
+    )
+    try:
+        fast_paths.uninstall()
+        stock = collate(copy.deepcopy(examples))
+        fast_paths.install()
+        fast = collate(copy.deepcopy(examples))
+    finally:
+        fast_paths.install()
+    assert torch.equal(fast["input_ids"], stock["input_ids"])
+    assert torch.equal(fast["labels"], stock["labels"])
+    learned = (stock["labels"] != -100).sum(-1).tolist()
+    assert learned[1] > learned[0] > 0 and learned[2] > learned[0]
+
+
 def test_the_switch_turns_them_off(monkeypatch):
     from transformers.cache_utils import DynamicLayer
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+    from transformers.processing_utils import ProcessorMixin
 
     monkeypatch.setenv("FORGETTING_FAST_PATHS", "0")
     fast_paths.install()
     assert qwen.Qwen2_5_VisionPatchEmbed.forward is not fast_paths._patch_embed
     assert DynamicLayer.update is not fast_paths._grow_in_place
+    assert ProcessorMixin._adjust_assistant_masks_indices is not fast_paths._assistant_masks
     monkeypatch.setenv("FORGETTING_FAST_PATHS", "1")
     fast_paths.install()
     assert qwen.Qwen2_5_VisionPatchEmbed.forward is fast_paths._patch_embed
     assert DynamicLayer.update is fast_paths._grow_in_place
+    assert ProcessorMixin._adjust_assistant_masks_indices is fast_paths._assistant_masks
