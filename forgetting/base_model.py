@@ -14,7 +14,7 @@ import torch
 from forgetting.config import StudyConfig
 from forgetting.models import architecture_only, model_fingerprint, pick_device, project_size, resolve_model_path
 from forgetting.pretrain import answered_correct, held_out, jigsaw_probe, pretrain, save_base
-from forgetting.storage import stable_hash, write_once
+from forgetting.storage import image_saver, stable_hash, write_once
 from forgetting.world import ANSWER_FORMATS, PRIOR_TASKS, Item, fingerprint, make_split
 
 
@@ -166,13 +166,13 @@ def write_split(items: list[Item], out: Path) -> Path:
     """items as <out>/<task>.jsonl (id, prompt, answer, answer format, image path relative to out) plus PNGs."""
     out.mkdir(parents=True, exist_ok=True)
     task = items[0].task
-    with open(out / f"{task}.jsonl", "w") as f:
+    with open(out / f"{task}.jsonl", "w") as f, image_saver() as save:
         for i, item in enumerate(items):
             image = None
             if item.image is not None:
                 image = f"images/{task}-{i:05d}.png"
                 (out / "images").mkdir(exist_ok=True)
-                item.image.save(out / image)
+                save(item.image, out / image)
             f.write(
                 json.dumps(
                     {

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from forgetting.config import PuzzleConfig
 from forgetting.drawing import CELL_COLOURS, COLOURS
 from forgetting.puzzles import format_answer, make_prompt, random_answer, restore_image, shuffle_image
-from forgetting.storage import package_path, stable_hash, write_once
+from forgetting.storage import image_saver, package_path, stable_hash, write_once
 
 # Bump when a change to this file or to forgetting/puzzles.py changes the bytes of a generated dataset.
 GENERATOR_VERSION = 1
@@ -289,25 +289,26 @@ def _write_split(
     rng = random.Random(f"{config.seed}-{split}-answers")
     prompts = {style: make_prompt(rows, cols, style) for style in ("direct", "think")}
     records = []
-    for i, source in enumerate(images):
-        pixel_hash = hashlib.sha256(source.tobytes()).hexdigest()
-        if seen.setdefault(pixel_hash, split) != split:
-            raise PuzzleError(f"a {split} puzzle's source image equals a {seen[pixel_hash]} one")
-        answer = random_answer(rng, rows * cols)
-        image_path, source_path = f"images/{split}-{i:06d}.png", f"images/{split}-{i:06d}-source.png"
-        shuffle_image(source, answer, rows, cols).save(out / image_path)
-        source.save(out / source_path)
-        records.append(
-            {
-                "id": f"{split}-{i:06d}",
-                "image": image_path,
-                "source_image": source_path,
-                "grid": [rows, cols],
-                "answer": answer,
-                "prompt_direct": prompts["direct"],
-                "prompt_think": prompts["think"],
-            }
-        )
+    with image_saver() as save:
+        for i, source in enumerate(images):
+            pixel_hash = hashlib.sha256(source.tobytes()).hexdigest()
+            if seen.setdefault(pixel_hash, split) != split:
+                raise PuzzleError(f"a {split} puzzle's source image equals a {seen[pixel_hash]} one")
+            answer = random_answer(rng, rows * cols)
+            image_path, source_path = f"images/{split}-{i:06d}.png", f"images/{split}-{i:06d}-source.png"
+            save(shuffle_image(source, answer, rows, cols), out / image_path)
+            save(source, out / source_path)
+            records.append(
+                {
+                    "id": f"{split}-{i:06d}",
+                    "image": image_path,
+                    "source_image": source_path,
+                    "grid": [rows, cols],
+                    "answer": answer,
+                    "prompt_direct": prompts["direct"],
+                    "prompt_think": prompts["think"],
+                }
+            )
     with open(out / f"{split}.jsonl", "w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")

@@ -32,6 +32,7 @@ from forgetting.puzzles import (
     tile_boxes,
     well_formed_think,
 )
+from forgetting.storage import image_saver
 
 permutations = st.integers(2, 36).flatmap(lambda n: st.permutations(list(range(1, n + 1))))
 
@@ -237,6 +238,21 @@ def test_same_config_same_bytes(tmp_path):
         assert (a.path / rel).read_bytes() == (b.path / rel).read_bytes(), rel
     other = generate_puzzles(config.model_copy(update={"seed": 5}), tmp_path / "a")
     assert other.dataset_hash != a.dataset_hash
+
+
+def test_images_saved_on_threads_are_the_files_save_writes_and_a_failure_is_raised(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)) for _ in range(20)]
+    with image_saver(pending=3) as save:
+        for i, image in enumerate(images):
+            save(image, tmp_path / f"{i}.png")
+    images[0].save(tmp_path / "direct.png")
+    assert (tmp_path / "0.png").read_bytes() == (tmp_path / "direct.png").read_bytes()
+    assert all(
+        np.array_equal(np.asarray(Image.open(tmp_path / f"{i}.png")), np.asarray(im)) for i, im in enumerate(images)
+    )
+    with pytest.raises(FileNotFoundError), image_saver() as save:
+        save(images[0], tmp_path / "no such folder" / "x.png")
 
 
 @pytest.mark.parametrize(
