@@ -193,8 +193,9 @@ def test_generation_scores_answers_on_its_own_prompt_forward(data):
 
 def test_prompt_batches_seen_before_are_the_processors_own(data, monkeypatch):
     """models.batch keeps prompt batches by content: a batch asked again (every checkpoint's evaluation asks the
-    same held-out prompts) is a copy of the processor's output, not the processor run again; another image,
-    text, padding side or processor is processed anew, and the least recently used batch goes past the cap."""
+    same held-out prompts) is the processor's output kept, not the processor run again; a batch a caller changed
+    in place, another image, text, padding side or processor is processed anew, and the least recently used batch
+    goes past the cap."""
     import forgetting.models as models
 
     config, benchmark_data = data
@@ -207,26 +208,28 @@ def test_prompt_batches_seen_before_are_the_processors_own(data, monkeypatch):
     calls, real = [], models._processed
     monkeypatch.setattr(models, "_processed", lambda p, c, train: calls.append(len(c)) or real(p, c, train))
     first = models.batch(processor, prompts, train=False)
-    first["input_ids"][0, 0] = -1  # a caller's change stays its own
     again = models.batch(processor, [request_conversation(d["prompt"], doc_to_image(d)) for d in docs], train=False)
     expected = real(processor, prompts, train=False)
     assert calls == [6] and again.keys() == expected.keys()
-    assert all(torch.equal(again[k], v) for k, v in expected.items())
+    assert all(torch.equal(again[k], v) and again[k] is first[k] for k, v in expected.items())
+    first["input_ids"][0, 0] = -1  # a caller's change is not handed out again
+    changed = models.batch(processor, prompts, train=False)
+    assert calls == [6, 6] and all(torch.equal(changed[k], v) for k, v in expected.items())
     models.batch(other, prompts, train=False)  # another processor object with the same files: the same batch
-    assert calls == [6]
+    assert calls == [6, 6]
     flipped = request_conversation(docs[0]["prompt"], [doc_to_image(docs[0])[0].transpose(0)])
     reworded = request_conversation(docs[0]["prompt"] + " ", doc_to_image(docs[0]))
     for changed in (flipped, reworded):
         models.batch(processor, [changed, *prompts[1:]], train=False)
     monkeypatch.setattr(processor.tokenizer, "padding_side", "right")
     models.batch(processor, prompts, train=False)
-    assert calls == [6, 6, 6, 6] and len(cache.entries) == 4
+    assert calls == [6, 6, 6, 6, 6] and len(cache.entries) == 4
     cache.max_bytes = cache.size - 1
     monkeypatch.setattr(processor.tokenizer, "padding_side", "left")
     models.batch(processor, prompts[:3], train=False)  # a new batch past the cap: the least recently used goes
     assert len(cache.entries) == 4 and cache.size <= cache.max_bytes
     models.batch(processor, prompts, train=False)
-    assert calls == [6, 6, 6, 6, 3, 6]
+    assert calls == [6, 6, 6, 6, 6, 3, 6]
 
 
 def test_samples_of_one_prompt_are_drawn_from_its_one_run(data, monkeypatch):
