@@ -1,5 +1,5 @@
 """Shortcuts that compute the same thing faster, installed for the whole process (models.load_model calls
-install(); every instance of the classes uses them, GRPO's reference model included). Two in Qwen2.5-VL's vision
+install(); every instance of the classes uses them, GRPO's reference model included). Three in Qwen2.5-VL's vision
 path:
 
 - The patch embedding as one matrix product. The model cuts images into patches before the tower and embeds
@@ -10,7 +10,12 @@ path:
   sees every image on its own (attention within an image), so encoding one copy and repeating its features
   gives every copy the same features, and autograd sums the copies' gradients into the one encoding.
 
-Neither changes what is computed, only the order of floating-point sums (results agree to float rounding;
+- Attention within each image (or window) of the vision tower in one batched call when every image has the same
+  size. transformers' tower calls attention once per image on CPU (only flash-attention takes the whole list at
+  once), some thousand calls per evaluation of the tiny model; one call over the images as a batch computes each
+  image's attention alike, bit for bit.
+
+None of these changes what is computed, only the order of floating-point sums (results agree to float rounding;
 benchmarks/step_flops.py --compare measures the time, tests/test_fast_paths.py the agreement). And one in
 generation:
 
@@ -42,7 +47,13 @@ def _classes():
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
     from transformers.processing_utils import ProcessorMixin
 
-    return qwen.Qwen2_5_VisionPatchEmbed, qwen.Qwen2_5_VLModel, DynamicLayer, ProcessorMixin
+    return (
+        qwen.Qwen2_5_VisionPatchEmbed,
+        qwen.Qwen2_5_VLModel,
+        DynamicLayer,
+        ProcessorMixin,
+        qwen.Qwen2_5_VLVisionAttention,
+    )
 
 
 def _patch_embed(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -86,6 +97,29 @@ def _image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tens
     out.pooler_output = tuple(out.pooler_output[j] for j in index)  # what the model reads: one per image
     out.last_hidden_state = None  # the tower's unmerged states, in its window order over the distinct images only
     return out
+
+
+def _vision_attention(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
+    """Qwen2_5_VLVisionAttention.forward with the images (or windows: cu_seqlens) as the batch of one attention
+    call, when they are all the same length and attention is sdpa; otherwise transformers' own, which calls
+    attention once per image."""
+    lengths = cu_seqlens.diff().tolist()
+    if self.config._attn_implementation != "sdpa" or len(lengths) < 2 or len(set(lengths)) != 1:
+        return _ORIGINAL["vision_attention"](self, hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    rows = hidden_states.shape[0]
+    query, key, value = self.qkv(hidden_states).reshape(rows, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    query, key = apply_rotary_pos_emb_vision(query, key, *position_embeddings)
+    query, key, value = (
+        t.reshape(len(lengths), lengths[0], self.num_heads, -1).transpose(1, 2) for t in (query, key, value)
+    )
+    out, _ = sdpa_attention_forward(
+        self, query, key, value, attention_mask=None, scaling=self.scaling,
+        dropout=self.attention_dropout if self.training else 0.0, is_causal=False, **kwargs,
+    )  # fmt: skip
+    return self.proj(out.reshape(rows, -1).contiguous())
 
 
 def _grow_in_place(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -159,18 +193,19 @@ def install() -> None:
         return
     if _ORIGINAL:
         return
-    embed, model, layer, processor = _classes()
+    embed, model, layer, processor, attention = _classes()
     _ORIGINAL["patch_embed"], _ORIGINAL["get_image_features"] = embed.forward, model.get_image_features
     _ORIGINAL["cache_update"], _ORIGINAL["assistant_masks"] = layer.update, processor._adjust_assistant_masks_indices
+    _ORIGINAL["vision_attention"] = attention.forward
     embed.forward, model.get_image_features, layer.update = _patch_embed, _image_features, _grow_in_place
-    processor._adjust_assistant_masks_indices = _assistant_masks
+    processor._adjust_assistant_masks_indices, attention.forward = _assistant_masks, _vision_attention
 
 
 def uninstall() -> None:
     """Transformers' own code paths again (for side-by-side measurements)."""
     if not _ORIGINAL:
         return
-    embed, model, layer, processor = _classes()
+    embed, model, layer, processor, attention = _classes()
     embed.forward, model.get_image_features = _ORIGINAL.pop("patch_embed"), _ORIGINAL.pop("get_image_features")
-    layer.update = _ORIGINAL.pop("cache_update")
+    layer.update, attention.forward = _ORIGINAL.pop("cache_update"), _ORIGINAL.pop("vision_attention")
     processor._adjust_assistant_masks_indices = _ORIGINAL.pop("assistant_masks")

@@ -1,10 +1,12 @@
 """The shortcuts of forgetting/fast_paths.py compute what transformers' code computes."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from forgetting import fast_paths
-from forgetting.models import load_model
+from forgetting.models import SHIPPED, load_model
 from forgetting.profiles import load_config
 from forgetting.puzzle_data import generate_puzzles
 
@@ -141,6 +143,45 @@ def test_the_assistant_mask_marks_the_tokens_transformers_marks(tmp_path):
     assert torch.equal(fast["labels"], stock["labels"])
     learned = (stock["labels"] != -100).sum(-1).tolist()
     assert learned[1] > learned[0] > 0 and learned[2] > learned[0]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "calls"),
+    [
+        ([(112, 112)] * 5, 2),  # five images, each one window: one call a block
+        ([(224, 224)] * 2, 2),  # two images of four windows each: one call a block
+        ([(112, 112), (168, 112)], 2 + 3),  # images of two sizes: the full block per image, the windows per window
+    ],
+)
+def test_the_vision_tower_attends_within_images_in_one_call_bit_for_bit(sizes, calls, monkeypatch):
+    """The tiny base's tower (a windowed block, then a full one) gives the same features and gradients, bit for
+    bit, when images (or windows) of one size go through attention as one batch, and transformers' own per-image
+    calls otherwise."""
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+
+    config = load_config("tiny")
+    model, processor = load_model(config.model, str(SHIPPED["tiny"]))
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    inputs = processor.image_processor(images=images, return_tensors="pt")
+    assert inputs["image_grid_thw"][:, 1:].tolist() == [[h // 14, w // 14] for w, h in sizes]
+    seen, real = [], torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: seen.append(1) or real(*a, **k)
+    )
+    visual = model.model.visual
+
+    def features_and_gradient():
+        model.zero_grad()
+        features = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+        features.square().sum().backward()
+        return features.detach(), visual.blocks[0].attn.qkv.weight.grad.clone()
+
+    fast = features_and_gradient()
+    assert len(seen) == calls
+    monkeypatch.setattr(qwen.Qwen2_5_VLVisionAttention, "forward", fast_paths._ORIGINAL["vision_attention"])
+    stock = features_and_gradient()
+    assert torch.equal(fast[0], stock[0]) and torch.equal(fast[1], stock[1])
 
 
 def test_the_switch_turns_them_off(monkeypatch):
