@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/step_flops.py --profile tiny --steps 16
 
 One process, fixed torch threads. Measures, in this order:
-- the machine: the best of several 2048 x 2048 fp32 matrix products (GFLOP/s), and the same at the model's own
-  shapes (its MLP: tokens x hidden by hidden x intermediate), since a small model cannot use a big product's
-  blocking;
+- the machine: the best of several 2048 x 2048 fp32 matrix products (GFLOP/s), right before and right after each
+  arm's steps (each arm's ratio is over the mean of those two: a shared 2-core machine's speed drifts by a quarter
+  within minutes; gemm_gflops is the mean over all arms, <arm>_gemm_gflops the one around that arm), and once the
+  same at the model's own shapes (its MLP: tokens x hidden by hidden x intermediate), since a small model cannot
+  use a big product's blocking;
 - one SFT step and one GRPO step of the profile, as the arms run them (forgetting/sft.py, forgetting/rft.py):
   every other step runs under torch's FLOP counter (forward, backward and, for GRPO, the rollouts' generation
   and the reference model's forward; vision tower included), the steps between are timed without it. A
@@ -22,8 +24,8 @@ compare step times, and read the ratio as how busy the remaining work keeps the 
 
 Prints one JSON line last:
     {"sft_step_s", "rft_step_s", "sft_flops_ratio", "rft_flops_ratio", "gemm_gflops", ...}
-ratio = achieved FLOP/s over the 2048 x 2048 product's FLOP/s (the issue's definition); `*_ratio_shapes` divides
-by the model-shape product's instead.
+ratio = achieved FLOP/s over the 2048 x 2048 product's FLOP/s measured around the arm's steps; `*_ratio_shapes`
+divides by the model-shape product's (measured once, at the start) instead.
 """
 
 import argparse
@@ -116,16 +118,23 @@ def main() -> None:
         text = model_config.get("text_config", model_config)
         hidden, inner = text["hidden_size"], text["intermediate_size"]
         tokens = config.arms.sft.batch_size * 80  # about a batch of the tiny puzzles' sequences
-        gemm, gemm_shapes = gemm_gflops(2048, 2048, 2048), gemm_gflops(tokens, hidden, inner)
+        gemm_shapes = gemm_gflops(tokens, hidden, inner)
 
         examples = sft_examples(dataset, config.arms.sft.prompt_style, dict(ground_truth(config, "sft", dataset)))
+        arms = {
+            "sft": lambda out, meter: train_sft(config, "sft", config.arms.sft, base, examples, out, [meter]),
+            "rft": lambda out, meter: train_rft(config, base, dataset, out, [meter]),
+        }
         meters: dict[str, StepMeter] = {}
+        gemms: dict[str, float] = {}  # the machine's product around each arm's steps
         for side in ("stock", "fast") if args.compare else ("fast",):
             os.environ["FORGETTING_FAST_PATHS"] = "1" if side == "fast" else "0"
-            meters[f"{side}-sft"], meters[f"{side}-rft"] = StepMeter(), StepMeter()
-            train_sft(config, "sft", config.arms.sft, base, examples, tmp / f"{side}-sft", [meters[f"{side}-sft"]])
-            train_rft(config, base, dataset, tmp / f"{side}-rft", [meters[f"{side}-rft"]])
-    out = {"profile": args.profile, "threads": args.threads, "gemm_gflops": round(gemm, 1)}
+            for arm, train in arms.items():
+                meters[f"{side}-{arm}"] = StepMeter()
+                before = gemm_gflops(2048, 2048, 2048)
+                train(tmp / f"{side}-{arm}", meters[f"{side}-{arm}"])
+                gemms[f"{side}-{arm}"] = (before + gemm_gflops(2048, 2048, 2048)) / 2
+    out = {"profile": args.profile, "threads": args.threads, "gemm_gflops": round(statistics.mean(gemms.values()), 1)}
     out["gemm_gflops_model_shapes"] = round(gemm_shapes, 1)
     for key, meter in meters.items():
         side, arm = key.split("-")
@@ -133,7 +142,8 @@ def main() -> None:
         flops, seconds = meter.result()
         achieved = flops / seconds / 1e9
         out |= {f"{name}_step_s": round(seconds, 4), f"{name}_step_gflop": round(flops / 1e9, 2)}
-        out |= {f"{name}_gflops": round(achieved, 1), f"{name}_flops_ratio": round(achieved / gemm, 3)}
+        out |= {f"{name}_gflops": round(achieved, 1), f"{name}_gemm_gflops": round(gemms[key], 1)}
+        out[f"{name}_flops_ratio"] = round(achieved / gemms[key], 3)
         out[f"{name}_flops_ratio_shapes"] = round(achieved / gemm_shapes, 3)
     if args.compare:
         for arm in ("sft", "rft"):
