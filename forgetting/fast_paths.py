@@ -42,20 +42,6 @@ import torch.nn.functional as F
 _ORIGINAL: dict[str, object] = {}
 
 
-def _classes():
-    from transformers.cache_utils import DynamicLayer
-    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
-    from transformers.processing_utils import ProcessorMixin
-
-    return (
-        qwen.Qwen2_5_VisionPatchEmbed,
-        qwen.Qwen2_5_VLModel,
-        DynamicLayer,
-        ProcessorMixin,
-        qwen.Qwen2_5_VLVisionAttention,
-    )
-
-
 def _patch_embed(self, hidden_states: torch.Tensor) -> torch.Tensor:
     weight = self.proj.weight  # (embed, channels, time, patch, patch), no bias
     flat = weight.reshape(weight.shape[0], -1)
@@ -185,6 +171,21 @@ def enabled() -> bool:
     return os.environ.get("FORGETTING_FAST_PATHS", "1") != "0"
 
 
+def _patches() -> tuple:
+    """(name in _ORIGINAL, class, attribute, replacement) of every shortcut."""
+    from transformers.cache_utils import DynamicLayer
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+    from transformers.processing_utils import ProcessorMixin
+
+    return (
+        ("patch_embed", qwen.Qwen2_5_VisionPatchEmbed, "forward", _patch_embed),
+        ("get_image_features", qwen.Qwen2_5_VLModel, "get_image_features", _image_features),
+        ("vision_attention", qwen.Qwen2_5_VLVisionAttention, "forward", _vision_attention),
+        ("cache_update", DynamicLayer, "update", _grow_in_place),
+        ("assistant_masks", ProcessorMixin, "_adjust_assistant_masks_indices", _assistant_masks),
+    )
+
+
 def install() -> None:
     """Use the shortcuts from now on, in every model of this process (idempotent); with the faster paths off
     (enabled()), transformers' own code instead."""
@@ -193,19 +194,14 @@ def install() -> None:
         return
     if _ORIGINAL:
         return
-    embed, model, layer, processor, attention = _classes()
-    _ORIGINAL["patch_embed"], _ORIGINAL["get_image_features"] = embed.forward, model.get_image_features
-    _ORIGINAL["cache_update"], _ORIGINAL["assistant_masks"] = layer.update, processor._adjust_assistant_masks_indices
-    _ORIGINAL["vision_attention"] = attention.forward
-    embed.forward, model.get_image_features, layer.update = _patch_embed, _image_features, _grow_in_place
-    processor._adjust_assistant_masks_indices, attention.forward = _assistant_masks, _vision_attention
+    for name, owner, attribute, replacement in _patches():
+        _ORIGINAL[name] = getattr(owner, attribute)
+        setattr(owner, attribute, replacement)
 
 
 def uninstall() -> None:
     """Transformers' own code paths again (for side-by-side measurements)."""
     if not _ORIGINAL:
         return
-    embed, model, layer, processor, attention = _classes()
-    embed.forward, model.get_image_features = _ORIGINAL.pop("patch_embed"), _ORIGINAL.pop("get_image_features")
-    layer.update, attention.forward = _ORIGINAL.pop("cache_update"), _ORIGINAL.pop("vision_attention")
-    processor._adjust_assistant_masks_indices = _ORIGINAL.pop("assistant_masks")
+    for name, owner, attribute, _ in _patches():
+        setattr(owner, attribute, _ORIGINAL.pop(name))

@@ -194,8 +194,10 @@ def test_the_switch_turns_them_off(monkeypatch):
     assert qwen.Qwen2_5_VisionPatchEmbed.forward is not fast_paths._patch_embed
     assert DynamicLayer.update is not fast_paths._grow_in_place
     assert ProcessorMixin._adjust_assistant_masks_indices is not fast_paths._assistant_masks
+    assert qwen.Qwen2_5_VLVisionAttention.forward is not fast_paths._vision_attention
     monkeypatch.setenv("FORGETTING_FAST_PATHS", "1")
     fast_paths.install()
     assert qwen.Qwen2_5_VisionPatchEmbed.forward is fast_paths._patch_embed
     assert DynamicLayer.update is fast_paths._grow_in_place
     assert ProcessorMixin._adjust_assistant_masks_indices is fast_paths._assistant_masks
+    assert qwen.Qwen2_5_VLVisionAttention.forward is fast_paths._vision_attention
