@@ -1,6 +1,8 @@
 """Shortcuts that compute the same thing faster, installed for the whole process (models.load_model calls
-install(); every instance of the classes uses them, GRPO's reference model included). Three in Qwen2.5-VL's vision
-path:
+install(); every instance of the classes uses them, GRPO's reference model included).
+
+Two change the order of floating-point sums, so results agree to float rounding (benchmarks/step_flops.py
+--compare measures the time, tests/test_fast_paths.py the agreement):
 
 - The patch embedding as one matrix product. The model cuts images into patches before the tower and embeds
   each with a Conv3d whose kernel equals its stride, which is a product of the flattened patches with the
@@ -10,31 +12,40 @@ path:
   sees every image on its own (attention within an image), so encoding one copy and repeating its features
   gives every copy the same features, and autograd sums the copies' gradients into the one encoding.
 
+The others compute the same numbers bit for bit:
+
 - Attention within each image (or window) of the vision tower in one batched call when every image has the same
   size. transformers' tower calls attention once per image on CPU (only flash-attention takes the whole list at
-  once), some thousand calls per evaluation of the tiny model; one call over the images as a batch computes each
-  image's attention alike, bit for bit.
-
-None of these changes what is computed, only the order of floating-point sums (results agree to float rounding;
-benchmarks/step_flops.py --compare measures the time, tests/test_fast_paths.py the agreement). And one in
-generation:
-
+  once), some thousand calls per evaluation of the tiny model; one call over the images as a batch.
+- Qwen2.5-VL's rope positions (get_rope_index) in tensor operations over the whole batch: transformers loops in
+  Python over the rows and over each row's runs of text and image tokens, 15 ms for a GRPO batch of 64 rows (and
+  again for the reference model's forward), 1 ms here; the same integers.
 - The key-value cache grown in place. transformers' DynamicLayer appends each new token's keys and values by
   concatenation, which copies the whole cache at every token of every layer; without gradients (generation, the
   reference model, evaluation) a layer here writes them into spare room it keeps past its end and hands attention
-  views of the filled part: the same numbers bit for bit, one copy per growth instead of one per token.
-
-And one in the processor, for SFT's batches (TRL's collator asks for the assistant tokens' mask):
-
-- The assistant mask from the tokens' character offsets in one comparison per answer span. transformers walks
-  every token's offsets as tensor elements in Python: a tiny SFT batch of 16 took 36-40 ms to collate, now 17-18;
-  the same 0s and 1s.
+  views of the filled part: one copy per growth instead of one per token.
+- The assistant mask (TRL's collator asks the processor for it in SFT's batches) from the tokens' character
+  offsets in one comparison per answer span. transformers walks every token's offsets as tensor elements in
+  Python: a tiny SFT batch of 16 took 36-40 ms to collate, now 17-18.
+- Two in TRL's fused LM head, which computes per-token log-probabilities for SFT's loss and GRPO's without the
+  whole logits tensor (trl/kernels/chunked_logprob.py; the torch code it runs where there is no Triton, i.e. on
+  CPU), once TRL's trainers are imported (a process that only evaluates never imports them). Tiles as wide as
+  the vocabulary when it is narrower than TRL's 32,768 columns: the same single tile, in a buffer of its own
+  width instead of one 64 times wider (the tiny model has 509 tokens). And the backward's gradient of the logits
+  on the rows that carry a gradient only: on CPU the fused head scores every position (prompt and padding
+  included) and zeroes the ones without a label afterwards, so most rows of an SFT batch get a zero gradient,
+  which TRL computes as zero times their logits' gradient over the whole vocabulary; here they get the zero
+  directly. The products into the gradients of the hidden states and the head's weight stay over all rows, so
+  their sums run in the same order (unless a logit of a row without a gradient is not finite, which TRL would
+  spread as NaN).
 
 Set FORGETTING_FAST_PATHS=0 to run transformers' and TRL's own code.
 """
 
 import bisect
+import functools
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +119,56 @@ def _vision_attention(self, hidden_states, cu_seqlens, position_embeddings=None,
     return self.proj(out.reshape(rows, -1).contiguous())
 
 
+def _rope_index(
+    self, input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None, second_per_grid_ts=None,
+    attention_mask=None, **kwargs,
+):  # fmt: skip
+    """Qwen2_5_VLModel.get_rope_index in tensor operations over the whole batch instead of a Python loop over rows
+    and over each row's runs of text and image tokens: the same integers. Rows of text and images (no video);
+    anything else, or a batch transformers would reject (more image runs than grids, a run that is not its
+    grid's size, a row with no tokens), goes to transformers' own."""
+    fallback = functools.partial(
+        _ORIGINAL["rope_index"], self, input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw,
+        second_per_grid_ts, attention_mask, **kwargs,
+    )  # fmt: skip
+    if video_grid_thw is not None or image_grid_thw is None or mm_token_type_ids is None:
+        return fallback()
+    rows, length = input_ids.shape
+    device = input_ids.device
+    kept = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    types = mm_token_type_ids.to(device=device, dtype=torch.long)
+    if not kept.any(1).all() or ((types != 0) & (types != 1) & kept).any():
+        return fallback()
+    column = torch.arange(length, device=device).expand(rows, length)
+    before = torch.where(kept, column, -1).cummax(1).values  # the last kept token at or before each column
+    before = torch.cat([before.new_full((rows, 1), -1), before[:, :-1]], 1)  # ... strictly before it
+    type_before = torch.where(before >= 0, types.gather(1, before.clamp(min=0)), -1)
+    image = kept & (types == 1)
+    starts = image & (type_before != 1)  # a run of image tokens among the kept ones takes the next grid
+    runs = int(starts.sum())
+    grids = image_grid_thw[:runs].to(device=device, dtype=torch.long)
+    merge = self.config.vision_config.spatial_merge_size
+    height, width = grids[:, 1] // merge, grids[:, 2] // merge
+    rank = image.flatten().cumsum(0).view(rows, length) - 1  # image tokens, row after row
+    run = starts.flatten().cumsum(0).view(rows, length) - 1
+    first = rank[starts]  # each run's first token's rank
+    if runs > len(image_grid_thw) or not torch.equal(
+        torch.bincount(run[image], minlength=runs), grids[:, 0] * height * width
+    ):
+        return fallback()
+    step = (kept & (types == 0)).long()  # a text token advances one; an image run max(height, width) after it
+    step[starts] += torch.maximum(grids[:, 1], grids[:, 2]) // merge
+    at = step.cumsum(1) - step  # the position count before each token
+    out = at.unsqueeze(0).repeat(3, 1, 1)
+    r, k = run[image], rank[image] - first[run[image]]  # each image token's run and place in it
+    area = height[r] * width[r]
+    start = at[starts][r]
+    out[:, image] = torch.stack([start + k // area, start + k % area // width[r], start + k % width[r]])
+    out = out.masked_fill(~kept, 0).to(input_ids.dtype)
+    deltas = out.amax((0, 2)) + 1 - kept.sum(1)
+    return out, deltas.unsqueeze(1)
+
+
 def _grow_in_place(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
     """DynamicLayer.update without a copy of the whole cache per token: the new keys and values are written into
     room kept past the layer's end (allocated, with the layer's states copied in, when they do not fit or the
@@ -165,6 +226,40 @@ def _assistant_masks(self, processed: dict, generation_indices: list[list[tuple[
     return processed
 
 
+class _VocabularyWideTiles:
+    """TRL's ChunkedLogProbFunction (what trl.trainer.utils calls `.apply` on) with its vocabulary tiles no wider than
+    the vocabulary."""
+
+    @staticmethod
+    def apply(hidden, weight, bias, targets, temperature, chunk_size, *args):
+        width = min(chunk_size, weight.shape[0]) or chunk_size  # a partitioned weight (ZeRO-3) reports no rows
+        return _ORIGINAL["chunked_logprob"].apply(hidden, weight, bias, targets, temperature, width, *args)
+
+
+def _backward_rows(tile, tile_stride, targets, log_z, entropy, grad_logprobs, grad_entropy, *args, **flags):
+    """trl.kernels.chunked_logprob._backward_tile, which turns a tile of logits into their gradient in place, run on
+    the rows with a nonzero gradient of their log-probability or entropy only; the other rows become zero."""
+    original = _ORIGINAL["chunked_backward"]
+    live = torch.zeros(len(targets), dtype=torch.bool, device=targets.device)
+    if flags["HAS_LOGPROB_GRAD"]:
+        live |= grad_logprobs != 0
+    if flags["HAS_ENTROPY_GRAD"]:
+        live |= grad_entropy != 0
+    rows = live.nonzero()[:, 0]
+    if 2 * len(rows) > len(targets):  # mostly live: the gather and scatter would cost more than they save
+        return original(tile, tile_stride, targets, log_z, entropy, grad_logprobs, grad_entropy, *args, **flags)
+    if flags["HAS_LOGPROB_GRAD"]:
+        grad_logprobs = grad_logprobs[rows]
+    if flags["HAS_ENTROPY_GRAD"]:
+        grad_entropy = grad_entropy[rows]
+    part = tile[rows]
+    original(
+        part, part.stride(0), targets[rows], log_z[rows], entropy[rows], grad_logprobs, grad_entropy, *args, **flags
+    )
+    tile.zero_()
+    tile.index_copy_(0, rows, part)
+
+
 def enabled() -> bool:
     """Whether the project's faster paths are on: this module's and GRPO's shared prompts
     (forgetting/shared_prompts.py). FORGETTING_FAST_PATHS=0 turns them off (to compare, or to rule them out)."""
@@ -172,36 +267,44 @@ def enabled() -> bool:
 
 
 def _patches() -> tuple:
-    """(name in _ORIGINAL, class, attribute, replacement) of every shortcut."""
+    """(name in _ORIGINAL, class or module, attribute, replacement) of every shortcut."""
     from transformers.cache_utils import DynamicLayer
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
     from transformers.processing_utils import ProcessorMixin
 
-    return (
+    patches = (
         ("patch_embed", qwen.Qwen2_5_VisionPatchEmbed, "forward", _patch_embed),
         ("get_image_features", qwen.Qwen2_5_VLModel, "get_image_features", _image_features),
         ("vision_attention", qwen.Qwen2_5_VLVisionAttention, "forward", _vision_attention),
+        ("rope_index", qwen.Qwen2_5_VLModel, "get_rope_index", _rope_index),
         ("cache_update", DynamicLayer, "update", _grow_in_place),
         ("assistant_masks", ProcessorMixin, "_adjust_assistant_masks_indices", _assistant_masks),
+    )
+    if "trl.trainer.utils" not in sys.modules:  # TRL's import takes seconds: only a training process pays for it
+        return patches
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    return patches + (
+        ("chunked_logprob", trl_utils, "_ChunkedLogProbFunction", _VocabularyWideTiles),
+        ("chunked_backward", chunked_logprob, "_backward_tile", _backward_rows),
     )
 
 
 def install() -> None:
-    """Use the shortcuts from now on, in every model of this process (idempotent); with the faster paths off
-    (enabled()), transformers' own code instead."""
+    """Use the shortcuts from now on, in every model of this process (idempotent; TRL's once its trainers are
+    imported); with the faster paths off (enabled()), transformers' and TRL's own code instead."""
     if not enabled():
         uninstall()
         return
-    if _ORIGINAL:
-        return
     for name, owner, attribute, replacement in _patches():
-        _ORIGINAL[name] = getattr(owner, attribute)
-        setattr(owner, attribute, replacement)
+        if name not in _ORIGINAL:
+            _ORIGINAL[name] = getattr(owner, attribute)
+            setattr(owner, attribute, replacement)
 
 
 def uninstall() -> None:
-    """Transformers' own code paths again (for side-by-side measurements)."""
-    if not _ORIGINAL:
-        return
+    """Transformers' and TRL's own code paths again (for side-by-side measurements)."""
     for name, owner, attribute, _ in _patches():
-        setattr(owner, attribute, _ORIGINAL.pop(name))
+        if name in _ORIGINAL:
+            setattr(owner, attribute, _ORIGINAL.pop(name))

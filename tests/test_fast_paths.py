@@ -1,5 +1,7 @@
 """The shortcuts of forgetting/fast_paths.py compute what transformers' code computes."""
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -184,20 +186,118 @@ def test_the_vision_tower_attends_within_images_in_one_call_bit_for_bit(sizes, c
     assert torch.equal(fast[0], stock[0]) and torch.equal(fast[1], stock[1])
 
 
+@pytest.mark.parametrize(
+    "temperature, loss_weight, entropy_weight", [(1.0, 1, 0), (1.3, 1, 0), (1.3, 1, 0.1), (1.3, 0, 1)]
+)
+@pytest.mark.parametrize("scored", ["answers", "all"])
+def test_trls_fused_head_gives_the_same_log_probs_and_gradients_bit_for_bit(
+    group_batch, temperature, loss_weight, entropy_weight, scored, monkeypatch
+):
+    """TRL's fused LM head (what SFTTrainer and GRPOTrainer train through) on the micro model, labels on each row's
+    last 3 tokens (most rows without a gradient: the narrowed backward) or on every token (the fallback), a loss of
+    log-probabilities, entropies or both: the same log-probabilities, entropies, top-1 flags and parameter
+    gradients as TRL's own code, bit for bit."""
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    model, batch = group_batch
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    if scored == "answers":
+        labels[:, :-3] = -100
+    trl_utils.add_fused_lm_head(model, temperature=temperature, outputs=("log_probs", "entropy", "is_top1"))
+
+    def run():
+        model.zero_grad()
+        out = model(**batch, labels=labels, fused_lm_head=True)
+        (loss_weight * out.loss + entropy_weight * out.entropy.sum()).backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return [out.log_probs.detach(), out.entropy.detach(), out.is_top1, *grads]
+
+    fast_paths.install()
+    trl_patches = {
+        "chunked_logprob": (trl_utils, "_ChunkedLogProbFunction"),
+        "chunked_backward": (chunked_logprob, "_backward_tile"),
+    }
+    try:
+        fast = run()
+        with monkeypatch.context() as stock_trl:  # TRL's code, every other shortcut as it was
+            for name, (owner, attribute) in trl_patches.items():
+                stock_trl.setattr(owner, attribute, fast_paths._ORIGINAL[name])
+            stock = run()
+    finally:
+        del model.forward  # the fused head is an attribute on the instance
+    assert len(fast) == len(stock) > 10
+    assert all(torch.equal(a, b) for a, b in zip(fast, stock, strict=True))
+
+
+def _rope_batch(rng: random.Random):
+    """Rows of text and 0-2 images (random grids), kept tokens placed left-padded, right-padded or scattered among
+    padding (common_prefix's order), padding of any type; (input_ids, mm_token_type_ids, image_grid_thw, mask)."""
+    rows, grids = [], []
+    for _ in range(rng.randint(1, 8)):
+        row = []
+        for _ in range(rng.randint(0, 2)):
+            grids.append((1, 2 * rng.randint(1, 4), 2 * rng.randint(1, 4)))
+            row += [0] * rng.randint(0, 4) + [1] * (grids[-1][1] * grids[-1][2] // 4)
+        rows.append(row + [0] * rng.randint(0 if row else 1, 6))
+    length = max(map(len, rows)) + rng.randint(0, 4)
+    types = torch.tensor([[rng.choice([0, 0, 1]) for _ in range(length)] for _ in rows])
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        left = rng.randint(0, length - len(row))
+        where = sorted(rng.sample(range(length), len(row))) if rng.random() < 0.3 else range(left, left + len(row))
+        for column, kind in zip(where, row, strict=True):
+            types[i, column], mask[i, column] = kind, 1
+    grid = torch.tensor(grids).reshape(-1, 3)
+    return torch.randint(0, 50, mask.shape), types, grid, mask
+
+
+def test_the_rope_index_in_tensor_operations_is_transformers_own(group_batch):
+    """Random batches (images of random grids, any padding): the same positions and offsets as transformers'
+    get_rope_index, integer for integer, or the same error where it rejects the batch."""
+    model, _ = group_batch
+    fast_paths.install()
+    stock, rng, outcomes = fast_paths._ORIGINAL["rope_index"], random.Random(0), []
+    for _ in range(200):
+        ids, types, grid, mask = _rope_batch(rng)
+        found = []
+        for rope_index in (stock, fast_paths._rope_index):
+            try:
+                found.append(
+                    rope_index(model.model, ids, mm_token_type_ids=types, image_grid_thw=grid, attention_mask=mask)
+                )
+            except Exception as err:  # noqa: BLE001 - the same failure is what is compared
+                found.append(type(err))
+        if isinstance(found[0], tuple):
+            assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(*found, strict=True))
+        else:
+            assert found[0] is found[1]
+        outcomes.append(isinstance(found[0], tuple))
+    assert 100 < sum(outcomes) < 200  # most batches computed, some rejected
+
+
 def test_the_switch_turns_them_off(monkeypatch):
     from transformers.cache_utils import DynamicLayer
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
     from transformers.processing_utils import ProcessorMixin
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
 
     monkeypatch.setenv("FORGETTING_FAST_PATHS", "0")
     fast_paths.install()
+    assert trl_utils._ChunkedLogProbFunction is chunked_logprob.ChunkedLogProbFunction
+    assert chunked_logprob._backward_tile is not fast_paths._backward_rows
     assert qwen.Qwen2_5_VisionPatchEmbed.forward is not fast_paths._patch_embed
     assert DynamicLayer.update is not fast_paths._grow_in_place
     assert ProcessorMixin._adjust_assistant_masks_indices is not fast_paths._assistant_masks
     assert qwen.Qwen2_5_VLVisionAttention.forward is not fast_paths._vision_attention
+    assert qwen.Qwen2_5_VLModel.get_rope_index is not fast_paths._rope_index
     monkeypatch.setenv("FORGETTING_FAST_PATHS", "1")
     fast_paths.install()
     assert qwen.Qwen2_5_VisionPatchEmbed.forward is fast_paths._patch_embed
     assert DynamicLayer.update is fast_paths._grow_in_place
     assert ProcessorMixin._adjust_assistant_masks_indices is fast_paths._assistant_masks
     assert qwen.Qwen2_5_VLVisionAttention.forward is fast_paths._vision_attention
+    assert qwen.Qwen2_5_VLModel.get_rope_index is fast_paths._rope_index
+    assert trl_utils._ChunkedLogProbFunction is fast_paths._VocabularyWideTiles
+    assert chunked_logprob._backward_tile is fast_paths._backward_rows
