@@ -291,20 +291,26 @@ def _patches() -> tuple:
     )
 
 
-def install() -> None:
+def shortcuts() -> list[str]:
+    """The names install() and uninstall() take (TRL's once its trainers are imported)."""
+    return [name for name, *_ in _patches()]
+
+
+def install(names: tuple[str, ...] | None = None) -> None:
     """Use the shortcuts from now on, in every model of this process (idempotent; TRL's once its trainers are
-    imported); with the faster paths off (enabled()), transformers' and TRL's own code instead."""
+    imported); with the faster paths off (enabled()), transformers' and TRL's own code instead. names: only
+    those (shortcuts()), to compare one shortcut against its original (benchmarks/fast_path_ab.py)."""
     if not enabled():
-        uninstall()
+        uninstall(names)
         return
     for name, owner, attribute, replacement in _patches():
-        if name not in _ORIGINAL:
+        if name not in _ORIGINAL and (names is None or name in names):
             _ORIGINAL[name] = getattr(owner, attribute)
             setattr(owner, attribute, replacement)
 
 
-def uninstall() -> None:
-    """Transformers' and TRL's own code paths again (for side-by-side measurements)."""
+def uninstall(names: tuple[str, ...] | None = None) -> None:
+    """Transformers' and TRL's own code paths again (all, or those names), for side-by-side measurements."""
     for name, owner, attribute, _ in _patches():
-        if name in _ORIGINAL:
+        if name in _ORIGINAL and (names is None or name in names):
             setattr(owner, attribute, _ORIGINAL.pop(name))

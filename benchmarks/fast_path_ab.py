@@ -1,0 +1,110 @@
+"""Each of the project's faster paths against the code it replaces, interleaved step by step in one run.
+
+    .venv/bin/python benchmarks/fast_path_ab.py --profile tiny --steps 60 --evals 3
+
+A shared 2-core machine's speed drifts by a quarter within minutes, so runs one after the other compare the
+machine as much as the code. Here one SFT and one GRPO training run switch the named shortcuts
+(forgetting/fast_paths.py:shortcuts(); all by default) off on even steps and on on odd ones, and evaluations of
+the base model (every benchmark of the profile, --limit items each) alternate off and on: each side's median
+time and their ratio come from the same minutes. The shortcuts that compute the same numbers bit for bit leave
+the training run's path unchanged by the switching; the others move it by float rounding. GRPO's shared prompts
+(forgetting/shared_prompts.py) stay on throughout: benchmarks/step_flops.py --compare measures them.
+
+Prints one JSON line last: {"<arm>_off_s", "<arm>_on_s", "<arm>_ratio", "eval_off_s", "eval_on_s", "eval_ratio"}
+(ratio = on / off, median over steps or evaluations; the first 3 steps are warm-up, as is one evaluation).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from forgetting import fast_paths
+from forgetting.arms import ground_truth
+from forgetting.base_model import write_heldout_sets
+from forgetting.benchmarks import BenchmarkData
+from forgetting.evaluation import evaluate_model
+from forgetting.models import load_model, resolve_model_path
+from forgetting.profiles import load_config
+from forgetting.puzzle_data import generate_puzzles
+from forgetting.rft import train_rft
+from forgetting.sft import sft_examples, train_sft
+from forgetting.trainer import preload
+
+WARMUP = 3
+
+
+class Alternate(TrainerCallback):
+    """Shortcuts `names` off on even steps, on on odd ones; each step's time on its side."""
+
+    def __init__(self, names: tuple[str, ...] | None):
+        self.names = names
+        self.seconds: dict[str, list[float]] = {"off": [], "on": []}
+        self.side, self.started = "on", 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.side = "on" if state.global_step % 2 else "off"
+        (fast_paths.install if self.side == "on" else fast_paths.uninstall)(self.names)
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step > WARMUP:
+            self.seconds[self.side].append(time.perf_counter() - self.started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--steps", type=int, default=60, help="steps of each arm, half with the shortcuts off")
+    parser.add_argument("--evals", type=int, default=3, help="evaluations on each side")
+    parser.add_argument("--limit", type=int, default=None, help="items per benchmark (default: the profile's)")
+    parser.add_argument("--shortcuts", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = tuple(args.shortcuts.split(",")) if args.shortcuts else None
+    preload()
+    out: dict = {"profile": args.profile, "threads": args.threads, "shortcuts": args.shortcuts or "all"}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+        overrides = [f"arms.{a}.steps={args.steps}" for a in ("sft", "rft")] + [f"arms.checkpoint_every={args.steps}"]
+        config = load_config(args.profile, overrides + ["arms.checkpoint_steps=[]"], output_dir=str(tmp))
+        base = resolve_model_path(config.model.name_or_path)
+        dataset = generate_puzzles(config.puzzles, tmp)
+        examples = sft_examples(dataset, config.arms.sft.prompt_style, dict(ground_truth(config, "sft", dataset)))
+        for arm in ("sft", "rft"):
+            meter = Alternate(names)
+            if arm == "sft":
+                train_sft(config, "sft", config.arms.sft, base, examples, tmp / arm, [meter])
+            else:
+                train_rft(config, base, dataset, tmp / arm, [meter])
+            fast_paths.install()
+            off, on = (statistics.median(meter.seconds[side]) for side in ("off", "on"))
+            out |= {f"{arm}_off_s": round(off, 4), f"{arm}_on_s": round(on, 4), f"{arm}_ratio": round(on / off, 3)}
+
+        data = BenchmarkData(str(write_heldout_sets(config)), str(dataset.path))
+        model, processor = load_model(config.model, base, trainable=False)
+        limit = args.limit or config.evaluation.limit
+        seconds: dict[str, list[float]] = {"off": [], "on": []}
+        for round_ in range(2 * args.evals + 1):
+            side = "on" if round_ % 2 else "off"
+            (fast_paths.install if side == "on" else fast_paths.uninstall)(names)
+            started = time.perf_counter()
+            evaluate_model(model, processor, config.evaluation.benchmarks, data, limit, config.evaluation.batch_size)
+            if round_:  # the first evaluation also processes every prompt batch once
+                seconds[side].append(time.perf_counter() - started)
+        fast_paths.install()
+        off, on = (statistics.median(seconds[side]) for side in ("off", "on"))
+        out |= {"eval_off_s": round(off, 3), "eval_on_s": round(on, 3), "eval_ratio": round(on / off, 3)}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
