@@ -16,7 +16,6 @@ Prints one JSON line last: {"<arm>_off_s", "<arm>_on_s", "<arm>_ratio", "eval_of
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -26,16 +25,15 @@ import torch
 from transformers import TrainerCallback
 
 from forgetting import fast_paths
-from forgetting.arms import ground_truth
 from forgetting.base_model import write_heldout_sets
 from forgetting.benchmarks import BenchmarkData
 from forgetting.evaluation import evaluate_model
-from forgetting.models import load_model, resolve_model_path
-from forgetting.profiles import load_config
-from forgetting.puzzle_data import generate_puzzles
+from forgetting.models import load_model
 from forgetting.rft import train_rft
-from forgetting.sft import sft_examples, train_sft
+from forgetting.sft import train_sft
 from forgetting.trainer import preload
+
+from short_arms import short_arms
 
 WARMUP = 3
 
@@ -73,12 +71,7 @@ def main() -> None:
     out: dict = {"profile": args.profile, "threads": args.threads, "shortcuts": args.shortcuts or "all"}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        overrides = [f"arms.{a}.steps={args.steps}" for a in ("sft", "rft")] + [f"arms.checkpoint_every={args.steps}"]
-        config = load_config(args.profile, overrides + ["arms.checkpoint_steps=[]"], output_dir=str(tmp))
-        base = resolve_model_path(config.model.name_or_path)
-        dataset = generate_puzzles(config.puzzles, tmp)
-        examples = sft_examples(dataset, config.arms.sft.prompt_style, dict(ground_truth(config, "sft", dataset)))
+        config, base, dataset, examples = short_arms(args.profile, args.steps, tmp)
         for arm in ("sft", "rft"):
             meter = Alternate(names)
             if arm == "sft":

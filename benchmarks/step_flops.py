@@ -40,13 +40,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import TrainerCallback
 
-from forgetting.arms import ground_truth
-from forgetting.models import resolve_model_path
-from forgetting.profiles import load_config
-from forgetting.puzzle_data import generate_puzzles
 from forgetting.rft import train_rft
-from forgetting.sft import sft_examples, train_sft
+from forgetting.sft import train_sft
 from forgetting.trainer import preload
+
+from short_arms import short_arms
 
 WARMUP = 2
 
@@ -109,18 +107,13 @@ def main() -> None:
     preload()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        overrides = [f"arms.{a}.steps={args.steps}" for a in ("sft", "rft")] + [f"arms.checkpoint_every={args.steps}"]
-        config = load_config(args.profile, overrides + ["arms.checkpoint_steps=[]"], output_dir=str(tmp))
-        base = resolve_model_path(config.model.name_or_path)
-        dataset = generate_puzzles(config.puzzles, tmp)
+        config, base, dataset, examples = short_arms(args.profile, args.steps, tmp)
         model_config = json.loads((Path(base) / "config.json").read_text())
         text = model_config.get("text_config", model_config)
         hidden, inner = text["hidden_size"], text["intermediate_size"]
         tokens = config.arms.sft.batch_size * 80  # about a batch of the tiny puzzles' sequences
         gemm_shapes = gemm_gflops(tokens, hidden, inner)
 
-        examples = sft_examples(dataset, config.arms.sft.prompt_style, dict(ground_truth(config, "sft", dataset)))
         arms = {
             "sft": lambda out, meter: train_sft(config, "sft", config.arms.sft, base, examples, out, [meter]),
             "rft": lambda out, meter: train_rft(config, base, dataset, out, [meter]),
