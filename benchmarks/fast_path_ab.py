@@ -38,6 +38,23 @@ from short_arms import short_arms
 WARMUP = 3
 
 
+def switch(count: int, names: tuple[str, ...] | None) -> str:
+    """The shortcuts `names` off for an even count, on for an odd one; which side that is."""
+    side = "on" if count % 2 else "off"
+    (fast_paths.install if side == "on" else fast_paths.uninstall)(names)
+    return side
+
+
+def medians(prefix: str, seconds: dict[str, list[float]], digits: int) -> dict:
+    """Each side's median time and their ratio (on / off), keyed <prefix>_off_s, <prefix>_on_s, <prefix>_ratio."""
+    off, on = (statistics.median(seconds[side]) for side in ("off", "on"))
+    return {
+        f"{prefix}_off_s": round(off, digits),
+        f"{prefix}_on_s": round(on, digits),
+        f"{prefix}_ratio": round(on / off, 3),
+    }
+
+
 class Alternate(TrainerCallback):
     """Shortcuts `names` off on even steps, on on odd ones; each step's time on its side."""
 
@@ -47,8 +64,7 @@ class Alternate(TrainerCallback):
         self.side, self.started = "on", 0.0
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.side = "on" if state.global_step % 2 else "off"
-        (fast_paths.install if self.side == "on" else fast_paths.uninstall)(self.names)
+        self.side = switch(state.global_step, self.names)
         self.started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -79,23 +95,20 @@ def main() -> None:
             else:
                 train_rft(config, base, dataset, tmp / arm, [meter])
             fast_paths.install()
-            off, on = (statistics.median(meter.seconds[side]) for side in ("off", "on"))
-            out |= {f"{arm}_off_s": round(off, 4), f"{arm}_on_s": round(on, 4), f"{arm}_ratio": round(on / off, 3)}
+            out |= medians(arm, meter.seconds, 4)
 
         data = BenchmarkData(str(write_heldout_sets(config)), str(dataset.path))
         model, processor = load_model(config.model, base, trainable=False)
         limit = args.limit or config.evaluation.limit
         seconds: dict[str, list[float]] = {"off": [], "on": []}
         for round_ in range(2 * args.evals + 1):
-            side = "on" if round_ % 2 else "off"
-            (fast_paths.install if side == "on" else fast_paths.uninstall)(names)
+            side = switch(round_, names)
             started = time.perf_counter()
             evaluate_model(model, processor, config.evaluation.benchmarks, data, limit, config.evaluation.batch_size)
             if round_:  # the first evaluation also processes every prompt batch once
                 seconds[side].append(time.perf_counter() - started)
         fast_paths.install()
-        off, on = (statistics.median(seconds[side]) for side in ("off", "on"))
-        out |= {"eval_off_s": round(off, 3), "eval_on_s": round(on, 3), "eval_ratio": round(on / off, 3)}
+        out |= medians("eval", seconds, 3)
     print(json.dumps(out))
 
 

@@ -160,7 +160,8 @@ def _rope_index(
     step[starts] += torch.maximum(grids[:, 1], grids[:, 2]) // merge
     at = step.cumsum(1) - step  # the position count before each token
     out = at.unsqueeze(0).repeat(3, 1, 1)
-    r, k = run[image], rank[image] - first[run[image]]  # each image token's run and place in it
+    r = run[image]  # each image token's run
+    k = rank[image] - first[r]  # ... and its place in it
     area = height[r] * width[r]
     start = at[starts][r]
     out[:, image] = torch.stack([start + k // area, start + k % area // width[r], start + k % width[r]])
