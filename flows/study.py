@@ -8,7 +8,8 @@
   4. train the arms: sft, rft, then rollout_sft on rft's rollouts (forgetting/arms.py)
   5. evaluate the base, every arm and its checkpoints with lm-eval (forgetting/evaluation.py)
   6. forgetting, learning dynamics, plots: the report              (forgetting/report.py)
-With `seeds: [0, 1, 2]` stages 1-6 run once per seed and a last stage reports mean and 95% CI over seeds.
+With `seeds: [0, 1, 2]` stages 1-6 run once per seed and a last stage reports mean and 95% CI over seeds; with
+`seed_processes: 2` two seeds at a time, side by side in processes of their own (tasks/seed_processes.py).
 Each stage's Prefect task (assets, retries, MLflow logging) is in tasks/.
 """
 
@@ -26,6 +27,7 @@ from forgetting.config import StudyConfig
 from forgetting.profiles import with_next_seeds
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
 from tasks.puzzles import tracked_puzzles
+from tasks.seed_processes import run_seeds
 from tasks.tracking import print_links, seed_run, study_run
 
 
@@ -59,10 +61,8 @@ def study(
         if not config.seeds:
             result = one_seed(config, run_id, progress)
         else:  # the same study once per seed (each a child run), then mean and 95% CI over seeds
-            seeds, share = {}, 100 / len(config.seeds)
-            for i, one in enumerate(config.per_seed()):
-                with seed_run(run_id, config, one.seed) as one_run:
-                    seeds[one.seed] = one_seed(one, one_run, lambda p, w, i=i: progress((i + p / 100) * share, w))
+            side_by_side = config.seed_processes > 1  # in processes of their own (flows/seed.py)
+            seeds = (run_seeds if side_by_side else each_seed)(config, run_id, progress)
             result = {
                 "study_id": config.study_id,
                 "seeds": seeds,
@@ -74,6 +74,15 @@ def study(
     print(f"study {config.study_id} done.")
     print_links(config, run_id)
     return outcome(result, result["summary"]["skipped"])
+
+
+def each_seed(config: StudyConfig, run_id: str, progress) -> dict[int, dict]:
+    """The study for each seed of config in turn, in this process; seed -> what one_seed returned."""
+    seeds, share = {}, 100 / len(config.seeds)
+    for i, one in enumerate(config.per_seed()):
+        with seed_run(run_id, config, one.seed) as one_run:
+            seeds[one.seed] = one_seed(one, one_run, lambda p, w, i=i: progress((i + p / 100) * share, w))
+    return seeds
 
 
 def one_seed(config: StudyConfig, run_id: str, progress) -> dict:

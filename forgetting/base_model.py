@@ -14,7 +14,7 @@ import torch
 from forgetting.config import StudyConfig
 from forgetting.models import architecture_only, model_fingerprint, pick_device, project_size, resolve_model_path
 from forgetting.pretrain import answered_correct, held_out, jigsaw_probe, pretrain, save_base
-from forgetting.storage import image_saver, stable_hash, write_once
+from forgetting.storage import image_saver, one_maker, stable_hash, write_once
 from forgetting.world import ANSWER_FORMATS, PRIOR_TASKS, Item, fingerprint, make_split
 
 
@@ -118,12 +118,20 @@ def build_base(config: StudyConfig, target: Path, log=lambda metrics, step: None
     tokenizer, chat template, processor and generation settings. A model named as it is needs nothing."""
     if (target / "model_card.json").is_file():
         return
-    if config.model.pretrain:
-        pretrain_base_model(config, target, log)
+    if not config.model.pretrain and not architecture_only(resolve_model_path(config.model.name_or_path)):
         return
-    named = Path(resolve_model_path(config.model.name_or_path))
-    if not architecture_only(named):
-        return
+    with one_maker(target):  # a second process making the same base waits for the first
+        if (target / "model_card.json").is_file():
+            return
+        if config.model.pretrain:
+            pretrain_base_model(config, target, log)
+        else:
+            initialise_base(config, Path(resolve_model_path(config.model.name_or_path)), target)
+
+
+def initialise_base(config: StudyConfig, named: Path, target: Path) -> None:
+    """The architecture named, initialised at random with pretrain.seed, saved at target with its tokenizer,
+    chat template, processor and generation settings."""
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
     started = time.perf_counter()
@@ -154,11 +162,11 @@ def heldout_dir(config: StudyConfig) -> Path:
 def write_heldout_sets(config: StudyConfig) -> Path:
     """The tiny world's general benchmarks: one JSONL (+ PNGs) per prior-knowledge task's held-out split."""
     out = heldout_dir(config)
-    if out.is_dir():
-        return out
-    with write_once(out) as tmp:
-        for task in PRIOR_TASKS:
-            write_split(make_split(task, "test", config.pretrain.eval_items, config.pretrain.seed), tmp)
+    with one_maker(out):
+        if not out.is_dir():
+            with write_once(out) as tmp:
+                for task in PRIOR_TASKS:
+                    write_split(make_split(task, "test", config.pretrain.eval_items, config.pretrain.seed), tmp)
     return out
 
 

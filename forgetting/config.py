@@ -38,7 +38,7 @@ PROJECT_MODELS = (*SHIPPED_MODELS, "small")
 
 # What does not change a study's results: where they go, where they are tracked, when reruns happen, and the
 # sweep the study may be a point of.
-NOT_RESULTS = {"output", "tracking", "schedule", "sweep"}
+NOT_RESULTS = {"output", "tracking", "schedule", "sweep", "seed_processes"}
 
 
 class PuzzleConfig(Section):
@@ -294,6 +294,14 @@ class StudyConfig(Section):
         description="Run the arms and evaluations once per seed (e.g. [0, 1, 2]) and report mean and 95% CI; "
         "empty: the one `seed`.",
     )
+    seed_processes: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="With several seeds: how many run side by side, each in a process of its own with an equal "
+        "share of the CPU cores (1: one after another in the study's own process). Where a seed runs changes no "
+        "weight, rollout or score.",
+    )
     # In the order of the run form: what a person changes most first.
     arms: ArmsConfig = Field(default_factory=ArmsConfig, description="The training arms.")
     puzzles: PuzzleConfig = Field(default_factory=PuzzleConfig, description="The novel task.")
@@ -319,6 +327,12 @@ class StudyConfig(Section):
     def _check_pretrain(self) -> "StudyConfig":
         if self.model.pretrain and self.model.name_or_path not in PROJECT_MODELS:
             raise ValueError(f"model.pretrain needs model.name_or_path one of {', '.join(PROJECT_MODELS)}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_seed_processes(self) -> "StudyConfig":
+        if self.seed_processes > 1 and self.arms.num_processes > 1:
+            raise ValueError("seed_processes > 1 needs arms.num_processes 1 (each arm's processes take every device)")
         return self
 
     @field_validator("name")

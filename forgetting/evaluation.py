@@ -29,7 +29,7 @@ from forgetting.inference import continuation_logprobs, generate, sampling, toke
 from forgetting.models import chat, load_model, model_fingerprint
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import parse_answer, score_answer, well_formed_think
-from forgetting.storage import stable_hash, write_once, write_text_once
+from forgetting.storage import one_maker, stable_hash, write_once, write_text_once
 
 
 def puzzle_scores(
@@ -270,8 +270,13 @@ def base_reference(config, base: str, data: BenchmarkData) -> tuple[dict[str, to
 def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path:
     """Evaluate one model unless its results exist; returns the folder with evaluation.json and samples.jsonl."""
     out = eval_dir(config, target, data, base)
-    if (out / "evaluation.json").is_file():
-        return out
+    with one_maker(out):  # seeds side by side evaluate their common base once
+        if not (out / "evaluation.json").is_file():
+            _evaluate_into(out, config, target, data, base)
+    return out
+
+
+def _evaluate_into(out: Path, config, target: EvalTarget, data: BenchmarkData, base: str) -> None:
     model, processor = load_model(config.model, target.path, trainable=False)
     ev, data = config.evaluation, target.data(data)
     state, base_model, base_samples = base_reference(config, base, data)
@@ -290,7 +295,6 @@ def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) 
     with write_once(out) as tmp:
         (tmp / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
         (tmp / "evaluation.json").write_text(json.dumps(record, indent=1) + "\n")
-    return out
 
 
 DATA_NLL_VERSION = 2  # 2: split into reasoning and answer tokens

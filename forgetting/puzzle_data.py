@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from forgetting.config import PuzzleConfig
 from forgetting.drawing import CELL_COLOURS, COLOURS
 from forgetting.puzzles import format_answer, make_prompt, random_answer, restore_image, shuffle_image
-from forgetting.storage import image_saver, package_path, stable_hash, write_once
+from forgetting.storage import image_saver, one_maker, package_path, stable_hash, write_once
 
 # Bump when a change to this file or to forgetting/puzzles.py changes the bytes of a generated dataset.
 GENERATOR_VERSION = 1
@@ -336,8 +336,13 @@ def generate_puzzles(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
     source = open_source(config)
     digest = dataset_hash(config, source.fingerprint())
     final = Path(output_dir).resolve() / "puzzles" / digest
-    if (final / "manifest.json").is_file():
-        return PuzzleDataset(final, digest)
+    with one_maker(final):  # a study's seeds side by side make their common puzzles once
+        if not (final / "manifest.json").is_file():
+            _write_dataset(final, config, source, digest)
+    return PuzzleDataset(final, digest)
+
+
+def _write_dataset(final: Path, config: PuzzleConfig, source, digest: str) -> None:
     with write_once(final) as tmp:
         (tmp / "images").mkdir()
         seen: dict[str, str] = {}
@@ -358,7 +363,6 @@ def generate_puzzles(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
             "content_sha256": _content_hash(tmp),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return PuzzleDataset(final, digest)
 
 
 def contact_sheet(dataset: PuzzleDataset, records: list[dict], cell: int = 160) -> Image.Image:

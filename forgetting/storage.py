@@ -3,7 +3,9 @@
 Every data product lives in a folder named by the hash of what determines it, so a rerun finds it and
 two studies that need the same product share it. `write_once` fills a private temporary sibling and
 renames it into place at the end: a killed writer leaves no half folder, and when two processes make the
-same product at once, the first rename wins and the other's identical copy is dropped. Also: where an
+same product at once, the first rename wins and the other's identical copy is dropped; `one_maker` lets a
+second process wait for the first instead of making it again (seeds run side by side share the puzzles, the
+held-out sets and the base's evaluation). Also: where an
 installed package's own data files lie (package_path), and images saved on threads (image_saver).
 """
 
@@ -12,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -65,6 +68,23 @@ def write_once(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def one_maker(final: Path) -> Iterator[None]:
+    """Hold an exclusive lock on making final: a process that finds final missing and takes the lock while another
+    process of this machine is making it waits, then finds it made. Check inside the lock. The lock files lie in
+    the system's temporary folder, named by final's path, so that no output folder holds anything but products."""
+    import fcntl
+
+    locks = Path(tempfile.gettempdir()) / "forgetting-locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{stable_hash(str(Path(final).resolve()))[:32]}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_text_once(path: Path, text: str) -> None:

@@ -29,6 +29,7 @@ from forgetting.config import REPO_ROOT, ConfigError, StudyConfig  # noqa: E402
 from forgetting.environment import environment
 from forgetting.puzzle_data import PuzzleDataset  # noqa: E402
 from forgetting.puzzles import format_answer  # noqa: E402
+from forgetting.storage import one_maker  # noqa: E402
 
 # Read once, before anything here calls mlflow.set_tracking_uri, which writes this variable itself.
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
@@ -151,16 +152,10 @@ def _creation_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with one_maker(db):
+        yield
 
 
 KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens it on its runs, not on GenAI traces

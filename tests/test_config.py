@@ -51,6 +51,7 @@ def test_overrides_are_read_as_yaml(tmp_path):
         ("arms.rft.batch_size=10", "arms.rft"),
         ("arms.sft.learning_rate=-1", "arms.sft.learning_rate"),
         ("arms.checkpoint_steps=[0,5]", "arms.checkpoint_steps"),
+        ("seed_processes=0", "seed_processes"),
     ],
 )
 def test_bad_values_name_the_field(override, field):
@@ -100,6 +101,9 @@ def test_study_id_ignores_where_results_go(tmp_path):
     b = load_config("micro", output_dir=str(tmp_path / "b"))
     c = load_config("micro", ["puzzles.seed=1"], output_dir=str(tmp_path / "a"))
     assert a.study_id == b.study_id != c.study_id
+    assert load_config("micro", ["seed_processes=2"]).study_id == a.study_id  # where seeds run is no result
+    with pytest.raises(ConfigError, match="seed_processes > 1 needs arms.num_processes 1"):
+        load_config("micro", ["seed_processes=2", "arms.num_processes=2"])
     assert a.study_id.startswith("micro-")
 
 

@@ -7,10 +7,13 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
 from flows.puzzles import puzzles_flow
 from flows.study import study
 from forgetting import world
+from forgetting.config import OutputConfig
 from tasks.tracking import tracking_uri
 
 pytestmark = pytest.mark.slow
@@ -180,6 +183,46 @@ def test_study_over_seeds_reports_mean_and_ci(prefect_harness, tmp_path):
     assert run_info["command"].endswith("report/config.yaml") and run_info["wall_time_s"] > 0
     assert load_config(str(Path(result["report"]) / "config.yaml")).study_id == config.study_id
     assert "trl" in json.loads((Path(result["report"]) / "environment.json").read_text())["packages"]
+
+    # the seeds side by side in processes of their own: the same weights and scores, logged in the same places
+    side = config.model_copy(update={"seed_processes": 2, "output": OutputConfig(dir=str(tmp_path / "side"))})
+    beside = study(side)
+    assert json.loads((Path(beside["report"]) / "summary.json").read_text())["arms"] == summary["arms"]
+    assert side.study_id == config.study_id
+    for seed, one in beside["seeds"].items():
+        assert one["study_id"] == result["seeds"][seed]["study_id"]
+        (alone,), (other,) = (Path(r["seeds"][seed]["arms"]["sft"]).glob("*.safetensors") for r in (result, beside))
+        assert alone.read_bytes() == other.read_bytes()
+        forgetting = [(Path(r["seeds"][seed]["report"]) / "forgetting.csv").read_text() for r in (result, beside)]
+        assert forgetting[0] == forgetting[1]
+    _, runs = _runs(side)
+    by_id = {r.info.run_id: r for r in runs}
+    seed_runs = [r for r in runs if r.data.tags.get("stage") == "seed"]
+    assert all(r.data.tags["mlflow.parentRunId"] == beside["mlflow_run_id"] for r in seed_runs) and len(seed_runs) == 2
+    arm_runs = [r for r in runs if r.data.tags.get("stage") == "train"]
+    assert {by_id[r.data.tags["mlflow.parentRunId"]].info.run_name for r in arm_runs} == {"seed 0", "seed 1"}
+    assert len(list((tmp_path / "side" / "evals").glob("base-*"))) == 1
+    seed_flows = FlowFilter(name=FlowFilterName(any_=["study-seed"]))
+    with get_client(sync_client=True) as client:
+        names = {r.name for r in client.read_flow_runs(flow_filter=seed_flows)}
+    assert {f"{config.study_id} seed 0", f"{config.study_id} seed 1"} <= names
+
+
+def test_a_seed_that_fails_in_its_own_process_is_named_with_its_last_lines(prefect_harness, micro):
+    """Both seeds' processes fail (their study's MLflow run does not exist): the error names each, with its log."""
+    from tasks.seed_processes import run_seeds
+    from tasks.tracking import configure
+
+    config = micro.model_copy(update={"seeds": [0, 1], "seed_processes": 2})
+    configure(config)
+    done = []
+    with pytest.raises(RuntimeError) as err:
+        run_seeds(config, "no-such-run", lambda percent, what: done.append(percent))
+    message = str(err.value)
+    assert "seed 0: process exited with 1" in message and "seed 1: process exited with 1" in message
+    assert "no-such-run" in message and done == [50.0, 100.0]
+    for one in config.per_seed():
+        assert "no-such-run" in (one.report_dir.parent / "seed-process.log").read_text()
 
 
 def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path):

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import threading
 import time
 
 import numpy as np
@@ -32,7 +33,7 @@ from forgetting.puzzles import (
     tile_boxes,
     well_formed_think,
 )
-from forgetting.storage import image_saver
+from forgetting.storage import image_saver, one_maker
 
 permutations = st.integers(2, 36).flatmap(lambda n: st.permutations(list(range(1, n + 1))))
 
@@ -331,3 +332,25 @@ def test_manifest_is_json_without_timestamps(tmp_path):
     text = (dataset.path / "manifest.json").read_text()
     assert json.loads(text)["dataset_hash"] == dataset.dataset_hash
     assert "time" not in text
+
+
+def test_a_second_maker_of_one_product_waits_for_the_first_and_finds_it_made(tmp_path):
+    """one_maker: what lets seeds side by side make their common puzzles and base evaluation once."""
+    product, said = tmp_path / "product", []
+
+    def make(name: str) -> None:
+        with one_maker(product):
+            if product.exists():
+                said.append(f"{name} found it")
+                return
+            time.sleep(0.3)
+            product.mkdir()
+            said.append(f"{name} made it")
+
+    first = threading.Thread(target=make, args=("first",))
+    first.start()
+    time.sleep(0.05)
+    make("second")
+    first.join()
+    assert said == ["first made it", "second found it"]
+    assert list(tmp_path.iterdir()) == [product]  # no lock file among the products
