@@ -299,8 +299,8 @@ class StudyConfig(Section):
         ge=1,
         le=16,
         description="With several seeds: how many run side by side, each in a process of its own with an equal "
-        "share of the CPU cores (1: one after another in the study's own process). Where a seed runs changes no "
-        "weight, rollout or score.",
+        "share of the CPU cores, shared out again as seeds end (1: one after another in the study's own process). "
+        "Where a seed runs changes no weight, rollout or score.",
     )
     # In the order of the run form: what a person changes most first.
     arms: ArmsConfig = Field(default_factory=ArmsConfig, description="The training arms.")

@@ -15,6 +15,7 @@ study's own process; the curves' parameter distances and log-probability changes
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,29 +23,32 @@ import time
 from collections import deque
 
 from forgetting.config import StudyConfig
+from forgetting.storage import write_text_once
 
 SPEC, RESULT, LOG = "seed-process.json", "seed-process-result.json", "seed-process.log"
+THREADS = "seed-process.threads"  # how many threads the process is to use: flows/seed.py
 
 
 def run_seeds(config: StudyConfig, run_id: str, progress, poll_s: float = 1.0) -> dict[int, dict]:
     """Every seed of config in a process of its own, config.seed_processes at a time, logging under the study's
     MLflow run run_id; returns seed -> what flows/study.py:one_seed returned; progress(percent, what) as each
-    seed ends. A seed that fails lets the others finish (what they make is kept for a rerun), then raises a
-    RuntimeError naming every failed seed with the last lines it printed."""
-    workers = min(config.seed_processes, len(config.seeds))
-    env = os.environ | {
-        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers)),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+    seed ends. The cores are shared out again as seeds end: the last seed running takes them all. A seed that
+    fails lets the others finish (what they make is kept for a rerun), then raises a RuntimeError naming every
+    failed seed with the last lines it printed."""
+    workers, cores = config.seed_processes, os.cpu_count() or 1
+    env = os.environ | {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}  # each line echoed as printed
     if api := prefect_api_url():
         env["PREFECT_API_URL"] = api  # the children's flow runs beside this one, no temporary server each
     pending, running, results, failed = list(config.per_seed()), {}, {}, {}
     try:
         while pending or running:
+            threads = max(1, cores // min(workers, len(pending) + len(running)))
+            for child in running.values():
+                child.use_threads(threads)
             while pending and len(running) < workers:
                 one = pending.pop(0)
-                running[one.seed] = child = SeedProcess(config, one, run_id, env)
-                print(f"seed {one.seed}: process {child.process.pid}, {env['OMP_NUM_THREADS']} threads: {child.log}")
+                running[one.seed] = child = SeedProcess(config, one, run_id, env, threads)
+                print(f"seed {one.seed}: process {child.process.pid}, {threads} threads: {child.log}")
             time.sleep(poll_s)
             for seed, child in list(running.items()):
                 if child.process.poll() is None:
@@ -79,11 +83,13 @@ def prefect_api_url() -> str | None:
 class SeedProcess:
     """`python -m flows.seed` for one seed, started at once; a thread echoes and keeps what it prints."""
 
-    def __init__(self, config: StudyConfig, one: StudyConfig, run_id: str, env: dict[str, str]) -> None:
+    def __init__(self, config: StudyConfig, one: StudyConfig, run_id: str, env: dict[str, str], threads: int) -> None:
         folder = one.report_dir.parent
         folder.mkdir(parents=True, exist_ok=True)
         self.seed, self.log, self.result_path = one.seed, folder / LOG, folder / RESULT
         self.result_path.unlink(missing_ok=True)
+        self.threads_file, self.threads = folder / THREADS, threads
+        self.threads_file.write_text(f"{threads}\n")
         spec = {
             "config": config.model_dump(mode="json"),
             "seed": one.seed,
@@ -95,7 +101,12 @@ class SeedProcess:
         self.started = time.perf_counter()
         command = [sys.executable, "-m", "flows.seed", str(folder / SPEC)]
         self.process = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            command,
+            env=env | {"OMP_NUM_THREADS": str(threads)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         self.echo = threading.Thread(target=self._echo, name=f"seed-{one.seed}-output", daemon=True)
         self.echo.start()
@@ -107,6 +118,15 @@ class SeedProcess:
                 self.tail.append(line.rstrip())
                 sys.__stdout__.write(f"seed {self.seed} | {line}")
                 sys.__stdout__.flush()
+
+    def use_threads(self, threads: int) -> None:
+        """Tell the process to use this many threads from now on: flows/seed.py reads the file at its start and on
+        SIGUSR1, whose handler it installs before its imports (a process younger than 5 s is told at a later poll)."""
+        if threads != self.threads and self.process.poll() is None and self.seconds() > 5:
+            self.threads = threads
+            write_text_once(self.threads_file, f"{threads}\n")
+            self.process.send_signal(signal.SIGUSR1)
+            print(f"seed {self.seed}: {threads} threads from now on")
 
     def seconds(self) -> float:
         return time.perf_counter() - self.started

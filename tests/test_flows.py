@@ -1,6 +1,7 @@
 """The flows for real: Prefect (test harness), MLflow (sqlite under tmp), files on disk."""
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -184,28 +185,36 @@ def test_study_over_seeds_reports_mean_and_ci(prefect_harness, tmp_path):
     assert load_config(str(Path(result["report"]) / "config.yaml")).study_id == config.study_id
     assert "trl" in json.loads((Path(result["report"]) / "environment.json").read_text())["packages"]
 
-    # the seeds side by side in processes of their own: the same weights and scores, logged in the same places
-    side = config.model_copy(update={"seed_processes": 2, "output": OutputConfig(dir=str(tmp_path / "side"))})
+    # the seeds side by side in processes of their own: the same weights and scores, logged in the same places;
+    # two at a time, so seed 2 starts as the first ends, and takes both cores once it runs alone
+    side = config.model_copy(
+        update={"seeds": [0, 1, 2], "seed_processes": 2, "output": OutputConfig(dir=str(tmp_path / "side"))}
+    )
     beside = study(side)
-    assert json.loads((Path(beside["report"]) / "summary.json").read_text())["arms"] == summary["arms"]
-    assert side.study_id == config.study_id
-    for seed, one in beside["seeds"].items():
+    for seed in (0, 1):
+        one = beside["seeds"][seed]
         assert one["study_id"] == result["seeds"][seed]["study_id"]
         (alone,), (other,) = (Path(r["seeds"][seed]["arms"]["sft"]).glob("*.safetensors") for r in (result, beside))
         assert alone.read_bytes() == other.read_bytes()
         forgetting = [(Path(r["seeds"][seed]["report"]) / "forgetting.csv").read_text() for r in (result, beside)]
         assert forgetting[0] == forgetting[1]
+        assert (
+            json.loads((Path(one["report"]) / "summary.json").read_text())["arms"]
+            == json.loads((Path(result["seeds"][seed]["report"]) / "summary.json").read_text())["arms"]
+        )
+    last = (Path(beside["seeds"][2]["report"]).parent / "seed-process.log").read_text()
+    assert f"seed 2 done, on {min(2, os.cpu_count())} threads at its end" in last
     _, runs = _runs(side)
     by_id = {r.info.run_id: r for r in runs}
     seed_runs = [r for r in runs if r.data.tags.get("stage") == "seed"]
-    assert all(r.data.tags["mlflow.parentRunId"] == beside["mlflow_run_id"] for r in seed_runs) and len(seed_runs) == 2
+    assert all(r.data.tags["mlflow.parentRunId"] == beside["mlflow_run_id"] for r in seed_runs) and len(seed_runs) == 3
     arm_runs = [r for r in runs if r.data.tags.get("stage") == "train"]
-    assert {by_id[r.data.tags["mlflow.parentRunId"]].info.run_name for r in arm_runs} == {"seed 0", "seed 1"}
+    assert {by_id[r.data.tags["mlflow.parentRunId"]].info.run_name for r in arm_runs} == {"seed 0", "seed 1", "seed 2"}
     assert len(list((tmp_path / "side" / "evals").glob("base-*"))) == 1
     seed_flows = FlowFilter(name=FlowFilterName(any_=["study-seed"]))
     with get_client(sync_client=True) as client:
         names = {r.name for r in client.read_flow_runs(flow_filter=seed_flows)}
-    assert {f"{config.study_id} seed 0", f"{config.study_id} seed 1"} <= names
+    assert {f"{side.study_id} seed {s}" for s in (0, 1, 2)} <= names
 
 
 def test_a_seed_that_fails_in_its_own_process_is_named_with_its_last_lines(prefect_harness, micro):
