@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 from prefect.states import Completed
 
+from flows.launch import end_quickly, server_ready
 from flows.preflight import check_inputs
 from forgetting.config import NOT_RESULTS, REPO_ROOT, ConfigError, StudyConfig
 from forgetting.environment import environment
@@ -58,7 +59,9 @@ def run(
     except (ConfigError, PuzzleError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    server_ready()
     flow(config, **own)
+    end_quickly()
 
 
 def outcome(result, skipped: dict):

@@ -5,6 +5,10 @@ study's last stages.
     python -m flows.evaluate --profile tiny       # arms not trained yet for this config are left out
 """
 
+from flows.launch import start_temporary_server
+
+start_temporary_server(__name__)  # before the imports below, which take seconds
+
 from pathlib import Path
 
 from prefect import flow

@@ -13,6 +13,10 @@ Writes into the shipped base's folder, assets/<model>-base, unless `--destinatio
 held-out accuracy per task, jigsaw probe, wall time), and logs curves to an MLflow child run.
 """
 
+from flows.launch import start_temporary_server
+
+start_temporary_server(__name__)  # before the imports below, which take seconds
+
 import sys
 from pathlib import Path
 

@@ -3,6 +3,10 @@
 python -m flows.puzzles --profile micro --set puzzles.grid=3x3 --set puzzles.source=bundled --output-dir DIR
 """
 
+from flows.launch import start_temporary_server
+
+start_temporary_server(__name__)  # before the imports below, which take seconds
+
 from prefect import flow
 
 from flows.cli import run

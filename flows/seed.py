@@ -25,15 +25,16 @@ def _take_threads(signum, frame) -> None:
 
 signal.signal(signal.SIGUSR1, _take_threads)  # before the imports below, which take seconds
 
-import json  # noqa: E402
+import json
 
-import torch  # noqa: E402
-from prefect import flow  # noqa: E402
+import torch
+from prefect import flow
 
-from flows.study import Progress, one_seed  # noqa: E402
-from forgetting.config import StudyConfig  # noqa: E402
-from forgetting.storage import write_text_once  # noqa: E402
-from tasks.tracking import configure, seed_run  # noqa: E402
+from flows.launch import end_quickly
+from flows.study import Progress, one_seed
+from forgetting.config import StudyConfig
+from forgetting.storage import write_text_once
+from tasks.tracking import configure, seed_run
 
 
 @flow(name="study-seed", log_prints=True)
@@ -56,6 +57,7 @@ def main(spec_path: str) -> None:
     named = seed_flow.with_options(flow_run_name=f"{config.study_id} seed {spec['seed']}")
     result = named(config, spec["seed"], spec["study_run_id"])
     write_text_once(Path(spec["result"]), json.dumps(result, indent=1) + "\n")
+    end_quickly()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ With `seeds: [0, 1, 2]` stages 1-6 run once per seed and a last stage reports me
 Each stage's Prefect task (assets, retries, MLflow logging) is in tasks/.
 """
 
+from flows.launch import start_temporary_server
+
+start_temporary_server(__name__)  # before the imports below, which take seconds
+
 import time
 from pathlib import Path
 

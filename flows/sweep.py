@@ -14,6 +14,10 @@ Then <output>/<sweep-id>/report/ holds every checkpoint with its frontier flag a
 frontiers (forgetting/sweep.py).
 """
 
+from flows.launch import start_temporary_server
+
+start_temporary_server(__name__)  # before the imports below, which take seconds
+
 import time
 
 from prefect import flow, get_client

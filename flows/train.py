@@ -4,6 +4,10 @@ python -m flows.train --profile micro
 python -m flows.train --profile tiny --set arms.rft.enabled=false
 """
 
+from flows.launch import start_temporary_server
+
+start_temporary_server(__name__)  # before the imports below, which take seconds
+
 from prefect import flow
 
 from flows.cli import outcome, run

@@ -11,7 +11,8 @@ from prefect.assets import materialize
 
 from assets import report
 from forgetting.config import StudyConfig
-from forgetting.report import aggregate_reports, report_from_evaluations, summary_frame, without_nan
+from forgetting.report import aggregate_reports, summary_frame, without_nan
+from forgetting.report_cache import current_report
 from forgetting.sweep import write_sweep_report
 
 
@@ -27,11 +28,12 @@ def report_markdown(folder: Path) -> str:
 
 
 def report_task(out: Path, study_id: str, evaluations: list[Path], data_nll: dict, final_steps: dict, *args) -> dict:
-    """report_from_evaluations as a Prefect task materializing the report folder, the evaluations upstream."""
+    """current_report (the report made from the evaluations, or kept from a run with the same) as a Prefect task
+    materializing the report folder, the evaluations upstream."""
     task = materialize(
         report(out), name="report", asset_deps=[Path(p).resolve().as_uri() for p in evaluations], retries=1
     )
-    return task(report_from_evaluations)(out, study_id, evaluations, data_nll, final_steps, *args)
+    return task(current_report)(out, study_id, evaluations, data_nll, final_steps, *args)
 
 
 def aggregate_task(out: Path, study_id: str, reports: dict[int, Path]) -> dict:

@@ -385,3 +385,47 @@ def test_the_prefect_report_artifact_carries_its_plots(tmp_path):
     text = report_markdown(tmp_path)
     assert text.count("](data:image/png;base64,iVBOR") == 3  # the PNG signature, base64-encoded
     assert "(tradeoff.png)" not in text and "(tradeoff.png)" in (tmp_path / "report.md").read_text()
+
+
+def _evaluation_folders(root, records) -> list:
+    """Evaluation folders as forgetting/evaluation.py writes them: evaluation.json and samples.jsonl."""
+    folders = []
+    for rec in records:
+        folder = root / f"{rec['arm']}-{rec['step']}"
+        folder.mkdir(parents=True)
+        (folder / "evaluation.json").write_text(json.dumps(rec))
+        items = SAMPLES.get((rec["arm"], rec["step"]), [])
+        (folder / "samples.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+        folders.append(folder)
+    return folders
+
+
+def test_a_report_is_made_again_only_when_what_it_reads_changed(tmp_path):
+    from forgetting.report_cache import current_report
+
+    folders = _evaluation_folders(tmp_path / "evals", [BASE, SFT, RFT])
+    out = tmp_path / "study-x" / "report"
+    args = ("study-x", folders, {"sft": {"nll_per_token": 2.0}}, {"sft": 10, "rft": 10}, 0.6, {})
+    first = current_report(out, *args)
+    assert math.isnan(first["predictors"]["param_distance"]["r2"])  # NaN kept, not JSON's null
+    plain = write_report(tmp_path / "plain", "study-x", [BASE, SFT, RFT], SAMPLES, *args[2:])
+    assert json.dumps(first) == json.dumps(plain)  # what write_report returns, NaN for NaN
+
+    def drawn() -> int:
+        return (out / "tradeoff.png").stat().st_mtime_ns
+
+    before = drawn()
+    kept = current_report(out, *args)  # the same inputs: nothing is written, the same summary comes back
+    assert json.dumps(kept) == json.dumps(first) and drawn() == before
+    # Another matched accuracy, a changed evaluation, a missing report file: made again.
+    assert current_report(out, *args[:4], 0.5, {})["matched_accuracy"] == 0.5 and drawn() != before
+    current_report(out, *args)
+    changed = record("sft", 10, 0.75, 0.25, 0.5)
+    (folders[1] / "evaluation.json").write_text(json.dumps(changed))
+    assert current_report(out, *args)["arms"]["sft"]["puzzle_exact"] == 0.75
+    (out / "dynamics.png").unlink()
+    current_report(out, *args)
+    assert (out / "dynamics.png").is_file()
+    (out / "report.md").write_text("edited")  # a report file changed since it was written: made again
+    current_report(out, *args)
+    assert "| sft |" in (out / "report.md").read_text()

@@ -98,6 +98,34 @@ def test_unknown_benchmark_fails_before_training(tmp_path):
     assert not (tmp_path / "arms").exists()
 
 
+def test_a_flow_without_a_prefect_server_starts_the_temporary_one_early_and_stops_it(tmp_path):
+    """From the command line with no PREFECT_API_URL: Prefect's temporary server starts while the flow's libraries
+    load, the flow runs against it, and it is stopped at the end; with bad input, too, nothing is left running."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    early = (
+        "from flows.launch import server_ready, start_temporary_server\n"
+        "start_temporary_server('flows.study')\n"  # imported, not run: nothing starts
+        "from prefect.server.api.server import SubprocessASGIServer\n"
+        "assert not SubprocessASGIServer().running\n"
+        "start_temporary_server('__main__')\n"
+        "server_ready()\n"
+        "from deployments.servers import healthy\n"
+        "assert healthy(SubprocessASGIServer().api_url + '/health')\n"
+        "print(SubprocessASGIServer().api_url)\n"
+    )
+    started = subprocess.run([sys.executable, "-c", early], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert not servers.healthy(started.stdout.strip() + "/health")  # stopped at exit, by Prefect's own handler
+    command = [sys.executable, "-m", "flows.puzzles", "--profile", "micro", "--output-dir", str(tmp_path)]
+    for extra, rc in ((["--set", "puzzles.grid=7x7"], 2), ([], 0)):
+        result = subprocess.run(command + extra, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == rc, result.stderr[-2000:]
+        stopped = [line for line in result.stderr.splitlines() if "Stopping temporary server on" in line]
+        assert len(stopped) == 1, result.stderr[-2000:]  # the one server, started early, found by the flow
+        assert not servers.healthy(stopped[0].rsplit(" ", 1)[1] + "/api/health")  # it ended with the process
+    assert "Finished in state Completed()" in result.stderr and (tmp_path / "puzzles").is_dir()
+
+
 def test_runs_of_a_killed_process_are_marked_failed(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # configure() sets it; undone after the test
     config = load_config("micro", output_dir=str(tmp_path))

@@ -104,12 +104,15 @@ def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
     assert [m.step for m in history] == [2, 4]
     assert eval_sft.data.metrics["puzzle_exact"] == summary["arms"]["sft"]["puzzle_exact"]  # its final step's
     assert run.data.metrics.keys() >= {"sft.puzzle_exact", "rft.mean_forgetting", "base.prior_mean"}
-    # An unchanged rerun reuses the dataset and the trained arms on disk.
+    # An unchanged rerun reuses the dataset, the trained arms and the report on disk.
+    drawn = (report / "tradeoff.png").stat().st_mtime_ns
     state = study(micro, return_state=True)
     assert state.is_completed() and state.name == "Completed, arms skipped"
     assert state.message.startswith("rollout_sft: no exact rollouts in ")
     again = state.result()
     assert again["puzzles"] == result["puzzles"] and again["arms"] == result["arms"]
+    assert json.dumps(again["summary"]) == json.dumps(result["summary"])
+    assert (report / "tradeoff.png").stat().st_mtime_ns == drawn  # kept, not drawn again
 
 
 def test_pretrain_base_writes_where_the_command_line_says(prefect_harness, tmp_path, monkeypatch):
