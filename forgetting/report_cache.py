@@ -10,13 +10,12 @@ The summary is kept as JSON with NaN (Python's json writes and reads it), and bo
 that JSON, so a fresh report and a kept one give the caller the same object.
 """
 
-import hashlib
 import json
 from pathlib import Path
 
 from forgetting.environment import PACKAGE, code_fingerprint, installed
 from forgetting.report import report_from_evaluations
-from forgetting.storage import stable_hash, write_text_once
+from forgetting.storage import files_sha256, stable_hash, write_text_once
 
 REPORT_CODE = ("report", "metrics", "predictors", "data_report", "tables")
 REPORT_LIBRARIES = ("numpy", "pandas", "scipy", "matplotlib")
@@ -26,24 +25,11 @@ REPORT_FILES = (
 )  # fmt: skip
 
 
-def files_digest(files: list[Path]) -> str:
-    """sha256 over the files' names and bytes, in the order given."""
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def _in_folders(folders: list[Path]) -> list[Path]:
-    return [path for folder in sorted(map(Path, folders)) for path in sorted(folder.rglob("*")) if path.is_file()]
-
-
 def report_inputs(evaluations: list[Path], *args) -> str:
     """The hash of everything report_from_evaluations(out, study_id, evaluations, *args) reads besides out."""
     return stable_hash(
         {
-            "evaluations": files_digest(_in_folders(evaluations)),
+            "evaluations": [files_sha256(folder) for folder in sorted(map(Path, evaluations))],
             "arguments": args,
             "code": code_fingerprint([PACKAGE / f"{module}.py" for module in REPORT_CODE]),
             "libraries": {name: installed(name) for name in REPORT_LIBRARIES},
@@ -58,10 +44,10 @@ def current_report(out: Path, study_id: str, evaluations: list[Path], *args) -> 
     kept, report = out.parent / "report-cache.json", [out / name for name in REPORT_FILES]
     if kept.is_file() and all(path.is_file() for path in report):
         cached = json.loads(kept.read_text())
-        if cached.get("inputs") == inputs and cached.get("report") == files_digest(report):
+        if cached.get("inputs") == inputs and cached.get("report") == files_sha256(out, report):
             return cached["summary"]
     kept.unlink(missing_ok=True)  # a report that fails half-way leaves no claim to be whole
     summary = report_from_evaluations(out, study_id, evaluations, *args)
-    text = json.dumps({"inputs": inputs, "report": files_digest(report), "summary": summary})
+    text = json.dumps({"inputs": inputs, "report": files_sha256(out, report), "summary": summary})
     write_text_once(kept, text + "\n")
     return json.loads(text)["summary"]

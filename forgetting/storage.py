@@ -5,7 +5,7 @@ two studies that need the same product share it. `write_once` fills a private te
 renames it into place at the end: a killed writer leaves no half folder, and when two processes make the
 same product at once, the first rename wins and the other's identical copy is dropped; `one_maker` lets a
 second process wait for the first instead of making it again (seeds run side by side share the puzzles, the
-held-out sets and the base's evaluation). Also: where an
+held-out sets and the base's evaluation). Also: a folder's content as one hash (files_sha256), where an
 installed package's own data files lie (package_path), and images saved on threads (image_saver).
 """
 
@@ -28,6 +28,17 @@ def stable_hash(obj: Any) -> str:
     """sha256 of the canonical JSON of obj: what names every content-addressed folder."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def files_sha256(root: Path, files: list[Path] | None = None) -> str:
+    """sha256 over files under root (default: every file under it, sorted), each as its path relative to root and
+    its bytes, in the order given: a folder's content."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()) if files is None else files:
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def package_path(package: str, *parts: str) -> Path:
