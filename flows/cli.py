@@ -17,7 +17,7 @@ from prefect.states import Completed
 
 from flows.launch import end_quickly, server_ready
 from flows.preflight import check_inputs
-from forgetting.config import NOT_RESULTS, REPO_ROOT, ConfigError, StudyConfig
+from forgetting.config import REPO_ROOT, ConfigError, StudyConfig, not_results
 from forgetting.environment import environment
 from forgetting.profiles import load_config
 from forgetting.puzzle_data import PuzzleError
@@ -77,7 +77,7 @@ def outcome(result, skipped: dict):
 def record_run(config: StudyConfig, flow: str, report: Path, seconds: float) -> None:
     """How to reproduce a report (flow: study or sweep): its config as a profile, the command, how long this run
     took (work already on disk from earlier runs is not counted again) and the environment it ran in."""
-    profile = sweep_spec(config) if flow == "sweep" else config.model_dump(mode="json", exclude=NOT_RESULTS)
+    profile = sweep_spec(config) if flow == "sweep" else config.model_dump(mode="json", exclude=not_results())
     (report / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     (report / "environment.json").write_text(json.dumps(environment(), indent=1) + "\n")
     run_info = {

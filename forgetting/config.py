@@ -36,9 +36,15 @@ TOKEN_PX = 28
 SHIPPED_MODELS = ("micro", "tiny", "tiny-think", "tiny-think-brief", "tiny-think-brief-long")
 PROJECT_MODELS = (*SHIPPED_MODELS, "small")
 
-# What does not change a study's results: where they go, where they are tracked, when reruns happen, and the
-# sweep the study may be a point of.
+# What does not change a study's results: where they go, where they are tracked, when reruns happen, the sweep the
+# study may be a point of, and how many processes share the work.
 NOT_RESULTS = {"output", "tracking", "schedule", "sweep", "seed_processes"}
+NOT_RESULTS_WITHIN = {"evaluation": {"processes"}}  # fields of a section
+
+
+def not_results(keep: frozenset[str] = frozenset()) -> dict:
+    """model_dump's `exclude` that leaves out what does not change results (but the top-level fields in keep)."""
+    return dict.fromkeys(NOT_RESULTS - keep, True) | NOT_RESULTS_WITHIN
 
 
 class PuzzleConfig(Section):
@@ -223,6 +229,14 @@ class EvaluationConfig(Section):
         le=1,
         description="Puzzle exact accuracy at which arms are compared: steps to reach it, forgetting there.",
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="On CPU: evaluate this many models side by side, each in a process of its own with an equal "
+        "share of the study's threads (1: one after another in the study's process). Changes no score beyond "
+        "float rounding (sums split over another number of threads).",
+    )
 
 
 class TrackingConfig(Section):
@@ -354,7 +368,7 @@ class StudyConfig(Section):
 
     def config_hash(self) -> str:
         """Hash of everything that changes results (not where they are written or tracked, nor when rerun)."""
-        return stable_hash(self.model_dump(mode="json", exclude=NOT_RESULTS))
+        return stable_hash(self.model_dump(mode="json", exclude=not_results()))
 
     @property
     def study_id(self) -> str:

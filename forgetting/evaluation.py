@@ -267,10 +267,14 @@ def base_reference(config, base: str, data: BenchmarkData) -> tuple[dict[str, to
     return model.state_dict(), model, _BASE_SAMPLES[key]
 
 
-def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path:
-    """Evaluate one model unless its results exist; returns the folder with evaluation.json and samples.jsonl."""
+def evaluate_target(config, target: EvalTarget, data: BenchmarkData, base: str, wait: bool = True) -> Path | None:
+    """Evaluate one model unless its results exist; returns the folder with evaluation.json and samples.jsonl. While
+    another process evaluates it, waits for that (seeds side by side evaluate their common base once), or with
+    wait=False returns None at once."""
     out = eval_dir(config, target, data, base)
-    with one_maker(out):  # seeds side by side evaluate their common base once
+    with one_maker(out, wait) as mine:
+        if not mine:
+            return None
         if not (out / "evaluation.json").is_file():
             _evaluate_into(out, config, target, data, base)
     return out

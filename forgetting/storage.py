@@ -82,18 +82,24 @@ def write_once(final: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def one_maker(final: Path) -> Iterator[None]:
+def one_maker(final: Path, wait: bool = True) -> Iterator[bool]:
     """Hold an exclusive lock on making final: a process that finds final missing and takes the lock while another
-    process of this machine is making it waits, then finds it made. Check inside the lock. The lock files lie in
-    the system's temporary folder, named by final's path, so that no output folder holds anything but products."""
+    process of this machine is making it waits, then finds it made. Check inside the lock. With wait=False, yields
+    False at once (and holds nothing) when another process holds the lock, True when this one took it. The lock
+    files lie in the system's temporary folder, named by final's path, so that no output folder holds anything but
+    products."""
     import fcntl
 
     locks = Path(tempfile.gettempdir()) / "forgetting-locks"
     locks.mkdir(exist_ok=True)
     with open(locks / f"{stable_hash(str(Path(final).resolve()))[:32]}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from forgetting.arms import arm_spec
-from forgetting.config import NOT_RESULTS, ConfigError, StudyConfig
+from forgetting.config import ConfigError, StudyConfig, not_results
 from forgetting.metrics import BOUNDS, mean_ci
 from forgetting.predictors import PREDICTORS, predictor_rows, predictors
 from forgetting.profiles import build_config, set_dotted
@@ -38,9 +38,7 @@ LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)  # puzzle accuracies at which the frontiers a
 
 def sweep_spec(config: StudyConfig) -> dict:
     """What determines a sweep's results: the study's settings and the sweep's points (not where they run)."""
-    return config.model_dump(
-        mode="json", exclude=dict.fromkeys(NOT_RESULTS - {"sweep"}, True) | {"sweep": {"deployment"}}
-    )
+    return config.model_dump(mode="json", exclude=not_results(frozenset({"sweep"})) | {"sweep": {"deployment"}})
 
 
 def sweep_id(config: StudyConfig) -> str:

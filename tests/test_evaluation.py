@@ -468,3 +468,50 @@ def test_one_copy_of_the_base_serves_every_evaluation_and_the_data_nll(data, tmp
     nll = evaluation.data_nll(one, base, "sft", tmp_path / "training_data.jsonl", dataset)
     assert nll["tokens"] > 0
     assert loads == [base, base]  # the base once, then the target (here the base again, as a model to evaluate)
+
+
+def test_helper_processes_evaluate_from_the_other_end_and_score_as_the_stage(data, tmp_path, monkeypatch):
+    """evaluation.processes 2 on two threads: a helper process evaluates models from the end of the list while this
+    process goes from its start, each on one thread; every model is evaluated once, and a model the helper evaluated
+    scores exactly as one this process evaluated (here every target is the base itself under another name)."""
+    import time
+
+    from forgetting import evaluation
+    from forgetting.evaluation import eval_dir
+    from tasks.evaluation_processes import helpers
+
+    config, benchmark_data = data
+    two = config.model_copy(deep=True)
+    two.output.dir, two.evaluation.processes = str(tmp_path), 2
+    base = str(SHIPPED["micro"])
+    targets = [EvalTarget("sft", step, base) for step in range(1, 7)]
+    here, evaluate_into = [], evaluation._evaluate_into
+    last = eval_dir(two, targets[-1], benchmark_data, base) / "evaluation.json"
+
+    def waiting(out, *args):  # after its first model, this process waits for the helper's first (the last model)
+        here.append(out.name)
+        evaluate_into(out, *args)
+        deadline = time.monotonic() + 300
+        while not last.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    monkeypatch.setattr(evaluation, "_evaluate_into", waiting)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with helpers(two, targets, benchmark_data, base) as started:
+            assert started == 1 and torch.get_num_threads() == 1
+            folders = [evaluate_target(two, t, benchmark_data, base) for t in targets]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert folders == [eval_dir(two, t, benchmark_data, base) for t in targets]
+    assert 1 <= len(here) < len(targets) and folders[0].name in here and folders[-1].name not in here
+    records = [json.loads((f / "evaluation.json").read_text()) for f in folders]
+    for record in records:
+        for key in ("step", "seconds"):
+            del record[key]
+    assert all(r == records[0] for r in records[1:])
+    assert [f.name for f in tmp_path.glob("evals/.*")] == []  # no folder left half-written
+    with helpers(two, targets, benchmark_data, base) as started:
+        assert started == 0  # nothing left to evaluate: no helper

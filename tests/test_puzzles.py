@@ -354,3 +354,26 @@ def test_a_second_maker_of_one_product_waits_for_the_first_and_finds_it_made(tmp
     first.join()
     assert said == ["first made it", "second found it"]
     assert list(tmp_path.iterdir()) == [product]  # no lock file among the products
+
+
+def test_a_maker_that_will_not_wait_is_told_at_once_that_another_is_making_it(tmp_path):
+    """one_maker(wait=False): what lets an evaluation helper pass over a model the stage is evaluating."""
+    product, holding, release = tmp_path / "product", threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with one_maker(product) as mine:
+            assert mine
+            holding.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(5)
+    started = time.perf_counter()
+    with one_maker(product, wait=False) as mine:
+        assert mine is False
+    assert time.perf_counter() - started < 1
+    release.set()
+    holder.join()
+    with one_maker(product, wait=False) as mine:
+        assert mine is True
