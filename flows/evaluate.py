@@ -25,6 +25,7 @@ from forgetting.rollout_sft import rollout_provenance
 from forgetting.trainer import ArmResult
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
 from tasks.evaluation import evaluate_targets
+from tasks.evaluation_processes import helpers
 from tasks.puzzles import tracked_puzzles
 from tasks.report import tracked_aggregate, tracked_report
 from tasks.tracking import print_links, seed_run, study_run
@@ -46,12 +47,13 @@ def evaluate_and_report(
     evaluation."""
     data = BenchmarkData(str(heldout), str(dataset.path))  # each target sets its arm's prompt style
     targets = eval_targets(config, base, arms)
-    folders = evaluate_targets(config, run_id, targets, data, base, progress)
-    nll = {
-        arm: data_nll(config, base, arm, training_data(result), dataset)
-        | {"rollout_source": rollout_provenance(result)}
-        for arm, result in arms.items()
-    }
+    training = {arm: training_data(result) for arm, result in arms.items()}
+    with helpers(config, targets, data, base, training, dataset):  # evaluation.processes
+        folders = evaluate_targets(config, run_id, targets, data, base, progress)
+        nll = {
+            arm: data_nll(config, base, arm, training[arm], dataset) | {"rollout_source": rollout_provenance(result)}
+            for arm, result in arms.items()
+        }
     summary = tracked_report(config, run_id, folders, nll, skipped)
     progress(1, "report written")
     out, table = config.report_dir, summary_frame(summary)

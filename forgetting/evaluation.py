@@ -313,16 +313,25 @@ def answer_start(completion: str, style: str) -> int:
     return 0 if style == "direct" else len(completion)
 
 
-def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset) -> dict:
+def data_nll(
+    config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset, wait: bool = True
+) -> dict | None:
     """Per-token negative log-likelihood under the BASE model (base_model: the evaluations' copy) of the
     completions an arm trained on, under the arm's own prompt style (the completion's tokens, all of them and split
     into reasoning and answer tokens; up to DATA_NLL_ITEMS examples, evenly spaced, also one by one), cached beside
-    the data."""
+    the data. While another process makes it, waits for that, or with wait=False returns None at once."""
     # Keyed on the base's content: SFT's data (the puzzles' ground truth) is shared by studies of other bases.
     key = stable_hash([model_fingerprint(base), DATA_NLL_ITEMS, EVAL_VERSION, DATA_NLL_VERSION])
     path = training_data.with_name(f"base_nll-{key[:10]}.json")
-    if path.is_file():
-        return json.loads(path.read_text())
+    with one_maker(path, wait) as mine:
+        if not mine:
+            return None
+        if not path.is_file():
+            write_text_once(path, json.dumps(_data_nll(config, base, arm, training_data, dataset), indent=1) + "\n")
+    return json.loads(path.read_text())
+
+
+def _data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset) -> dict:
     with open(training_data) as f:
         rows = [json.loads(line) for line in f]
     if not rows:
@@ -358,5 +367,4 @@ def data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDa
             for r, s in zip(rows, scored, strict=True)
         ],
     }
-    write_text_once(path, json.dumps(result, indent=1) + "\n")
     return result

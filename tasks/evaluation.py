@@ -12,7 +12,6 @@ from forgetting.benchmarks import BenchmarkData
 from forgetting.config import StudyConfig
 from forgetting.evaluation import EVAL_VERSION, EvalTarget, eval_dir, evaluate_target
 from forgetting.metrics import is_puzzle, read_evaluation
-from tasks.evaluation_processes import helpers
 from tasks.tracking import child_run, flat_params
 
 
@@ -73,21 +72,20 @@ def evaluate_targets(
     each checkpoint's step (so MLflow draws the curves), its final evaluation as an artifact. Returns the
     evaluation folders; progress(share done, what) after each."""
     folders = []
-    with helpers(config, targets, data, base):
-        for arm in dict.fromkeys(t.arm for t in targets):
-            mine = [t for t in targets if t.arm == arm]
-            with child_run(run_id, f"eval-{arm}", tags={"stage": "evaluate", "arm": arm}):
-                mlflow.log_params(eval_params(config, arm, mine, data, base))
-                for target in mine:
-                    folder = evaluation_task(config, target, data, base)
-                    record, _ = read_evaluation(folder)
-                    metrics = eval_metrics(record)
-                    mlflow.log_metrics(metrics, step=target.step)
-                    folders.append(folder)
-                    progress(len(folders) / (len(targets) + 1), f"evaluated {arm} step {target.step}")
-                    print(
-                        f"evaluated {arm} step {target.step}: puzzle {metrics['puzzle_exact']:.3f}, "
-                        f"prior mean {metrics['prior_mean']:.3f} ({record['seconds']} s)"
-                    )
-                mlflow.log_artifacts(str(folder), "final_evaluation")
+    for arm in dict.fromkeys(t.arm for t in targets):
+        mine = [t for t in targets if t.arm == arm]
+        with child_run(run_id, f"eval-{arm}", tags={"stage": "evaluate", "arm": arm}):
+            mlflow.log_params(eval_params(config, arm, mine, data, base))
+            for target in mine:
+                folder = evaluation_task(config, target, data, base)
+                record, _ = read_evaluation(folder)
+                metrics = eval_metrics(record)
+                mlflow.log_metrics(metrics, step=target.step)
+                folders.append(folder)
+                progress(len(folders) / (len(targets) + 1), f"evaluated {arm} step {target.step}")
+                print(
+                    f"evaluated {arm} step {target.step}: puzzle {metrics['puzzle_exact']:.3f}, "
+                    f"prior mean {metrics['prior_mean']:.3f} ({record['seconds']} s)"
+                )
+            mlflow.log_artifacts(str(folder), "final_evaluation")
     return folders

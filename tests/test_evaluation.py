@@ -471,19 +471,25 @@ def test_one_copy_of_the_base_serves_every_evaluation_and_the_data_nll(data, tmp
 
 
 def test_helper_processes_evaluate_from_the_other_end_and_score_as_the_stage(data, tmp_path, monkeypatch):
-    """evaluation.processes 2 on two threads: a helper process evaluates models from the end of the list while this
-    process goes from its start, each on one thread; every model is evaluated once, and a model the helper evaluated
-    scores exactly as one this process evaluated (here every target is the base itself under another name)."""
+    """evaluation.processes 2 on two threads: a helper process scores the training data under the base and evaluates
+    models from the end of the list while this process goes from its start, each on one thread; everything is made
+    once, and a model the helper evaluated scores exactly as one this process evaluated (here every target is the
+    base itself under another name)."""
     import time
 
     from forgetting import evaluation
-    from forgetting.evaluation import eval_dir
+    from forgetting.evaluation import data_nll, eval_dir
     from tasks.evaluation_processes import helpers
 
     config, benchmark_data = data
     two = config.model_copy(deep=True)
     two.output.dir, two.evaluation.processes = str(tmp_path), 2
     base = str(SHIPPED["micro"])
+    dataset = generate_puzzles(two.puzzles, config.output.path)
+    training = tmp_path / "sft" / "training_data.jsonl"
+    training.parent.mkdir()
+    rows = [{"puzzle_id": r["id"], "completion": "1 2 3 4"} for r in dataset.records("train")[:4]]
+    training.write_text("".join(json.dumps(r) + "\n" for r in rows))
     targets = [EvalTarget("sft", step, base) for step in range(1, 7)]
     here, evaluate_into = [], evaluation._evaluate_into
     last = eval_dir(two, targets[-1], benchmark_data, base) / "evaluation.json"
@@ -496,15 +502,20 @@ def test_helper_processes_evaluate_from_the_other_end_and_score_as_the_stage(dat
             time.sleep(0.2)
 
     monkeypatch.setattr(evaluation, "_evaluate_into", waiting)
+    monkeypatch.setattr(evaluation, "_data_nll", lambda *args: here.append("data nll"))  # the helper's, not here
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with helpers(two, targets, benchmark_data, base) as started:
+        with helpers(two, targets, benchmark_data, base, {"sft": training}, dataset) as started:
             assert started == 1 and torch.get_num_threads() == 1
             folders = [evaluate_target(two, t, benchmark_data, base) for t in targets]
+            nll = data_nll(two, base, "sft", training, dataset)
         assert torch.get_num_threads() == 2
+        with helpers(two, targets, benchmark_data, base) as started:
+            assert started == 0 and torch.get_num_threads() == 1  # nothing left: no helper, the same share
     finally:
         torch.set_num_threads(threads)
+    assert nll["tokens"] > 0 and "data nll" not in here
     assert folders == [eval_dir(two, t, benchmark_data, base) for t in targets]
     assert 1 <= len(here) < len(targets) and folders[0].name in here and folders[-1].name not in here
     records = [json.loads((f / "evaluation.json").read_text()) for f in folders]
@@ -513,5 +524,26 @@ def test_helper_processes_evaluate_from_the_other_end_and_score_as_the_stage(dat
             del record[key]
     assert all(r == records[0] for r in records[1:])
     assert [f.name for f in tmp_path.glob("evals/.*")] == []  # no folder left half-written
-    with helpers(two, targets, benchmark_data, base) as started:
-        assert started == 0  # nothing left to evaluate: no helper
+
+
+def test_a_helper_that_fails_leaves_its_share_to_the_stage(data, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from tasks.evaluation_processes import helpers
+
+    config, benchmark_data = data
+    two = config.model_copy(deep=True)
+    two.output.dir, two.evaluation.processes = str(tmp_path), 2
+    base = str(SHIPPED["micro"])
+    targets = [EvalTarget("sft", step, base) for step in range(1, 5)]
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # the helper's interpreter: exits 1 at once
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with helpers(two, targets, benchmark_data, base) as started:
+            assert started == 1
+            folders = [evaluate_target(two, t, benchmark_data, base) for t in targets]
+    finally:
+        torch.set_num_threads(threads)
+    assert all((f / "evaluation.json").is_file() for f in folders)
+    assert "an evaluation helper exited with 1 (the stage did its share)" in capsys.readouterr().out
