@@ -25,10 +25,15 @@ from forgetting.rollout_sft import rollout_provenance
 from forgetting.trainer import ArmResult
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
 from tasks.evaluation import evaluate_targets
-from tasks.evaluation_processes import helpers
+from tasks.evaluation_processes import Helpers
 from tasks.puzzles import tracked_puzzles
 from tasks.report import tracked_aggregate, tracked_report
 from tasks.tracking import print_links, seed_run, study_run
+
+
+def training_of(arms: dict[str, ArmResult]) -> dict[str, Path]:
+    """Each arm's training data (what data_nll scores under the base)."""
+    return {arm: training_data(result) for arm, result in arms.items()}
 
 
 def evaluate_and_report(
@@ -40,15 +45,17 @@ def evaluate_and_report(
     arms: dict[str, ArmResult],
     skipped: dict[str, str],
     progress=lambda done, what: None,
+    helping: Helpers | None = None,
 ) -> dict:
     """Evaluate every target (child run per arm, metrics at each checkpoint's step), score each arm's
     training data under the base, write <output>/<study-id>/report/ (skipped: the arms asked for and not
     there, with the reason), log it, print the forgetting table. progress(share done, what) after each
-    evaluation."""
+    evaluation. helping: the evaluation helpers already at work (else started here if evaluation.processes asks)."""
     data = BenchmarkData(str(heldout), str(dataset.path))  # each target sets its arm's prompt style
     targets = eval_targets(config, base, arms)
-    training = {arm: training_data(result) for arm, result in arms.items()}
-    with helpers(config, targets, data, base, training, dataset):  # evaluation.processes
+    training = training_of(arms)
+    with helping or Helpers(config, data, base, dataset) as helpers:  # evaluation.processes
+        helpers.give(targets, training, final=True)
         folders = evaluate_targets(config, run_id, targets, data, base, progress)
         nll = {
             arm: data_nll(config, base, arm, training[arm], dataset) | {"rollout_source": rollout_provenance(result)}

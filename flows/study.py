@@ -24,12 +24,15 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.cli import outcome, record_run, run
-from flows.evaluate import aggregate_and_report, evaluate_and_report
+from flows.evaluate import aggregate_and_report, evaluate_and_report, training_of
 from flows.preflight import check_inputs
 from flows.train import train_arms
+from forgetting.benchmarks import BenchmarkData
 from forgetting.config import StudyConfig
+from forgetting.evaluation import eval_targets
 from forgetting.profiles import with_next_seeds
 from tasks.base_model import prior_benchmarks_task, tracked_base_model
+from tasks.evaluation_processes import Helpers
 from tasks.puzzles import tracked_puzzles
 from tasks.seed_processes import run_seeds
 from tasks.tracking import print_links, seed_run, study_run
@@ -97,12 +100,29 @@ def one_seed(config: StudyConfig, run_id: str, progress) -> dict:
     benchmarks = prior_benchmarks_task(config)
     print(f"prior-knowledge benchmarks: {benchmarks}")
     progress(10, "puzzles and prior-knowledge benchmarks")
-    arms, skipped = train_arms(config, run_id, base, dataset, lambda done, what: progress(10 + 50 * done, what))
-    for arm, result in arms.items():
-        print(f"arm {arm}: {result.final}")
-    summary = evaluate_and_report(
-        config, run_id, base, dataset, benchmarks, arms, skipped, lambda done, what: progress(60 + 40 * done, what)
-    )
+    data = BenchmarkData(str(benchmarks), str(dataset.path))
+    with Helpers(config, data, base, dataset) as helping:  # the last arm trains beside evaluations of the others
+        arms, skipped = train_arms(
+            config,
+            run_id,
+            base,
+            dataset,
+            lambda done, what: progress(10 + 50 * done, what),
+            lambda trained: helping.give(eval_targets(config, base, trained), training_of(trained)),
+        )
+        for arm, result in arms.items():
+            print(f"arm {arm}: {result.final}")
+        summary = evaluate_and_report(
+            config,
+            run_id,
+            base,
+            dataset,
+            benchmarks,
+            arms,
+            skipped,
+            lambda done, what: progress(60 + 40 * done, what),
+            helping,
+        )
     return {
         "study_id": config.study_id,
         "base_model": base,

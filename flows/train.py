@@ -24,11 +24,17 @@ from tasks.training import arm_task
 
 
 def train_arms(
-    config: StudyConfig, run_id: str, base: str, dataset: PuzzleDataset, progress=lambda done, what: None
+    config: StudyConfig,
+    run_id: str,
+    base: str,
+    dataset: PuzzleDataset,
+    progress=lambda done, what: None,
+    before_last=lambda results: None,
 ) -> tuple[dict[str, ArmResult], dict[str, str]]:
     """SFT, teacher-SFT, then RFT, then rollout-SFT on RFT's rollouts. Returns the enabled arms' results and the
     arms skipped, with the reason (rollout-SFT when RFT left no correct rollout); progress(share done, what)
-    after each arm.
+    after each arm; before_last(the arms trained so far) before the last arm trains (the study starts evaluating
+    them there: tasks/evaluation_processes.py).
 
     One after the other, not side by side: the HF Trainer keeps process-global accelerate state
     (TrainingArguments resets AcceleratorState when it sets up its device), and two trainers in one process
@@ -40,6 +46,8 @@ def train_arms(
     if set(order) - set(finished_arms(config, base, dataset)):  # TRL's imports (seconds) only to train
         preload()
     for i, arm in enumerate(order, 1):
+        if i == len(order) and i > 1:
+            before_last({a: r for a, r in results.items() if a != "rft" or arms.rft.enabled})
         upstream = results["rft"] if arm == "rollout_sft" else None
         task = arm_task(config, arm, base, dataset, upstream=upstream)
         try:

@@ -320,15 +320,20 @@ def data_nll(
     completions an arm trained on, under the arm's own prompt style (the completion's tokens, all of them and split
     into reasoning and answer tokens; up to DATA_NLL_ITEMS examples, evenly spaced, also one by one), cached beside
     the data. While another process makes it, waits for that, or with wait=False returns None at once."""
-    # Keyed on the base's content: SFT's data (the puzzles' ground truth) is shared by studies of other bases.
-    key = stable_hash([model_fingerprint(base), DATA_NLL_ITEMS, EVAL_VERSION, DATA_NLL_VERSION])
-    path = training_data.with_name(f"base_nll-{key[:10]}.json")
+    path = data_nll_path(base, training_data)
     with one_maker(path, wait) as mine:
         if not mine:
             return None
         if not path.is_file():
             write_text_once(path, json.dumps(_data_nll(config, base, arm, training_data, dataset), indent=1) + "\n")
     return json.loads(path.read_text())
+
+
+def data_nll_path(base: str, training_data: Path) -> Path:
+    """Where data_nll keeps its result: beside the data, keyed on the base's content (SFT's data, the puzzles' ground
+    truth, is shared by studies of other bases)."""
+    key = stable_hash([model_fingerprint(base), DATA_NLL_ITEMS, EVAL_VERSION, DATA_NLL_VERSION])
+    return training_data.with_name(f"base_nll-{key[:10]}.json")
 
 
 def _data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset) -> dict:

@@ -23,68 +23,115 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+from forgetting.storage import write_text_once
+
 MIN_EACH = 2  # no helper unless every process would have at least this many models to evaluate
 
 
-@contextmanager
-def helpers(config, targets: list, data, base: str, training: dict | None = None, dataset=None) -> Iterator[int]:
-    """While inside: the evaluation stage's work on config.evaluation.processes processes of an equal share of this
-    process's threads each: this one, and helpers that evaluate targets from the end of the list, after scoring the
-    data of training (arm -> its training data, puzzles in dataset) under the base (forgetting/evaluation.py:
-    data_nll), which the stage does last. No helper on a GPU, or with fewer than MIN_EACH models left to evaluate
-    per process; this process keeps its share of the threads all the same, so that a model scores the same whether
-    a helper ran beside or not. Yields how many helpers were started; on leaving, stops those still running (all
-    they took is made by then) and gives this process its threads back."""
-    import torch
+class Helpers:
+    """The evaluation helpers of one seed. give() hands them work (models to evaluate, arms' training data to score):
+    the first time enough is waiting, it starts config.evaluation.processes - 1 of them and shares this process's
+    threads out equally among it and them; later calls add to their list, which they read again after each piece
+    of work. stop() (or leaving the `with` block) stops those still running and gives the threads back. Nothing is
+    started on a GPU or with evaluation.processes 1."""
 
-    from forgetting.evaluation import eval_dir
-    from forgetting.models import pick_device
+    def __init__(self, config, data, base: str, dataset=None):
+        import torch
 
-    threads = torch.get_num_threads()
-    count = min(config.evaluation.processes, threads)
-    if count < 2 or pick_device(config.model).type != "cpu":
-        yield 0
-        return
-    pending = [t for t in targets if not (eval_dir(config, t, data, base) / "evaluation.json").is_file()]
-    share, started = threads // count, []
-    helping = count if len(pending) >= MIN_EACH * count else 1
-    folder = Path(tempfile.mkdtemp(prefix="forgetting-evaluation-"))
-    try:
-        torch.set_num_threads(share)
-        for k in range(1, helping):
-            order = pending[::-1]  # from the end, each helper from another point of it
-            order = order[(k - 1) * len(order) // (helping - 1) :] + order[: (k - 1) * len(order) // (helping - 1)]
-            spec = {
-                "config": config.model_dump(mode="json"),
-                "data": asdict(data),
-                "base": base,
-                "threads": share,
-                "training": {arm: str(path) for arm, path in (training or {}).items()},
-                "puzzles": str(dataset.path) if dataset is not None else None,
-                "targets": [asdict(t) for t in order],
-            }
-            started.append(_start(spec, folder / f"helper-{k}"))
-        if started:
-            print(f"evaluating side by side: this process and {len(started)} helper(s), {share} thread(s) each")
-        yield len(started)
-    finally:
-        torch.set_num_threads(threads)
-        for process, log in started:
+        from forgetting.models import pick_device
+
+        self.config, self.data, self.base, self.dataset = config, data, base, dataset
+        self.threads = torch.get_num_threads()
+        on_cpu = pick_device(config.model).type == "cpu"
+        self.count = min(config.evaluation.processes, self.threads) if on_cpu else 1
+        self.targets: list = []
+        self.training: dict[str, Path] = {}
+        self.started: list[tuple[subprocess.Popen, Path]] = []
+        self.folder: Path | None = None
+
+    def __enter__(self) -> "Helpers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def give(self, targets: list, training: dict | None = None, final: bool = False) -> int:
+        """Add targets (EvalTargets) and training (arm -> its training data) to the helpers' work; final: nothing
+        more will come (the evaluation stage), and this process takes its share of the threads whether a helper
+        runs or not, so that every number is made on as many threads whoever makes it. Returns how many helpers
+        run."""
+        import torch
+
+        from forgetting.evaluation import eval_dir
+
+        if self.count < 2:
+            return 0
+        self.targets += [t for t in targets if t not in self.targets]
+        self.training |= training or {}
+        share = self.threads // self.count
+        if final or self.started:
+            torch.set_num_threads(share)
+        pending = [
+            t
+            for t in self.targets
+            if not (eval_dir(self.config, t, self.data, self.base) / "evaluation.json").is_file()
+        ]
+        if not self.started and len(pending) >= MIN_EACH * self.count:
+            torch.set_num_threads(share)
+            self.folder = Path(tempfile.mkdtemp(prefix="forgetting-evaluation-"))
+            self.started = [_start(self._spec(k, final), self.folder / f"helper-{k}") for k in range(1, self.count)]
+            print(f"evaluating side by side: this process and {len(self.started)} helper(s), {share} thread(s) each")
+        elif self.started:
+            for k in range(1, self.count):
+                write_text_once(self.folder / f"helper-{k}.json", json.dumps(self._spec(k, final)) + "\n")
+        return len(self.started)
+
+    def _spec(self, k: int, final: bool) -> dict:
+        """Helper k's work: from the end of the list, each helper from another point of it."""
+        order, cut = self.targets[::-1], (k - 1) * len(self.targets) // (self.count - 1)
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "data": asdict(self.data),
+            "base": self.base,
+            "threads": self.threads // self.count,
+            "training": {arm: str(path) for arm, path in self.training.items()},
+            "puzzles": str(self.dataset.path) if self.dataset is not None else None,
+            "targets": [asdict(t) for t in order[cut:] + order[:cut]],
+            "final": final,
+        }
+
+    def stop(self) -> None:
+        import torch
+
+        if self.count > 1:  # (else never changed: a seed process may have been told to take more meanwhile)
+            torch.set_num_threads(self.threads)
+        for process, log in self.started:
             if process.poll() is None:
                 process.terminate()
             if process.wait() not in (0, -signal.SIGTERM):
                 tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
                 print(f"an evaluation helper exited with {process.returncode} (the stage did its share):\n{tail}")
-        shutil.rmtree(folder, ignore_errors=True)
+        self.started = []
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextmanager
+def helpers(config, targets: list, data, base: str, training: dict | None = None, dataset=None) -> Iterator[int]:
+    """While inside: the evaluation stage's work (targets to evaluate, training data to score) on
+    config.evaluation.processes processes (Helpers, given it all at once). Yields how many helpers were started."""
+    with Helpers(config, data, base, dataset) as helping:
+        yield helping.give(targets, training, final=True)
 
 
 def _start(spec: dict, stem: Path) -> tuple[subprocess.Popen, Path]:
-    stem.with_suffix(".json").write_text(json.dumps(spec) + "\n")
+    write_text_once(stem.with_suffix(".json"), json.dumps(spec) + "\n")
     log = stem.with_suffix(".log")
     env = os.environ | {"OMP_NUM_THREADS": str(spec["threads"]), "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "tasks.evaluation_processes", str(stem.with_suffix(".json"))]
@@ -93,30 +140,42 @@ def _start(spec: dict, stem: Path) -> tuple[subprocess.Popen, Path]:
     return process, log
 
 
-def main(spec_path: str) -> None:
-    """One helper: score each arm's training data under the base, then evaluate each model of the spec's list, in
-    the list's order, whatever nobody is making and is not made yet."""
+def main(spec_path: str, poll_s: float = 0.5) -> None:
+    """One helper: score each arm's training data under the base, then evaluate the models of the spec's list in
+    its order, whatever nobody is making and is not made yet; the spec is read again after each piece of work, and
+    when nothing is left to take, until it says that nothing more will come."""
     signal.signal(signal.SIGTERM, _stop)  # stopped by the stage: leave no half-written folder behind
     import torch
 
     from forgetting.benchmarks import BenchmarkData
     from forgetting.config import StudyConfig
-    from forgetting.evaluation import EvalTarget, data_nll, eval_dir, evaluate_target
+    from forgetting.evaluation import EvalTarget, data_nll, data_nll_path, eval_dir, evaluate_target
     from forgetting.puzzle_data import PuzzleDataset
 
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
     config, data, base = StudyConfig.model_validate(spec["config"]), BenchmarkData(**spec["data"]), spec["base"]
     puzzles = Path(spec["puzzles"]) if spec["puzzles"] else None
-    for arm, path in spec["training"].items():
-        if data_nll(config, base, arm, Path(path), PuzzleDataset(puzzles, puzzles.name), wait=False) is not None:
-            print(f"scored {arm}'s training data", flush=True)
-    for fields in spec["targets"]:
-        target = EvalTarget(**fields | {"styles": tuple(fields["styles"])})
-        if (eval_dir(config, target, data, base) / "evaluation.json").is_file():
-            continue
-        if evaluate_target(config, target, data, base, wait=False) is not None:
-            print(f"evaluated {target.arm} step {target.step}", flush=True)
+    while True:
+        spec, did = json.loads(Path(spec_path).read_text()), None
+        for arm, path in spec["training"].items():
+            if did or data_nll_path(base, Path(path)).is_file():
+                continue
+            if data_nll(config, base, arm, Path(path), PuzzleDataset(puzzles, puzzles.name), wait=False) is not None:
+                did = f"scored {arm}'s training data"
+        for fields in spec["targets"] if not did else []:
+            target = EvalTarget(**fields | {"styles": tuple(fields["styles"])})
+            if (eval_dir(config, target, data, base) / "evaluation.json").is_file():
+                continue
+            if evaluate_target(config, target, data, base, wait=False) is not None:
+                did = f"evaluated {target.arm} step {target.step}"
+                break
+        if did:
+            print(did, flush=True)
+        elif spec["final"]:
+            return
+        else:
+            time.sleep(poll_s)
 
 
 def _stop(signum, frame) -> None:

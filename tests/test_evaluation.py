@@ -479,7 +479,7 @@ def test_helper_processes_evaluate_from_the_other_end_and_score_as_the_stage(dat
 
     from forgetting import evaluation
     from forgetting.evaluation import data_nll, eval_dir
-    from tasks.evaluation_processes import helpers
+    from tasks.evaluation_processes import Helpers, helpers
 
     config, benchmark_data = data
     two = config.model_copy(deep=True)
@@ -506,8 +506,10 @@ def test_helper_processes_evaluate_from_the_other_end_and_score_as_the_stage(dat
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with helpers(two, targets, benchmark_data, base, {"sft": training}, dataset) as started:
-            assert started == 1 and torch.get_num_threads() == 1
+        with Helpers(two, benchmark_data, base, dataset) as helping:  # as the study: work given before the stage
+            assert helping.give(targets[:3]) == 0 and torch.get_num_threads() == 2  # too little to start for
+            assert helping.give(targets[3:4], {"sft": training}) == 1 and torch.get_num_threads() == 1
+            assert helping.give(targets[4:], final=True) == 1  # the rest, read by the helper after its first
             folders = [evaluate_target(two, t, benchmark_data, base) for t in targets]
             nll = data_nll(two, base, "sft", training, dataset)
         assert torch.get_num_threads() == 2
