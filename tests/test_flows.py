@@ -7,6 +7,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from prefect import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
@@ -47,8 +48,15 @@ def test_puzzles_flow_writes_and_tracks_the_dataset(prefect_harness, micro):
     assert (config.output.path / "mlartifacts").is_dir()
 
 
-def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro):
+def test_study_flow_runs_the_stages_that_exist(prefect_harness, micro, monkeypatch):
+    from tasks import evaluation_processes
+
+    micro.evaluation.processes = 2  # a helper evaluates sft's and rft's models while rollout_sft starts (2 threads)
+    helpers, start = [], evaluation_processes._start
+    monkeypatch.setattr(evaluation_processes, "_start", lambda spec, stem: helpers.append(spec) or start(spec, stem))
     result = study(micro)
+    if torch.get_num_threads() >= 2:
+        assert len(helpers) == 1 and not helpers[0]["final"] and set(helpers[0]["training"]) == {"sft", "rft"}
     assert result["study_id"] == micro.study_id
     run = mlflow.get_run(result["mlflow_run_id"])
     assert run.data.tags["config_hash"] == micro.config_hash()
