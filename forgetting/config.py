@@ -234,8 +234,8 @@ class EvaluationConfig(Section):
         ge=1,
         le=16,
         description="On CPU: evaluate this many models side by side, each in a process of its own with an equal "
-        "share of the study's threads (1: one after another in the study's process). Changes no score beyond "
-        "float rounding (sums split over another number of threads).",
+        "share of the study's threads, the first ones while the last arm trains (1: one after another in the "
+        "study's process, after training). Changes no score; log-probabilities move in the sixth digit at most.",
     )
 
 
