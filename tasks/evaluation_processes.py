@@ -13,7 +13,7 @@ each evaluate 1.6-1.8 times as many models a minute as one process of two thread
 one process of every thread, sums split over another number of threads can differ in the sixth to eighth digit
 (log-probabilities, parameter distances); scores and sampled answers do not.
 
-    python -m tasks.evaluation_processes <spec.json>    # one helper: what helpers() starts
+    python -m tasks.evaluation_processes <spec.json>    # one helper: what Helpers.give starts
 """
 
 import json
@@ -24,8 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,7 +39,7 @@ class Helpers:
     of work. stop() (or leaving the `with` block) stops those still running and gives the threads back. Nothing is
     started on a GPU or with evaluation.processes 1."""
 
-    def __init__(self, config, data, base: str, dataset=None):
+    def __init__(self, config, data, base: str, dataset):
         import torch
 
         from forgetting.models import pick_device
@@ -50,6 +48,7 @@ class Helpers:
         self.threads = torch.get_num_threads()
         on_cpu = pick_device(config.model).type == "cpu"
         self.count = min(config.evaluation.processes, self.threads) if on_cpu else 1
+        self.share = self.threads // self.count  # each process's threads while helpers run
         self.targets: list = []
         self.training: dict[str, Path] = {}
         self.started: list[tuple[subprocess.Popen, Path]] = []
@@ -74,19 +73,20 @@ class Helpers:
             return 0
         self.targets += [t for t in targets if t not in self.targets]
         self.training |= training or {}
-        share = self.threads // self.count
-        if final or self.started:
-            torch.set_num_threads(share)
         pending = [
             t
             for t in self.targets
             if not (eval_dir(self.config, t, self.data, self.base) / "evaluation.json").is_file()
         ]
-        if not self.started and len(pending) >= MIN_EACH * self.count:
-            torch.set_num_threads(share)
+        starting = not self.started and len(pending) >= MIN_EACH * self.count
+        if final or self.started or starting:
+            torch.set_num_threads(self.share)
+        if starting:
             self.folder = Path(tempfile.mkdtemp(prefix="forgetting-evaluation-"))
             self.started = [_start(self._spec(k, final), self.folder / f"helper-{k}") for k in range(1, self.count)]
-            print(f"evaluating side by side: this process and {len(self.started)} helper(s), {share} thread(s) each")
+            print(
+                f"evaluating side by side: this process and {len(self.started)} helper(s), {self.share} thread(s) each"
+            )
         elif self.started:
             for k in range(1, self.count):
                 write_text_once(self.folder / f"helper-{k}.json", json.dumps(self._spec(k, final)) + "\n")
@@ -99,9 +99,9 @@ class Helpers:
             "config": self.config.model_dump(mode="json"),
             "data": asdict(self.data),
             "base": self.base,
-            "threads": self.threads // self.count,
+            "threads": self.share,
             "training": {arm: str(path) for arm, path in self.training.items()},
-            "puzzles": str(self.dataset.path) if self.dataset is not None else None,
+            "puzzles": str(self.dataset.path),
             "targets": [asdict(t) for t in order[cut:] + order[:cut]],
             "final": final,
         }
@@ -120,14 +120,6 @@ class Helpers:
         self.started = []
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
-
-
-@contextmanager
-def helpers(config, targets: list, data, base: str, training: dict | None = None, dataset=None) -> Iterator[int]:
-    """While inside: the evaluation stage's work (targets to evaluate, training data to score) on
-    config.evaluation.processes processes (Helpers, given it all at once). Yields how many helpers were started."""
-    with Helpers(config, data, base, dataset) as helping:
-        yield helping.give(targets, training, final=True)
 
 
 def _start(spec: dict, stem: Path) -> tuple[subprocess.Popen, Path]:
@@ -155,14 +147,16 @@ def main(spec_path: str, poll_s: float = 0.5) -> None:
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
     config, data, base = StudyConfig.model_validate(spec["config"]), BenchmarkData(**spec["data"]), spec["base"]
-    puzzles = Path(spec["puzzles"]) if spec["puzzles"] else None
+    puzzles = Path(spec["puzzles"])
+    dataset = PuzzleDataset(puzzles, puzzles.name)
     while True:
         spec, did = json.loads(Path(spec_path).read_text()), None
         for arm, path in spec["training"].items():
-            if did or data_nll_path(base, Path(path)).is_file():
+            if data_nll_path(base, Path(path)).is_file():
                 continue
-            if data_nll(config, base, arm, Path(path), PuzzleDataset(puzzles, puzzles.name), wait=False) is not None:
+            if data_nll(config, base, arm, Path(path), dataset, wait=False) is not None:
                 did = f"scored {arm}'s training data"
+                break
         for fields in spec["targets"] if not did else []:
             target = EvalTarget(**fields | {"styles": tuple(fields["styles"])})
             if (eval_dir(config, target, data, base) / "evaluation.json").is_file():

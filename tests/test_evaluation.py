@@ -479,7 +479,7 @@ def test_helper_processes_evaluate_from_the_other_end_and_score_as_the_stage(dat
 
     from forgetting import evaluation
     from forgetting.evaluation import data_nll, eval_dir
-    from tasks.evaluation_processes import Helpers, helpers
+    from tasks.evaluation_processes import Helpers
 
     config, benchmark_data = data
     two = config.model_copy(deep=True)
@@ -513,7 +513,8 @@ def test_helper_processes_evaluate_from_the_other_end_and_score_as_the_stage(dat
             folders = [evaluate_target(two, t, benchmark_data, base) for t in targets]
             nll = data_nll(two, base, "sft", training, dataset)
         assert torch.get_num_threads() == 2
-        with helpers(two, targets, benchmark_data, base) as started:
+        with Helpers(two, benchmark_data, base, dataset) as helping:
+            started = helping.give(targets, final=True)
             assert started == 0 and torch.get_num_threads() == 1  # nothing left: no helper, the same share
     finally:
         torch.set_num_threads(threads)
@@ -531,19 +532,20 @@ def test_helper_processes_evaluate_from_the_other_end_and_score_as_the_stage(dat
 def test_a_helper_that_fails_leaves_its_share_to_the_stage(data, tmp_path, monkeypatch, capsys):
     import sys
 
-    from tasks.evaluation_processes import helpers
+    from tasks.evaluation_processes import Helpers
 
     config, benchmark_data = data
     two = config.model_copy(deep=True)
     two.output.dir, two.evaluation.processes = str(tmp_path), 2
     base = str(SHIPPED["micro"])
+    dataset = generate_puzzles(two.puzzles, config.output.path)
     targets = [EvalTarget("sft", step, base) for step in range(1, 5)]
     monkeypatch.setattr(sys, "executable", "/bin/false")  # the helper's interpreter: exits 1 at once
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with helpers(two, targets, benchmark_data, base) as started:
-            assert started == 1
+        with Helpers(two, benchmark_data, base, dataset) as helping:
+            assert helping.give(targets, final=True) == 1
             folders = [evaluate_target(two, t, benchmark_data, base) for t in targets]
     finally:
         torch.set_num_threads(threads)
