@@ -24,6 +24,10 @@ The others compute the same numbers bit for bit:
   concatenation, which copies the whole cache at every token of every layer; without gradients (generation, the
   reference model, evaluation) a layer here writes them into spare room it keeps past its end and hands attention
   views of the filled part: one copy per growth instead of one per token.
+- RMS normalisation (every decoder layer's two, the vision blocks' two, the merger's and the final one) through
+  torch's rms_norm on CPU in float32: one kernel instead of transformers' five (square, mean, add, rsqrt, two
+  products), forward and backward; the same numbers bit for bit there (tests/test_fast_paths.py). Elsewhere
+  (bf16, GPU) transformers' own, which rounds between its steps.
 - The assistant mask (TRL's collator asks the processor for it in SFT's batches) from the tokens' character
   offsets in one comparison per answer span. transformers walks every token's offsets as tensor elements in
   Python: a tiny SFT batch of 16 took 36-40 ms to collate, now 17-18.
@@ -94,6 +98,13 @@ def _image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tens
     out.pooler_output = tuple(out.pooler_output[j] for j in index)  # what the model reads: one per image
     out.last_hidden_state = None  # the tower's unmerged states, in its window order over the distinct images only
     return out
+
+
+def _rms_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    weight = self.weight
+    if hidden_states.device.type != "cpu" or hidden_states.dtype != torch.float32 or weight.dtype != torch.float32:
+        return _ORIGINAL["rms_norm"](self, hidden_states)
+    return torch.rms_norm(hidden_states, weight.shape, weight, self.variance_epsilon)
 
 
 def _vision_attention(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
@@ -278,6 +289,7 @@ def _patches() -> tuple:
         ("get_image_features", qwen.Qwen2_5_VLModel, "get_image_features", _image_features),
         ("vision_attention", qwen.Qwen2_5_VLVisionAttention, "forward", _vision_attention),
         ("rope_index", qwen.Qwen2_5_VLModel, "get_rope_index", _rope_index),
+        ("rms_norm", qwen.Qwen2_5_VLRMSNorm, "forward", _rms_norm),
         ("cache_update", DynamicLayer, "update", _grow_in_place),
         ("assistant_masks", ProcessorMixin, "_adjust_assistant_masks_indices", _assistant_masks),
     )

@@ -276,6 +276,39 @@ def test_the_rope_index_in_tensor_operations_is_transformers_own(group_batch):
     assert 100 < sum(outcomes) < 200  # most batches computed, some rejected
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rms_norm_is_transformers_own_bit_for_bit_in_float32(threads):
+    """The text model's norms (width 128) and the vision tower's (width 64, another epsilon) over batches of the
+    shapes the arms and the evaluation run, at small and large scales: the same outputs and gradients (input and
+    weight) bit for bit; in bfloat16 transformers' own code runs."""
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+
+    fast_paths.install()
+    stock, before = fast_paths._ORIGINAL["rms_norm"], torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    try:
+        for width, eps, shape in [(128, 1e-5, (16, 87)), (128, 1e-5, (64, 1)), (64, 1e-6, (1024,)), (128, 1e-5, (3,))]:
+            norm = qwen.Qwen2_5_VLRMSNorm(width, eps)
+            torch.nn.init.normal_(norm.weight)
+            for scale in (1e-3, 1.0, 50.0):
+                hidden = torch.randn(*shape, width) * scale
+                grad = torch.randn(*shape, width)
+                found = []
+                for forward in (stock, fast_paths._rms_norm):
+                    x = hidden.clone().requires_grad_()
+                    norm.zero_grad()
+                    out = forward(norm, x)
+                    out.backward(grad)
+                    found.append((out.detach(), x.grad, norm.weight.grad.clone()))
+                assert all(torch.equal(a, b) for a, b in zip(*found, strict=True)), (width, shape, scale)
+        half = qwen.Qwen2_5_VLRMSNorm(128).to(torch.bfloat16)
+        x = torch.randn(4, 128, dtype=torch.bfloat16)
+        assert torch.equal(fast_paths._rms_norm(half, x), stock(half, x))
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_switch_turns_them_off(monkeypatch):
     from transformers.cache_utils import DynamicLayer
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
@@ -292,12 +325,14 @@ def test_the_switch_turns_them_off(monkeypatch):
     assert ProcessorMixin._adjust_assistant_masks_indices is not fast_paths._assistant_masks
     assert qwen.Qwen2_5_VLVisionAttention.forward is not fast_paths._vision_attention
     assert qwen.Qwen2_5_VLModel.get_rope_index is not fast_paths._rope_index
+    assert qwen.Qwen2_5_VLRMSNorm.forward is not fast_paths._rms_norm
     monkeypatch.setenv("FORGETTING_FAST_PATHS", "1")
     fast_paths.install()
     assert qwen.Qwen2_5_VisionPatchEmbed.forward is fast_paths._patch_embed
     assert DynamicLayer.update is fast_paths._grow_in_place
     assert ProcessorMixin._adjust_assistant_masks_indices is fast_paths._assistant_masks
     assert qwen.Qwen2_5_VLVisionAttention.forward is fast_paths._vision_attention
+    assert qwen.Qwen2_5_VLRMSNorm.forward is fast_paths._rms_norm
     assert qwen.Qwen2_5_VLModel.get_rope_index is fast_paths._rope_index
     assert trl_utils._ChunkedLogProbFunction is fast_paths._VocabularyWideTiles
     assert chunked_logprob._backward_tile is fast_paths._backward_rows
