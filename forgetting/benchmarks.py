@@ -27,6 +27,7 @@ from PIL import Image
 
 from forgetting.answer_formats import format_check
 from forgetting.config import ConfigError
+from forgetting.image_files import IMAGE_FILES
 from forgetting.inference import continuation_logprobs, generate_and_score, sampling
 from forgetting.models import chat
 from forgetting.puzzle_data import PuzzleDataset
@@ -84,7 +85,7 @@ def load_docs(
 
 
 def doc_to_image(doc: dict) -> list[Image.Image]:
-    return [Image.open(doc["image"]).convert("RGB")] if doc["image"] else []
+    return [IMAGE_FILES.rgb(doc["image"])] if doc["image"] else []
 
 
 def grade_doc(doc: dict, text: str) -> tuple[bool, bool]:
@@ -108,8 +109,9 @@ def process_results(doc: dict, results: list[str]) -> dict[str, float]:
 def request_conversation(context: str, visuals: list | None = None) -> list[dict]:
     """lm-eval's (context, images) as the chat the model was trained on: images first, then the text."""
     messages = chat(context)
-    images = [v if isinstance(v, Image.Image) else Image.open(v) for v in (visuals or [])]
-    messages[0]["content"][:0] = [{"type": "image", "image": im.convert("RGB")} for im in images]
+    images = [v if isinstance(v, Image.Image) else IMAGE_FILES.rgb(v) for v in (visuals or [])]
+    rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]  # convert would copy an RGB one
+    messages[0]["content"][:0] = [{"type": "image", "image": im} for im in rgb]
     return messages
 
 

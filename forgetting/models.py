@@ -22,6 +22,7 @@ from PIL import Image
 
 from forgetting import fast_paths
 from forgetting.config import PROJECT_MODELS, REPO_ROOT, SHIPPED_MODELS, ConfigError, ModelConfig
+from forgetting.image_files import IMAGE_FILES
 
 ASSETS = REPO_ROOT / "assets"
 SHIPPED = {name: ASSETS / f"{name}-base" for name in SHIPPED_MODELS}
@@ -333,7 +334,7 @@ def _nbytes(entry: dict) -> int:
 def _image_digest(value) -> str:
     """A PIL image in a conversation, as a digest of its mode, size and pixels (json.dumps' default)."""
     if isinstance(value, Image.Image):
-        return f"image:{value.mode}:{value.size}:{hashlib.blake2b(value.tobytes(), digest_size=20).hexdigest()}"
+        return IMAGE_FILES.digest(value)
     raise TypeError(type(value).__name__)
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from forgetting import world
 from forgetting.base_model import write_heldout_sets
@@ -230,6 +231,33 @@ def test_prompt_batches_seen_before_are_the_processors_own(data, monkeypatch):
     assert len(cache.entries) == 4 and cache.size <= cache.max_bytes
     models.batch(processor, prompts, train=False)
     assert calls == [6, 6, 6, 6, 6, 3, 6]
+
+
+def test_image_files_are_decoded_once_and_read_again_when_they_change(tmp_path, monkeypatch):
+    """The held-out images every evaluation reads: one decode and one digest a file, the same pixels as a fresh
+    decode; a file rewritten is decoded anew, the least recently used image goes past the cap, and with the faster
+    paths off every call decodes."""
+    from forgetting import image_files
+
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, path in enumerate(paths):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(path)
+    cache, decoded = image_files.ImageFiles(max_bytes=2 * 8 * 8 * 3), []
+    real = image_files.decode_rgb
+    monkeypatch.setattr(image_files, "decode_rgb", lambda p: decoded.append(p) or real(p))
+    first = cache.rgb(paths[0])
+    assert cache.rgb(str(paths[0])) is first and decoded == [paths[0]]
+    assert first.tobytes() == real(paths[0]).tobytes() and first.mode == "RGB"
+    hashed = []
+    monkeypatch.setattr(image_files, "pixel_digest", lambda im: hashed.append(1) or f"d{len(hashed)}")
+    assert cache.digest(first) == cache.digest(first) == "d1" and cache.digest(first.copy()) == "d2"
+    Image.new("RGB", (9, 8), (7, 0, 0)).save(paths[0])  # rewritten: another size
+    assert cache.rgb(paths[0]).size == (9, 8) and len(decoded) == 2
+    cache.rgb(paths[1])
+    cache.rgb(paths[2])  # past the cap: the rewritten first image (least recently used) goes
+    assert len(cache.entries) == 2 and cache.size <= cache.max_bytes and len(cache.digests) == 2
+    monkeypatch.setenv("FORGETTING_FAST_PATHS", "0")
+    assert cache.rgb(paths[1]) is not cache.rgb(paths[1])
 
 
 def test_samples_of_one_prompt_are_drawn_from_its_one_run(data, monkeypatch):
