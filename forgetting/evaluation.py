@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from forgetting.benchmarks import (
     request_conversation,
     run_benchmarks,
 )
-from forgetting.inference import continuation_logprobs, generate, sampling, token_logprobs
+from forgetting.inference import PromptRun, sampling, token_logprobs
 from forgetting.models import chat, load_model, model_fingerprint
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import parse_answer, score_answer, well_formed_think
@@ -102,52 +103,67 @@ def parameter_distance(model, base_state: dict[str, torch.Tensor]) -> dict[str, 
 
 KL_SAMPLES = 2  # answers sampled per held-out puzzle prompt, for each direction of the KL
 KL_SAMPLING = sampling(1.0)  # the policy itself, untruncated
+KL_PROMPTS = 32  # held-out prompts a run: their samples drawn and the answers to them scored on one run of them
+KEEP_BASE_RUNS = 1 << 28  # bytes of the base's prompt runs kept for every evaluation (a 7B model's are GBs: rerun)
 
 
-def sample_answers(model, processor, prompts: list[list[dict]], max_new_tokens: int, seed: int = 0) -> list[str]:
-    """KL_SAMPLES answers per prompt, sampled from the model's own distribution (T 1, no top-k or top-p)."""
-    torch.manual_seed(seed)
-    repeated = [p for p in prompts for _ in range(KL_SAMPLES)]
-    return generate(model, processor, repeated, max_new_tokens, common_prefix=True, **KL_SAMPLING)
+def kl_runs(model, processor, prompts: list[list[dict]]) -> Iterator[PromptRun]:
+    """The prompts run KL_PROMPTS at a time (forgetting/inference.py:PromptRun), each run made when it is reached."""
+    for start in range(0, len(prompts), KL_PROMPTS):
+        yield PromptRun(model, processor, prompts[start : start + KL_PROMPTS])
+
+
+def per_prompt(answers: list[str]) -> list[list[str]]:
+    """Answers KL_SAMPLES a prompt, in order, as lists per prompt."""
+    return [answers[i : i + KL_SAMPLES] for i in range(0, len(answers), KL_SAMPLES)]
 
 
 @dataclass(frozen=True)
 class BaseSamples:
     """The base model's sampled answers to the held-out puzzle prompts (KL_SAMPLES each, in order) and its own
-    log-probability of each: the forward KL's side that is the same for every model evaluated."""
+    log-probability of each: the forward KL's side that is the same for every model evaluated; and its runs of
+    the prompts, to score every model's samples on (None where they were too large to keep: they run again)."""
 
     answers: list[str]
     logps: list[float]
+    runs: list[PromptRun] | None = None
 
 
-def sample_logps(model, processor, prompts: list[list[dict]], *answers: list[str]) -> list[list[float]]:
-    """The model's log-probability of each sampled answer, for each list of answers (KL_SAMPLES per prompt, in
-    order, as sample_answers draws them). Every answer to one prompt is scored in one batch, so the prompt runs
-    once for all of them (forgetting/inference.py:continuation_logits)."""
-    per_prompt = len(answers) * KL_SAMPLES
-    rows = [p for p in prompts for _ in range(per_prompt)]
-    grouped = [
-        a[i * KL_SAMPLES + j] for i in range(len(prompts)) for a in answers for j in range(KL_SAMPLES)
-    ]  # prompt-major: one prompt's answers side by side
-    batch_size = per_prompt * max(1, 64 // per_prompt)
-    scored = [lp for lp, _, _ in continuation_logprobs(model, processor, rows, grouped, batch_size, common_prefix=True)]
-    return [
-        [scored[i * per_prompt + k * KL_SAMPLES + j] for i in range(len(prompts)) for j in range(KL_SAMPLES)]
-        for k in range(len(answers))
-    ]
+def base_samples(model, processor, prompts: list[list[dict]], max_new_tokens: int, seed: int = 0) -> BaseSamples:
+    """KL_SAMPLES answers per prompt sampled from the base's own distribution (T 1, no top-k or top-p) and the base's
+    log-probability of each, every run of KL_PROMPTS prompts sampled and scored on one run of them."""
+    torch.manual_seed(seed)
+    answers, logps, runs, size = [], [], [], 0
+    for run in kl_runs(model, processor, prompts):
+        drawn = run.sample(model, processor, KL_SAMPLES, max_new_tokens, **KL_SAMPLING)
+        answers += drawn
+        logps += [s.total for s in run.score(model, processor, per_prompt(drawn))]
+        size += run.nbytes
+        runs = [*runs, run] if runs is not None and size <= KEEP_BASE_RUNS else None
+    return BaseSamples(answers, logps, runs)
 
 
 def policy_kl(model, base_model, processor, prompts: list[list[dict]], base: BaseSamples, max_new_tokens: int):
     """Monte Carlo estimates over the prompts of forward E_x[KL(base || model)] (answers the base sampled) and
     reverse E_x[KL(model || base)] (answers the model samples), each the mean over samples of the difference of
     the two models' log-probabilities of the answer's tokens (summed over the answer; the end-of-turn token is
-    not counted). Both models share the processor (the base's and its fine-tunes')."""
-    own = sample_answers(model, processor, prompts, max_new_tokens)
-    mine, mine_own = sample_logps(model, processor, prompts, base.answers, own)
-    (theirs,) = sample_logps(base_model, processor, prompts, own)
-    forward = [b - m for b, m in zip(base.logps, mine, strict=True)]
-    reverse = [m - b for m, b in zip(mine_own, theirs, strict=True)]
-    return {"forward": sum(forward) / len(forward), "reverse": sum(reverse) / len(reverse), "samples": len(own)}
+    not counted). Both models share the processor (the base's and its fine-tunes'). The model samples
+    KL_SAMPLES answers per prompt (T 1, seed 0) and scores the base's and its own on one run of the prompts; the
+    base scores the model's on its kept runs."""
+    torch.manual_seed(0)
+    forward, reverse = [], []
+    given, base_runs = per_prompt(base.answers), base.runs or kl_runs(base_model, processor, prompts)
+    for k, (run, base_run) in enumerate(zip(kl_runs(model, processor, prompts), base_runs, strict=True)):
+        first, last = k * KL_PROMPTS, k * KL_PROMPTS + len(run.conversations)
+        own = per_prompt(run.sample(model, processor, KL_SAMPLES, max_new_tokens, **KL_SAMPLING))
+        answers = [g + o for g, o in zip(given[first:last], own, strict=True)]  # a prompt's base answers, then its own
+        both = [s.total for s in run.score(model, processor, answers)]
+        mine = [lp for i, lp in enumerate(both) if i % (2 * KL_SAMPLES) < KL_SAMPLES]  # the base's answers
+        mine_own = [lp for i, lp in enumerate(both) if i % (2 * KL_SAMPLES) >= KL_SAMPLES]
+        theirs = [s.total for s in base_run.score(base_model, processor, own)]
+        forward += [b - m for b, m in zip(base.logps[first * KL_SAMPLES : last * KL_SAMPLES], mine, strict=True)]
+        reverse += [m - b for m, b in zip(mine_own, theirs, strict=True)]
+    return {"forward": sum(forward) / len(forward), "reverse": sum(reverse) / len(reverse), "samples": len(reverse)}
 
 
 def evaluate_model(
@@ -262,8 +278,7 @@ def base_reference(config, base: str, data: BenchmarkData) -> tuple[dict[str, to
     key = (base, data.tiny_world_dir, data.puzzles_dir, config.evaluation.limit, data.prompt_style)
     if key not in _BASE_SAMPLES:
         _, prompts = held_out_prompts("jigsaw", data, config.evaluation.limit)
-        sampled = sample_answers(model, processor, prompts, PUZZLE_ANSWER_TOKENS[data.prompt_style])
-        _BASE_SAMPLES[key] = BaseSamples(sampled, sample_logps(model, processor, prompts, sampled)[0])
+        _BASE_SAMPLES[key] = base_samples(model, processor, prompts, PUZZLE_ANSWER_TOKENS[data.prompt_style])
     return model.state_dict(), model, _BASE_SAMPLES[key]
 
 

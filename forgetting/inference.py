@@ -5,6 +5,7 @@ answer (generate_and_score), several answers or samples of one prompt share its 
 shared_rows).
 """
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -16,10 +17,12 @@ from forgetting.shared_prompts import (
     cached_forward,
     first_of,
     one_image_each,
+    positions,
     prompt_cache,
     repeat_cache,
     row_positions,
     shared_prompt_forward,
+    text_model,
 )
 
 
@@ -213,3 +216,81 @@ def token_logprobs(
         out += rows.scored(continuation_logits(model, rows.appended(inputs), rows.split, common))
     model.train(was_training)
     return out
+
+
+class PromptRun:
+    """A batch of distinct prompts run once, for sampling answers to them and scoring given answers: the prompts'
+    states (all but each prompt's last token, common prefix once: prompt_cache) serve both, where generate and
+    token_logprobs would each run the prompts again. sample() draws what generate draws over the prompts each
+    repeated n times, seed for seed; score() gives token_logprobs' numbers to float rounding. The KL estimates
+    sample the held-out puzzle prompts and score two lists of answers on one run of them, and the base's runs are
+    kept for every model evaluated after it. With the faster paths off (FORGETTING_FAST_PATHS=0) nothing is kept:
+    sample and score are generate and token_logprobs over the conversations."""
+
+    def __init__(self, model, processor, conversations: list[list[dict]]):
+        self.conversations = conversations
+        self.cache = None
+        if fast_paths.enabled():
+            with torch.no_grad():
+                inputs, common = prompt_inputs(model, processor, conversations, common_prefix=True)
+                _, self.cache = prompt_cache(model, inputs, 0, common)
+            self.inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}  # the images are in the states
+            self.rope_deltas = text_model(model).rope_deltas
+
+    @property
+    def nbytes(self) -> int:
+        """The kept states' size in bytes (the storage their keys and values are views of)."""
+        if self.cache is None:
+            return 0
+        return sum(t.untyped_storage().nbytes() for layer in self.cache.layers for t in (layer.keys, layer.values))
+
+    def _rows(self, model, index: list[int]):
+        """A copy of the states repeated to rows (row r gets prompt index[r]'s) and those rows' text inputs."""
+        cache = copy.deepcopy(self.cache)
+        text_model(model).rope_deltas = self.rope_deltas
+        repeat_cache(model, cache, index)
+        rows = {k: v[index] for k, v in self.inputs.items() if k not in ("pixel_values", "image_grid_thw")}
+        return cache, rows
+
+    @torch.no_grad()
+    def sample(self, model, processor, n: int, max_new_tokens: int, **sampling) -> list[str]:
+        """n answers to every prompt, prompt-major (a prompt's n side by side)."""
+        if self.cache is None:
+            repeated = [c for c in self.conversations for _ in range(n)]
+            return generate(model, processor, repeated, max_new_tokens, len(repeated), True, **sampling)
+        was_training = model.training
+        model.eval()
+        cache, rows = self._rows(model, [i for i in range(len(self.conversations)) for _ in range(n)])
+        generated = model.generate(**rows, cache=cache, max_new_tokens=max_new_tokens, **sampling)
+        model.train(was_training)
+        return processor.batch_decode(generated[:, rows["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    @torch.no_grad()
+    def score(self, model, processor, answers: list[list[str]]) -> list[Scored]:
+        """Every answer scored, answers[i] those to prompt i, in that order."""
+        flat = [a for given in answers for a in given]
+        if self.cache is None:
+            prompts = [c for c, given in zip(self.conversations, answers, strict=True) for _ in given]
+            return token_logprobs(model, processor, prompts, flat, len(flat), True)
+        continuations = Continuations(processor.tokenizer, flat)
+        if continuations.width == 0:
+            return [Scored([], [], True)] * len(flat)
+        was_training = model.training
+        model.eval()
+        index = [i for i, given in enumerate(answers) for _ in given]
+        cache, rows = self._rows(model, index)
+        rows = continuations.appended(rows)
+        split = continuations.split
+        if "image_grid_thw" in self.inputs:
+            ids, mask, grid = rows["input_ids"], rows["attention_mask"], self.inputs["image_grid_thw"][index]
+            position_ids = positions(model, ids, mask, grid, rows.get("mm_token_type_ids"))
+        else:
+            position_ids = row_positions(model, rows)
+        out = model(
+            input_ids=rows["input_ids"][:, split - 1 :],
+            attention_mask=rows["attention_mask"],
+            position_ids=position_ids[:, :, split - 1 :],
+            cache=cache,
+        )
+        model.train(was_training)
+        return continuations.scored(out.logits[:, :-1])

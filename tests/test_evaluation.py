@@ -348,29 +348,39 @@ def test_prompts_that_begin_alike_run_their_common_text_once(data, monkeypatch):
     assert min(shared) >= 4 and max(shared) > 40  # every batch shared its question; the jigsaw's is long
 
 
-def test_answers_to_one_prompt_score_as_with_the_prompt_run_for_each(data, monkeypatch):
-    """Several answers to one prompt (the KL's samples) are scored with the prompt run once: the same
-    log-probabilities as one forward per whole row (the stock path, FORGETTING_FAST_PATHS=0), and sample_logps
-    returns each list of answers in its own order."""
+def test_a_prompt_run_samples_and_scores_as_separate_calls_would(data, monkeypatch):
+    """PromptRun (the KL's): the prompts run once (think prompts, one image each), then samples drawn from that run
+    are generate's over the repeated prompts seed for seed, and answers scored on it (several to each prompt, one
+    empty) have token_logprobs' log-probabilities over whole rows (the stock path, FORGETTING_FAST_PATHS=0), in
+    order, however often the run is used; with the faster paths off it keeps nothing."""
     import forgetting.inference as inference
-    from forgetting.evaluation import KL_SAMPLES, held_out_prompts, sample_logps
+    from forgetting.evaluation import held_out_prompts
+    from forgetting.inference import PromptRun, sampling, token_logprobs
 
     config, benchmark_data = data
     model, processor = load_model(config.model, str(SHIPPED["micro"]), trainable=False)
     _, prompts = held_out_prompts("jigsaw", dataclasses.replace(benchmark_data, prompt_style="think"), 5)
-    first = ["<think>1 red</think><answer>1 2 3 4</answer>", "", "4 3", "2", "1 1 1 1 1 1", "3 1", "x", "4", "2 2", "1"]
-    second = ["1 2 3 4", "<think></think>", "3", "4 1 2 3", "", "2 1", "1 3 2 4", "4 4", "2 4 1 3", "9"]
-    shared = []
-    real = inference.shared_prompt_forward
-    monkeypatch.setattr(inference, "shared_prompt_forward", lambda *a, **k: shared.append(real(*a, **k)) or shared[-1])
-    fast = sample_logps(model, processor, prompts, first, second)
-    assert shared and all(out is not None for out in shared)  # the prompts did run once for their answers
+    answers = [["<think>1 red</think><answer>1 2 3 4</answer>", "", "4 3"], ["2"], ["1 1 1 1 1 1", "3 1"], [], ["x"]]
+    runs = []
+    real = inference.prompt_cache
+    monkeypatch.setattr(inference, "prompt_cache", lambda *a, **k: runs.append(1) or real(*a, **k))
+    run = PromptRun(model, processor, prompts)
+    torch.manual_seed(3)
+    drawn = run.sample(model, processor, 2, 12, **sampling(1.0))
+    scored = run.score(model, processor, answers)
+    again = run.score(model, processor, answers)
+    assert runs == [1] and run.nbytes > 0 and "pixel_values" not in run.inputs
+    torch.manual_seed(3)
+    assert drawn == generate(model, processor, [p for p in prompts for _ in range(2)], 12, **sampling(1.0))
     monkeypatch.setenv("FORGETTING_FAST_PATHS", "0")
-    stock = [sample_logps(model, processor, prompts, answers)[0] for answers in (first, second)]
-    assert len(fast) == 2 and len(fast[0]) == len(prompts) * KL_SAMPLES
-    for got, expected in zip(fast, stock, strict=True):
-        assert got == pytest.approx(expected, abs=1e-4)
-    assert fast[0][1] == 0.0 and fast[1][1] < 0  # an empty answer has no tokens; "<think></think>" has some
+    flat = [a for given in answers for a in given]
+    rows = [p for p, given in zip(prompts, answers, strict=True) for _ in given]
+    stock = token_logprobs(model, processor, rows, flat)
+    assert [s.total for s in scored] == pytest.approx([s.total for s in stock], abs=1e-4)
+    assert [s.logprobs for s in again] == [s.logprobs for s in scored] and scored[1].total == 0.0
+    assert [s.greedy for s in scored] == [s.greedy for s in stock]
+    off = PromptRun(model, processor, prompts)
+    assert off.nbytes == 0 and [s.total for s in off.score(model, processor, answers)] == [s.total for s in stock]
 
 
 @pytest.mark.slow
