@@ -50,11 +50,13 @@ def evaluate_and_report(
     """Evaluate every target (child run per arm, metrics at each checkpoint's step), score each arm's
     training data under the base, write <output>/<study-id>/report/ (skipped: the arms asked for and not
     there, with the reason), log it, print the forgetting table. progress(share done, what) after each
-    evaluation. helping: the evaluation helpers already at work (else started here if evaluation.processes asks)."""
-    data = BenchmarkData(str(heldout), str(dataset.path))  # each target sets its arm's prompt style
+    evaluation. helping: the evaluation helpers already at work, on heldout's data (else started here if
+    evaluation.processes asks)."""
+    helping = helping or Helpers(config, BenchmarkData(str(heldout), str(dataset.path)), base, dataset)
+    data = helping.data  # each target sets its arm's prompt style
     targets = eval_targets(config, base, arms)
     training = training_of(arms)
-    with helping or Helpers(config, data, base, dataset) as helpers:  # evaluation.processes
+    with helping as helpers:  # evaluation.processes
         helpers.give(targets, training, final=True)
         folders = evaluate_targets(config, run_id, targets, data, base, progress)
         nll = {

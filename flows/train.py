@@ -42,12 +42,16 @@ def train_arms(
     separate processes (separate flow runs)."""
     arms = config.arms
     results, skipped = {}, {}
+
+    def asked(trained: dict) -> dict:  # rft trains for rollout-SFT's sake alone when it is not asked for
+        return {a: r for a, r in trained.items() if a != "rft" or arms.rft.enabled}
+
     order = [a for a in ARMS if getattr(arms, a).enabled or (a == "rft" and arms.rollout_sft.enabled)]
     if set(order) - set(finished_arms(config, base, dataset)):  # TRL's imports (seconds) only to train
         preload()
     for i, arm in enumerate(order, 1):
         if i == len(order) and i > 1:
-            before_last({a: r for a, r in results.items() if a != "rft" or arms.rft.enabled})
+            before_last(asked(results))
         upstream = results["rft"] if arm == "rollout_sft" else None
         task = arm_task(config, arm, base, dataset, upstream=upstream)
         try:
@@ -56,9 +60,7 @@ def train_arms(
             print(f"{arm} skipped: {err}")
             skipped[arm] = str(err)
         progress(i / len(order), f"{arm} arm trained")
-    if not arms.rft.enabled:
-        results.pop("rft", None)
-    return results, skipped
+    return asked(results), skipped
 
 
 @flow(name="train", log_prints=True)

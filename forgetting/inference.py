@@ -245,8 +245,11 @@ class PromptRun:
         return sum(t.untyped_storage().nbytes() for layer in self.cache.layers for t in (layer.keys, layer.values))
 
     def _rows(self, model, index: list[int]):
-        """A copy of the states repeated to rows (row r gets prompt index[r]'s) and those rows' text inputs."""
-        cache = copy.deepcopy(self.cache)
+        """The states repeated to rows (row r gets prompt index[r]'s), as a cache of their own, and those rows' text
+        inputs. Repeating selects into new tensors, so the cache copies only its layers' references; the kept
+        states stay as they are."""
+        cache = copy.copy(self.cache)
+        cache.layers = [copy.copy(layer) for layer in self.cache.layers]
         text_model(model).rope_deltas = self.rope_deltas
         repeat_cache(model, cache, index)
         rows = {k: v[index] for k, v in self.inputs.items() if k not in ("pixel_values", "image_grid_thw")}
