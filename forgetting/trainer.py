@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from forgetting.config import ConfigError, ModelConfig, StudyConfig
+from forgetting.image_files import IMAGE_FILES
 from forgetting.models import chat, load_model, pick_device
 
 FINAL = "final"
@@ -208,16 +209,25 @@ def fit(trainer, processor, config: StudyConfig, out: Path, resume: str | None, 
 
 
 def image_dataset(examples: list[dict]):
-    """The examples as the datasets.Dataset TRL trains on; their `image` or `images` hold image file paths, read
-    when a batch needs them (as RGB). Handing datasets decoded images instead made it re-encode every one as
-    PNG bytes before the first step (some 3 s for 2,000 puzzles on 2 cores)."""
-    from datasets import Dataset, Image, List
+    """The examples as the datasets.Dataset TRL trains on; their `image` or `images` hold image file paths, decoded
+    (as RGB) when a batch needs them, each file once a process (forgetting/image_files.py): GRPO's batches hold
+    every puzzle's image num_generations times, and SFT's epochs come back to the same puzzles. Handing datasets
+    decoded images instead made it re-encode every one as PNG bytes before the first step (some 3 s for 2,000
+    puzzles on 2 cores)."""
+    from datasets import Dataset
 
     data = Dataset.from_list(examples)
-    for column, feature in (("image", Image(mode="RGB")), ("images", List(Image(mode="RGB")))):
-        if column in data.column_names:
-            data = data.cast_column(column, feature)
+    data.set_transform(_decoded)
     return data
+
+
+def _decoded(batch: dict) -> dict:
+    """A batch of image_dataset's rows with their images decoded."""
+    if "image" in batch:
+        batch["image"] = [IMAGE_FILES.rgb(path) for path in batch["image"]]
+    if "images" in batch:
+        batch["images"] = [[IMAGE_FILES.rgb(path) for path in paths] for paths in batch["images"]]
+    return batch
 
 
 def trl_messages(prompt: str, answer: str | None = None) -> list[dict]:

@@ -226,18 +226,25 @@ def test_the_trainers_metrics_reach_mlflow_in_batches_each_at_its_step(tmp_path,
 
 
 def test_the_trainers_read_the_puzzle_images_from_their_files(setup):
-    """Examples carry image paths; the dataset TRL trains on decodes them to the RGB images the puzzles are."""
+    """Examples carry image paths; the dataset TRL trains on decodes them to the RGB images the puzzles are, one
+    image a file however often a batch holds it (GRPO's groups), as `image` (RFT) or `images` lists (SFT)."""
     import numpy as np
 
     from forgetting.rft import rft_examples
+    from forgetting.sft import sft_examples
     from forgetting.trainer import image_dataset
 
     _, dataset = setup
     records = dataset.records("train")
     data = image_dataset(rft_examples(dataset, "direct"))
-    assert data.features["image"].mode == "RGB" and len(data) == len(records)
+    assert len(data) == len(records)
     for i in (0, len(records) - 1):
-        assert np.array_equal(np.asarray(data[i]["image"]), np.asarray(dataset.image(records[i])))
+        image = data[i]["image"]
+        assert image.mode == "RGB" and np.array_equal(np.asarray(image), np.asarray(dataset.image(records[i])))
+    group = data.__getitems__([3, 3, 3, 5])  # how TRL's sampler asks for a batch
+    assert group[0]["image"] is group[2]["image"] is data[3]["image"] and group[3]["image"] is not group[0]["image"]
+    sft = image_dataset(sft_examples(dataset, "direct", {r["id"]: "1 2 3 4" for r in records}))
+    assert np.array_equal(np.asarray(sft[0]["images"][0]), np.asarray(dataset.image(records[0])))
 
 
 def test_sampling_is_plain_temperature_sampling_whatever_the_checkpoint_says(setup, tmp_path):
