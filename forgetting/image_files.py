@@ -1,6 +1,7 @@
-"""Images read from files, decoded once a process: every checkpoint's evaluation asks the same held-out prompts, and
+"""Images read from files, decoded once a process. Every checkpoint's evaluation asks the same held-out prompts, and
 decoding their PNGs and hashing their pixels again for each (forgetting/models.py:PromptBatches keys batches by
-content) was some 4% of a tiny evaluation. Off with FORGETTING_FAST_PATHS=0."""
+content) was some 4% of a tiny evaluation; a GRPO batch holds each puzzle's image num_generations times, which the
+training dataset decoded row by row (forgetting/trainer.py:image_dataset). Off with FORGETTING_FAST_PATHS=0."""
 
 import hashlib
 import os
