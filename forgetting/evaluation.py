@@ -151,10 +151,10 @@ def policy_kl(model, base_model, processor, prompts: list[list[dict]], base: Bas
     KL_SAMPLES answers per prompt (T 1, seed 0) and scores the base's and its own on one run of the prompts; the
     base scores the model's on its kept runs."""
     torch.manual_seed(0)
-    forward, reverse = [], []
+    forward, reverse, last = [], [], 0
     given, base_runs = per_prompt(base.answers), base.runs or kl_runs(base_model, processor, prompts)
-    for k, (run, base_run) in enumerate(zip(kl_runs(model, processor, prompts), base_runs, strict=True)):
-        first, last = k * KL_PROMPTS, k * KL_PROMPTS + len(run.conversations)
+    for run, base_run in zip(kl_runs(model, processor, prompts), base_runs, strict=True):
+        first, last = last, last + len(run.conversations)  # the run's prompts
         own = per_prompt(run.sample(model, processor, KL_SAMPLES, max_new_tokens, **KL_SAMPLING))
         answers = [g + o for g, o in zip(given[first:last], own, strict=True)]  # a prompt's base answers, then its own
         both = [s.total for s in run.score(model, processor, answers)]

@@ -17,7 +17,6 @@ from forgetting.shared_prompts import (
     cached_forward,
     first_of,
     one_image_each,
-    positions,
     prompt_cache,
     repeat_cache,
     row_positions,
@@ -284,11 +283,8 @@ class PromptRun:
         cache, rows = self._rows(model, index)
         rows = continuations.appended(rows)
         split = continuations.split
-        if "image_grid_thw" in self.inputs:
-            ids, mask, grid = rows["input_ids"], rows["attention_mask"], self.inputs["image_grid_thw"][index]
-            position_ids = positions(model, ids, mask, grid, rows.get("mm_token_type_ids"))
-        else:
-            position_ids = row_positions(model, rows)
+        grid = self.inputs.get("image_grid_thw")
+        position_ids = row_positions(model, rows | {"image_grid_thw": None if grid is None else grid[index]})
         out = model(
             input_ids=rows["input_ids"][:, split - 1 :],
             attention_mask=rows["attention_mask"],

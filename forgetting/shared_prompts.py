@@ -163,12 +163,12 @@ def prompt_cache(model, inputs: dict, width: int = 0, common: int = 0) -> tuple[
 
 
 def row_positions(model, inputs: dict) -> torch.Tensor:
-    """The rope positions of a forward over left-padded (or common_prefix-ordered) rows: for rows with images
-    Qwen2.5-VL's own (positions()), for text-only rows the count of the tokens the attention mask keeps, as
-    generate counts them."""
-    if inputs.get("pixel_values") is not None:
+    """The rope positions of a forward over left-padded (or common_prefix-ordered) rows: for rows with images (their
+    image_grid_thw; the pixels may be in a cache already) Qwen2.5-VL's own (positions()), for text-only rows the
+    count of the tokens the attention mask keeps, as generate counts them."""
+    if inputs.get("image_grid_thw") is not None:
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        return positions(model, ids, mask, inputs.get("image_grid_thw"), inputs.get("mm_token_type_ids"))
+        return positions(model, ids, mask, inputs["image_grid_thw"], inputs.get("mm_token_type_ids"))
     count = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     return count[None].expand(3, -1, -1)
 
