@@ -15,6 +15,15 @@ One process, fixed torch threads. Measures, in this order:
   warm-up and neither counted nor timed).
 The counter counts matrix products and convolutions (attention's products included when they run as matmuls);
 elementwise work is not counted, so the ratio says how much of the step's time is spent at matmul speed.
+On CPU, attention runs as one fused kernel the counter has no formula for: its products are counted apart
+(torch's own attention formulas, step_products.py) and never enter `*_flops_ratio`.
+
+Where the rest of the step goes: the counted steps also log every matrix product and attention call with a copy of
+its inputs (step_products.py:ProductLog); after the arm's steps each is run again alone, at its shapes, as often as
+a step ran it. `*_products_alone_s` is a step's products with nothing else around them, `*_ceiling_ratio` the
+ratio the step would reach if it ran nothing but them (`*_with_attention`: attention's calls and FLOPs added).
+The gap between the step's time and those is the step's other work: elementwise kernels, Python and the
+libraries' bookkeeping, sampling, the processor.
 
 With --compare, the same steps run first with the project's faster paths off (FORGETTING_FAST_PATHS=0:
 transformers' vision path and TRL's GRPO log-probabilities; forgetting/fast_paths.py, forgetting/shared_prompts.py),
@@ -23,12 +32,16 @@ with fewer FLOPs (GRPO runs each distinct prompt once), so their FLOP ratio can 
 compare step times, and read the ratio as how busy the remaining work keeps the machine.
 
 Prints one JSON line last:
-    {"sft_step_s", "rft_step_s", "sft_flops_ratio", "rft_flops_ratio", "gemm_gflops", ...}
+    {"sft_step_s", "rft_step_s", "sft_flops_ratio", "rft_flops_ratio", "gemm_gflops", ...,
+     "<arm>_attention_gflop", "<arm>_flops_ratio_with_attention", "<arm>_products_alone_s",
+     "<arm>_attention_alone_s", "<arm>_ceiling_ratio", "<arm>_ceiling_ratio_with_attention"}
 ratio = achieved FLOP/s over the 2048 x 2048 product's FLOP/s measured around the arm's steps; `*_ratio_shapes`
 divides by the model-shape product's (measured once, at the start) instead.
 """
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import statistics
@@ -45,6 +58,7 @@ from forgetting.sft import train_sft
 from forgetting.trainer import preload
 
 from short_arms import short_arms
+from step_products import ProductLog
 
 WARMUP = 2
 
@@ -63,33 +77,115 @@ def gemm_gflops(m: int, k: int, n: int, seconds: float = 2.0) -> float:
 
 
 class StepMeter(TrainerCallback):
-    """Every other step (after WARMUP) under FlopCounterMode; the ones between timed."""
+    """Every other step (after WARMUP) under FlopCounterMode and a ProductLog; the ones between timed."""
 
     def __init__(self):
         self.flops: list[int] = []
         self.seconds: list[float] = []
         self.counter: FlopCounterMode | None = None
+        self.products = ProductLog()
         self.started = 0.0
+        self.timing = False
+        self.phase_seconds: dict[str, float] = {}  # --phases: each part's time over the timed steps
+        self.phase_logs: dict[str, ProductLog] = {}  # ... and its products over the counted ones
+        self.inside: str | None = None
 
     def on_step_begin(self, args, state, control, **kwargs):
         step = state.global_step  # steps done so far
         if step >= WARMUP and step % 2 == 0:
             self.counter = FlopCounterMode(display=False)
             self.counter.__enter__()
+            self.products.__enter__()
+        self.timing = step >= WARMUP and self.counter is None
         self.started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         elapsed = time.perf_counter() - self.started
         if self.counter is not None:
+            self.products.__exit__(None, None, None)
             self.counter.__exit__(None, None, None)
             self.flops.append(self.counter.get_total_flops())
             self.counter = None
         elif state.global_step > WARMUP:
             self.seconds.append(elapsed)
 
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """A part of the step (the outermost, when parts nest): its time on timed steps, its products on counted
+        ones."""
+        if self.inside is not None or not (self.timing or self.counter is not None):
+            yield
+            return
+        self.inside = name
+        try:
+            if self.counter is not None:
+                with self.phase_logs.setdefault(name, ProductLog()):
+                    yield
+            else:
+                start = time.perf_counter()
+                yield
+                self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + time.perf_counter() - start
+        finally:
+            self.inside = None
+
+    def phases(self) -> dict[str, float]:
+        """Each part's seconds a step, and those of its products and attention run alone (`<part>_*`)."""
+        out = {}
+        for name, log in self.phase_logs.items():
+            with torch.no_grad():
+                products, attention = log.alone()
+            out[f"{name}_s"] = self.phase_seconds.get(name, 0.0) / len(self.seconds)
+            out[f"{name}_products_alone_s"] = products / len(self.flops)
+            out[f"{name}_attention_alone_s"] = attention / len(self.flops)
+        return out
+
     def result(self) -> tuple[float, float]:
         """(FLOPs a step, seconds a step)."""
         return statistics.mean(self.flops), statistics.median(self.seconds)
+
+    def alone(self) -> dict[str, float]:
+        """A counted step's products and attention run alone (step_products.py): seconds and attention FLOPs a step."""
+        with torch.no_grad():
+            products, attention = self.products.alone()
+        steps = len(self.flops)
+        return {"products_s": products / steps, "attention_s": attention / steps,
+                "attention_flops": self.products.attention_flops / steps}  # fmt: skip
+
+
+@contextlib.contextmanager
+def grpo_phases(meter: StepMeter):
+    """While inside, a GRPO step's parts go through meter.phase: generation (the rollouts: transformers' generate over
+    the batch), log_probabilities (the reference model's and the policy's forwards) and backward."""
+    from accelerate import Accelerator
+    from trl import GRPOTrainer
+
+    from forgetting import fast_paths
+    from forgetting.shared_prompts import grpo_trainer
+
+    trainer = grpo_trainer() if fast_paths.enabled() else GRPOTrainer
+    parts = {
+        "generation": (trainer, "_generate_single_turn"),
+        "log_probabilities": (trainer, "_get_per_token_logps_and_entropies"),
+        "backward": (Accelerator, "backward"),
+    }
+    own = {name: owner.__dict__.get(method) for name, (owner, method) in parts.items()}
+    for name, (owner, method) in parts.items():
+        original = getattr(owner, method)
+
+        @functools.wraps(original)
+        def timed(*args, _original=original, _name=name, **kwargs):
+            with meter.phase(_name):
+                return _original(*args, **kwargs)
+
+        setattr(owner, method, timed)
+    try:
+        yield
+    finally:
+        for name, (owner, method) in parts.items():
+            if own[name] is None:
+                delattr(owner, method)  # the class's own again, from its bases
+            else:
+                setattr(owner, method, own[name])
 
 
 def main() -> None:
@@ -101,6 +197,11 @@ def main() -> None:
         "--compare",
         action="store_true",
         help="also run with the faster paths off first (FORGETTING_FAST_PATHS=0: stock_* keys, *_speedup)",
+    )
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also split GRPO's step into its parts (rft_phase_* keys: generation, log_probabilities, backward, other)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -120,13 +221,16 @@ def main() -> None:
         }
         meters: dict[str, StepMeter] = {}
         gemms: dict[str, float] = {}  # the machine's product around each arm's steps
+        alone: dict[str, dict[str, float]] = {}  # each arm's products and attention run alone
         for side in ("stock", "fast") if args.compare else ("fast",):
             os.environ["FORGETTING_FAST_PATHS"] = "1" if side == "fast" else "0"
             for arm, train in arms.items():
-                meters[f"{side}-{arm}"] = StepMeter()
+                meter = meters[f"{side}-{arm}"] = StepMeter()
                 before = gemm_gflops(2048, 2048, 2048)
-                train(tmp / f"{side}-{arm}", meters[f"{side}-{arm}"])
+                with grpo_phases(meter) if args.phases and arm == "rft" else contextlib.nullcontext():
+                    train(tmp / f"{side}-{arm}", meter)
                 gemms[f"{side}-{arm}"] = (before + gemm_gflops(2048, 2048, 2048)) / 2
+                alone[f"{side}-{arm}"] = meter.alone()
     out = {"profile": args.profile, "threads": args.threads, "gemm_gflops": round(statistics.mean(gemms.values()), 1)}
     out["gemm_gflops_model_shapes"] = round(gemm_shapes, 1)
     for key, meter in meters.items():
@@ -138,6 +242,21 @@ def main() -> None:
         out |= {f"{name}_gflops": round(achieved, 1), f"{name}_gemm_gflops": round(gemms[key], 1)}
         out[f"{name}_flops_ratio"] = round(achieved / gemms[key], 3)
         out[f"{name}_flops_ratio_shapes"] = round(achieved / gemm_shapes, 3)
+        by_itself = alone[key]
+        gemm = gemms[key] * 1e9
+        with_attention = flops + by_itself["attention_flops"]
+        out[f"{name}_attention_gflop"] = round(by_itself["attention_flops"] / 1e9, 3)
+        out[f"{name}_flops_ratio_with_attention"] = round(with_attention / seconds / gemm, 3)
+        out[f"{name}_products_alone_s"] = round(by_itself["products_s"], 4)
+        out[f"{name}_attention_alone_s"] = round(by_itself["attention_s"], 4)
+        out[f"{name}_ceiling_ratio"] = round(flops / by_itself["products_s"] / gemm, 3)
+        out[f"{name}_ceiling_ratio_with_attention"] = round(
+            with_attention / (by_itself["products_s"] + by_itself["attention_s"]) / gemm, 3
+        )
+        if meter.phase_logs:
+            phases = {f"{name}_phase_{k}": round(v, 4) for k, v in meter.phases().items()}
+            parts = sum(v for k, v in phases.items() if k.endswith("_s") and "_alone_" not in k)
+            out |= phases | {f"{name}_phase_other_s": round(seconds - parts, 4)}
     if args.compare:
         for arm in ("sft", "rft"):
             out[f"{arm}_speedup"] = round(out[f"stock_{arm}_step_s"] / out[f"{arm}_step_s"], 3)

@@ -1,0 +1,85 @@
+"""The matrix products and attention kernels of a training step, logged at their shapes and run again alone: how
+long they take with nothing else around them, and so the highest FLOP ratio the step could reach if it ran nothing
+but them. benchmarks/step_flops.py imports it as `step_products`.
+
+torch's FLOP counter counts matrix products and convolutions; on CPU, attention runs as one fused kernel
+(`_scaled_dot_product_flash_attention_for_cpu` and its backward) that the counter has no formula for, so its products
+go uncounted. They are counted here with torch's own attention formulas (both products in full, as torch counts them
+for the GPU kernels), kept apart from the counter's total.
+"""
+
+import statistics
+import time
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+aten = torch.ops.aten
+PRODUCTS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.convolution, aten.convolution_backward}
+ATTENTION = {
+    aten._scaled_dot_product_flash_attention_for_cpu: "forward",
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: "backward",
+}
+
+
+def _signature(value):
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.stride(), value.dtype)
+    if isinstance(value, list | tuple):
+        return tuple(_signature(v) for v in value)
+    return value
+
+
+def _copy(value):
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
+
+
+def attention_flops(kind: str, args: tuple) -> int:
+    """torch's FLOP count of one CPU attention call (forward: query, key, value first; backward: grad_out first)."""
+    if kind == "forward":
+        return sdpa_flop_count(args[0].shape, args[1].shape, args[2].shape)
+    return sdpa_backward_flop_count(args[0].shape, args[1].shape, args[2].shape, args[3].shape)
+
+
+class ProductLog(TorchDispatchMode):
+    """While entered, every matrix product and attention kernel: how often it ran at each signature (operator,
+    shapes, strides, dtypes, other arguments), a copy of its inputs the first time, and the attention's FLOPs."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: Counter = Counter()
+        self.inputs: dict = {}
+        self.attention_flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        packet = func.overloadpacket
+        if packet in PRODUCTS or packet in ATTENTION:
+            key = (func, _signature(args), _signature(tuple(sorted(kwargs.items()))))
+            self.calls[key] += 1
+            if key not in self.inputs:
+                self.inputs[key] = (tree_map(_copy, args), tree_map(_copy, kwargs))
+            if packet in ATTENTION:
+                self.attention_flops += attention_flops(ATTENTION[packet], args)
+        return func(*args, **kwargs)
+
+    def alone(self, repeats: int = 5) -> tuple[float, float]:
+        """(seconds of the logged products, seconds of the logged attention), each signature run alone on its first
+        inputs: two warm-up runs, then the median of `repeats`, times how often it ran."""
+        seconds = {"products": 0.0, "attention": 0.0}
+        for key, count in self.calls.items():
+            func = key[0]
+            args, kwargs = self.inputs[key]
+            for _ in range(2):
+                func(*args, **kwargs)
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                func(*args, **kwargs)
+                runs.append(time.perf_counter() - start)
+            kind = "attention" if func.overloadpacket in ATTENTION else "products"
+            seconds[kind] += statistics.median(runs) * count
+        return seconds["products"], seconds["attention"]
