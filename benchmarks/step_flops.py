@@ -23,7 +23,12 @@ its inputs (step_products.py:ProductLog); after the arm's steps each is run agai
 a step ran it. `*_products_alone_s` is a step's products with nothing else around them, `*_ceiling_ratio` the
 ratio the step would reach if it ran nothing but them (`*_with_attention`: attention's calls and FLOPs added).
 The gap between the step's time and those is the step's other work: elementwise kernels, Python and the
-libraries' bookkeeping, sampling, the processor.
+libraries' bookkeeping, sampling, the processor. `--kernels` also logs every operator of each arm's last step (then
+neither counted nor timed) and runs each alone, called from Python as eager mode calls it:
+`*_other_kernels_alone_s` is what the step's operators besides products and attention take by themselves, and what
+is left of the step's time is the code around the operators. `--phases` splits the GRPO step into generation,
+log_probabilities (the reference model's and the policy's forwards), backward and the rest, each with its own
+`*_alone_s` keys.
 
 With --compare, the same steps run first with the project's faster paths off (FORGETTING_FAST_PATHS=0:
 transformers' vision path and TRL's GRPO log-probabilities; forgetting/fast_paths.py, forgetting/shared_prompts.py),
@@ -34,7 +39,9 @@ compare step times, and read the ratio as how busy the remaining work keeps the 
 Prints one JSON line last:
     {"sft_step_s", "rft_step_s", "sft_flops_ratio", "rft_flops_ratio", "gemm_gflops", ...,
      "<arm>_attention_gflop", "<arm>_flops_ratio_with_attention", "<arm>_products_alone_s",
-     "<arm>_attention_alone_s", "<arm>_ceiling_ratio", "<arm>_ceiling_ratio_with_attention"}
+     "<arm>_attention_alone_s", "<arm>_ceiling_ratio", "<arm>_ceiling_ratio_with_attention",
+     "<arm>_calls_not_replayed"; --kernels: "<arm>_other_kernels_alone_s", "<arm>_operator_calls";
+     --phases: "rft_phase_<part>_s", "rft_phase_<part>_<kind>_alone_s", "rft_phase_other_s"}
 ratio = achieved FLOP/s over the 2048 x 2048 product's FLOP/s measured around the arm's steps; `*_ratio_shapes`
 divides by the model-shape product's (measured once, at the start) instead.
 """
@@ -77,49 +84,59 @@ def gemm_gflops(m: int, k: int, n: int, seconds: float = 2.0) -> float:
 
 
 class StepMeter(TrainerCallback):
-    """Every other step (after WARMUP) under FlopCounterMode and a ProductLog; the ones between timed."""
+    """Every other step (after WARMUP) under FlopCounterMode and a ProductLog, the ones between timed; with
+    every_kernel, the last step logs every operator instead (step_products.py) and is neither counted nor timed.
+    Parts of a step (phase()) are timed and logged the same way."""
 
-    def __init__(self):
+    def __init__(self, every_kernel: bool = False):
+        self.every_kernel = every_kernel
         self.flops: list[int] = []
         self.seconds: list[float] = []
         self.counter: FlopCounterMode | None = None
-        self.products = ProductLog()
-        self.started = 0.0
+        self.logs: dict[str, ProductLog] = {}  # the whole step ("step") and each part: products, counted steps
+        self.kernel_logs: dict[str, ProductLog] = {}  # ... every operator, the last step (every_kernel)
+        self.active: dict[str, ProductLog] | None = None  # the logs the step under way writes to, if any
         self.timing = False
-        self.phase_seconds: dict[str, float] = {}  # --phases: each part's time over the timed steps
-        self.phase_logs: dict[str, ProductLog] = {}  # ... and its products over the counted ones
+        self.started = 0.0
+        self.phase_seconds: dict[str, float] = {}  # each part's time over the timed steps
         self.inside: str | None = None
 
     def on_step_begin(self, args, state, control, **kwargs):
         step = state.global_step  # steps done so far
-        if step >= WARMUP and step % 2 == 0:
+        self.active = None
+        if self.every_kernel and step == state.max_steps - 1:
+            self.active = self.kernel_logs
+        elif step >= WARMUP and step % 2 == 0:
             self.counter = FlopCounterMode(display=False)
             self.counter.__enter__()
-            self.products.__enter__()
-        self.timing = step >= WARMUP and self.counter is None
+            self.active = self.logs
+        if self.active is not None:
+            self.active.setdefault("step", ProductLog(self.active is self.kernel_logs)).__enter__()
+        self.timing = step >= WARMUP and self.active is None
         self.started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         elapsed = time.perf_counter() - self.started
+        if self.active is not None:
+            self.active["step"].__exit__(None, None, None)
+            self.active = None
         if self.counter is not None:
-            self.products.__exit__(None, None, None)
             self.counter.__exit__(None, None, None)
             self.flops.append(self.counter.get_total_flops())
             self.counter = None
-        elif state.global_step > WARMUP:
+        elif self.timing:
             self.seconds.append(elapsed)
 
     @contextlib.contextmanager
     def phase(self, name: str):
-        """A part of the step (the outermost, when parts nest): its time on timed steps, its products on counted
-        ones."""
-        if self.inside is not None or not (self.timing or self.counter is not None):
+        """A part of the step (the outermost, when parts nest): its time on timed steps, its calls on logged ones."""
+        if self.inside is not None or not (self.timing or self.active is not None):
             yield
             return
         self.inside = name
         try:
-            if self.counter is not None:
-                with self.phase_logs.setdefault(name, ProductLog()):
+            if self.active is not None:
+                with self.active.setdefault(name, ProductLog(self.active is self.kernel_logs)):
                     yield
             else:
                 start = time.perf_counter()
@@ -128,28 +145,33 @@ class StepMeter(TrainerCallback):
         finally:
             self.inside = None
 
+    def alone(self, name: str = "step") -> dict[str, float]:
+        """The step's (or a part's) logged calls run alone (step_products.py), a step: seconds of its products and
+        attention (and, with every_kernel, of its other operators, `kernels`, and how many operator calls it made,
+        `calls`), attention's FLOPs, and calls that would not run again alone (`failed`)."""
+        with torch.no_grad():
+            counted = self.logs[name].alone()
+            out = {kind: counted[kind] / len(self.flops) for kind in ("products", "attention", "failed")}
+            if name in self.kernel_logs:
+                everything = self.kernel_logs[name].alone()
+                out |= {"kernels": everything["kernels"], "failed": out["failed"] + everything["failed"]}
+                out["calls"] = sum(self.kernel_logs[name].calls.values())
+        return out | {"attention_flops": self.logs[name].attention_flops / len(self.flops)}
+
     def phases(self) -> dict[str, float]:
-        """Each part's seconds a step, and those of its products and attention run alone (`<part>_*`)."""
+        """Each part's seconds a step, and those of its calls run alone (`<part>_<kind>_alone_s`)."""
         out = {}
-        for name, log in self.phase_logs.items():
-            with torch.no_grad():
-                products, attention = log.alone()
+        for name in self.logs.keys() - {"step"}:
             out[f"{name}_s"] = self.phase_seconds.get(name, 0.0) / len(self.seconds)
-            out[f"{name}_products_alone_s"] = products / len(self.flops)
-            out[f"{name}_attention_alone_s"] = attention / len(self.flops)
+            alone = self.alone(name)
+            for kind in ("products", "attention", "kernels"):
+                if kind in alone:
+                    out[f"{name}_{kind}_alone_s"] = alone[kind]
         return out
 
     def result(self) -> tuple[float, float]:
         """(FLOPs a step, seconds a step)."""
         return statistics.mean(self.flops), statistics.median(self.seconds)
-
-    def alone(self) -> dict[str, float]:
-        """A counted step's products and attention run alone (step_products.py): seconds and attention FLOPs a step."""
-        with torch.no_grad():
-            products, attention = self.products.alone()
-        steps = len(self.flops)
-        return {"products_s": products / steps, "attention_s": attention / steps,
-                "attention_flops": self.products.attention_flops / steps}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -203,6 +225,11 @@ def main() -> None:
         action="store_true",
         help="also split GRPO's step into its parts (rft_phase_* keys: generation, log_probabilities, backward, other)",
     )
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="also log every operator of each arm's last step and run it alone (*_other_kernels_alone_s; slow, GBs)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     preload()
@@ -225,7 +252,7 @@ def main() -> None:
         for side in ("stock", "fast") if args.compare else ("fast",):
             os.environ["FORGETTING_FAST_PATHS"] = "1" if side == "fast" else "0"
             for arm, train in arms.items():
-                meter = meters[f"{side}-{arm}"] = StepMeter()
+                meter = meters[f"{side}-{arm}"] = StepMeter(args.kernels)
                 before = gemm_gflops(2048, 2048, 2048)
                 with grpo_phases(meter) if args.phases and arm == "rft" else contextlib.nullcontext():
                     train(tmp / f"{side}-{arm}", meter)
@@ -247,13 +274,17 @@ def main() -> None:
         with_attention = flops + by_itself["attention_flops"]
         out[f"{name}_attention_gflop"] = round(by_itself["attention_flops"] / 1e9, 3)
         out[f"{name}_flops_ratio_with_attention"] = round(with_attention / seconds / gemm, 3)
-        out[f"{name}_products_alone_s"] = round(by_itself["products_s"], 4)
-        out[f"{name}_attention_alone_s"] = round(by_itself["attention_s"], 4)
-        out[f"{name}_ceiling_ratio"] = round(flops / by_itself["products_s"] / gemm, 3)
+        out[f"{name}_products_alone_s"] = round(by_itself["products"], 4)
+        out[f"{name}_attention_alone_s"] = round(by_itself["attention"], 4)
+        if "kernels" in by_itself:
+            out[f"{name}_other_kernels_alone_s"] = round(by_itself["kernels"], 4)
+            out[f"{name}_operator_calls"] = by_itself["calls"]
+        out[f"{name}_calls_not_replayed"] = round(by_itself["failed"], 1)
+        out[f"{name}_ceiling_ratio"] = round(flops / by_itself["products"] / gemm, 3)
         out[f"{name}_ceiling_ratio_with_attention"] = round(
-            with_attention / (by_itself["products_s"] + by_itself["attention_s"]) / gemm, 3
+            with_attention / (by_itself["products"] + by_itself["attention"]) / gemm, 3
         )
-        if meter.phase_logs:
+        if len(meter.logs) > 1:
             phases = {f"{name}_phase_{k}": round(v, 4) for k, v in meter.phases().items()}
             parts = sum(v for k, v in phases.items() if k.endswith("_s") and "_alone_" not in k)
             out |= phases | {f"{name}_phase_other_s": round(seconds - parts, 4)}

@@ -1,6 +1,6 @@
-"""The matrix products and attention kernels of a training step, logged at their shapes and run again alone: how
-long they take with nothing else around them, and so the highest FLOP ratio the step could reach if it ran nothing
-but them. benchmarks/step_flops.py imports it as `step_products`.
+"""The matrix products and attention kernels of a training step (or all its operators), logged at their shapes and
+run again alone: how long they take with nothing else around them, and so the highest FLOP ratio the step could
+reach if it ran nothing but them. benchmarks/step_flops.py imports it as `step_products`.
 
 torch's FLOP counter counts matrix products and convolutions; on CPU, attention runs as one fused kernel
 (`_scaled_dot_product_flash_attention_for_cpu` and its backward) that the counter has no formula for, so its products
@@ -13,7 +13,7 @@ import time
 from collections import Counter
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
@@ -45,11 +45,13 @@ def attention_flops(kind: str, args: tuple) -> int:
 
 
 class ProductLog(TorchDispatchMode):
-    """While entered, every matrix product and attention kernel: how often it ran at each signature (operator,
-    shapes, strides, dtypes, other arguments), a copy of its inputs the first time, and the attention's FLOPs."""
+    """While entered, every matrix product and attention kernel (with every_kernel, every operator): how often it ran
+    at each signature (operator, shapes, strides, dtypes, other arguments), a copy of its inputs the first time, and
+    the attention's FLOPs."""
 
-    def __init__(self):
+    def __init__(self, every_kernel: bool = False):
         super().__init__()
+        self.every_kernel = every_kernel
         self.calls: Counter = Counter()
         self.inputs: dict = {}
         self.attention_flops = 0
@@ -57,29 +59,36 @@ class ProductLog(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         packet = func.overloadpacket
-        if packet in PRODUCTS or packet in ATTENTION:
+        if self.every_kernel or packet in PRODUCTS or packet in ATTENTION:
             key = (func, _signature(args), _signature(tuple(sorted(kwargs.items()))))
             self.calls[key] += 1
             if key not in self.inputs:
-                self.inputs[key] = (tree_map(_copy, args), tree_map(_copy, kwargs))
+                with _disable_current_modes():  # the copies are no calls of the step: a log below must not see them
+                    self.inputs[key] = (tree_map(_copy, args), tree_map(_copy, kwargs))
             if packet in ATTENTION:
                 self.attention_flops += attention_flops(ATTENTION[packet], args)
         return func(*args, **kwargs)
 
-    def alone(self, repeats: int = 5) -> tuple[float, float]:
-        """(seconds of the logged products, seconds of the logged attention), each signature run alone on its first
-        inputs: two warm-up runs, then the median of `repeats`, times how often it ran."""
-        seconds = {"products": 0.0, "attention": 0.0}
+    def alone(self, repeats: int = 5) -> dict[str, float]:
+        """Seconds of the logged calls by kind (`products`, `attention`, `kernels`: every other operator, each called
+        from Python as eager mode calls it), each signature run alone on its first inputs: two warm-up runs, then the
+        median of `repeats`, times how often it ran. `failed`: calls whose operator would not run again on copies
+        of its inputs (left out of the seconds)."""
+        seconds = {"products": 0.0, "attention": 0.0, "kernels": 0.0, "failed": 0}
         for key, count in self.calls.items():
             func = key[0]
             args, kwargs = self.inputs[key]
-            for _ in range(2):
-                func(*args, **kwargs)
             runs = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                func(*args, **kwargs)
-                runs.append(time.perf_counter() - start)
-            kind = "attention" if func.overloadpacket in ATTENTION else "products"
+            try:
+                for run in range(2 + repeats):
+                    start = time.perf_counter()
+                    func(*args, **kwargs)
+                    if run >= 2:
+                        runs.append(time.perf_counter() - start)
+            except (RuntimeError, TypeError, ValueError):
+                seconds["failed"] += count
+                continue
+            packet = func.overloadpacket
+            kind = "attention" if packet in ATTENTION else "products" if packet in PRODUCTS else "kernels"
             seconds[kind] += statistics.median(runs) * count
-        return seconds["products"], seconds["attention"]
+        return seconds
