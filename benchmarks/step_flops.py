@@ -159,8 +159,9 @@ class StepMeter(TrainerCallback):
         return out | {"attention_flops": self.logs[name].attention_flops / len(self.flops)}
 
     def phases(self) -> dict[str, float]:
-        """Each part's seconds a step, and those of its calls run alone (`<part>_<kind>_alone_s`)."""
-        out = {}
+        """Each part's seconds a step, those of its calls run alone (`<part>_<kind>_alone_s`), and the step's time
+        outside the parts (`other_s`: the median step less the parts' means)."""
+        out = {"other_s": self.result()[1] - sum(self.phase_seconds.values()) / len(self.seconds)}
         for name in self.logs.keys() - {"step"}:
             out[f"{name}_s"] = self.phase_seconds.get(name, 0.0) / len(self.seconds)
             alone = self.alone(name)
@@ -284,10 +285,8 @@ def main() -> None:
         out[f"{name}_ceiling_ratio_with_attention"] = round(
             with_attention / (by_itself["products"] + by_itself["attention"]) / gemm, 3
         )
-        if len(meter.logs) > 1:
-            phases = {f"{name}_phase_{k}": round(v, 4) for k, v in meter.phases().items()}
-            parts = sum(v for k, v in phases.items() if k.endswith("_s") and "_alone_" not in k)
-            out |= phases | {f"{name}_phase_other_s": round(seconds - parts, 4)}
+        if len(meter.logs) > 1:  # --phases
+            out |= {f"{name}_phase_{k}": round(v, 4) for k, v in meter.phases().items()}
     if args.compare:
         for arm in ("sft", "rft"):
             out[f"{arm}_speedup"] = round(out[f"stock_{arm}_step_s"] / out[f"{arm}_step_s"], 3)
