@@ -18,7 +18,7 @@ from pathlib import Path
 from forgetting import fast_paths
 from forgetting.config import StudyConfig
 from forgetting.environment import training_fingerprint
-from forgetting.models import model_fingerprint
+from forgetting.models import hub_kernels, model_fingerprint
 from forgetting.puzzle_data import CORNER_NAMES, PuzzleDataset
 from forgetting.puzzles import make_target, teacher_reasoning
 from forgetting.rft import train_rft
@@ -44,10 +44,15 @@ def arm_styles(config: StudyConfig) -> list[str]:
 def arm_spec(config: StudyConfig, arm: str) -> dict:
     """What determines an arm, besides the base model, the puzzles and the arm it learns from (arm_dir adds those;
     a sweep compares arms by this alone, since its points share them): the study's settings for it, and what
-    trains it (the training libraries' versions, the training code, whether the faster paths are on)."""
+    trains it (the training libraries' versions, the training code, whether the faster paths are on, and the
+    Hub's kernels when they are)."""
     return {
         "arm": arm,
-        "training": {**training_fingerprint(), "fast_paths": fast_paths.enabled()},
+        "training": {
+            **training_fingerprint(),
+            "fast_paths": fast_paths.enabled(),
+            **({"hub_kernels": True} if hub_kernels() else {}),  # off (the default): the keys arms always had
+        },
         "model": config.model.model_dump(mode="json"),
         "settings": getattr(config.arms, arm).model_dump(mode="json"),
         "prompt_style": arm_style(config, arm),

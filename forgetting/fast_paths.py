@@ -304,6 +304,23 @@ def _patches() -> tuple:
     )
 
 
+def check_libraries() -> None:
+    """ConfigError when the installed transformers or TRL lack an attribute a shortcut replaces (they moved or
+    renamed it, or predate it), named with the versions to install; install() checks before it patches, so the
+    first model a process loads stops there, not an arm's step."""
+    gaps = [f"{owner.__name__}.{attribute}" for _, owner, attribute, _ in _patches() if not hasattr(owner, attribute)]
+    if gaps:
+        from importlib.metadata import version
+
+        from forgetting.config import ConfigError
+
+        raise ConfigError(
+            f"transformers {version('transformers')} / trl {version('trl')} lack {', '.join(gaps)}, which the "
+            "project's faster paths (forgetting/fast_paths.py) replace: install the versions pyproject.toml asks "
+            "for (transformers>=5.24)"
+        )
+
+
 def shortcuts() -> list[str]:
     """The names install() and uninstall() take (TRL's once its trainers are imported)."""
     return [name for name, *_ in _patches()]
@@ -316,6 +333,7 @@ def install(names: tuple[str, ...] | None = None) -> None:
     if not enabled():
         uninstall(names)
         return
+    check_libraries()
     for name, owner, attribute, replacement in _patches():
         if name not in _ORIGINAL and (names is None or name in names):
             _ORIGINAL[name] = getattr(owner, attribute)

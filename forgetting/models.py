@@ -24,6 +24,18 @@ from forgetting import fast_paths
 from forgetting.config import PROJECT_MODELS, REPO_ROOT, SHIPPED_MODELS, ConfigError, ModelConfig
 from forgetting.image_files import IMAGE_FILES
 
+# transformers (from 5.25) swaps layers for kernels fetched from the Hugging Face Hub when a model is loaded and
+# switched between training and evaluation on a GPU: code from outside the study whose version nobody pins, and
+# that fails offline. The study runs transformers' own layers (on the CPU the same numbers bit for bit, and no
+# lookup at every train()/eval() switch); USE_HUB_KERNELS=YES opts back in, and makes other arms (arms.arm_spec).
+os.environ.setdefault("USE_HUB_KERNELS", "NO")
+
+
+def hub_kernels() -> bool:
+    """Whether transformers may swap layers for the Hub's kernels (USE_HUB_KERNELS, read as transformers reads it)."""
+    return os.environ.get("USE_HUB_KERNELS", "NO").upper() in {"1", "ON", "YES", "TRUE"}
+
+
 ASSETS = REPO_ROOT / "assets"
 SHIPPED = {name: ASSETS / f"{name}-base" for name in SHIPPED_MODELS}
 

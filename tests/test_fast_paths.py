@@ -336,3 +336,26 @@ def test_the_switch_turns_them_off(monkeypatch):
     assert qwen.Qwen2_5_VLModel.get_rope_index is fast_paths._rope_index
     assert trl_utils._ChunkedLogProbFunction is fast_paths._VocabularyWideTiles
     assert chunked_logprob._backward_tile is fast_paths._backward_rows
+
+
+def test_libraries_without_a_replaced_method_stop_the_first_model_load_naming_it(monkeypatch):
+    """A transformers older than pyproject's floor (5.17 has no ProcessorMixin._adjust_assistant_masks_indices)
+    stops at the first model load with the versions to install, not with an AttributeError inside an arm; with
+    the faster paths off the libraries' own code runs and nothing is checked."""
+    from transformers.processing_utils import ProcessorMixin
+
+    from forgetting.config import ConfigError
+
+    config = load_config("micro").model
+    load_model(config)
+    fast_paths.uninstall(("assistant_masks",))  # transformers' own method back, then gone
+    monkeypatch.delattr(ProcessorMixin, "_adjust_assistant_masks_indices")
+    with pytest.raises(ConfigError, match=r"transformers \S+ / trl \S+ lack ProcessorMixin\._adjust_assistant_ma"):
+        load_model(config)
+    with pytest.raises(ConfigError, match=r"install the versions pyproject.toml asks for \(transformers>=5.24\)"):
+        fast_paths.install()
+    monkeypatch.setenv("FORGETTING_FAST_PATHS", "0")
+    load_model(config)
+    monkeypatch.undo()  # transformers' method and the switch as they were
+    fast_paths.install()
+    assert ProcessorMixin._adjust_assistant_masks_indices is fast_paths._assistant_masks

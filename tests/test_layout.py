@@ -135,8 +135,9 @@ def test_every_setting_is_read_by_some_stage():
 
 
 def test_the_declared_dependencies_admit_only_versions_the_code_runs_on():
-    """pyproject's ranges start where the APIs the code calls do (a range that admits transformers 4 installs a
-    version without rope_parameters), admit what is installed here, and pin vLLM and DeepSpeed through TRL."""
+    """pyproject's ranges start where the APIs the code calls do (transformers 5.23 takes the rope call of
+    forgetting/shared_prompts.py under another keyword, 5.17 lacks the assistant-mask method fast_paths.py
+    replaces), admit what is installed here, and pin vLLM and DeepSpeed through TRL."""
     import tomllib
     from importlib.metadata import version
 
@@ -144,7 +145,7 @@ def test_the_declared_dependencies_admit_only_versions_the_code_runs_on():
 
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     declared = {Requirement(r).name: Requirement(r) for r in project["dependencies"]}
-    for name, too_old in [("transformers", "4.57.0"), ("trl", "0.24.0"), ("trl", "1.15.0")]:
+    for name, too_old in [("transformers", "4.57.0"), ("transformers", "5.23.0"), ("trl", "1.15.0")]:
         assert not declared[name].specifier.contains(too_old), f"{name} {too_old} is admitted"
         assert declared[name].specifier.contains(version(name)), f"the installed {name} is not admitted"
     (gpu,) = [Requirement(r) for r in project["optional-dependencies"]["gpu"]]

@@ -366,7 +366,7 @@ def test_micro_batches_take_the_same_step_in_less_memory(setup, tmp_path):
 
 def test_an_arm_is_retrained_when_its_libraries_or_training_code_change(setup, tmp_path, monkeypatch):
     """An arm's folder (its cache key) holds the training libraries' versions and the training code's syntax: a
-    TRL upgrade or a code change makes a new arm; a docstring or comment does not."""
+    TRL upgrade, a code change or the Hub's kernels turned on make a new arm; a docstring or comment does not."""
     from forgetting import environment
 
     config, dataset = setup
@@ -378,6 +378,10 @@ def test_an_arm_is_retrained_when_its_libraries_or_training_code_change(setup, t
     finally:
         monkeypatch.undo()
         environment.training_fingerprint.cache_clear()
+    assert arm_dir(config, "sft", BASE, dataset) == before
+    monkeypatch.setenv("USE_HUB_KERNELS", "yes")  # layers from the Hub: another arm; off: the arm as before
+    assert arm_dir(config, "sft", BASE, dataset) != before
+    monkeypatch.setenv("USE_HUB_KERNELS", "NO")
     assert arm_dir(config, "sft", BASE, dataset) == before
 
     code = tmp_path / "code.py"

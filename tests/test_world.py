@@ -1,6 +1,7 @@
 """The tiny world: tasks, tokenizer and processor, chat template, loader, pretraining."""
 
 import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -437,3 +438,13 @@ def test_the_shipped_architecture_is_what_its_command_writes_and_loads_only_thro
         assert _without_writer(fresh / file.name) == _without_writer(file), file.name
     with pytest.raises(ModelLoadError, match="architecture without weights"):
         load_model(ModelConfig(name_or_path="assets/qwen2.5-vl-3b-smoke"))
+
+
+def test_the_study_runs_transformers_own_layers_not_kernels_from_the_hub():
+    """transformers (from 5.25) swaps layers for kernels fetched from the Hub when a model loaded on a GPU switches
+    between training and evaluation, which fails offline and runs code the study does not pin; importing the
+    loader turns that off unless the environment already asks for it (USE_HUB_KERNELS=YES)."""
+    assert os.environ["USE_HUB_KERNELS"] == "NO"
+    model, _ = load_model(ModelConfig(name_or_path="micro", device="cpu"))
+    model.eval()
+    assert model.use_kernels is False
