@@ -18,6 +18,10 @@ through the vision tower) with the think prompt, batched through the project's p
 - GRPO rollouts: --generations completions of --prompts prompts sampled at temperature 1 for --rollout-tokens
   tokens each (a random model rarely stops: every completion runs to the limit), generated tokens/s; then the same
   through vLLM when it imports (its failure is reported, not raised).
+- The model runs the study's faster paths, as models.load_model installs them (forgetting/fast_paths.py;
+  FORGETTING_FAST_PATHS=0 measures transformers' own). --trace FILE: one more SFT step and 16 tokens of rollouts
+  under torch's profiler, its operators by their own device time (CPU time without a GPU) written to FILE, with
+  how much of each part's wall time the device was busy (far below 1: the GPU waits for Python and launches).
 
 Prints one JSON line last.
 """
@@ -30,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from forgetting import fast_paths
 from forgetting.architectures import architecture_config, project_tokenizer, stock_chat_template
 from forgetting.config import PuzzleConfig
 from forgetting.inference import sampling
@@ -52,6 +57,7 @@ def build(args, device: torch.device, dtype: torch.dtype):
     """The random-init model (LoRA-wrapped unless --full) and the processor with the stock template."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    fast_paths.install()  # what the study's models run (models.load_model installs them too)
     tokenizer = project_tokenizer(stock_chat_template())
     config = architecture_config(tokenizer, args.text_layers, args.vision_blocks, vocab_size=151936)
     torch.manual_seed(0)
@@ -96,17 +102,22 @@ def sft_speed(args, model, processor, device: torch.device) -> dict:
         model.gradient_checkpointing_enable()
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
-    times = []
-    for step in range(args.steps + 1):
-        synchronize(device)
-        started = time.perf_counter()
-        loss = model(**inputs).loss
-        loss.backward()
+
+    def step():
+        model(**inputs).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    times = []
+    for number in range(args.steps + 1):
         synchronize(device)
-        if step:  # the first is warm-up
+        started = time.perf_counter()
+        step()
+        synchronize(device)
+        if number:  # the first is warm-up
             times.append(time.perf_counter() - started)
+    if args.trace:
+        trace(args.trace, "SFT step", step, device)
     seconds = sorted(times)[len(times) // 2]
     flops = model_flops(model, inputs, trained_weights=args.full)
     return {
@@ -132,7 +143,31 @@ def rollout_speed(args, model, processor) -> dict:
     synchronize(model.device)
     seconds = time.perf_counter() - started
     tokens = int((out[:, inputs["input_ids"].shape[1] :] != processor.tokenizer.pad_token_id).sum())
+    if args.trace:
+        rollout = lambda: model.generate(**inputs, max_new_tokens=16, **sampling(1.0))  # noqa: E731
+        trace(args.trace, "rollouts, 16 tokens", rollout, model.device)
     return {"rollout_hf_s": round(seconds, 2), "rollout_hf_tokens_per_s": round(tokens / seconds, 1)}
+
+
+def trace(path: str, part: str, run, device: torch.device) -> None:
+    """Appends to path what one run() spends, by operator: its own device time on a GPU (CPU time without one),
+    and the share of the wall time that the device was busy."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    synchronize(device)
+    started = time.perf_counter()
+    with profile(activities=activities) as profiler:
+        run()
+        synchronize(device)
+    wall = time.perf_counter() - started
+    table = profiler.key_averages()
+    key = "self_device_time_total" if gpu else "self_cpu_time_total"
+    busy = sum(getattr(event, key) for event in table) / 1e6  # microseconds
+    with open(path, "a") as out:
+        out.write(f"## {part}: {wall:.3f} s wall (profiled), {'device' if gpu else 'CPU'} busy {busy:.3f} s\n")
+        out.write(table.table(sort_by=key, row_limit=30, max_name_column_width=60) + "\n\n")
 
 
 def vllm_speed(args, model, processor) -> dict:
@@ -185,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--rollout-tokens", type=int, default=256)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak")
+    parser.add_argument("--trace", metavar="FILE", help="append a profile of one SFT step and of rollouts to FILE")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -198,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "parameters": parameters,
         "finetune": "full" if args.full else "lora",
+        "fast_paths": fast_paths.enabled(),
         **sft_speed(args, model, processor, device),
         **rollout_speed(args, model, processor),
     }
