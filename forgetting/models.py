@@ -33,7 +33,7 @@ os.environ.setdefault("USE_HUB_KERNELS", "NO")
 
 def hub_kernels() -> bool:
     """Whether transformers may swap layers for the Hub's kernels (USE_HUB_KERNELS, read as transformers reads it)."""
-    return os.environ.get("USE_HUB_KERNELS", "NO").upper() in {"1", "ON", "YES", "TRUE"}
+    return os.environ.get("USE_HUB_KERNELS", "NO").lower() in {"true", "1", "y", "yes", "on"}
 
 
 ASSETS = REPO_ROOT / "assets"

@@ -379,7 +379,7 @@ def test_an_arm_is_retrained_when_its_libraries_or_training_code_change(setup, t
         monkeypatch.undo()
         environment.training_fingerprint.cache_clear()
     assert arm_dir(config, "sft", BASE, dataset) == before
-    monkeypatch.setenv("USE_HUB_KERNELS", "yes")  # layers from the Hub: another arm; off: the arm as before
+    monkeypatch.setenv("USE_HUB_KERNELS", "y")  # layers from the Hub (any of transformers' true values): another arm
     assert arm_dir(config, "sft", BASE, dataset) != before
     monkeypatch.setenv("USE_HUB_KERNELS", "NO")
     assert arm_dir(config, "sft", BASE, dataset) == before
