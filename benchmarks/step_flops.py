@@ -153,8 +153,8 @@ class StepMeter(TrainerCallback):
             counted = self.logs[name].alone()
             out = {kind: counted[kind] / len(self.flops) for kind in ("products", "attention", "failed")}
             if name in self.kernel_logs:
-                everything = self.kernel_logs[name].alone()
-                out |= {"kernels": everything["kernels"], "failed": out["failed"] + everything["failed"]}
+                others = self.kernel_logs[name].alone(("kernels",))  # its products and attention: replayed above
+                out |= {"kernels": others["kernels"], "failed": out["failed"] + others["failed"]}
                 out["calls"] = sum(self.kernel_logs[name].calls.values())
         return out | {"attention_flops": self.logs[name].attention_flops / len(self.flops)}
 

@@ -23,6 +23,7 @@ ATTENTION = {
     aten._scaled_dot_product_flash_attention_for_cpu: "forward",
     aten._scaled_dot_product_flash_attention_for_cpu_backward: "backward",
 }
+KINDS = ("products", "attention", "kernels")
 
 
 def _signature(value):
@@ -44,6 +45,12 @@ def attention_flops(kind: str, args: tuple) -> int:
     return sdpa_backward_flop_count(args[0].shape, args[1].shape, args[2].shape, args[3].shape)
 
 
+def kind(func) -> str:
+    """A logged call's kind: "products", "attention" or "kernels" (any other operator)."""
+    packet = func.overloadpacket
+    return "attention" if packet in ATTENTION else "products" if packet in PRODUCTS else "kernels"
+
+
 class ProductLog(TorchDispatchMode):
     """While entered, every matrix product and attention kernel (with every_kernel, every operator): how often it ran
     at each signature (operator, shapes, strides, dtypes, other arguments), a copy of its inputs the first time, and
@@ -58,25 +65,27 @@ class ProductLog(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        packet = func.overloadpacket
-        if self.every_kernel or packet in PRODUCTS or packet in ATTENTION:
+        called = kind(func)
+        if self.every_kernel or called != "kernels":
             key = (func, _signature(args), _signature(tuple(sorted(kwargs.items()))))
             self.calls[key] += 1
             if key not in self.inputs:
                 with _disable_current_modes():  # the copies are no calls of the step: a log below must not see them
                     self.inputs[key] = (tree_map(_copy, args), tree_map(_copy, kwargs))
-            if packet in ATTENTION:
-                self.attention_flops += attention_flops(ATTENTION[packet], args)
+            if called == "attention":
+                self.attention_flops += attention_flops(ATTENTION[func.overloadpacket], args)
         return func(*args, **kwargs)
 
-    def alone(self, repeats: int = 5) -> dict[str, float]:
-        """Seconds of the logged calls by kind (`products`, `attention`, `kernels`: every other operator, each called
-        from Python as eager mode calls it), each signature run alone on its first inputs: two warm-up runs, then the
-        median of `repeats`, times how often it ran. `failed`: calls whose operator would not run again on copies
-        of its inputs (left out of the seconds)."""
-        seconds = {"products": 0.0, "attention": 0.0, "kernels": 0.0, "failed": 0}
+    def alone(self, kinds: tuple[str, ...] = KINDS, repeats: int = 5) -> dict[str, float]:
+        """Seconds of the logged calls of those kinds (`products`, `attention`, `kernels`: every other operator,
+        each called from Python as eager mode calls it), each signature run alone on its first inputs: two warm-up
+        runs, then the median of `repeats`, times how often it ran. `failed`: calls whose operator would not run
+        again on copies of its inputs (left out of the seconds)."""
+        seconds = dict.fromkeys(kinds, 0.0) | {"failed": 0}
         for key, count in self.calls.items():
             func = key[0]
+            if kind(func) not in kinds:
+                continue
             args, kwargs = self.inputs[key]
             runs = []
             try:
@@ -88,7 +97,5 @@ class ProductLog(TorchDispatchMode):
             except (RuntimeError, TypeError, ValueError):
                 seconds["failed"] += count
                 continue
-            packet = func.overloadpacket
-            kind = "attention" if packet in ATTENTION else "products" if packet in PRODUCTS else "kernels"
-            seconds[kind] += statistics.median(runs) * count
+            seconds[kind(func)] += statistics.median(runs) * count
         return seconds
