@@ -22,17 +22,27 @@ through the vision tower) with the think prompt, batched through the project's p
   FORGETTING_FAST_PATHS=0 measures transformers' own). --trace FILE: one more SFT step and 16 tokens of rollouts
   under torch's profiler, its operators by their own device time (CPU time without a GPU) written to FILE, with
   how much of each part's wall time the device was busy (far below 1: the GPU waits for Python and launches).
+- --operators: instead of timing, counts the operators one SFT step and one decoding step call, by the part of the
+  model that calls them (the vision tower's windowed and full-attention blocks, the language model's layers, the
+  rest of the forward; the backward pass, gradient checkpointing's recomputation included, and the optimizer). On a
+  GPU each is at least one kernel launch, and a step of tens of thousands of them waits for Python and launches
+  more than for the device. The counts do not depend on the widths, so --narrow cuts them (the depth, heads per
+  key, windows and patches stay) and a CPU counts the full-depth model in minutes:
+
+      python benchmarks/gpu_arms.py --operators --narrow
 
 Prints one JSON line last.
 """
 
 import argparse
+import collections
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from forgetting import fast_paths
 from forgetting.architectures import architecture_config, project_tokenizer, stock_chat_template
@@ -53,6 +63,11 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
     return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
 
 
+# --narrow: the widths cut, the structure kept (the text heads' size, 2 heads a key, the vision heads' size)
+NARROW_TEXT = dict(hidden_size=512, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+NARROW_VISION = dict(hidden_size=160, intermediate_size=256, num_heads=2, out_hidden_size=512)
+
+
 def build(args, device: torch.device, dtype: torch.dtype):
     """The random-init model (LoRA-wrapped unless --full) and the processor with the stock template."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -60,6 +75,11 @@ def build(args, device: torch.device, dtype: torch.dtype):
     fast_paths.install()  # what the study's models run (models.load_model installs them too)
     tokenizer = project_tokenizer(stock_chat_template())
     config = architecture_config(tokenizer, args.text_layers, args.vision_blocks, vocab_size=151936)
+    if args.narrow:
+        for key, value in NARROW_TEXT.items():
+            setattr(config.text_config, key, value)
+        for key, value in NARROW_VISION.items():
+            setattr(config.vision_config, key, value)
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(config).to(device=device, dtype=dtype)
     return model, build_processor(tokenizer)
@@ -92,7 +112,8 @@ def model_flops(model, inputs: dict, trained_weights: bool) -> float:
     return 3 * (vision + text) if trained_weights else vision + 2 * text
 
 
-def sft_speed(args, model, processor, device: torch.device) -> dict:
+def sft_speed(args, model, processor, device: torch.device, counted: "OperatorCount | None" = None) -> dict:
+    """SFT's step time and model FLOP/s; with counted, its operators by part instead (one step after a warm-up)."""
     conversations = puzzle_conversations(args.batch, answers=True)
     inputs = {k: v.to(device) for k, v in batch(processor, conversations, train=True).items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -108,6 +129,12 @@ def sft_speed(args, model, processor, device: torch.device) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    if counted is not None:
+        step()  # warm-up: the optimizer's state is made in the first
+        counted.counts.clear()
+        with counted:
+            step()
+        return dict(counted.counts)
     times = []
     for number in range(args.steps + 1):
         synchronize(device)
@@ -170,6 +197,61 @@ def trace(path: str, part: str, run, device: torch.device) -> None:
         out.write(table.table(sort_by=key, row_limit=30, max_name_column_width=60) + "\n\n")
 
 
+class OperatorCount(TorchDispatchMode):
+    """Counts the operators dispatched while active, by the part of the model whose forward is running (watch()
+    names the parts) or `outside` (the backward pass, the optimizer, generate's own work)."""
+
+    def __init__(self):
+        super().__init__()
+        self.part, self.counts, self.stack = "outside", collections.Counter(), []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[self.part] += 1
+        return func(*args, **(kwargs or {}))
+
+    def watch(self, module, part: str) -> None:
+        def enter(*_):
+            self.stack.append(self.part)
+            self.part = part
+
+        def leave(*_):
+            self.part = self.stack.pop()
+
+        module.register_forward_pre_hook(enter)
+        module.register_forward_hook(leave)
+
+
+def operator_counts(args, model, processor, device: torch.device) -> dict:
+    """Operators of one SFT step (after a warm-up step) and of one decoding step (generate at 12 tokens less generate
+    at 4, over 8), by part: what --operators prints."""
+    counter = OperatorCount()
+    visual = model.get_base_model().model.visual if hasattr(model, "get_base_model") else model.model.visual
+    full = set(visual.fullatt_block_indexes)
+    for index, block in enumerate(visual.blocks):
+        counter.watch(block, "vision_full_blocks" if index in full else "vision_windowed_blocks")
+    for layer in next(m for m in model.modules() if type(m).__name__ == "Qwen2_5_VLTextModel").layers:
+        counter.watch(layer, "text_layers")
+    counter.watch(model, "forward_rest")  # what a part inside does not count
+    sft = sft_speed(args, model, processor, device, counted=counter)
+    model.eval()
+    prompts = puzzle_conversations(args.prompts, answers=False)
+    inputs = batch(processor, [c for c in prompts for _ in range(args.generations)], train=False)
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    decoding = {}
+    for tokens in (4, 12):
+        counter.counts.clear()
+        with torch.no_grad(), counter:
+            model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, **sampling(1.0))
+        decoding[tokens] = dict(counter.counts)
+    per_token = {part: (decoding[12].get(part, 0) - decoding[4].get(part, 0)) / 8 for part in decoding[12]}
+    return {
+        "sft_operators": sum(sft.values()),
+        "sft_operators_by_part": sft,
+        "decoding_operators_per_token": round(sum(per_token.values()), 1),
+        "decoding_operators_by_part": {part: round(count, 1) for part, count in per_token.items()},
+    }
+
+
 def vllm_speed(args, model, processor) -> dict:
     """The same rollouts through vLLM from the model saved to a folder; {"vllm": why not} when it cannot run."""
     try:
@@ -221,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rollout-tokens", type=int, default=256)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak")
     parser.add_argument("--trace", metavar="FILE", help="append a profile of one SFT step and of rollouts to FILE")
+    parser.add_argument("--operators", action="store_true", help="count the operators of the steps instead of timing")
+    parser.add_argument("--narrow", action="store_true", help="cut the widths (for --operators on a CPU)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -235,9 +319,11 @@ def main(argv: list[str] | None = None) -> None:
         "parameters": parameters,
         "finetune": "full" if args.full else "lora",
         "fast_paths": fast_paths.enabled(),
-        **sft_speed(args, model, processor, device),
-        **rollout_speed(args, model, processor),
     }
+    if args.operators:
+        print(json.dumps(result | {"narrow": args.narrow} | operator_counts(args, model, processor, device)))
+        return
+    result |= sft_speed(args, model, processor, device) | rollout_speed(args, model, processor)
     peak = peak_tflops(device, args.peak_tflops)
     result["sft_mfu"] = round(result["sft_model_tflops_per_s"] / peak, 3) if peak else None
     if device.type == "cuda":

@@ -14,9 +14,12 @@ Two change the order of floating-point sums, so results agree to float rounding 
 
 The others compute the same numbers bit for bit:
 
-- Attention within each image (or window) of the vision tower in one batched call when every image has the same
-  size. transformers' tower calls attention once per image on CPU (only flash-attention takes the whole list at
-  once), some thousand calls per evaluation of the tiny model; one call over the images as a batch.
+- Attention within each image (or window) of the vision tower in one batched call per length. transformers'
+  tower calls sdpa attention once per image or window (only flash-attention takes the whole list at once): some
+  thousand calls per evaluation of the tiny model, and at the paper's 504 px 25 windows an image in each of
+  28 windowed blocks, 200 calls a block for a batch of 8, each a few kernel launches on a GPU. Here the images or
+  windows of each length go through attention as one batch (one call for the tiny model's images, three for the
+  windows of 504 px images).
 - Qwen2.5-VL's rope positions (get_rope_index) in tensor operations over the whole batch: transformers loops in
   Python over the rows and over each row's runs of text and image tokens, 15 ms for a GRPO batch of 64 rows (and
   again for the reference model's forward), 1 ms here; the same integers.
@@ -108,11 +111,14 @@ def _rms_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def _vision_attention(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
-    """Qwen2_5_VLVisionAttention.forward with the images (or windows: cu_seqlens) as the batch of one attention
-    call, when they are all the same length and attention is sdpa; otherwise transformers' own, which calls
-    attention once per image."""
+    """Qwen2_5_VLVisionAttention.forward with the images (or windows: cu_seqlens) of each length as the batch of one
+    attention call, when attention is sdpa and some share a length; otherwise transformers' own, which calls
+    attention once per image or window. Windows come in a few lengths (at 504 px an image's 25 windows in three), so
+    a block over a batch of images makes a few calls instead of one per window: the rows go to an order where the
+    windows of each length follow one another, and back after attention (a permutation: no sum changes)."""
     lengths = cu_seqlens.diff().tolist()
-    if self.config._attn_implementation != "sdpa" or len(lengths) < 2 or len(set(lengths)) != 1:
+    groups = _by_length(lengths)
+    if self.config._attn_implementation != "sdpa" or len(groups) == len(lengths):
         return _ORIGINAL["vision_attention"](self, hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
@@ -120,14 +126,37 @@ def _vision_attention(self, hidden_states, cu_seqlens, position_embeddings=None,
     rows = hidden_states.shape[0]
     query, key, value = self.qkv(hidden_states).reshape(rows, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     query, key = apply_rotary_pos_emb_vision(query, key, *position_embeddings)
-    query, key, value = (
-        t.reshape(len(lengths), lengths[0], self.num_heads, -1).transpose(1, 2) for t in (query, key, value)
+    order = None if len(groups) == 1 else _grouped_rows(cu_seqlens, groups)
+    if order is not None:
+        query, key, value = (t[order] for t in (query, key, value))
+    outs, start = [], 0
+    for length, count in ((length, len(windows)) for length, windows in groups):
+        end = start + length * count
+        q, k, v = (t[start:end].reshape(count, length, self.num_heads, -1).transpose(1, 2) for t in (query, key, value))
+        out, _ = sdpa_attention_forward(
+            self, q, k, v, attention_mask=None, scaling=self.scaling,
+            dropout=self.attention_dropout if self.training else 0.0, is_causal=False, **kwargs,
+        )  # fmt: skip
+        outs.append(out.reshape(end - start, -1))
+        start = end
+    out = outs[0] if order is None else torch.cat(outs)[torch.argsort(order)]
+    return self.proj(out.contiguous())
+
+
+def _by_length(lengths: list[int]) -> list[tuple[int, list[int]]]:
+    """(length, the windows of that length in their order) for each length, in the order lengths first occur."""
+    groups: dict[int, list[int]] = {}
+    for window, length in enumerate(lengths):
+        groups.setdefault(length, []).append(window)
+    return list(groups.items())
+
+
+def _grouped_rows(cu_seqlens: torch.Tensor, groups: list[tuple[int, list[int]]]) -> torch.Tensor:
+    """The rows of the windows of groups, group after group (each window's rows in their order)."""
+    starts = cu_seqlens[:-1]
+    return torch.cat(
+        [(starts[windows, None] + torch.arange(length, device=starts.device)).reshape(-1) for length, windows in groups]
     )
-    out, _ = sdpa_attention_forward(
-        self, query, key, value, attention_mask=None, scaling=self.scaling,
-        dropout=self.attention_dropout if self.training else 0.0, is_causal=False, **kwargs,
-    )  # fmt: skip
-    return self.proj(out.reshape(rows, -1).contiguous())
 
 
 def _rope_index(

@@ -152,13 +152,14 @@ def test_the_assistant_mask_marks_the_tokens_transformers_marks(tmp_path):
     [
         ([(112, 112)] * 5, 2),  # five images, each one window: one call a block
         ([(224, 224)] * 2, 2),  # two images of four windows each: one call a block
-        ([(112, 112), (168, 112)], 2 + 3),  # images of two sizes: the full block per image, the windows per window
+        ([(112, 112), (168, 112)], 2 + 2),  # windows of 64, 64, 32 patches: two calls; images of 64 and 96: two
+        ([(168, 112), (112, 112), (168, 112)], 2 + 2),  # windows 64, 32, 64, 64, 32; images 96, 64, 96: out of order
     ],
 )
 def test_the_vision_tower_attends_within_images_in_one_call_bit_for_bit(sizes, calls, monkeypatch):
     """The tiny base's tower (a windowed block, then a full one) gives the same features and gradients, bit for
-    bit, when images (or windows) of one size go through attention as one batch, and transformers' own per-image
-    calls otherwise."""
+    bit, when the images (or windows) of each length go through attention as one batch as when transformers calls
+    it once per image or window."""
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
 
     config = load_config("tiny")
