@@ -97,12 +97,17 @@ def puzzle_conversations(n: int, answers: bool) -> list[list[dict]]:
         ]
 
 
+def unwrapped(model):
+    """The Qwen2.5-VL model under the LoRA wrapper (the model itself without one)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def model_flops(model, inputs: dict, trained_weights: bool) -> float:
     """A step's model FLOPs. Forward: 2 x parameters x tokens for each part (the vision blocks on the patches, the
     merger on the merged tokens, the language model's layers and head on every token; the embedding is a lookup).
     Backward: activation gradients as much again as the forward, weight gradients once more (--full). With LoRA
     the vision tower has nothing to train and no gradient reaches it: forward only."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     visual, language = inner.model.visual, inner.model.language_model
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     patches = int(inputs["image_grid_thw"].prod(-1).sum())
@@ -156,13 +161,18 @@ def sft_speed(args, model, processor, device: torch.device, counted: "OperatorCo
 
 
 @torch.no_grad()
+def rollout_inputs(args, model, processor) -> dict:
+    """GRPO's generation batch: --generations rows of each of --prompts jigsaw prompts, on the model's device."""
+    prompts = puzzle_conversations(args.prompts, answers=False)
+    inputs = batch(processor, [c for c in prompts for _ in range(args.generations)], train=False)
+    return {k: v.to(model.device) for k, v in inputs.items()}
+
+
 def rollout_speed(args, model, processor) -> dict:
     """Generated tokens/s of one batch of rollouts through generate, sampled as GRPO samples (sampling()). Tokens
     are counted as generated (ids past the project tokenizer's 509 decode to nothing: the head is the real 151,936)."""
     model.eval()
-    prompts = puzzle_conversations(args.prompts, answers=False)
-    inputs = batch(processor, [c for c in prompts for _ in range(args.generations)], train=False)
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    inputs = rollout_inputs(args, model, processor)
     model.generate(**inputs, max_new_tokens=2, **sampling(1.0))  # warm-up
     synchronize(model.device)
     started = time.perf_counter()
@@ -223,27 +233,25 @@ class OperatorCount(TorchDispatchMode):
 
 def operator_counts(args, model, processor, device: torch.device) -> dict:
     """Operators of one SFT step (after a warm-up step) and of one decoding step (generate at 12 tokens less generate
-    at 4, over 8), by part: what --operators prints."""
+    at 4, over the 8 tokens between), by part: what --operators prints."""
     counter = OperatorCount()
-    visual = model.get_base_model().model.visual if hasattr(model, "get_base_model") else model.model.visual
-    full = set(visual.fullatt_block_indexes)
-    for index, block in enumerate(visual.blocks):
+    inner = unwrapped(model).model
+    full = set(inner.visual.fullatt_block_indexes)
+    for index, block in enumerate(inner.visual.blocks):
         counter.watch(block, "vision_full_blocks" if index in full else "vision_windowed_blocks")
-    for layer in next(m for m in model.modules() if type(m).__name__ == "Qwen2_5_VLTextModel").layers:
+    for layer in inner.language_model.layers:
         counter.watch(layer, "text_layers")
     counter.watch(model, "forward_rest")  # what a part inside does not count
     sft = sft_speed(args, model, processor, device, counted=counter)
     model.eval()
-    prompts = puzzle_conversations(args.prompts, answers=False)
-    inputs = batch(processor, [c for c in prompts for _ in range(args.generations)], train=False)
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    inputs = rollout_inputs(args, model, processor)
     decoding = {}
     for tokens in (4, 12):
         counter.counts.clear()
         with torch.no_grad(), counter:
             model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, **sampling(1.0))
-        decoding[tokens] = dict(counter.counts)
-    per_token = {part: (decoding[12].get(part, 0) - decoding[4].get(part, 0)) / 8 for part in decoding[12]}
+        decoding[tokens] = counter.counts.copy()
+    per_token = {part: (decoding[12][part] - decoding[4][part]) / (12 - 4) for part in decoding[12]}
     return {
         "sft_operators": sum(sft.values()),
         "sft_operators_by_part": sft,

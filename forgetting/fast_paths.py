@@ -130,7 +130,8 @@ def _vision_attention(self, hidden_states, cu_seqlens, position_embeddings=None,
     if order is not None:
         query, key, value = (t[order] for t in (query, key, value))
     outs, start = [], 0
-    for length, count in ((length, len(windows)) for length, windows in groups):
+    for length, windows in groups:
+        count = len(windows)
         end = start + length * count
         q, k, v = (t[start:end].reshape(count, length, self.num_heads, -1).transpose(1, 2) for t in (query, key, value))
         out, _ = sdpa_attention_forward(
