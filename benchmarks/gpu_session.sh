@@ -22,6 +22,6 @@ step() {  # name, seconds, command...: runs it with a time limit, its output to 
     tail -n 2 "$out/$name.log"
 }
 step arms 170 python3 benchmarks/gpu_arms.py --trace "$out/trace.txt"
-step arms_stock 100 env FORGETTING_FAST_PATHS=0 python3 benchmarks/gpu_arms.py --steps 3 --rollout-tokens 32
+step arms_stock 130 env FORGETTING_FAST_PATHS=0 python3 benchmarks/gpu_arms.py --steps 3 --rollout-tokens 32
 LIMIT=${LIMIT:-260} GPU_STUDY_WORK=/tmp/gpu-study bash benchmarks/gpu_study.sh "$out" paper-3b-smoke
 echo "all in $((SECONDS - start)) s"

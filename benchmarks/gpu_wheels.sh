@@ -66,7 +66,7 @@ drop() {  # folder, regex of the subfolders to keep: removes the others
 }
 drop transformers/models 'auto|qwen2|qwen2_vl|qwen2_5_vl'
 drop lm_eval/tasks '_none_'
-rm -rf "$site"/prefect/server/ui "$site"/prefect/server/ui-v2 "$site"/*.data "$site"/apprise/i18n
+rm -rf "$site"/prefect/server/ui "$site"/prefect/server/ui-v2 "$site"/*.data
 find "$site" -name __pycache__ -type d -prune -exec rm -rf {} +
 mkdir -p "$dir"
 tar -C "$site" -cf - . | xz -9 -T2 >"$dir/site.tar.xz"
