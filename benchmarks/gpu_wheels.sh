@@ -9,6 +9,8 @@
 # (mlflow-skinny is the `mlflow` the flows import), developer tools; and inside packages, what no run there loads:
 # transformers' other model families, lm-eval's built-in tasks (the study registers its own), Prefect's web UI,
 # compiled bytecode. Console scripts are not installed: the flows start their servers and workers with `python -m`.
+# Checked on this machine with this .venv's transformers, lm-eval and Prefect cut the same way: the paper-3b-smoke
+# study (tests/test_flows.py) and gpu_arms.py's CPU check pass.
 set -euo pipefail
 dir=${1:-.whl}
 python=${PYTHON:-.venv/bin/python}
@@ -64,7 +66,8 @@ done
 drop() {  # folder, regex of the subfolders to keep: removes the others
     find "$site/$1" -mindepth 1 -maxdepth 1 -type d | grep -Ev "/$1/($2)\$" | xargs -r rm -rf
 }
-drop transformers/models 'auto|qwen2|qwen2_vl|qwen2_5_vl'
+# encoder_decoder: the auto classes import it; bloom: TRL does
+drop transformers/models 'auto|qwen2|qwen2_vl|qwen2_5_vl|encoder_decoder|bloom'
 drop lm_eval/tasks '_none_'
 rm -rf "$site"/prefect/server/ui "$site"/prefect/server/ui-v2 "$site"/*.data
 find "$site" -name __pycache__ -type d -prune -exec rm -rf {} +
