@@ -15,10 +15,10 @@ mkdir -p "$out"
 if [ "$archive" != - ]; then
     mkdir -p /tmp/site && tar -xJf "$archive" -C /tmp/site || exit 1
     export PYTHONPATH=/tmp/site:$PWD
+    echo "packages unpacked in $((SECONDS - start)) s"
 fi
 export PYTHONUNBUFFERED=1 PREFECT_UI_ENABLED=false
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false
-echo "packages unpacked in $((SECONDS - start)) s"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1
 step() {  # name, seconds, command...: runs it with a time limit, its output to OUT_DIR/name.log
     local name=$1 limit=$2 t=$SECONDS

@@ -34,7 +34,7 @@ statsmodels sympy tabulate tensorboard tensorboard-data-server tensorstore threa
 tokenizers toolz torch torchaudio torchdiffeq torch-geometric torchmetrics torchvision tqdm treescope triton typer
 typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp"
 LEAVE_OUT="mlflow flask flask-cors gunicorn graphene graphql-core graphql-relay huey skops itsdangerous blinker docker
-kernels ruff py-spy pytest hypothesis amplitude-analytics"
+kernels ruff py-spy amplitude-analytics"
 wanted=$($python -m pip freeze --exclude-editable | "$python" -c '
 import sys
 norm = lambda s: s.strip().lower().replace("_", "-").replace(".", "-")
@@ -58,7 +58,7 @@ for req in $wanted; do
         "${platforms[@]}" -d "$wheels" "$req" 2>/dev/null || sdists+=("$req")
 done
 for req in "${sdists[@]}"; do  # PyPI has only sources of a few (sqlitedict, word2number): pure Python, built here
-    $python -m pip wheel -q --no-deps -w "$wheels" "$req" 2>/dev/null
+    $python -m pip wheel -q --no-deps -w "$wheels" "$req"
 done
 for wheel in "$wheels"/*.whl; do  # a wheel installs by unpacking; .data folders hold only scripts and headers
     unzip -qo "$wheel" -d "$site"
