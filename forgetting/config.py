@@ -358,7 +358,7 @@ class StudyConfig(Section):
     @classmethod
     def _distinct_seeds(cls, v: list[int]) -> list[int]:
         if len(set(v)) != len(v) or any(s < 0 or s > 2**31 - 1 for s in v):
-            raise ValueError(f"seeds must be distinct integers in [0, 2^31 - 1], got {v}")
+            raise ValueError("seeds must be distinct integers in [0, 2^31 - 1]")
         return v
 
     def per_seed(self) -> list["StudyConfig"]:
