@@ -3,6 +3,7 @@ command line before any expensive work. The config validates its own values (for
 looks at what they point to.
 """
 
+import tempfile
 from pathlib import Path
 
 from forgetting.benchmarks import check_benchmarks
@@ -15,6 +16,7 @@ def check_inputs(config: StudyConfig, base_model: bool = True, benchmarks: bool 
     """ConfigError naming the field, or nothing. base_model=False skips the check that the base model can be
     found (for the flow that builds it), benchmarks=False the check that lm-eval knows every benchmark name
     (for flows that evaluate nothing)."""
+    check_output(config.output.path)
     p = config.puzzles
     if p.source == "folder":
         folder = Path(p.folder).expanduser()
@@ -36,3 +38,13 @@ def check_inputs(config: StudyConfig, base_model: bool = True, benchmarks: bool 
         resolve_model_path(config.model.name_or_path)  # raises ModelLoadError, a ConfigError
         if any(getattr(config.arms, arm).enabled for arm in ("sft", "teacher_sft", "rollout_sft")):
             check_training_template(config.model.name_or_path)  # assistant-only loss needs a mask
+
+
+def check_output(folder: Path) -> None:
+    """ConfigError unless the output folder exists, or can be made, and takes a file: it is made here (every run
+    would make it next) and a temporary file is written into it and removed."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise ConfigError(f"output.dir: {folder} is not a folder this run can write to ({err.strerror})") from None

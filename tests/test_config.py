@@ -96,6 +96,16 @@ def test_folder_source_needs_an_existing_folder(tmp_path):
         check_inputs(config)
 
 
+def test_an_output_folder_that_cannot_be_written_is_named_before_any_work(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    for folder, reason in ((tmp_path / "a-file" / "runs", "Not a directory"), (tmp_path / "a-file", "File exists")):
+        with pytest.raises(ConfigError, match=f"output.dir: {folder} is not a folder this run can write to .{reason}"):
+            check_inputs(load_config("micro", output_dir=str(folder)), base_model=False, benchmarks=False)
+    fresh = tmp_path / "new" / "runs"
+    check_inputs(load_config("micro", output_dir=str(fresh)), base_model=False, benchmarks=False)
+    assert fresh.is_dir() and not any(fresh.iterdir())  # made, and the probe file gone
+
+
 def test_study_id_ignores_where_results_go(tmp_path):
     a = load_config("micro", output_dir=str(tmp_path / "a"))
     b = load_config("micro", output_dir=str(tmp_path / "b"))
