@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -99,7 +100,9 @@ def test_folder_source_needs_an_existing_folder(tmp_path):
 def test_an_output_folder_that_cannot_be_written_is_named_before_any_work(tmp_path):
     (tmp_path / "a-file").write_text("")
     for folder, reason in ((tmp_path / "a-file" / "runs", "Not a directory"), (tmp_path / "a-file", "File exists")):
-        with pytest.raises(ConfigError, match=f"output.dir: {folder} is not a folder this run can write to .{reason}"):
+        with pytest.raises(
+            ConfigError, match=re.escape(f"output.dir: {folder} is not a folder this run can write to ({reason}")
+        ):
             check_inputs(load_config("micro", output_dir=str(folder)), base_model=False, benchmarks=False)
     fresh = tmp_path / "new" / "runs"
     check_inputs(load_config("micro", output_dir=str(fresh)), base_model=False, benchmarks=False)
