@@ -1,24 +1,25 @@
 """The text model's attention at the tiny study's shapes: torch's fused kernel against two batched products.
 
-    .venv/bin/python benchmarks/attention_shapes.py                 # each shape alone, both ways
-    .venv/bin/python benchmarks/attention_shapes.py --step-flops    # step_flops.py with the two products installed
+    .venv/bin/python benchmarks/attention_shapes.py                  # each shape alone, both ways
+    .venv/bin/python benchmarks/attention_shapes.py --alternate 84   # GRPO steps, the two ways on alternate steps
 
 On CPU, `scaled_dot_product_attention` runs a fused flash kernel that is slow at GRPO's short queries over long
 keys (64 rows, 9-17 completion tokens against some 110 keys with a padding mask). `two_products` computes the same
 attention as a batched product, a softmax and a second product, the heads that share a key-value head stacked as
 one block of queries (no repeat of the keys); its sums run in another order, so results agree to float rounding, not
 bit for bit. Each shape prints one JSON line: milliseconds forward and backward (or forward only, for one query),
-forward without gradient, and the largest difference. `--step-flops` runs benchmarks/step_flops.py (its arguments
-after `--`) with two_products as transformers' sdpa attention for every CPU call with a boolean mask or none, to
-compare its step times with a plain step_flops.py run beside it. docs/experiments.md, "A GRPO step by operator",
-has the numbers and why the project does not use it.
+forward without gradient, and the largest difference. `--alternate STEPS` trains the tiny profile's RFT arm for
+STEPS steps in one process, transformers' sdpa attention on even steps and two_products (every CPU call with a
+boolean mask or none) on odd ones, and prints the median step of each after the first 4: one process, so the
+machine's drift (runs of one kind differ by up to 18% between processes) falls on both alike. docs/experiments.md,
+"A GRPO step by operator", has the numbers and why the project does not use it.
 """
 
 import argparse
 import functools
 import json
-import runpy
-import sys
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,9 +98,9 @@ def alone() -> None:
         print(json.dumps(line), flush=True)
 
 
-def install() -> None:
-    """two_products as transformers' sdpa attention for every CPU call with a boolean mask or none, no dropout and no
-    position bias; transformers' own otherwise."""
+def attention_functions() -> tuple:
+    """(transformers' sdpa attention, the same with two_products for every CPU call with a boolean mask or none, no
+    dropout and no position bias)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     original = ALL_ATTENTION_FUNCTIONS["sdpa"]
@@ -119,22 +120,56 @@ def install() -> None:
         out = two_products(query, key, value, attention_mask, causal, scale)
         return out.transpose(1, 2).contiguous(), None
 
-    ALL_ATTENTION_FUNCTIONS["sdpa"] = attention
+    return original, attention
+
+
+def alternate(steps: int, warmup: int = 4) -> None:
+    """The tiny RFT arm for `steps` steps, the fused kernel on even steps and two_products on odd ones; one JSON
+    line with each one's median and mean step (steps after warmup) and how many steps each had."""
+    from transformers import TrainerCallback
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from forgetting.rft import train_rft
+    from forgetting.trainer import preload
+
+    from short_arms import short_arms
+
+    kinds = dict(zip(("fused", "two_products"), attention_functions(), strict=True))
+    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
+
+    class Alternate(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.kind, self.step = ("two_products" if state.global_step % 2 else "fused"), state.global_step
+            ALL_ATTENTION_FUNCTIONS["sdpa"] = kinds[self.kind]
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.step >= warmup:
+                seconds[self.kind].append(time.perf_counter() - self.started)
+
+    preload()
+    with tempfile.TemporaryDirectory() as folder:
+        config, base, dataset, _ = short_arms("tiny", steps, Path(folder))
+        train_rft(config, base, dataset, Path(folder) / "rft", [Alternate()])
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = kinds["fused"]
+    line = {"steps": steps}
+    for kind, values in seconds.items():
+        line |= {f"{kind}_steps": len(values), f"{kind}_median_s": round(statistics.median(values), 4)}
+        line[f"{kind}_mean_s"] = round(statistics.mean(values), 4)
+    line["speedup"] = round(line["fused_median_s"] / line["two_products_median_s"], 3)
+    print(json.dumps(line), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--step-flops", action="store_true", help="run step_flops.py (arguments after --) with it")
-    args, rest = parser.parse_known_args()
-    if args.step_flops:
-        install()
-        here = Path(__file__).parent
-        sys.argv = [str(here / "step_flops.py"), "--threads", str(args.threads), *[a for a in rest if a != "--"]]
-        runpy.run_path(str(here / "step_flops.py"), run_name="__main__")
-        return
+    parser.add_argument("--alternate", type=int, metavar="STEPS", help="GRPO steps, the two ways on alternate steps")
+    args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    alone()
+    if args.alternate:
+        alternate(args.alternate)
+    else:
+        alone()
 
 
 if __name__ == "__main__":
