@@ -22,9 +22,9 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 32  # the tiny text model's
 SHAPES = {  # name: (rows, queries, keys, padding mask, causal)
@@ -37,14 +37,13 @@ SHAPES = {  # name: (rows, queries, keys, padding mask, causal)
 
 
 def fused(query, key, value, mask, causal: bool, scale: float):
-    """torch's kernel, as transformers calls it: one query packs the heads of a key-value head, more repeat the keys."""
-    rows, heads, queries, dim = query.shape
-    groups = heads // key.shape[1]
-    if queries == 1:
-        packed = query.reshape(rows, key.shape[1], groups, dim)
-        return F.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scale).reshape(query.shape)
-    key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal, scale=scale)
+    """transformers' sdpa attention (torch's kernel, the keys repeated to every head, or for one query the heads of a
+    key-value head packed), as the text model calls it, in two_products' layout (rows, heads, queries, dim)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = SimpleNamespace(num_key_value_groups=query.shape[1] // key.shape[1], is_causal=causal)
+    out, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=scale, is_causal=causal)
+    return out.transpose(1, 2)
 
 
 def two_products(query, key, value, mask, causal: bool, scale: float):
@@ -148,10 +147,12 @@ def alternate(steps: int, warmup: int = 4) -> None:
                 seconds[self.kind].append(time.perf_counter() - self.started)
 
     preload()
-    with tempfile.TemporaryDirectory() as folder:
-        config, base, dataset, _ = short_arms("tiny", steps, Path(folder))
-        train_rft(config, base, dataset, Path(folder) / "rft", [Alternate()])
-    ALL_ATTENTION_FUNCTIONS["sdpa"] = kinds["fused"]
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            config, base, dataset, _ = short_arms("tiny", steps, Path(folder))
+            train_rft(config, base, dataset, Path(folder) / "rft", [Alternate()])
+    finally:
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = kinds["fused"]
     line = {"steps": steps}
     for kind, values in seconds.items():
         line |= {f"{kind}_steps": len(values), f"{kind}_median_s": round(statistics.median(values), 4)}
