@@ -2,7 +2,8 @@
 
     python -m flows.<name> --profile NAME|PATH.yaml [--set dotted.key=value ...] [--output-dir DIR]
 
-A bad profile, key or value is reported by field name with exit code 2, before any work starts.
+A bad profile, key or value is reported by field name with exit code 2, before any work starts; bad input a stage
+finds on its way (a damaged stored model) ends the command with exit code 2 and one line naming it too.
 """
 
 import argparse
@@ -60,7 +61,11 @@ def run(
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     server_ready()
-    flow(config, **own)
+    try:
+        flow(config, **own)
+    except (ConfigError, PuzzleError) as err:  # found by a stage (a damaged file); the flow run's log has the rest
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     end_quickly()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from forgetting.benchmarks import check_benchmarks
 from forgetting.config import ConfigError, StudyConfig
+from forgetting.model_files import check_model_files
 from forgetting.models import check_training_template, resolve_model_path
 from tasks.tracking import check_tracking
 
@@ -35,7 +36,7 @@ def check_inputs(config: StudyConfig, base_model: bool = True, benchmarks: bool 
     if benchmarks:
         check_benchmarks(config.evaluation.benchmarks)  # raises EvaluationError, a ConfigError
     if base_model and not config.model.pretrain:
-        resolve_model_path(config.model.name_or_path)  # raises ModelLoadError, a ConfigError
+        check_model_files(resolve_model_path(config.model.name_or_path))  # raise ModelLoadError, a ConfigError
         if any(getattr(config.arms, arm).enabled for arm in ("sft", "teacher_sft", "rollout_sft")):
             check_training_template(config.model.name_or_path)  # assistant-only loss needs a mask
 

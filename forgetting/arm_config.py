@@ -183,5 +183,5 @@ class ArmsConfig(Section):
     @classmethod
     def _positive_steps(cls, v: list[int]) -> list[int]:
         if any(step < 1 for step in v):
-            raise ValueError(f"checkpoint steps must be at least 1, got {v}")
+            raise ValueError("checkpoint steps must be at least 1")
         return sorted(set(v))

@@ -32,7 +32,7 @@ from forgetting.inference import continuation_logprobs, generate_and_score, samp
 from forgetting.models import chat
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import format_answer, parse_answer, score_answer
-from forgetting.storage import rows_dataset
+from forgetting.storage import read_json_lines, rows_dataset
 from forgetting.world import PRIOR_TASKS, grade
 
 LM_EVAL_TASKS = Path(__file__).resolve().parent.parent / "assets" / "lm_eval"
@@ -77,8 +77,7 @@ def load_docs(
         path = Path(tiny_world_dir) / f"{benchmark}.jsonl"
         if not path.is_file():
             raise EvaluationError(f"{TINY_WORLD}_{benchmark}: no held-out data at {path}")
-        with open(path) as f:
-            rows = [json.loads(line) for line in f]
+        rows = read_json_lines(path)
         for row in rows:
             row["image"] = str(Path(tiny_world_dir) / row["image"]) if row["image"] else ""
     return {"test": rows_dataset(rows)}

@@ -30,7 +30,7 @@ from forgetting.inference import PromptRun, sampling, token_logprobs
 from forgetting.models import chat, load_model, model_fingerprint
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import parse_answer, score_answer, well_formed_think
-from forgetting.storage import one_maker, stable_hash, write_once, write_text_once
+from forgetting.storage import one_maker, read_json, read_json_lines, stable_hash, write_once, write_text_once
 
 
 def puzzle_scores(
@@ -341,7 +341,7 @@ def data_nll(
             return None
         if not path.is_file():
             write_text_once(path, json.dumps(_data_nll(config, base, arm, training_data, dataset), indent=1) + "\n")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def data_nll_path(base: str, training_data: Path) -> Path:
@@ -352,8 +352,7 @@ def data_nll_path(base: str, training_data: Path) -> Path:
 
 
 def _data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset) -> dict:
-    with open(training_data) as f:
-        rows = [json.loads(line) for line in f]
+    rows = read_json_lines(training_data)
     if not rows:
         raise EvaluationError(f"{arm}: no training data in {training_data}")
     stride = max(1, len(rows) // DATA_NLL_ITEMS)

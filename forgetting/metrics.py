@@ -8,11 +8,12 @@ Sign conventions, used everywhere:
 - summary `mean_forgetting` = mean over prior benchmarks of (base - arm), positive meaning forgotten.
 """
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
+
+from forgetting.storage import read_json, read_json_lines
 
 ARM_ORDER = ("base", "sft", "teacher_sft", "rft", "rollout_sft")
 
@@ -34,9 +35,7 @@ def is_puzzle(record: dict, benchmark: str) -> bool:
 
 def read_evaluation(folder: Path) -> tuple[dict, list[dict]]:
     """An evaluation folder (forgetting.evaluation.evaluate_target): its record and per-item samples."""
-    record = json.loads((folder / "evaluation.json").read_text())
-    with open(folder / "samples.jsonl") as f:
-        return record, [json.loads(line) for line in f]
+    return read_json(folder / "evaluation.json"), read_json_lines(folder / "samples.jsonl")
 
 
 def benchmark_frame(records: list[dict]) -> pd.DataFrame:

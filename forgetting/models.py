@@ -23,6 +23,7 @@ from PIL import Image
 from forgetting import fast_paths
 from forgetting.config import PROJECT_MODELS, REPO_ROOT, SHIPPED_MODELS, ConfigError, ModelConfig
 from forgetting.image_files import IMAGE_FILES
+from forgetting.model_files import ModelLoadError, readable
 
 # transformers (from 5.25) swaps layers for kernels fetched from the Hugging Face Hub when a model is loaded and
 # switched between training and evaluation on a GPU: code from outside the study whose version nobody pins, and
@@ -45,10 +46,6 @@ def project_size(name: str) -> str:
     if name not in PROJECT_MODELS:
         raise ConfigError(f"model.name_or_path: {name!r} is not one of the project's models {PROJECT_MODELS}")
     return name.split("-")[0]
-
-
-class ModelLoadError(ConfigError):
-    """The model named in the config cannot be loaded; the message says why."""
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -164,8 +161,6 @@ LOADING = threading.RLock()
 
 
 def _load(config: ModelConfig, path: str, trainable: bool):
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
-
     fast_paths.install()  # the same computation, faster vision path (forgetting/fast_paths.py)
     if architecture_only(path):
         raise ModelLoadError(
@@ -174,6 +169,13 @@ def _load(config: ModelConfig, path: str, trainable: bool):
         )
     device = pick_device(config)
     dtype = pick_dtype(config, device)
+    with readable(path):
+        return _from_files(config, path, trainable, device, dtype)
+
+
+def _from_files(config: ModelConfig, path: str, trainable: bool, device: torch.device, dtype: torch.dtype):
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
     processor = AutoProcessor.from_pretrained(path)
     processor.tokenizer.padding_side = "left"
     adapter = Path(path) / "adapter_config.json"

@@ -19,7 +19,15 @@ from PIL import Image, ImageDraw, ImageFont
 from forgetting.config import PuzzleConfig
 from forgetting.drawing import CELL_COLOURS, COLOURS
 from forgetting.puzzles import format_answer, make_prompt, random_answer, restore_image, shuffle_image
-from forgetting.storage import image_saver, one_maker, package_path, stable_hash, write_once
+from forgetting.storage import (
+    image_saver,
+    one_maker,
+    package_path,
+    read_json,
+    read_json_lines,
+    stable_hash,
+    write_once,
+)
 
 # Bump when a change to this file or to forgetting/puzzles.py changes the bytes of a generated dataset.
 GENERATOR_VERSION = 1
@@ -269,11 +277,10 @@ class PuzzleDataset:
 
     @property
     def manifest(self) -> dict:
-        return json.loads((self.path / "manifest.json").read_text())
+        return read_json(self.path / "manifest.json")
 
     def records(self, split: str) -> list[dict]:
-        with open(self.path / f"{split}.jsonl") as f:
-            return [json.loads(line) for line in f]
+        return read_json_lines(self.path / f"{split}.jsonl")
 
     def image(self, record: dict, key: str = "image") -> Image.Image:
         return Image.open(self.image_path(record, key)).convert("RGB")

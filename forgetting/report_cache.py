@@ -43,7 +43,10 @@ def current_report(out: Path, study_id: str, evaluations: list[Path], *args) -> 
     out, inputs = Path(out), report_inputs(evaluations, study_id, *args)
     kept, report = out.parent / "report-cache.json", [out / name for name in REPORT_FILES]
     if kept.is_file() and all(path.is_file() for path in report):
-        cached = json.loads(kept.read_text())
+        try:
+            cached = json.loads(kept.read_text())
+        except ValueError:  # a damaged record keeps nothing: the report is made again
+            cached = {}
         if cached.get("inputs") == inputs and cached.get("report") == files_sha256(out, report):
             return cached["summary"]
     kept.unlink(missing_ok=True)  # a report that fails half-way leaves no claim to be whole

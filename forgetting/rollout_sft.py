@@ -14,7 +14,7 @@ from forgetting.inference import generate, sampling
 from forgetting.models import chat, load_model
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.rft import RolloutRecorder
-from forgetting.storage import write_text_once
+from forgetting.storage import read_json_lines, write_text_once
 from forgetting.trainer import ArmResult, trl_messages
 
 
@@ -23,8 +23,7 @@ class NoCorrectRollouts(RuntimeError):
 
 
 def read_rollouts(rollouts: Path) -> list[dict]:
-    with open(rollouts) as f:
-        return [json.loads(line) for line in f]
+    return read_json_lines(rollouts)
 
 
 def exact_unique(rows: list[dict]) -> list[dict]:

@@ -5,8 +5,10 @@ two studies that need the same product share it. `write_once` fills a private te
 renames it into place at the end: a killed writer leaves no half folder, and when two processes make the
 same product at once, the first rename wins and the other's identical copy is dropped; `one_maker` lets a
 second process wait for the first instead of making it again (seeds run side by side share the puzzles, the
-held-out sets and the base's evaluation). Also: a folder's content as one hash (files_sha256), where an
-installed package's own data files lie (package_path), and images saved on threads (image_saver).
+held-out sets and the base's evaluation). A stored JSON file that cannot be read (read_json, read_json_lines)
+is named with the product folder to delete to have it made anew. Also: a folder's content as one hash
+(files_sha256), where an installed package's own data files lie (package_path), and images saved on threads
+(image_saver).
 """
 
 import hashlib
@@ -22,6 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from forgetting.schema import ConfigError
+
+# The kinds of product an output folder holds, one folder each: <output>/<kind>/<product>/...
+PRODUCT_KINDS = ("arms", "base", "evals", "puzzles", "world")
+
+
+class DamagedFile(ConfigError):
+    """A stored file that cannot be read (changed or cut short after it was written whole); the message names it
+    and the product folder to delete to have it made anew."""
 
 
 def stable_hash(obj: Any) -> str:
@@ -58,6 +70,34 @@ def rows_dataset(rows: list[dict]):
     from datasets.table import InMemoryTable
 
     return Dataset(InMemoryTable.from_pylist(rows), fingerprint=stable_hash(rows)[:16])
+
+
+def read_json(path: Path) -> Any:
+    """A stored JSON file's content; DamagedFile naming it when it does not parse."""
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise DamagedFile(f"{path} cannot be read ({err}){remake(path)}") from None
+
+
+def read_json_lines(path: Path) -> list:
+    """A stored JSON-lines file's rows; DamagedFile naming it and the line when one does not parse."""
+    rows: list = []
+    try:
+        with open(path) as f:
+            for line in f:
+                rows.append(json.loads(line))
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise DamagedFile(f"{path} cannot be read (line {len(rows) + 1}: {err}){remake(path)}") from None
+    return rows
+
+
+def remake(path: Path) -> str:
+    """'; delete <product folder> and ...' for a file inside a product of an output folder, else ''."""
+    for folder in Path(path).resolve().parents:
+        if folder.parent.name in PRODUCT_KINDS:
+            return f"; delete {folder} and run again to have it made anew"
+    return ""
 
 
 @contextmanager

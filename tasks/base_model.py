@@ -11,6 +11,7 @@ from prefect.assets import materialize
 from assets import base_model, prior_benchmarks
 from forgetting.base_model import build_base, heldout_dir, pretrain_base_model, resolve_base, write_heldout_sets
 from forgetting.config import StudyConfig
+from tasks import retried_unless
 from tasks.tracking import child_run
 
 
@@ -19,7 +20,7 @@ def base_model_task(config: StudyConfig, log=lambda metrics, step: None) -> str:
     materializes assets.base_model."""
     target = resolve_base(config)
 
-    @materialize(base_model(target), name="resolve-base-model", retries=1)
+    @materialize(base_model(target), name="resolve-base-model", retries=1, retry_condition_fn=retried_unless())
     def resolve(config: StudyConfig) -> str:
         build_base(config, Path(target), log)  # the study's own pretraining or random initialisation, if any
         return target
@@ -39,7 +40,12 @@ def tracked_base_model(config: StudyConfig, parent_run_id: str) -> str:
 def prior_benchmarks_task(config: StudyConfig) -> Path:
     """write_heldout_sets as a Prefect task materializing the held-out folder."""
 
-    @materialize(prior_benchmarks(heldout_dir(config)), name="build-prior-benchmarks", retries=1)
+    @materialize(
+        prior_benchmarks(heldout_dir(config)),
+        name="build-prior-benchmarks",
+        retries=1,
+        retry_condition_fn=retried_unless(),
+    )
     def build(config: StudyConfig) -> Path:
         return write_heldout_sets(config)
 

@@ -12,6 +12,7 @@ from forgetting.benchmarks import BenchmarkData
 from forgetting.config import StudyConfig
 from forgetting.evaluation import EVAL_VERSION, EvalTarget, eval_dir, evaluate_target
 from forgetting.metrics import is_puzzle, read_evaluation
+from tasks import retried_unless
 from tasks.tracking import child_run, flat_params
 
 
@@ -25,6 +26,7 @@ def evaluation_task(config, target: EvalTarget, data: BenchmarkData, base: str) 
         asset_deps=[Path(target.path).resolve().as_uri()] if Path(target.path).exists() else None,
         retries=1,
         retry_delay_seconds=5,
+        retry_condition_fn=retried_unless(),
     )(evaluate_target)
     return task(config, target, data, base)
 

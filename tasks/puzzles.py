@@ -12,6 +12,7 @@ from prefect.assets import add_asset_metadata, materialize
 from assets import puzzle_dataset
 from forgetting.config import PuzzleConfig, StudyConfig
 from forgetting.puzzle_data import PuzzleDataset, generate_puzzles, plan_dataset
+from tasks import retried_unless
 from tasks.tracking import child_run, log_puzzle_dataset
 
 
@@ -19,7 +20,7 @@ def puzzles_task(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
     """Generate (or reuse) the dataset as a Prefect task that materializes assets.puzzle_dataset."""
     asset = puzzle_dataset(plan_dataset(config, output_dir).path)
 
-    @materialize(asset, name="generate-puzzles", retries=1)
+    @materialize(asset, name="generate-puzzles", retries=1, retry_condition_fn=retried_unless())
     def generate(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
         dataset = generate_puzzles(config, output_dir)
         manifest = dataset.manifest

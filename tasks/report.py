@@ -14,6 +14,7 @@ from forgetting.config import StudyConfig
 from forgetting.report import aggregate_reports, summary_frame, without_nan
 from forgetting.report_cache import current_report
 from forgetting.sweep import write_sweep_report
+from tasks import retried_unless
 
 
 def report_markdown(folder: Path) -> str:
@@ -31,7 +32,11 @@ def report_task(out: Path, study_id: str, evaluations: list[Path], data_nll: dic
     """current_report (the report made from the evaluations, or kept from a run with the same) as a Prefect task
     materializing the report folder, the evaluations upstream."""
     task = materialize(
-        report(out), name="report", asset_deps=[Path(p).resolve().as_uri() for p in evaluations], retries=1
+        report(out),
+        name="report",
+        asset_deps=[Path(p).resolve().as_uri() for p in evaluations],
+        retries=1,
+        retry_condition_fn=retried_unless(),
     )
     return task(current_report)(out, study_id, evaluations, data_nll, final_steps, *args)
 
@@ -85,7 +90,8 @@ def tracked_aggregate(config: StudyConfig, run_id: str, reports: dict[int, Path]
 def tracked_sweep_report(out: Path, sweep: str, run_id: str, *args) -> dict:
     """write_sweep_report(out, sweep, *args) as a Prefect task materializing the sweep's report folder; the folder
     as an artifact of the sweep's MLflow run, the markdown as a Prefect artifact."""
-    summary = materialize(report(out), name="sweep-report", retries=1)(write_sweep_report)(out, sweep, *args)
+    task = materialize(report(out), name="sweep-report", retries=1, retry_condition_fn=retried_unless())
+    summary = task(write_sweep_report)(out, sweep, *args)
     mlflow.log_artifacts(str(out), "report", run_id=run_id)
     create_markdown_artifact(report_markdown(out), key="sweep-report", description=str(out))
     return summary

@@ -24,10 +24,11 @@ from prefect.assets import materialize
 
 from assets import arm_checkpoints
 from forgetting.arms import arm_dir, arm_spec, prepare_arm, run_arm
-from forgetting.config import ConfigError, StudyConfig
+from forgetting.config import StudyConfig
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.rollout_sft import NoCorrectRollouts
 from forgetting.trainer import ArmResult, Callback
+from tasks import BAD_INPUT, retried_unless
 from tasks.tracking import child_run, flat_params, tracking_uri
 
 
@@ -106,19 +107,8 @@ def arm_task(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, u
         name=f"train-{arm}",
         retries=1,
         retry_delay_seconds=5,
-        retry_condition_fn=_worth_retrying,
+        retry_condition_fn=retried_unless(*BAD_INPUT, NoCorrectRollouts),  # no rollouts to learn from: no retry
     )(_tracked_arm)
-
-
-def _worth_retrying(task, task_run, state) -> bool:
-    """Not when the arm failed for a reason a retry cannot change: bad input, or no rollouts to learn from."""
-    try:
-        state.result()
-    except (NoCorrectRollouts, ConfigError):
-        return False
-    except Exception:
-        return True
-    return True
 
 
 def _tracked_arm(

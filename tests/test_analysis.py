@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -14,6 +15,7 @@ from forgetting.metrics import (
     forgetting_table,
     mean_ci,
     paired_stderr,
+    read_evaluation,
     summary,
 )
 from forgetting.predictors import data_nll_at, dynamics, predictors, quadratic_r2, spearman, spearman_interval
@@ -429,3 +431,21 @@ def test_a_report_is_made_again_only_when_what_it_reads_changed(tmp_path):
     (out / "report.md").write_text("edited")  # a report file changed since it was written: made again
     current_report(out, *args)
     assert "| sft |" in (out / "report.md").read_text()
+    before = drawn()
+    (out.parent / "report-cache.json").write_text('{"inputs": ')  # a damaged record of the last report: made again
+    assert json.dumps(current_report(out, *args)) == json.dumps(current_report(out, *args)) and drawn() != before
+
+
+def test_a_damaged_evaluation_is_named_with_the_folder_to_delete(tmp_path):
+    from forgetting.storage import DamagedFile
+
+    folder = _evaluation_folders(tmp_path / "evals", [SFT])[0]
+    with open(folder / "samples.jsonl", "a") as f:
+        f.write('{"benchmark": "jig')  # cut short after its first rows
+    lines = (folder / "samples.jsonl").read_text().count("\n") + 1
+    with pytest.raises(DamagedFile, match=re.escape(f"samples.jsonl cannot be read (line {lines}: ")) as err:
+        read_evaluation(folder)
+    assert str(err.value).endswith(f"; delete {folder.resolve()} and run again to have it made anew")
+    (folder / "evaluation.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(DamagedFile, match="evaluation.json cannot be read"):
+        read_evaluation(folder)

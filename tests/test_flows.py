@@ -440,3 +440,35 @@ def test_the_paper_profile_runs_end_to_end_on_its_architecture_cut_down(prefect_
     rows = pd.read_csv(Path(result["report"]) / "forgetting.csv")
     assert set(rows.benchmark) == {"jigsaw_think", "tiny_world_quadrants"}
     assert set(rows[rows.benchmark == "tiny_world_quadrants"].n) == {3 * smoke.evaluation.limit}
+
+
+def test_bad_input_found_on_the_way_is_not_retried_and_ends_the_command_with_its_message(
+    prefect_harness, tmp_path, capsys
+):
+    """A task that meets bad input (a damaged stored model) fails at once, without the retry that helps a passing
+    fault; the command line prints the message and exits with 2, as for a bad config value."""
+    from prefect import flow, task
+
+    from flows.cli import run
+    from forgetting.models import ModelLoadError
+    from tasks import retried_unless
+
+    calls = []
+
+    @task(retries=1, retry_delay_seconds=0, retry_condition_fn=retried_unless())
+    def fails(error: type[Exception]):
+        calls.append(error)
+        raise error("model: /x/model.safetensors cannot be read")
+
+    @flow
+    def meets(error: type[Exception]):
+        return fails(error)
+
+    for error, tries in ((ModelLoadError, 1), (RuntimeError, 2)):
+        calls.clear()
+        assert meets(error, return_state=True).is_failed() and len(calls) == tries
+
+    with pytest.raises(SystemExit) as stop:
+        run(lambda config: meets(ModelLoadError), ["--profile", "micro", "--output-dir", str(tmp_path)])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith("error: model: /x/model.safetensors cannot be read\n")

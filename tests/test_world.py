@@ -15,6 +15,7 @@ import torch
 from forgetting import world
 from forgetting.config import ModelConfig, PretrainConfig
 from forgetting.inference import generate
+from forgetting.model_files import check_model_files
 from forgetting.models import (
     LORA_TARGETS,
     SHIPPED,
@@ -208,6 +209,29 @@ def test_loader_errors_are_clear(name, message, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match=message):
         resolve_model_path(name)
+
+
+def test_a_damaged_model_is_named_with_how_to_make_it_again(tmp_path):
+    """A stored model whose files were cut short or overwritten: the check before any work and the loader name the
+    file and, for an arm's checkpoint, the arm folder to delete to train it anew."""
+    final = tmp_path / "arms" / "sft-0123456789" / "final"
+    shutil.copytree(SHIPPED["micro"], final)
+    check_model_files(str(final))  # whole: nothing to say
+    remedy = f"; a study trained it: delete {final.parent.resolve()} and run the study again to train that arm anew"
+    weights = final / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size - 1)
+    for call in (check_model_files, lambda path: load_model(ModelConfig(), path, trainable=False)):
+        with pytest.raises(ModelLoadError, match=re.escape(f"model: {weights.resolve()} cannot be read (")) as err:
+            call(str(final))
+        assert str(err.value).endswith(remedy)
+    shutil.copy(SHIPPED["micro"] / "model.safetensors", weights)
+    (final / "tokenizer.json").write_text('{"version": ')
+    with pytest.raises(ModelLoadError, match=re.escape(f"model: {(final / 'tokenizer.json').resolve()} cannot be")):
+        load_model(ModelConfig(), str(final), trainable=False)
+    (final / "tokenizer.json").unlink()
+    with pytest.raises(ModelLoadError, match=f"model: cannot load {re.escape(str(final))} \\(") as err:
+        load_model(ModelConfig(), str(final), trainable=False)
+    assert str(err.value).endswith(remedy)
 
 
 def test_cached_results_follow_the_base_models_content_not_its_path(tmp_path):
