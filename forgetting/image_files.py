@@ -5,16 +5,25 @@ training dataset decoded row by row (forgetting/trainer.py:image_dataset). Off w
 
 import hashlib
 import os
+import struct
 from collections import OrderedDict
 
 from PIL import Image
 
 from forgetting import fast_paths
+from forgetting.storage import DamagedFile, remake
 
 
 def decode_rgb(path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """The image in path as RGB; DamagedFile naming it (and the product folder to delete, for a stored one) when it
+    cannot be decoded: cut short, overwritten, not an image."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, struct.error) as err:  # PIL's errors for a damaged file
+        raise DamagedFile(f"{path} cannot be read as an image ({err}){remake(path)}") from None
 
 
 def pixel_digest(image: Image.Image) -> str:

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from forgetting.config import PuzzleConfig
 from forgetting.drawing import CELL_COLOURS, COLOURS
+from forgetting.image_files import decode_rgb
 from forgetting.puzzles import format_answer, make_prompt, random_answer, restore_image, shuffle_image
 from forgetting.storage import (
     image_saver,
@@ -283,7 +284,7 @@ class PuzzleDataset:
         return read_json_lines(self.path / f"{split}.jsonl")
 
     def image(self, record: dict, key: str = "image") -> Image.Image:
-        return Image.open(self.image_path(record, key)).convert("RGB")
+        return decode_rgb(self.image_path(record, key))
 
     def image_path(self, record: dict, key: str = "image") -> str:
         return str(self.path / record[key])

@@ -377,3 +377,19 @@ def test_a_maker_that_will_not_wait_is_told_at_once_that_another_is_making_it(tm
     holder.join()
     with one_maker(product, wait=False) as mine:
         assert mine is True
+
+
+def test_a_damaged_stored_image_is_named_with_the_folder_to_delete(tmp_path):
+    from forgetting.image_files import decode_rgb
+    from forgetting.storage import DamagedFile
+
+    images = tmp_path / "puzzles" / "0123456789abcdef" / "images"
+    images.mkdir(parents=True)
+    path = images / "test-000000.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(path)
+    assert decode_rgb(path).getpixel((0, 0)) == (200, 10, 10)
+    for damage in (lambda: path.write_bytes(path.read_bytes()[:100]), lambda: path.write_bytes(b"not an image")):
+        damage()
+        with pytest.raises(DamagedFile, match=f"{path} cannot be read as an image") as err:
+            decode_rgb(path)
+        assert str(err.value).endswith(f"; delete {images.parent.resolve()} and run again to have it made anew")
