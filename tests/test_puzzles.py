@@ -386,8 +386,9 @@ def test_a_damaged_stored_image_is_named_with_the_folder_to_delete(tmp_path):
     images = tmp_path / "puzzles" / "0123456789abcdef" / "images"
     images.mkdir(parents=True)
     path = images / "test-000000.png"
-    Image.new("RGB", (32, 32), (200, 10, 10)).save(path)
-    assert decode_rgb(path).getpixel((0, 0)) == (200, 10, 10)
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    assert np.array_equal(np.asarray(decode_rgb(path)), pixels)
     for damage in (lambda: path.write_bytes(path.read_bytes()[:100]), lambda: path.write_bytes(b"not an image")):
         damage()
         with pytest.raises(DamagedFile, match=f"{path} cannot be read as an image") as err:
