@@ -57,13 +57,9 @@ def run(
     try:
         config = load_config(args.profile, args.overrides, args.output_dir)
         check_inputs(config, base_model, benchmarks)
+        server_ready()
+        flow(config, **own)  # bad input a stage finds (a damaged file) ends it the same way; its log has the rest
     except (ConfigError, PuzzleError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    server_ready()
-    try:
-        flow(config, **own)
-    except (ConfigError, PuzzleError) as err:  # found by a stage (a damaged file); the flow run's log has the rest
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     end_quickly()

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from forgetting.config import REPO_ROOT, ConfigError
+from forgetting.storage import remake
 
 
 class ModelLoadError(ConfigError):
@@ -46,18 +47,15 @@ def check_model_files(name_or_path: str) -> None:
 
 
 def remedy(path: Path) -> str:
-    """How to get a damaged model folder back, where the project made it ('' when it did not)."""
+    """How to get a damaged model folder back: for one a study made (an arm's checkpoint, its own base) the folder to
+    delete (storage.remake), for a shipped base how to restore it; '' for any other."""
     path = Path(path).resolve()
-    if path.parent.parent.name == "arms":  # <output>/arms/<arm>-<hash>/final or checkpoint-N
-        return f"; a study trained it: delete {path.parent} and run the study again to train that arm anew"
-    if path.parent.name == "base":  # <output>/base/<name>-<hash>: pretrained or initialised by a study
-        return f"; a study made it: delete {path} and run the study again to make it anew"
     if path.parent == (REPO_ROOT / "assets").resolve() and path.name.endswith("-base"):  # models.SHIPPED
         return (
             f"; it ships with the project: restore it (git checkout -- assets/{path.name}) or rebuild it with: "
             f"python -m flows.pretrain_base --profile {path.name.removesuffix('-base')}"
         )
-    return ""
+    return remake(path)
 
 
 @contextmanager

@@ -20,15 +20,7 @@ from forgetting.config import PuzzleConfig
 from forgetting.drawing import CELL_COLOURS, COLOURS
 from forgetting.image_files import decode_rgb
 from forgetting.puzzles import format_answer, make_prompt, random_answer, restore_image, shuffle_image
-from forgetting.storage import (
-    image_saver,
-    one_maker,
-    package_path,
-    read_json,
-    read_json_lines,
-    stable_hash,
-    write_once,
-)
+from forgetting.storage import image_saver, one_maker, package_path, read_json, read_json_lines, stable_hash, write_once
 
 # Bump when a change to this file or to forgetting/puzzles.py changes the bytes of a generated dataset.
 GENERATOR_VERSION = 1

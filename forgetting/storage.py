@@ -93,8 +93,10 @@ def read_json_lines(path: Path) -> list:
 
 
 def remake(path: Path) -> str:
-    """'; delete <product folder> and ...' for a file inside a product of an output folder, else ''."""
-    for folder in Path(path).resolve().parents:
+    """'; delete <product folder> and ...' for a product of an output folder or a file or folder inside one, else
+    ''."""
+    path = Path(path).resolve()
+    for folder in (path, *path.parents):
         if folder.parent.name in PRODUCT_KINDS:
             return f"; delete {folder} and run again to have it made anew"
     return ""

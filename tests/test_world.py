@@ -217,7 +217,7 @@ def test_a_damaged_model_is_named_with_how_to_make_it_again(tmp_path):
     final = tmp_path / "arms" / "sft-0123456789" / "final"
     shutil.copytree(SHIPPED["micro"], final)
     check_model_files(str(final))  # whole: nothing to say
-    remedy = f"; a study trained it: delete {final.parent.resolve()} and run the study again to train that arm anew"
+    remedy = f"; delete {final.parent.resolve()} and run again to have it made anew"  # the arm's folder: trained anew
     weights = final / "model.safetensors"
     os.truncate(weights, weights.stat().st_size - 1)
     for call in (check_model_files, lambda path: load_model(ModelConfig(), path, trainable=False)):
