@@ -180,11 +180,12 @@ def test_a_sweep_is_every_combination_and_a_bad_point_is_named():
     assert len(sft) == 4 and ("sft-lora" in {f for f, _ in sft}) and len(rft) == 3  # two lrs, and beta 0
     rollout = {arm_key(one, "rollout_sft") for _, _, one in studies if one.arms.rollout_sft.enabled}
     assert len(rollout) == 4  # one per RFT setting at lr 5e-4, and one at lr 3e-5
-    think = points(load_config("tiny-think-sweep"))  # the three SFT arms at one rate a point; RFT trained once
+    think = points(load_config("tiny-think-sweep"))  # the three SFT arms at one rate a point, then RFT's rates
     sft_arms = ("sft", "teacher_sft", "rollout_sft")
-    rates = [{getattr(one.arms, arm).learning_rate for arm in sft_arms} for _, _, one in think]
+    rates = [{getattr(one.arms, arm).learning_rate for arm in sft_arms} for _, _, one in think[:3]]
     assert rates == [{3e-4}, {1e-4}, {3e-5}]
-    assert [len({arm_key(one, arm) for _, _, one in think}) for arm in (*sft_arms, "rft")] == [3, 3, 3, 1]
+    assert [one.arms.rft.learning_rate for _, _, one in think] == [1e-4, 1e-4, 1e-4, 2e-4, 5e-5]
+    assert [len({arm_key(one, arm) for _, _, one in think}) for arm in (*sft_arms, "rft")] == [3, 3, 5, 3]
     with pytest.raises(ConfigError, match=r"sweep point 1 .*arms.sft.learning_rate"):
         points(load_config("micro", ["sweep.grid={arms.sft.learning_rate: [0.001, -1]}"]))
 
