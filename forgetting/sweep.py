@@ -137,28 +137,69 @@ def skipped_by_arm(skipped: dict[str, dict]) -> dict:
     return {f"{point} {arm}": why for point, arms in skipped.items() for arm, why in arms.items()}
 
 
-def matched(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
-    """Per arm family and puzzle level: the least forgetting its frontier reaches at that puzzle accuracy or more
-    (per seed; NaN where no checkpoint gets there), mean and 95% interval over seeds, and how many seeds got
-    there (`n_reached`)."""
+def frontier_levels(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
+    """Per arm family, puzzle level and seed: the least forgetting the family's checkpoints reach at that puzzle
+    exact accuracy or more (its frontier there; NaN where no checkpoint gets there)."""
     rows = []
-    seeds = sorted(frame.seed.unique())
     for arm, group in frame.groupby("arm", sort=False):
         for level in levels:
-            values = []
-            for seed in seeds:
+            for seed in sorted(frame.seed.unique()):
                 there = group[(group.seed == seed) & (group.puzzle_exact >= level)]
-                values.append(float(there.forgetting.min()) if len(there) else math.nan)
-            stats = mean_ci(values, BOUNDS["forgetting"])
+                least = float(there.forgetting.min()) if len(there) else math.nan
+                rows.append({"arm": arm, "puzzle_level": level, "seed": seed, "forgetting": least})
+    return pd.DataFrame(rows)
+
+
+def matched(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
+    """Per arm family and puzzle level: frontier_levels' least forgetting, mean and 95% interval over seeds, and
+    how many seeds got there (`n_reached`)."""
+    rows = []
+    for (arm, level), group in frontier_levels(frame, levels).groupby(["arm", "puzzle_level"], sort=False):
+        stats = mean_ci(group.forgetting.tolist(), BOUNDS["forgetting"])
+        rows.append(
+            {
+                "arm": arm,
+                "puzzle_level": level,
+                "forgetting": stats["mean"],
+                "forgetting_low": stats["low"],
+                "forgetting_high": stats["high"],
+                "n_reached": stats["n"],
+                "seeds": len(group),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def rft_family(arm: str) -> str:
+    """The RFT family an arm family is compared with: RFT trained the same way (full, or a LoRA adapter)."""
+    return "rft-lora" if arm.endswith("-lora") else "rft"
+
+
+def against_rft(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
+    """The paper's comparison along the frontiers: per arm family (RFT's own left out) and puzzle level, its least
+    forgetting minus RFT's there (positive: it forgets more than RFT), each seed against the same seed (whose
+    puzzles and evaluation items both arms share), mean and 95% interval over the seeds where both frontiers reach
+    the level (`n_paired`). Empty without an RFT family."""
+    per_seed = frontier_levels(frame, levels).set_index(["arm", "puzzle_level", "seed"]).forgetting
+    families = per_seed.index.unique("arm")
+    rows = []
+    for arm in families:
+        reference = rft_family(arm)
+        if arm == reference or reference not in families:
+            continue
+        for level in levels:
+            differences = (per_seed[arm, level] - per_seed[reference, level]).tolist()
+            stats = mean_ci(differences)
             rows.append(
                 {
                     "arm": arm,
+                    "reference": reference,
                     "puzzle_level": level,
-                    "forgetting": stats["mean"],
-                    "forgetting_low": stats["low"],
-                    "forgetting_high": stats["high"],
-                    "n_reached": stats["n"],
-                    "seeds": len(seeds),
+                    "difference": stats["mean"],
+                    "difference_low": stats["low"],
+                    "difference_high": stats["high"],
+                    "n_paired": stats["n"],
+                    "seeds": len(differences),
                 }
             )
     return pd.DataFrame(rows)
@@ -168,25 +209,29 @@ def write_sweep_report(
     out: Path, sweep: str, frame: pd.DataFrame, overrides: dict[str, dict], skipped: dict[str, dict] | None = None
 ) -> dict:
     """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), matched.csv (forgetting along the frontiers
-    at matched puzzle accuracy), summary.json, frontier.png (a panel per arm family), predictors.png (forgetting
-    against each predictor, every trained checkpoint) and report.md; skipped: skipped_arms of the points."""
+    at matched puzzle accuracy), against_rft.csv (each family's forgetting there minus RFT's), summary.json,
+    frontier.png (a panel per arm family), predictors.png (forgetting against each predictor, every trained
+    checkpoint) and report.md; skipped: skipped_arms of the points."""
     out.mkdir(parents=True, exist_ok=True)
     table, found = matched(frame), predictors(frame[frame.step > 0])  # pooled over every distinct checkpoint
+    contrast = against_rft(frame)
     frame.to_csv(out / "frontier.csv", index=False)
     table.to_csv(out / "matched.csv", index=False)
+    contrast.to_csv(out / "against_rft.csv", index=False)
     summary = {
         "sweep_id": sweep,
         "points": overrides,
         "seeds": sorted(int(s) for s in frame.seed.unique()),
         "checkpoints": len(frame),
         "matched": without_nan(table.to_dict("records")),
+        "against_rft": without_nan(contrast.to_dict("records")),
         "predictors": without_nan(found),
         "skipped": dict(skipped or {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot_frontiers(frame, out / "frontier.png")
     plot_dynamics(frame[frame.step > 0], out / "predictors.png")
-    (out / "report.md").write_text(sweep_markdown(summary, table, found))
+    (out / "report.md").write_text(sweep_markdown(summary, table, contrast, found))
     return summary
 
 
@@ -208,18 +253,29 @@ def plot_frontiers(frame: pd.DataFrame, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def sweep_markdown(summary: dict, table: pd.DataFrame, predictors_found: dict) -> str:
-    cells = table.assign(
-        forgetting=[
-            interval({"mean": m, "low": lo, "high": hi, "n": n}, of=s)
-            for m, lo, hi, n, s in zip(
-                table.forgetting, table.forgetting_low, table.forgetting_high, table.n_reached, table.seeds, strict=True
-            )
-        ]
-    )
-    pivot = cells.pivot(index="puzzle_level", columns="arm", values="forgetting").reset_index()
+def level_pivot(table: pd.DataFrame, value: str, count: str) -> pd.DataFrame:
+    """A table of matched or against_rft as puzzle level by arm family, each cell `mean [low, high] (n/N)`."""
+    cells = [
+        interval(
+            {"mean": row[value], "low": row[f"{value}_low"], "high": row[f"{value}_high"], "n": row[count]},
+            of=row["seeds"],
+        )
+        for row in table.to_dict("records")
+    ]
+    return table.assign(cell=cells).pivot(index="puzzle_level", columns="arm", values="cell").reset_index()
+
+
+def sweep_markdown(summary: dict, table: pd.DataFrame, contrast: pd.DataFrame, predictors_found: dict) -> str:
     points = "".join(
         f"- `{p}`: {json.dumps(o) if o else 'the profile as it is'}\n" for p, o in summary["points"].items()
+    )
+    paired = (
+        "Forgetting along each frontier minus RFT's at the same level, seed by seed (each seed's arms share its "
+        "puzzles and evaluation items): positive, the family forgets more than RFT there; mean [95% interval] over "
+        "the seeds where both frontiers reach the level, (n/N) when only n of N do.\n\n"
+        + markdown_table(level_pivot(contrast, "difference", "n_paired"))
+        if len(contrast)
+        else ""
     )
     return (
         f"## Sweep {summary['sweep_id']} over seeds {summary['seeds']}\n\n"
@@ -228,7 +284,8 @@ def sweep_markdown(summary: dict, table: pd.DataFrame, predictors_found: dict) -
         "Forgetting (base prior mean - prior mean; positive: forgotten) along each arm family's Pareto frontier: the "
         "least forgetting any checkpoint of the family reaches at that puzzle exact accuracy or more, mean [95% "
         "interval] over seeds; (n/N): only n of the N seeds' frontiers reach that accuracy.\n\n"
-        + markdown_table(pivot)
+        + markdown_table(level_pivot(table, "forgetting", "n_reached"))
+        + ("\n" + paired if paired else "")
         + "\n### What predicts forgetting, over every distinct checkpoint of the sweep\n\n"
         + markdown_table(predictor_rows(predictors_found))
         + "\n![frontiers](frontier.png)\n\n![predictors](predictors.png)\n"

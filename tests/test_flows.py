@@ -263,6 +263,7 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     assert frame.groupby("arm").on_frontier.any().all()
     matched = pd.read_csv(report / "matched.csv")
     assert set(matched.arm) == {"sft", "rft"} and set(matched.puzzle_level) == {0.2, 0.4, 0.6, 0.8, 1.0}
+    assert set(pd.read_csv(report / "against_rft.csv").arm) == {"sft"} and len(summary["against_rft"]) == 5
     assert list(summary["points"]) == ["p0", "p1"] and (report / "frontier.png").is_file()
     assert (report / "predictors.png").is_file() and "![predictors](predictors.png)" in (
         report / "report.md"

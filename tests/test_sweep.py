@@ -1,0 +1,62 @@
+"""A sweep's comparison along the Pareto frontiers, on small hand-made checkpoint tables."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from forgetting.sweep import against_rft, matched, sweep_markdown
+
+# (family, seed, puzzle exact accuracy, forgetting) of every evaluated checkpoint
+CHECKPOINTS = [
+    ("rft", 0, 0.5, 0.01),
+    ("rft", 0, 0.9, 0.05),
+    ("rft", 1, 0.5, 0.02),
+    ("rft", 2, 0.3, 0.00),
+    ("sft", 0, 0.5, 0.03),
+    ("sft", 0, 1.0, 0.04),
+    ("sft", 1, 0.6, 0.05),
+    ("sft", 1, 1.0, 0.06),
+    ("sft", 2, 1.0, 0.02),
+    ("sft-lora", 0, 1.0, 0.01),  # a LoRA family: compared with LoRA RFT, which this sweep has none of
+]
+
+
+def frame() -> pd.DataFrame:
+    rows = [{"arm": a, "seed": s, "puzzle_exact": p, "forgetting": f} for a, s, p, f in CHECKPOINTS]
+    return pd.DataFrame(rows).assign(prior_mean=lambda d: 0.9 - d.forgetting)
+
+
+def test_frontiers_are_compared_at_each_level_over_the_seeds_that_reach_it():
+    table = matched(frame()).set_index(["arm", "puzzle_level"])
+    assert table.loc[("sft", 0.4), "forgetting"] == pytest.approx((0.03 + 0.05 + 0.02) / 3)
+    # seed 0's checkpoint at 0.5 is below 0.6: its 1.0 counts there
+    assert table.loc[("sft", 0.6), "forgetting"] == pytest.approx((0.04 + 0.05 + 0.02) / 3)
+    assert table.loc[("rft", 0.4), "n_reached"] == 2 and table.loc[("rft", 0.4), "seeds"] == 3
+    assert table.loc[("rft", 0.8), "forgetting"] == pytest.approx(0.05) and table.loc[("rft", 0.8), "n_reached"] == 1
+    assert math.isnan(table.loc[("rft", 1.0), "forgetting"]) and table.loc[("rft", 1.0), "n_reached"] == 0
+
+
+def test_each_family_is_compared_with_rft_seed_by_seed():
+    """Differences are taken within a seed (its arms share puzzles and items) and averaged over the seeds where
+    both frontiers reach the level; RFT itself and a family without its RFT have no row."""
+    table = against_rft(frame()).set_index(["arm", "puzzle_level"])
+    assert set(table.index.unique("arm")) == {"sft"} and set(table.reference) == {"rft"}
+    at = table.loc[("sft", 0.4)]
+    assert at.difference == pytest.approx((0.02 + 0.03) / 2) and at.n_paired == 2 and at.seeds == 3
+    assert at.difference_low < at.difference < at.difference_high  # two seeds: an interval
+    at = table.loc[("sft", 0.8)]  # seed 0 only: 0.04 - 0.05, and no interval from one seed
+    assert at.difference == pytest.approx(-0.01) and at.n_paired == 1 and math.isnan(at.difference_low)
+    assert math.isnan(table.loc[("sft", 1.0), "difference"]) and table.loc[("sft", 1.0), "n_paired"] == 0
+
+
+def test_the_report_shows_the_comparison_with_rft_only_when_there_is_an_rft():
+    summary = {"sweep_id": "s", "seeds": [0, 1, 2], "points": {"p0": {}}, "checkpoints": 10, "skipped": {}}
+    text = sweep_markdown(summary, matched(frame()), against_rft(frame()), {})
+    paired = text.split("minus RFT's")[1].split("###")[0]
+    assert "| puzzle_level | sft |" in paired  # neither RFT nor the LoRA family without its RFT
+    row = next(line for line in paired.splitlines() if line.startswith("| 0.400"))
+    # sft minus rft at 0.4, over the two seeds whose RFT frontier gets there
+    assert row.startswith("| 0.400 | 0.025 [") and row.endswith("(2/3) |")
+    without = frame()[~frame().arm.str.startswith("rft")]
+    assert "minus RFT's" not in sweep_markdown(summary, matched(without), against_rft(without), {})
