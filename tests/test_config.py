@@ -186,6 +186,11 @@ def test_a_sweep_is_every_combination_and_a_bad_point_is_named():
     assert rates == [{3e-4}, {1e-4}, {3e-5}]
     assert [one.arms.rft.learning_rate for _, _, one in think] == [1e-4, 1e-4, 1e-4, 2e-4, 5e-5]
     assert [len({arm_key(one, arm) for _, _, one in think}) for arm in (*sft_arms, "rft")] == [3, 3, 5, 3]
+    dense = points(load_config("tiny-think-dense"))  # SFT once, RFT at two rates, a checkpoint every 10 steps
+    assert [one.arms.rft.learning_rate for _, _, one in dense] == [1e-4, 5e-5]
+    assert len({arm_key(one, "sft") for _, _, one in dense}) == 1 and dense[0][2].arms.sft.learning_rate == 3e-5
+    assert dense[0][2].arms.rft_checkpoint_steps() == [5, *range(10, 200, 10)]
+    assert dense[0][2].evaluation.every == 10 and not dense[0][2].arms.rollout_sft.enabled
     with pytest.raises(ConfigError, match=r"sweep point 1 .*arms.sft.learning_rate"):
         points(load_config("micro", ["sweep.grid={arms.sft.learning_rate: [0.001, -1]}"]))
 
