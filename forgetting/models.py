@@ -141,15 +141,17 @@ def pick_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
-def load_model(config: ModelConfig, name_or_path: str | None = None, trainable: bool = True):
+def load_model(config: ModelConfig, name_or_path: str | None = None, trainable: bool = True, seed: int = 0):
     """(model, processor) for config; name_or_path overrides config.name_or_path (e.g. a checkpoint).
     trainable=False (evaluation): no fresh LoRA adapter, a trained adapter loaded frozen, eval mode.
+    seed: where a fresh LoRA adapter's random initial weights come from (the arm's seed), whatever drew random
+    numbers in the process before; the process's own random stream is left as it was.
 
     LoRA (finetune: lora) wraps only the language model's projections: the vision tower reuses the names
     gate_proj/up_proj/down_proj, and a plain name list would adapt it too."""
     path = resolve_model_path(name_or_path or config.name_or_path)
     with LOADING:  # from_pretrained is not thread-safe: two arms loading at once got meta tensors
-        model, processor = _load(config, path, trainable)
+        model, processor = _load(config, path, trainable, seed)
     model.train(trainable)
     return model, processor
 
@@ -160,7 +162,7 @@ def load_model(config: ModelConfig, name_or_path: str | None = None, trainable: 
 LOADING = threading.RLock()
 
 
-def _load(config: ModelConfig, path: str, trainable: bool):
+def _load(config: ModelConfig, path: str, trainable: bool, seed: int):
     fast_paths.install()  # the same computation, faster vision path (forgetting/fast_paths.py)
     if architecture_only(path):
         raise ModelLoadError(
@@ -170,10 +172,10 @@ def _load(config: ModelConfig, path: str, trainable: bool):
     device = pick_device(config)
     dtype = pick_dtype(config, device)
     with readable(path):
-        return _from_files(config, path, trainable, device, dtype)
+        return _from_files(config, path, trainable, device, dtype, seed)
 
 
-def _from_files(config: ModelConfig, path: str, trainable: bool, device: torch.device, dtype: torch.dtype):
+def _from_files(config: ModelConfig, path: str, trainable: bool, device: torch.device, dtype: torch.dtype, seed: int):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     processor = AutoProcessor.from_pretrained(path)
@@ -191,9 +193,11 @@ def _from_files(config: ModelConfig, path: str, trainable: bool, device: torch.d
     if trainable and config.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(
-            model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=LORA_TARGETS)
-        )
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)  # the adapter's A matrices are drawn at random (its B start at zero)
+            model = get_peft_model(
+                model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=LORA_TARGETS)
+            )
     return model, processor
 
 

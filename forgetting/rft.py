@@ -110,7 +110,7 @@ def train_rft(config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path,
     resume = shared.last_checkpoint(out)
     if shared.is_main_process():
         _truncate_rollouts(rollouts, resume)
-    model, processor = load_model(config.model, base)
+    model, processor = load_model(config.model, base, seed=config.seed)
     style = config.arms.rft.prompt_style
     examples = shared.image_dataset(rft_examples(dataset, style))
     with LOADING:  # with beta > 0 and full fine-tuning, GRPOTrainer loads a reference model here

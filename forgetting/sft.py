@@ -61,7 +61,7 @@ def train_sft(
     if not examples:
         raise ValueError(f"{arm}: no training examples")
     resume = last_checkpoint(out)
-    model, processor = load_model(config.model, base)
+    model, processor = load_model(config.model, base, seed=config.seed)
     args = SFTConfig(**sft_args(config, arm_config, out))
     with LOADING:
         trainer = SFTTrainer(model=model, args=args, train_dataset=image_dataset(examples), processing_class=processor)

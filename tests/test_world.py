@@ -276,6 +276,29 @@ def test_lora_adapts_only_the_language_model(processor, tmp_path):
     assert "language_model" in LORA_TARGETS
 
 
+def test_a_fresh_lora_adapter_starts_from_the_arms_seed(processor, tmp_path):
+    """The adapter's random A matrices come from the seed, not from whatever drew random numbers before in the
+    process (which made LoRA arms differ run to run), and the process's own random stream is left as it was."""
+    model = build_tiny_model("micro", processor)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    config = ModelConfig(name_or_path=str(tmp_path), finetune="lora", lora_rank=4, device="cpu")
+
+    def adapter(seed: int) -> dict:
+        lora, _ = load_model(config, seed=seed)
+        return {n: p.detach().clone() for n, p in lora.named_parameters() if "lora_A" in n}
+
+    torch.manual_seed(1)
+    first = adapter(3)
+    after_load = torch.rand(1)
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(1), after_load)  # loading drew nothing from the process's stream
+    torch.rand(1000)  # other work before the next arm
+    again, other = adapter(3), adapter(4)
+    assert first and all(torch.equal(first[n], again[n]) for n in first)
+    assert not all(torch.equal(first[n], other[n]) for n in first)
+
+
 # --- pretraining -----------------------------------------------------------------------------------------
 
 
