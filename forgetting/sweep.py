@@ -140,10 +140,10 @@ def skipped_by_arm(skipped: dict[str, dict]) -> dict:
 def frontier_levels(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
     """Per arm family, puzzle level and seed: the least forgetting the family's checkpoints reach at that puzzle
     exact accuracy or more (its frontier there; NaN where no checkpoint gets there)."""
-    rows = []
+    rows, seeds = [], sorted(frame.seed.unique())
     for arm, group in frame.groupby("arm", sort=False):
         for level in levels:
-            for seed in sorted(frame.seed.unique()):
+            for seed in seeds:
                 there = group[(group.seed == seed) & (group.puzzle_exact >= level)]
                 least = float(there.forgetting.min()) if len(there) else math.nan
                 rows.append({"arm": arm, "puzzle_level": level, "seed": seed, "forgetting": least})
@@ -270,7 +270,7 @@ def sweep_markdown(summary: dict, table: pd.DataFrame, contrast: pd.DataFrame, p
         f"- `{p}`: {json.dumps(o) if o else 'the profile as it is'}\n" for p, o in summary["points"].items()
     )
     paired = (
-        "Forgetting along each frontier minus RFT's at the same level, seed by seed (each seed's arms share its "
+        "\nForgetting along each frontier minus RFT's at the same level, seed by seed (each seed's arms share its "
         "puzzles and evaluation items): positive, the family forgets more than RFT there; mean [95% interval] over "
         "the seeds where both frontiers reach the level, (n/N) when only n of N do.\n\n"
         + markdown_table(level_pivot(contrast, "difference", "n_paired"))
@@ -285,7 +285,7 @@ def sweep_markdown(summary: dict, table: pd.DataFrame, contrast: pd.DataFrame, p
         "least forgetting any checkpoint of the family reaches at that puzzle exact accuracy or more, mean [95% "
         "interval] over seeds; (n/N): only n of the N seeds' frontiers reach that accuracy.\n\n"
         + markdown_table(level_pivot(table, "forgetting", "n_reached"))
-        + ("\n" + paired if paired else "")
+        + paired
         + "\n### What predicts forgetting, over every distinct checkpoint of the sweep\n\n"
         + markdown_table(predictor_rows(predictors_found))
         + "\n![frontiers](frontier.png)\n\n![predictors](predictors.png)\n"
