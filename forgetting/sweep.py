@@ -181,7 +181,8 @@ def against_rft(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.D
     puzzles and evaluation items both arms share), mean and 95% interval over the seeds where both frontiers reach
     the level (`n_paired`). Empty without an RFT family."""
     per_seed = frontier_levels(frame, levels).set_index(["arm", "puzzle_level", "seed"]).forgetting
-    families = per_seed.index.unique("arm")
+    families = per_seed.index.unique("arm")  # in the frame's order
+    per_seed = per_seed.sort_index()  # looked up by (arm, level) below: sorted, pandas need not scan it
     rows = []
     for arm in families:
         reference = rft_family(arm)

@@ -1,6 +1,7 @@
 """A sweep's comparison along the Pareto frontiers, on small hand-made checkpoint tables."""
 
 import math
+import warnings
 
 import pandas as pd
 import pytest
@@ -60,3 +61,14 @@ def test_the_report_shows_the_comparison_with_rft_only_when_there_is_an_rft():
     assert row.startswith("| 0.400 | 0.025 [") and row.endswith("(2/3) |")
     without = frame()[~frame().arm.str.startswith("rft")]
     assert "minus RFT's" not in sweep_markdown(summary, matched(without), against_rft(without), {})
+
+
+def test_the_comparison_does_not_depend_on_the_order_of_the_checkpoints():
+    """A sweep's frame comes in the order its points ran; the comparison is the same in any row order, and looks
+    its rows up in a sorted index (pandas warns when it has to scan an unsorted one)."""
+    shuffled = frame().sample(frac=1.0, random_state=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.PerformanceWarning)
+        table = against_rft(shuffled)
+    expected = against_rft(frame())
+    pd.testing.assert_frame_equal(table, expected)
