@@ -191,6 +191,14 @@ def test_a_sweep_is_every_combination_and_a_bad_point_is_named():
     assert len({arm_key(one, "sft") for _, _, one in dense}) == 1 and dense[0][2].arms.sft.learning_rate == 3e-5
     assert dense[0][2].arms.rft_checkpoint_steps() == [5, *range(10, 200, 10)]
     assert dense[0][2].evaluation.every == 10 and not dense[0][2].arms.rollout_sft.enabled
+    direct = points(load_config("tiny-dense"))  # the direct sweep's frontier settings, checkpoints every 5 to 50
+    assert [(one.arms.rft.learning_rate, one.arms.rft.beta) for _, _, one in direct] == [
+        (1e-4, 0.04),
+        (3e-5, 0.04),
+        (1e-4, 0.0),
+    ]
+    assert len({arm_key(one, "sft") for _, _, one in direct}) == 1 and direct[0][2].arms.sft.learning_rate == 3e-5
+    assert direct[0][2].arms.rft_checkpoint_steps() == [*range(5, 50, 5), *range(50, 200, 10)]
     with pytest.raises(ConfigError, match=r"sweep point 1 .*arms.sft.learning_rate"):
         points(load_config("micro", ["sweep.grid={arms.sft.learning_rate: [0.001, -1]}"]))
 
