@@ -34,6 +34,9 @@ from forgetting.report import (
 from forgetting.storage import stable_hash
 
 LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)  # puzzle accuracies at which the frontiers are compared
+# predictors the report shows at the frontiers: candidate causes (prior_logprob_change is the prior tasks' probe,
+# at a frontier checkpoint another reading of its forgetting; at_frontier.csv keeps it), with their digits
+AT_FRONTIER_SHOWN = {"forward_kl": 2, "reverse_kl": 2, "data_nll": 3, "param_distance": 4}
 
 
 def sweep_spec(config: StudyConfig) -> dict:
@@ -139,14 +142,19 @@ def skipped_by_arm(skipped: dict[str, dict]) -> dict:
 
 def frontier_levels(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
     """Per arm family, puzzle level and seed: the least forgetting the family's checkpoints reach at that puzzle
-    exact accuracy or more (its frontier there; NaN where no checkpoint gets there)."""
+    exact accuracy or more (its frontier there; NaN where no checkpoint gets there), and that checkpoint's
+    predictors (PREDICTORS' columns the frame has; the first such checkpoint where several forget as little)."""
     rows, seeds = [], sorted(frame.seed.unique())
+    columns = [column for column in PREDICTORS.values() if column in frame]
     for arm, group in frame.groupby("arm", sort=False):
         for level in levels:
             for seed in seeds:
                 there = group[(group.seed == seed) & (group.puzzle_exact >= level)]
-                least = float(there.forgetting.min()) if len(there) else math.nan
-                rows.append({"arm": arm, "puzzle_level": level, "seed": seed, "forgetting": least})
+                best = there.loc[there.forgetting.idxmin()] if len(there) else None
+                rows.append(
+                    {"arm": arm, "puzzle_level": level, "seed": seed}
+                    | {c: math.nan if best is None else float(best[c]) for c in ["forgetting", *columns]}
+                )
     return pd.DataFrame(rows)
 
 
@@ -167,6 +175,25 @@ def matched(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataF
                 "seeds": len(group),
             }
         )
+    return pd.DataFrame(rows)
+
+
+def at_frontier(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
+    """Where each family's frontier checkpoint sits: per arm family, puzzle level and predictor, the predictor's
+    value at the checkpoint that forgets least at that puzzle accuracy or more (frontier_levels), mean and 95%
+    interval over the seeds that reach the level. The predictors pooled over all checkpoints say what tracks
+    forgetting; this says whether the same measure orders the families where they are compared."""
+    per_seed, rows = frontier_levels(frame, levels), []
+    for name, column in PREDICTORS.items():
+        if column not in per_seed:
+            continue
+        for (arm, level), group in per_seed.groupby(["arm", "puzzle_level"], sort=False):
+            stats = mean_ci(group[column].tolist())
+            rows.append(
+                {"predictor": name, "arm": arm, "puzzle_level": level, "value": stats["mean"]}
+                | {"value_low": stats["low"], "value_high": stats["high"], "n_reached": stats["n"]}
+                | {"seeds": len(group)}
+            )
     return pd.DataFrame(rows)
 
 
@@ -210,15 +237,17 @@ def write_sweep_report(
     out: Path, sweep: str, frame: pd.DataFrame, overrides: dict[str, dict], skipped: dict[str, dict] | None = None
 ) -> dict:
     """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), matched.csv (forgetting along the frontiers
-    at matched puzzle accuracy), against_rft.csv (each family's forgetting there minus RFT's), summary.json,
+    at matched puzzle accuracy), against_rft.csv (each family's forgetting there minus RFT's), at_frontier.csv
+    (the predictors at those frontier checkpoints), summary.json,
     frontier.png (a panel per arm family), predictors.png (forgetting against each predictor, every trained
     checkpoint) and report.md; skipped: skipped_arms of the points."""
     out.mkdir(parents=True, exist_ok=True)
     table, found = matched(frame), predictors(frame[frame.step > 0])  # pooled over every distinct checkpoint
-    contrast = against_rft(frame)
+    contrast, sits = against_rft(frame), at_frontier(frame)
     frame.to_csv(out / "frontier.csv", index=False)
     table.to_csv(out / "matched.csv", index=False)
     contrast.to_csv(out / "against_rft.csv", index=False)
+    sits.to_csv(out / "at_frontier.csv", index=False)
     summary = {
         "sweep_id": sweep,
         "points": overrides,
@@ -226,13 +255,14 @@ def write_sweep_report(
         "checkpoints": len(frame),
         "matched": without_nan(table.to_dict("records")),
         "against_rft": without_nan(contrast.to_dict("records")),
+        "at_frontier": without_nan(sits.to_dict("records")),
         "predictors": without_nan(found),
         "skipped": dict(skipped or {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot_frontiers(frame, out / "frontier.png")
     plot_dynamics(frame[frame.step > 0], out / "predictors.png")
-    (out / "report.md").write_text(sweep_markdown(summary, table, contrast, found))
+    (out / "report.md").write_text(sweep_markdown(summary, table, contrast, sits, found))
     return summary
 
 
@@ -254,11 +284,13 @@ def plot_frontiers(frame: pd.DataFrame, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def level_pivot(table: pd.DataFrame, value: str, count: str) -> pd.DataFrame:
-    """A table of matched or against_rft as puzzle level by arm family, each cell `mean [low, high] (n/N)`."""
+def level_pivot(table: pd.DataFrame, value: str, count: str, digits: int = 3) -> pd.DataFrame:
+    """A table of matched, against_rft or one predictor of at_frontier as puzzle level by arm family, each cell
+    `mean [low, high] (n/N)`."""
     cells = [
         interval(
             {"mean": row[value], "low": row[f"{value}_low"], "high": row[f"{value}_high"], "n": row[count]},
+            digits=digits,
             of=row["seeds"],
         )
         for row in table.to_dict("records")
@@ -266,7 +298,22 @@ def level_pivot(table: pd.DataFrame, value: str, count: str) -> pd.DataFrame:
     return table.assign(cell=cells).pivot(index="puzzle_level", columns="arm", values="cell").reset_index()
 
 
-def sweep_markdown(summary: dict, table: pd.DataFrame, contrast: pd.DataFrame, predictors_found: dict) -> str:
+def at_frontier_table(sits: pd.DataFrame) -> pd.DataFrame:
+    """at_frontier's shown predictors, each as puzzle level by arm family, one under another, the predictor named
+    in the first column."""
+    blocks = []
+    for name, digits in AT_FRONTIER_SHOWN.items():
+        rows = sits[sits.predictor == name] if len(sits) else sits
+        if len(rows):
+            block = level_pivot(rows, "value", "n_reached", digits)
+            block.insert(0, "predictor", name)
+            blocks.append(block)
+    return pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
+
+
+def sweep_markdown(
+    summary: dict, table: pd.DataFrame, contrast: pd.DataFrame, sits: pd.DataFrame, predictors_found: dict
+) -> str:
     points = "".join(
         f"- `{p}`: {json.dumps(o) if o else 'the profile as it is'}\n" for p, o in summary["points"].items()
     )
@@ -287,6 +334,14 @@ def sweep_markdown(summary: dict, table: pd.DataFrame, contrast: pd.DataFrame, p
         "interval] over seeds; (n/N): only n of the N seeds' frontiers reach that accuracy.\n\n"
         + markdown_table(level_pivot(table, "forgetting", "n_reached"))
         + paired
+        + (
+            "\nWhere the frontiers sit: each predictor at the checkpoint that makes up a family's frontier at a "
+            "puzzle level (its least forgetting there), mean [95% interval] over the seeds that reach the level. "
+            "A measure that explains why one family forgets more than another at matched accuracy should order "
+            "them here as the first table orders their forgetting.\n\n" + markdown_table(at_frontier_table(sits))
+            if len(sits)
+            else ""
+        )
         + "\n### What predicts forgetting, over every distinct checkpoint of the sweep\n\n"
         + markdown_table(predictor_rows(predictors_found))
         + "\n![frontiers](frontier.png)\n\n![predictors](predictors.png)\n"

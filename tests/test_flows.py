@@ -270,6 +270,9 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     ).read_text()
     assert frame.forward_kl[frame.step > 0].notna().all() and set(summary["predictors"]) >= {"forward_kl", "data_nll"}
     assert summary["predictors"]["param_distance"]["points"] == (frame.step > 0).sum()  # pooled, each arm once
+    sits = pd.read_csv(report / "at_frontier.csv")  # every predictor at each family's frontier checkpoints
+    assert set(sits.predictor) == {"forward_kl", "reverse_kl", "data_nll", "param_distance", "prior_logprob_change"}
+    assert "Where the frontiers sit" in (report / "report.md").read_text()
     client, runs = _runs(config)
     parent = next(r for r in runs if r.info.run_name == summary["sweep_id"])
     studies = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

@@ -6,7 +6,7 @@ import warnings
 import pandas as pd
 import pytest
 
-from forgetting.sweep import against_rft, matched, sweep_markdown
+from forgetting.sweep import against_rft, at_frontier, matched, sweep_markdown
 
 # (family, seed, puzzle exact accuracy, forgetting) of every evaluated checkpoint
 CHECKPOINTS = [
@@ -25,7 +25,11 @@ CHECKPOINTS = [
 
 def frame() -> pd.DataFrame:
     rows = [{"arm": a, "seed": s, "puzzle_exact": p, "forgetting": f} for a, s, p, f in CHECKPOINTS]
-    return pd.DataFrame(rows).assign(prior_mean=lambda d: 0.9 - d.forgetting)
+    return pd.DataFrame(rows).assign(
+        prior_mean=lambda d: 0.9 - d.forgetting,
+        step=lambda d: range(10, 10 * len(d) + 1, 10),
+        forward_kl=lambda d: 100 * d.forgetting + d.seed,  # a checkpoint's own value, to find it by
+    )
 
 
 def test_frontiers_are_compared_at_each_level_over_the_seeds_that_reach_it():
@@ -53,14 +57,16 @@ def test_each_family_is_compared_with_rft_seed_by_seed():
 
 def test_the_report_shows_the_comparison_with_rft_only_when_there_is_an_rft():
     summary = {"sweep_id": "s", "seeds": [0, 1, 2], "points": {"p0": {}}, "checkpoints": 10, "skipped": {}}
-    text = sweep_markdown(summary, matched(frame()), against_rft(frame()), {})
+    text = sweep_markdown(summary, matched(frame()), against_rft(frame()), at_frontier(frame()), {})
     paired = text.split("minus RFT's")[1].split("###")[0]
     assert "| puzzle_level | sft |" in paired  # neither RFT nor the LoRA family without its RFT
     row = next(line for line in paired.splitlines() if line.startswith("| 0.400"))
     # sft minus rft at 0.4, over the two seeds whose RFT frontier gets there
     assert row.startswith("| 0.400 | 0.025 [") and row.endswith("(2/3) |")
     without = frame()[~frame().arm.str.startswith("rft")]
-    assert "minus RFT's" not in sweep_markdown(summary, matched(without), against_rft(without), {})
+    assert "minus RFT's" not in sweep_markdown(
+        summary, matched(without), against_rft(without), at_frontier(without), {}
+    )
 
 
 def test_the_comparison_does_not_depend_on_the_order_of_the_checkpoints():
@@ -72,3 +78,19 @@ def test_the_comparison_does_not_depend_on_the_order_of_the_checkpoints():
         table = against_rft(shuffled)
     expected = against_rft(frame())
     pd.testing.assert_frame_equal(table, expected)
+
+
+def test_the_predictors_are_read_at_the_checkpoint_that_makes_up_each_frontier():
+    """At a level, each seed's frontier checkpoint is the one forgetting least at that accuracy or more; its
+    predictors are averaged over the seeds that reach the level. Columns the frame lacks have no rows."""
+    table = at_frontier(frame()).set_index(["predictor", "arm", "puzzle_level"])
+    assert set(table.index.unique("predictor")) == {"forward_kl"}
+    at = table.loc[("forward_kl", "sft", 0.6)]  # seeds 0, 1, 2: forgetting 0.04, 0.05, 0.02 there
+    assert at.value == pytest.approx((4.0 + 6.0 + 4.0) / 3) and at.n_reached == 3 and at.seeds == 3
+    at = table.loc[("forward_kl", "rft", 0.8)]  # seed 0's checkpoint at 0.9 alone
+    assert at.value == pytest.approx(5.0) and at.n_reached == 1 and math.isnan(at.value_low)
+    summary = {"sweep_id": "s", "seeds": [0, 1, 2], "points": {"p0": {}}, "checkpoints": 10, "skipped": {}}
+    text = sweep_markdown(summary, matched(frame()), against_rft(frame()), at_frontier(frame()), {})
+    sits = text.split("Where the frontiers sit")[1].split("###")[0]
+    assert "| predictor | puzzle_level | rft | sft | sft-lora |" in sits
+    assert "| forward_kl | 0.800 | 5.00 (1/3) |" in sits  # the digits a KL is shown with
