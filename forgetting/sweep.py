@@ -181,8 +181,10 @@ def matched(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataF
 def at_frontier(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
     """Where each family's frontier checkpoint sits: per arm family, puzzle level and predictor, the predictor's
     value at the checkpoint that forgets least at that puzzle accuracy or more (frontier_levels), mean and 95%
-    interval over the seeds that reach the level. The predictors pooled over all checkpoints say what tracks
-    forgetting; this says whether the same measure orders the families where they are compared."""
+    interval over the seeds that reach the level (`n_reached`: those whose checkpoint there has the predictor; the
+    base, step 0, has none, and is a frontier checkpoint only at a level it already solves). The predictors pooled
+    over all checkpoints say what tracks forgetting; this says whether the same measure orders the families where
+    they are compared."""
     per_seed, rows = frontier_levels(frame, levels), []
     for name, column in PREDICTORS.items():
         if column not in per_seed:
