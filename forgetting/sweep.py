@@ -149,7 +149,7 @@ def frontier_levels(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> 
     for arm, group in frame.groupby("arm", sort=False):
         for level in levels:
             for seed in seeds:
-                there = group[(group.seed == seed) & (group.puzzle_exact >= level)]
+                there = group[(group.seed == seed) & (group.puzzle_exact >= level) & group.forgetting.notna()]
                 best = there.loc[there.forgetting.idxmin()] if len(there) else None
                 rows.append(
                     {"arm": arm, "puzzle_level": level, "seed": seed}
