@@ -27,7 +27,6 @@ def frame() -> pd.DataFrame:
     rows = [{"arm": a, "seed": s, "puzzle_exact": p, "forgetting": f} for a, s, p, f in CHECKPOINTS]
     return pd.DataFrame(rows).assign(
         prior_mean=lambda d: 0.9 - d.forgetting,
-        step=lambda d: range(10, 10 * len(d) + 1, 10),
         forward_kl=lambda d: 100 * d.forgetting + d.seed,  # a checkpoint's own value, to find it by
     )
 
