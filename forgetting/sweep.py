@@ -158,24 +158,26 @@ def frontier_levels(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> 
     return pd.DataFrame(rows)
 
 
+def over_seeds_at_levels(
+    per_seed: pd.DataFrame, column: str, name: str, bounds: tuple[float, float] | None = None
+) -> pd.DataFrame:
+    """Per arm family and puzzle level of frontier_levels' rows: the column's mean and 95% interval over seeds (as
+    `name`, `name_low`, `name_high`), how many seeds have a value (`n_reached`) and of how many (`seeds`)."""
+    rows = []
+    for (arm, level), group in per_seed.groupby(["arm", "puzzle_level"], sort=False):
+        stats = mean_ci(group[column].tolist(), bounds)
+        rows.append(
+            {"arm": arm, "puzzle_level": level, name: stats["mean"]}
+            | {f"{name}_low": stats["low"], f"{name}_high": stats["high"], "n_reached": stats["n"]}
+            | {"seeds": len(group)}
+        )
+    return pd.DataFrame(rows)
+
+
 def matched(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
     """Per arm family and puzzle level: frontier_levels' least forgetting, mean and 95% interval over seeds, and
     how many seeds got there (`n_reached`)."""
-    rows = []
-    for (arm, level), group in frontier_levels(frame, levels).groupby(["arm", "puzzle_level"], sort=False):
-        stats = mean_ci(group.forgetting.tolist(), BOUNDS["forgetting"])
-        rows.append(
-            {
-                "arm": arm,
-                "puzzle_level": level,
-                "forgetting": stats["mean"],
-                "forgetting_low": stats["low"],
-                "forgetting_high": stats["high"],
-                "n_reached": stats["n"],
-                "seeds": len(group),
-            }
-        )
-    return pd.DataFrame(rows)
+    return over_seeds_at_levels(frontier_levels(frame, levels), "forgetting", "forgetting", BOUNDS["forgetting"])
 
 
 def at_frontier(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
@@ -185,18 +187,16 @@ def at_frontier(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.D
     base, step 0, has none, and is a frontier checkpoint only at a level it already solves). The predictors pooled
     over all checkpoints say what tracks forgetting; this says whether the same measure orders the families where
     they are compared."""
-    per_seed, rows = frontier_levels(frame, levels), []
-    for name, column in PREDICTORS.items():
-        if column not in per_seed:
-            continue
-        for (arm, level), group in per_seed.groupby(["arm", "puzzle_level"], sort=False):
-            stats = mean_ci(group[column].tolist())
-            rows.append(
-                {"predictor": name, "arm": arm, "puzzle_level": level, "value": stats["mean"]}
-                | {"value_low": stats["low"], "value_high": stats["high"], "n_reached": stats["n"]}
-                | {"seeds": len(group)}
-            )
-    return pd.DataFrame(rows)
+    per_seed = frontier_levels(frame, levels)
+    tables = [
+        over_seeds_at_levels(per_seed, column, "value").assign(predictor=name)
+        for name, column in PREDICTORS.items()
+        if column in per_seed
+    ]
+    if not tables:
+        return pd.DataFrame()
+    table = pd.concat(tables, ignore_index=True)
+    return table[["predictor", *table.columns.drop("predictor")]]
 
 
 def rft_family(arm: str) -> str:
