@@ -28,7 +28,8 @@ DEFAULT_BLOCK = "results"
 PUBLISHED = (  # a study's report files, then a sweep's; each report folder holds those of its kind
     ("report.md", "summary.json", "config.yaml", "run.json", "environment.json")
     + ("forgetting.csv", "curves.csv", "dynamics.csv", "tradeoff.png", "forgetting.png", "dynamics.png")
-    + ("frontier.csv", "matched.csv", "against_rft.csv", "at_frontier.csv", "frontier.png", "predictors.png")
+    + ("frontier.csv", "matched.csv", "against_rft.csv", "at_frontier.csv", "at_frontier_against_rft.csv")
+    + ("frontier.png", "predictors.png")
 )
 
 

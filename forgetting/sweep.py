@@ -6,7 +6,7 @@ every checkpoint of every setting, and forgetting compared along the frontiers a
 
 A point is the study with some dotted keys set (`sweep.grid`: every combination; `sweep.extra`: more points).
 Points share every product they have in common (an arm depends on its own settings only), so a grid over
-two arms' learning rates trains each arm's settings once.
+two arms' learning rates trains each arm's settings once. The report's files and page: forgetting/sweep_report.py.
 """
 
 import itertools
@@ -14,29 +14,20 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from forgetting.arms import arm_spec
 from forgetting.config import ConfigError, StudyConfig, not_results
 from forgetting.metrics import BOUNDS, mean_ci
-from forgetting.predictors import PREDICTORS, predictor_rows, predictors
+from forgetting.predictors import PREDICTORS
 from forgetting.profiles import build_config, set_dotted
-from forgetting.report import (
-    interval,
-    legend,
-    markdown_table,
-    plot_dynamics,
-    pyplot,
-    save_figure,
-    skipped_note,
-    without_nan,
-)
 from forgetting.storage import stable_hash
 
 LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)  # puzzle accuracies at which the frontiers are compared
-# predictors the report shows at the frontiers: candidate causes (prior_logprob_change is the prior tasks' probe,
-# at a frontier checkpoint another reading of its forgetting; at_frontier.csv keeps it), with their digits
-AT_FRONTIER_SHOWN = {"forward_kl": 2, "reverse_kl": 2, "data_nll": 3, "param_distance": 4}
+# the predictors that are candidate causes of forgetting, compared at the frontiers (prior_logprob_change is the
+# prior tasks' probe: at a frontier checkpoint another reading of its forgetting; at_frontier.csv keeps it)
+CAUSES = ("forward_kl", "reverse_kl", "data_nll", "param_distance")
 
 
 def sweep_spec(config: StudyConfig) -> dict:
@@ -204,147 +195,54 @@ def rft_family(arm: str) -> str:
     return "rft-lora" if arm.endswith("-lora") else "rft"
 
 
-def against_rft(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
-    """The paper's comparison along the frontiers: per arm family (RFT's own left out) and puzzle level, its least
-    forgetting minus RFT's there (positive: it forgets more than RFT), each seed against the same seed (whose
-    puzzles and evaluation items both arms share), mean and 95% interval over the seeds where both frontiers reach
-    the level (`n_paired`). Empty without an RFT family."""
-    per_seed = frontier_levels(frame, levels).set_index(["arm", "puzzle_level", "seed"]).forgetting
-    families = per_seed.index.unique("arm")  # in the frame's order
-    per_seed = per_seed.sort_index()  # looked up by (arm, level) below: sorted, pandas need not scan it
-    rows = []
+def rft_pairs(per_seed: pd.DataFrame, levels: tuple[float, ...] = LEVELS):
+    """For each arm family with an RFT family to compare with (RFT's own left out, rft_family) and each level:
+    (family, its RFT family, level, frontier_levels' values of the family minus RFT's, seed by seed: each seed
+    against the same seed, whose puzzles and evaluation items both arms share; a frame indexed by seed)."""
+    indexed = per_seed.set_index(["arm", "puzzle_level", "seed"])
+    families = indexed.index.unique("arm")  # in the frame's order
+    indexed = indexed.sort_index()  # looked up by (arm, level) below: sorted, pandas need not scan it
     for arm in families:
         reference = rft_family(arm)
-        if arm == reference or reference not in families:
-            continue
-        for level in levels:
-            differences = (per_seed[arm, level] - per_seed[reference, level]).tolist()
-            stats = mean_ci(differences)
-            rows.append(
-                {
-                    "arm": arm,
-                    "reference": reference,
-                    "puzzle_level": level,
-                    "difference": stats["mean"],
-                    "difference_low": stats["low"],
-                    "difference_high": stats["high"],
-                    "n_paired": stats["n"],
-                    "seeds": len(differences),
-                }
-            )
-    return pd.DataFrame(rows)
+        if arm != reference and reference in families:
+            for level in levels:
+                yield arm, reference, level, indexed.loc[(arm, level)] - indexed.loc[(reference, level)]
 
 
-def write_sweep_report(
-    out: Path, sweep: str, frame: pd.DataFrame, overrides: dict[str, dict], skipped: dict[str, dict] | None = None
-) -> dict:
-    """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), matched.csv (forgetting along the frontiers
-    at matched puzzle accuracy), against_rft.csv (each family's forgetting there minus RFT's), at_frontier.csv
-    (the predictors at those frontier checkpoints), summary.json,
-    frontier.png (a panel per arm family), predictors.png (forgetting against each predictor, every trained
-    checkpoint) and report.md; skipped: skipped_arms of the points."""
-    out.mkdir(parents=True, exist_ok=True)
-    table, found = matched(frame), predictors(frame[frame.step > 0])  # pooled over every distinct checkpoint
-    contrast, sits = against_rft(frame), at_frontier(frame)
-    frame.to_csv(out / "frontier.csv", index=False)
-    table.to_csv(out / "matched.csv", index=False)
-    contrast.to_csv(out / "against_rft.csv", index=False)
-    sits.to_csv(out / "at_frontier.csv", index=False)
-    summary = {
-        "sweep_id": sweep,
-        "points": overrides,
-        "seeds": sorted(int(s) for s in frame.seed.unique()),
-        "checkpoints": len(frame),
-        "matched": without_nan(table.to_dict("records")),
-        "against_rft": without_nan(contrast.to_dict("records")),
-        "at_frontier": without_nan(sits.to_dict("records")),
-        "predictors": without_nan(found),
-        "skipped": dict(skipped or {}),
+def paired(arm: str, reference: str, level: float, differences: pd.Series) -> dict:
+    """A row of paired differences: mean and 95% interval over the seeds that have one (`n_paired`) of `seeds`."""
+    stats = mean_ci(differences.tolist())
+    return {
+        "arm": arm,
+        "reference": reference,
+        "puzzle_level": level,
+        "difference": stats["mean"],
+        "difference_low": stats["low"],
+        "difference_high": stats["high"],
+        "n_paired": stats["n"],
+        "seeds": len(differences),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    plot_frontiers(frame, out / "frontier.png")
-    plot_dynamics(frame[frame.step > 0], out / "predictors.png")
-    (out / "report.md").write_text(sweep_markdown(summary, table, contrast, sits, found))
-    return summary
 
 
-def plot_frontiers(frame: pd.DataFrame, path: Path) -> Path:
-    plt = pyplot()
-    families = list(dict.fromkeys(frame.arm))
-    fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 4), sharex=True, sharey=True, squeeze=False)
-    for ax, arm in zip(axes[0], families, strict=True):
-        group = frame[frame.arm == arm]
-        ax.scatter(group.puzzle_exact, group.prior_mean, s=10, color="lightgray", label="checkpoints")
-        for seed, rows in group[group.on_frontier].groupby("seed"):
-            rows = rows.sort_values("puzzle_exact")
-            ax.plot(rows.puzzle_exact, rows.prior_mean, marker="o", label=f"frontier, seed {seed}")
-        ax.set_title(arm)
-        ax.set_xlabel("puzzle exact accuracy")
-        legend(ax)
-    axes[0][0].set_ylabel("prior-knowledge accuracy")
-    fig.suptitle("Pareto frontiers: learning the puzzle against keeping what the base knew")
-    return save_figure(fig, path)
+def against_rft(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
+    """The paper's comparison along the frontiers: per arm family (RFT's own left out) and puzzle level, its least
+    forgetting minus RFT's there (positive: it forgets more than RFT), seed by seed (rft_pairs), mean and 95%
+    interval over the seeds where both frontiers reach the level (`n_paired`). Empty without an RFT family."""
+    pairs = rft_pairs(frontier_levels(frame, levels), levels)
+    return pd.DataFrame([paired(arm, reference, level, d.forgetting) for arm, reference, level, d in pairs])
 
 
-def level_pivot(table: pd.DataFrame, value: str, count: str, digits: int = 3) -> pd.DataFrame:
-    """A table of matched, against_rft or one predictor of at_frontier as puzzle level by arm family, each cell
-    `mean [low, high] (n/N)`."""
-    cells = [
-        interval(
-            {"mean": row[value], "low": row[f"{value}_low"], "high": row[f"{value}_high"], "n": row[count]},
-            digits=digits,
-            of=row["seeds"],
-        )
-        for row in table.to_dict("records")
-    ]
-    return table.assign(cell=cells).pivot(index="puzzle_level", columns="arm", values="cell").reset_index()
-
-
-def at_frontier_table(sits: pd.DataFrame) -> pd.DataFrame:
-    """at_frontier's shown predictors, each as puzzle level by arm family, one under another, the predictor named
-    in the first column."""
-    blocks = []
-    for name, digits in AT_FRONTIER_SHOWN.items():
-        rows = sits[sits.predictor == name] if len(sits) else sits
-        if len(rows):
-            block = level_pivot(rows, "value", "n_reached", digits)
-            block.insert(0, "predictor", name)
-            blocks.append(block)
-    return pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
-
-
-def sweep_markdown(
-    summary: dict, table: pd.DataFrame, contrast: pd.DataFrame, sits: pd.DataFrame, predictors_found: dict
-) -> str:
-    points = "".join(
-        f"- `{p}`: {json.dumps(o) if o else 'the profile as it is'}\n" for p, o in summary["points"].items()
-    )
-    paired = (
-        "\nForgetting along each frontier minus RFT's at the same level, seed by seed (each seed's arms share its "
-        "puzzles and evaluation items): positive, the family forgets more than RFT there; mean [95% interval] over "
-        "the seeds where both frontiers reach the level, (n/N) when only n of N do.\n\n"
-        + markdown_table(level_pivot(contrast, "difference", "n_paired"))
-        if len(contrast)
-        else ""
-    )
-    return (
-        f"## Sweep {summary['sweep_id']} over seeds {summary['seeds']}\n\n"
-        + skipped_note(skipped_by_arm(summary["skipped"]))
-        + f"{len(summary['points'])} points, {summary['checkpoints']} distinct checkpoints:\n\n{points}\n"
-        "Forgetting (base prior mean - prior mean; positive: forgotten) along each arm family's Pareto frontier: the "
-        "least forgetting any checkpoint of the family reaches at that puzzle exact accuracy or more, mean [95% "
-        "interval] over seeds; (n/N): only n of the N seeds' frontiers reach that accuracy.\n\n"
-        + markdown_table(level_pivot(table, "forgetting", "n_reached"))
-        + paired
-        + (
-            "\nWhere the frontiers sit: each predictor at the checkpoint that makes up a family's frontier at a "
-            "puzzle level (its least forgetting there), mean [95% interval] over the seeds that reach the level. "
-            "A measure that explains why one family forgets more than another at matched accuracy should order "
-            "them here as the first table orders their forgetting.\n\n" + markdown_table(at_frontier_table(sits))
-            if len(sits)
-            else ""
-        )
-        + "\n### What predicts forgetting, over every distinct checkpoint of the sweep\n\n"
-        + markdown_table(predictor_rows(predictors_found))
-        + "\n![frontiers](frontier.png)\n\n![predictors](predictors.png)\n"
-    )
+def at_frontier_against_rft(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
+    """Whether a candidate cause orders a family and RFT, seed by seed, as their forgetting does: per predictor of
+    CAUSES, arm family (RFT's own left out) and puzzle level, the predictor at the family's frontier checkpoint
+    minus at RFT's (rft_pairs; the checkpoints at_frontier reads), mean and 95% interval over the seeds where both
+    have it (`n_paired`), and `agree`: in how many of those the predictor's difference has the sign of the
+    forgetting difference (a tie in forgetting agrees only with a tie). Empty without an RFT family."""
+    rows = []
+    for arm, reference, level, d in rft_pairs(frontier_levels(frame, levels), levels):
+        for name in CAUSES:
+            if (column := PREDICTORS[name]) in d:
+                both = d[[column, "forgetting"]].dropna()
+                agree = int((np.sign(both[column]) == np.sign(both.forgetting)).sum())
+                rows.append({"predictor": name} | paired(arm, reference, level, d[column]) | {"agree": agree})
+    return pd.DataFrame(rows)

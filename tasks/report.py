@@ -13,7 +13,7 @@ from assets import report
 from forgetting.config import StudyConfig
 from forgetting.report import aggregate_reports, summary_frame, without_nan
 from forgetting.report_cache import current_report
-from forgetting.sweep import write_sweep_report
+from forgetting.sweep_report import write_sweep_report
 from tasks import retried_unless
 
 

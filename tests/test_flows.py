@@ -272,7 +272,11 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     assert summary["predictors"]["param_distance"]["points"] == (frame.step > 0).sum()  # pooled, each arm once
     sits = pd.read_csv(report / "at_frontier.csv")  # every predictor at each family's frontier checkpoints
     assert set(sits.predictor) == {"forward_kl", "reverse_kl", "data_nll", "param_distance", "prior_logprob_change"}
-    assert "Where the frontiers sit" in (report / "report.md").read_text()
+    paired = pd.read_csv(report / "at_frontier_against_rft.csv")  # the candidate causes, SFT's minus RFT's
+    assert set(paired.predictor) == {"forward_kl", "reverse_kl", "data_nll", "param_distance"}
+    assert set(paired.arm) == {"sft"} and (paired.agree <= paired.n_paired).all()
+    page = (report / "report.md").read_text()
+    assert "Where the frontiers sit" in page and "The same, seed by seed" in page
     client, runs = _runs(config)
     parent = next(r for r in runs if r.info.run_name == summary["sweep_id"])
     studies = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -290,7 +294,7 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     text = readme.read_text()
     assert "`python -m flows.sweep --profile docs/results/config.yaml`" in text
     assert "(docs/results/frontier.png)" in text
-    assert (tmp_path / "docs" / "results" / "frontier.csv").is_file() and not stale.exists()
+    assert (tmp_path / "docs" / "results" / "at_frontier_against_rft.csv").is_file() and not stale.exists()
 
 
 def _study_ids(config) -> set[str]:

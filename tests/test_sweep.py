@@ -6,7 +6,8 @@ import warnings
 import pandas as pd
 import pytest
 
-from forgetting.sweep import against_rft, at_frontier, matched, sweep_markdown
+from forgetting.sweep import against_rft, at_frontier, at_frontier_against_rft, matched
+from forgetting.sweep_report import sweep_markdown, sweep_tables
 
 # (family, seed, puzzle exact accuracy, forgetting) of every evaluated checkpoint
 CHECKPOINTS = [
@@ -54,18 +55,19 @@ def test_each_family_is_compared_with_rft_seed_by_seed():
     assert math.isnan(table.loc[("sft", 1.0), "difference"]) and table.loc[("sft", 1.0), "n_paired"] == 0
 
 
+SUMMARY = {"sweep_id": "s", "seeds": [0, 1, 2], "points": {"p0": {}}, "checkpoints": 10, "skipped": {}}
+
+
 def test_the_report_shows_the_comparison_with_rft_only_when_there_is_an_rft():
-    summary = {"sweep_id": "s", "seeds": [0, 1, 2], "points": {"p0": {}}, "checkpoints": 10, "skipped": {}}
-    text = sweep_markdown(summary, matched(frame()), against_rft(frame()), at_frontier(frame()), {})
+    text = sweep_markdown(SUMMARY, sweep_tables(frame()), {})
     paired = text.split("minus RFT's")[1].split("###")[0]
     assert "| puzzle_level | sft |" in paired  # neither RFT nor the LoRA family without its RFT
     row = next(line for line in paired.splitlines() if line.startswith("| 0.400"))
     # sft minus rft at 0.4, over the two seeds whose RFT frontier gets there
     assert row.startswith("| 0.400 | 0.025 [") and row.endswith("(2/3) |")
     without = frame()[~frame().arm.str.startswith("rft")]
-    assert "minus RFT's" not in sweep_markdown(
-        summary, matched(without), against_rft(without), at_frontier(without), {}
-    )
+    text = sweep_markdown(SUMMARY, sweep_tables(without), {})
+    assert "minus RFT's" not in text and "agree" not in text
 
 
 def test_the_comparison_does_not_depend_on_the_order_of_the_checkpoints():
@@ -88,8 +90,29 @@ def test_the_predictors_are_read_at_the_checkpoint_that_makes_up_each_frontier()
     assert at.value == pytest.approx((4.0 + 6.0 + 4.0) / 3) and at.n_reached == 3 and at.seeds == 3
     at = table.loc[("forward_kl", "rft", 0.8)]  # seed 0's checkpoint at 0.9 alone
     assert at.value == pytest.approx(5.0) and at.n_reached == 1 and math.isnan(at.value_low)
-    summary = {"sweep_id": "s", "seeds": [0, 1, 2], "points": {"p0": {}}, "checkpoints": 10, "skipped": {}}
-    text = sweep_markdown(summary, matched(frame()), against_rft(frame()), at_frontier(frame()), {})
+    text = sweep_markdown(SUMMARY, sweep_tables(frame()), {})
     sits = text.split("Where the frontiers sit")[1].split("###")[0]
     assert "| predictor | puzzle_level | rft | sft | sft-lora |" in sits
     assert "| forward_kl | 0.800 | 5.00 (1/3) |" in sits  # the digits a KL is shown with
+
+
+def test_the_causes_at_the_frontier_are_compared_with_rfts_seed_by_seed():
+    """Each cause at a family's frontier checkpoint minus at RFT's, within a seed, and how many seeds it orders
+    as forgetting orders them: forward_kl follows forgetting here by construction; data_nll is SFT's 1 more in
+    every seed, while SFT forgets more than RFT at 0.4 and less at 0.8."""
+    data = frame().assign(data_nll=lambda d: d.arm.map({"rft": 1.0, "sft": 2.0, "sft-lora": 3.0}))
+    table = at_frontier_against_rft(data).set_index(["predictor", "arm", "puzzle_level"])
+    assert set(table.index.unique("arm")) == {"sft"} and set(table.index.unique("predictor")) == {
+        "forward_kl",
+        "data_nll",
+    }
+    at = table.loc[("forward_kl", "sft", 0.4)]  # seeds 0 and 1: 3 - 1 and 6 - 3; seed 2's RFT never gets there
+    assert at.difference == pytest.approx(2.5) and (at.n_paired, at.seeds, at.agree) == (2, 3, 2)
+    assert table.loc[("data_nll", "sft", 0.4), "agree"] == 2
+    at = table.loc[("data_nll", "sft", 0.8)]  # seed 0: forgetting 0.04 - 0.05, data_nll 2 - 1
+    assert at.difference == pytest.approx(1.0) and (at.n_paired, at.agree) == (1, 0)
+    assert table.loc[("data_nll", "sft", 1.0), "n_paired"] == 0
+    text = sweep_markdown(SUMMARY, sweep_tables(data), {})
+    paired = text.split("The same, seed by seed")[1].split("###")[0]
+    assert "| data_nll | 0.800 | 1.000 (1/3), 0/1 agree |" in paired
+    assert "| forward_kl | 0.400 | 2.50 [" in paired and "(2/3), 2/2 agree |" in paired

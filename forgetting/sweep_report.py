@@ -1,0 +1,154 @@
+"""A sweep's report folder and page: the frontier statistics of forgetting/sweep.py written as CSV files,
+summary.json, two plots and report.md."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from forgetting.predictors import predictor_rows, predictors
+from forgetting.report import (
+    interval,
+    legend,
+    markdown_table,
+    plot_dynamics,
+    pyplot,
+    save_figure,
+    skipped_note,
+    without_nan,
+)
+from forgetting.sweep import CAUSES, against_rft, at_frontier, at_frontier_against_rft, matched, skipped_by_arm
+
+DIGITS = {"forward_kl": 2, "reverse_kl": 2, "data_nll": 3, "param_distance": 4}  # a cause's digits on the page
+
+
+def sweep_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The comparisons along the frontiers, by the name of their CSV file and summary.json key: matched
+    (forgetting at matched puzzle accuracy), against_rft (each family's forgetting there minus RFT's), at_frontier
+    (the predictors at those frontier checkpoints), at_frontier_against_rft (the causes there minus RFT's, seed by
+    seed, and whether they order the two as forgetting does)."""
+    return {
+        "matched": matched(frame),
+        "against_rft": against_rft(frame),
+        "at_frontier": at_frontier(frame),
+        "at_frontier_against_rft": at_frontier_against_rft(frame),
+    }
+
+
+def write_sweep_report(
+    out: Path, sweep: str, frame: pd.DataFrame, overrides: dict[str, dict], skipped: dict[str, dict] | None = None
+) -> dict:
+    """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), a CSV file per table of sweep_tables,
+    summary.json, frontier.png (a panel per arm family), predictors.png (forgetting against each predictor, every
+    trained checkpoint) and report.md; skipped: skipped_arms of the points."""
+    out.mkdir(parents=True, exist_ok=True)
+    tables, found = sweep_tables(frame), predictors(frame[frame.step > 0])  # pooled over every distinct checkpoint
+    frame.to_csv(out / "frontier.csv", index=False)
+    for name, table in tables.items():
+        table.to_csv(out / f"{name}.csv", index=False)
+    summary = {
+        "sweep_id": sweep,
+        "points": overrides,
+        "seeds": sorted(int(s) for s in frame.seed.unique()),
+        "checkpoints": len(frame),
+        **{name: without_nan(table.to_dict("records")) for name, table in tables.items()},
+        "predictors": without_nan(found),
+        "skipped": dict(skipped or {}),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot_frontiers(frame, out / "frontier.png")
+    plot_dynamics(frame[frame.step > 0], out / "predictors.png")
+    (out / "report.md").write_text(sweep_markdown(summary, tables, found))
+    return summary
+
+
+def plot_frontiers(frame: pd.DataFrame, path: Path) -> Path:
+    plt = pyplot()
+    families = list(dict.fromkeys(frame.arm))
+    fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 4), sharex=True, sharey=True, squeeze=False)
+    for ax, arm in zip(axes[0], families, strict=True):
+        group = frame[frame.arm == arm]
+        ax.scatter(group.puzzle_exact, group.prior_mean, s=10, color="lightgray", label="checkpoints")
+        for seed, rows in group[group.on_frontier].groupby("seed"):
+            rows = rows.sort_values("puzzle_exact")
+            ax.plot(rows.puzzle_exact, rows.prior_mean, marker="o", label=f"frontier, seed {seed}")
+        ax.set_title(arm)
+        ax.set_xlabel("puzzle exact accuracy")
+        legend(ax)
+    axes[0][0].set_ylabel("prior-knowledge accuracy")
+    fig.suptitle("Pareto frontiers: learning the puzzle against keeping what the base knew")
+    return save_figure(fig, path)
+
+
+def level_pivot(table: pd.DataFrame, value: str, count: str, digits: int = 3) -> pd.DataFrame:
+    """A table of matched, against_rft or one predictor of at_frontier(_against_rft) as puzzle level by arm
+    family, each cell `mean [low, high] (n/N)`, and `, k/n agree` where the table counts agreeing seeds."""
+    cells = [
+        interval(
+            {"mean": row[value], "low": row[f"{value}_low"], "high": row[f"{value}_high"], "n": row[count]},
+            digits=digits,
+            of=row["seeds"],
+        )
+        + (f", {row['agree']}/{row[count]} agree" if "agree" in row and row[count] else "")
+        for row in table.to_dict("records")
+    ]
+    return table.assign(cell=cells).pivot(index="puzzle_level", columns="arm", values="cell").reset_index()
+
+
+def causes_table(table: pd.DataFrame, value: str, count: str) -> pd.DataFrame:
+    """at_frontier's or at_frontier_against_rft's causes, each as puzzle level by arm family, one under another,
+    the predictor named in the first column."""
+    blocks = []
+    for name in CAUSES:
+        rows = table[table.predictor == name] if len(table) else table
+        if len(rows):
+            block = level_pivot(rows, value, count, DIGITS[name])
+            block.insert(0, "predictor", name)
+            blocks.append(block)
+    return pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
+
+
+def sweep_markdown(summary: dict, tables: dict[str, pd.DataFrame], predictors_found: dict) -> str:
+    """report.md from summary.json's head and sweep_tables; a comparison with RFT only where the sweep has one."""
+    points = "".join(
+        f"- `{p}`: {json.dumps(o) if o else 'the profile as it is'}\n" for p, o in summary["points"].items()
+    )
+    contrast, sits, sits_paired = tables["against_rft"], tables["at_frontier"], tables["at_frontier_against_rft"]
+    return (
+        f"## Sweep {summary['sweep_id']} over seeds {summary['seeds']}\n\n"
+        + skipped_note(skipped_by_arm(summary["skipped"]))
+        + f"{len(summary['points'])} points, {summary['checkpoints']} distinct checkpoints:\n\n{points}\n"
+        "Forgetting (base prior mean - prior mean; positive: forgotten) along each arm family's Pareto frontier: the "
+        "least forgetting any checkpoint of the family reaches at that puzzle exact accuracy or more, mean [95% "
+        "interval] over seeds; (n/N): only n of the N seeds' frontiers reach that accuracy.\n\n"
+        + markdown_table(level_pivot(tables["matched"], "forgetting", "n_reached"))
+        + (
+            "\nForgetting along each frontier minus RFT's at the same level, seed by seed (each seed's arms share "
+            "its puzzles and evaluation items): positive, the family forgets more than RFT there; mean [95% "
+            "interval] over the seeds where both frontiers reach the level, (n/N) when only n of N do.\n\n"
+            + markdown_table(level_pivot(contrast, "difference", "n_paired"))
+            if len(contrast)
+            else ""
+        )
+        + (
+            "\nWhere the frontiers sit: each predictor at the checkpoint that makes up a family's frontier at a "
+            "puzzle level (its least forgetting there), mean [95% interval] over the seeds that reach the level. "
+            "A measure that explains why one family forgets more than another at matched accuracy should order "
+            "them here as the first table orders their forgetting.\n\n"
+            + markdown_table(causes_table(sits, "value", "n_reached"))
+            if len(sits)
+            else ""
+        )
+        + (
+            "\nThe same, seed by seed: each predictor at a family's frontier checkpoint minus at RFT's, mean [95% "
+            "interval] over the seeds where both have it, then k/n agree: in k of those n seeds the predictor's "
+            "difference has the sign of the forgetting difference (the predictor puts the two in the order of "
+            "their forgetting; a seed where they forget the same agrees only if the predictor ties too).\n\n"
+            + markdown_table(causes_table(sits_paired, "difference", "n_paired"))
+            if len(sits_paired)
+            else ""
+        )
+        + "\n### What predicts forgetting, over every distinct checkpoint of the sweep\n\n"
+        + markdown_table(predictor_rows(predictors_found))
+        + "\n![frontiers](frontier.png)\n\n![predictors](predictors.png)\n"
+    )
