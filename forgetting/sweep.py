@@ -12,6 +12,7 @@ two arms' learning rates trains each arm's settings once. The report's files and
 import itertools
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -195,7 +196,9 @@ def rft_family(arm: str) -> str:
     return "rft-lora" if arm.endswith("-lora") else "rft"
 
 
-def rft_pairs(per_seed: pd.DataFrame, levels: tuple[float, ...] = LEVELS):
+def rft_pairs(
+    per_seed: pd.DataFrame, levels: tuple[float, ...] = LEVELS
+) -> Iterator[tuple[str, str, float, pd.DataFrame]]:
     """For each arm family with an RFT family to compare with (RFT's own left out, rft_family) and each level:
     (family, its RFT family, level, frontier_levels' values of the family minus RFT's, seed by seed: each seed
     against the same seed, whose puzzles and evaluation items both arms share; a frame indexed by seed)."""
