@@ -12,7 +12,6 @@ two arms' learning rates trains each arm's settings once. The report's files and
 import itertools
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -196,56 +195,65 @@ def rft_family(arm: str) -> str:
     return "rft-lora" if arm.endswith("-lora") else "rft"
 
 
-def rft_pairs(
-    per_seed: pd.DataFrame, levels: tuple[float, ...] = LEVELS
-) -> Iterator[tuple[str, str, float, pd.DataFrame]]:
-    """For each arm family with an RFT family to compare with (RFT's own left out, rft_family) and each level:
-    (family, its RFT family, level, frontier_levels' values of the family minus RFT's, seed by seed: each seed
-    against the same seed, whose puzzles and evaluation items both arms share; a frame indexed by seed)."""
-    indexed = per_seed.set_index(["arm", "puzzle_level", "seed"])
-    families = indexed.index.unique("arm")  # in the frame's order
-    indexed = indexed.sort_index()  # looked up by (arm, level) below: sorted, pandas need not scan it
-    for arm in families:
-        reference = rft_family(arm)
-        if arm != reference and reference in families:
-            for level in levels:
-                yield arm, reference, level, indexed.loc[(arm, level)] - indexed.loc[(reference, level)]
+def differences_from_rft(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
+    """Per arm family with an RFT family to compare with (rft_family; RFT's own left out), puzzle level and seed:
+    frontier_levels' forgetting and predictors of the family minus its RFT's, each seed against the same seed
+    (whose puzzles and evaluation items both arms share); NaN where either frontier misses the level. Empty
+    without an RFT family."""
+    per_seed = frontier_levels(frame, levels).set_index(["arm", "puzzle_level", "seed"])
+    families = per_seed.index.unique("arm")  # in the frame's order
+    per_seed = per_seed.sort_index()  # looked up by (arm, level) below: sorted, pandas need not scan it
+    parts = [
+        (per_seed.loc[(arm, level)] - per_seed.loc[(rft_family(arm), level)])
+        .reset_index()
+        .assign(arm=arm, reference=rft_family(arm), puzzle_level=level)
+        for arm in families
+        if arm != rft_family(arm) and rft_family(arm) in families
+        for level in levels
+    ]
+    if not parts:
+        return pd.DataFrame()
+    table = pd.concat(parts, ignore_index=True)
+    return table[["arm", "reference", "puzzle_level", *table.columns.drop(["arm", "reference", "puzzle_level"])]]
 
 
-def paired(arm: str, reference: str, level: float, differences: pd.Series) -> dict:
-    """A row of paired differences: mean and 95% interval over the seeds that have one (`n_paired`) of `seeds`."""
-    stats = mean_ci(differences.tolist())
+def paired(rows: pd.DataFrame, column: str) -> dict:
+    """One family and level of differences_from_rft: the column's mean and 95% interval over the seeds that have
+    it (`n_paired`) of `seeds`."""
+    stats, first = mean_ci(rows[column].tolist()), rows.iloc[0]
     return {
-        "arm": arm,
-        "reference": reference,
-        "puzzle_level": level,
+        "arm": first.arm,
+        "reference": first.reference,
+        "puzzle_level": first.puzzle_level,
         "difference": stats["mean"],
         "difference_low": stats["low"],
         "difference_high": stats["high"],
         "n_paired": stats["n"],
-        "seeds": len(differences),
+        "seeds": len(rows),
     }
 
 
 def against_rft(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
     """The paper's comparison along the frontiers: per arm family (RFT's own left out) and puzzle level, its least
-    forgetting minus RFT's there (positive: it forgets more than RFT), seed by seed (rft_pairs), mean and 95%
-    interval over the seeds where both frontiers reach the level (`n_paired`). Empty without an RFT family."""
-    pairs = rft_pairs(frontier_levels(frame, levels), levels)
-    return pd.DataFrame([paired(arm, reference, level, d.forgetting) for arm, reference, level, d in pairs])
+    forgetting minus RFT's there (positive: it forgets more than RFT), seed by seed (differences_from_rft), mean
+    and 95% interval over the seeds where both frontiers reach the level (`n_paired`). Empty without an RFT
+    family."""
+    differences = differences_from_rft(frame, levels)
+    groups = differences.groupby(["arm", "puzzle_level"], sort=False) if len(differences) else []
+    return pd.DataFrame([paired(rows, "forgetting") for _, rows in groups])
 
 
 def at_frontier_against_rft(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
-    """Whether a candidate cause orders a family and RFT, seed by seed, as their forgetting does: per predictor of
-    CAUSES, arm family (RFT's own left out) and puzzle level, the predictor at the family's frontier checkpoint
-    minus at RFT's (rft_pairs; the checkpoints at_frontier reads), mean and 95% interval over the seeds where both
-    have it (`n_paired`), and `agree`: in how many of those the predictor's difference has the sign of the
-    forgetting difference (a tie in forgetting agrees only with a tie). Empty without an RFT family."""
-    rows = []
-    for arm, reference, level, d in rft_pairs(frontier_levels(frame, levels), levels):
+    """Whether a candidate cause orders a family and RFT, seed by seed, as their forgetting does: per arm family
+    (RFT's own left out), puzzle level and predictor of CAUSES, the predictor at the family's frontier checkpoint
+    minus at RFT's (differences_from_rft; the checkpoints at_frontier reads), mean and 95% interval over the seeds
+    where both have it (`n_paired`), and `agree`: in how many of those the predictor's difference has the sign of
+    the forgetting difference (a tie in forgetting agrees only with a tie). Empty without an RFT family."""
+    differences, rows = differences_from_rft(frame, levels), []
+    for _, group in differences.groupby(["arm", "puzzle_level"], sort=False) if len(differences) else []:
         for name in CAUSES:
-            if (column := PREDICTORS[name]) in d:
-                both = d[[column, "forgetting"]].dropna()
+            if (column := PREDICTORS[name]) in group:
+                both = group[[column, "forgetting"]].dropna()
                 agree = int((np.sign(both[column]) == np.sign(both.forgetting)).sum())
-                rows.append({"predictor": name} | paired(arm, reference, level, d[column]) | {"agree": agree})
+                rows.append({"predictor": name} | paired(group, column) | {"agree": agree})
     return pd.DataFrame(rows)

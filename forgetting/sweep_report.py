@@ -1,12 +1,12 @@
 """A sweep's report folder and page: the frontier statistics of forgetting/sweep.py written as CSV files,
-summary.json, two plots and report.md."""
+summary.json, plots and report.md."""
 
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from forgetting.predictors import predictor_rows, predictors
+from forgetting.predictors import PREDICTORS, predictor_rows, predictors
 from forgetting.report import (
     interval,
     legend,
@@ -17,7 +17,16 @@ from forgetting.report import (
     skipped_note,
     without_nan,
 )
-from forgetting.sweep import CAUSES, against_rft, at_frontier, at_frontier_against_rft, matched, skipped_by_arm
+from forgetting.sweep import (
+    CAUSES,
+    LEVELS,
+    against_rft,
+    at_frontier,
+    at_frontier_against_rft,
+    differences_from_rft,
+    matched,
+    skipped_by_arm,
+)
 
 DIGITS = {"forward_kl": 2, "reverse_kl": 2, "data_nll": 3, "param_distance": 4}  # a cause's digits on the page
 
@@ -40,7 +49,8 @@ def write_sweep_report(
 ) -> dict:
     """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), a CSV file per table of sweep_tables,
     summary.json, frontier.png (a panel per arm family), predictors.png (forgetting against each predictor, every
-    trained checkpoint) and report.md; skipped: skipped_arms of the points."""
+    trained checkpoint), causes.png (plot_causes; only with an RFT family to compare with) and report.md;
+    skipped: skipped_arms of the points."""
     out.mkdir(parents=True, exist_ok=True)
     tables, found = sweep_tables(frame), predictors(frame[frame.step > 0])  # pooled over every distinct checkpoint
     frame.to_csv(out / "frontier.csv", index=False)
@@ -58,6 +68,8 @@ def write_sweep_report(
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot_frontiers(frame, out / "frontier.png")
     plot_dynamics(frame[frame.step > 0], out / "predictors.png")
+    (out / "causes.png").unlink(missing_ok=True)
+    plot_causes(differences_from_rft(frame), out / "causes.png")
     (out / "report.md").write_text(sweep_markdown(summary, tables, found))
     return summary
 
@@ -77,6 +89,36 @@ def plot_frontiers(frame: pd.DataFrame, path: Path) -> Path:
         legend(ax)
     axes[0][0].set_ylabel("prior-knowledge accuracy")
     fig.suptitle("Pareto frontiers: learning the puzzle against keeping what the base knew")
+    return save_figure(fig, path)
+
+
+def plot_causes(differences: pd.DataFrame, path: Path) -> Path | None:
+    """differences_from_rft as a panel per cause: each seed's forgetting difference from RFT at a level against
+    the cause's difference there, coloured by family, a marker per level. A cause that explains the comparison
+    puts the points in the lower left and upper right quarters. None (no file) without an RFT family."""
+    if differences.empty:
+        return None
+    plt = pyplot()
+    from matplotlib.lines import Line2D
+
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {arm: cycle[i % len(cycle)] for i, arm in enumerate(dict.fromkeys(differences.arm))}
+    markers = dict(zip(LEVELS, "osD^v", strict=True))
+    fig, axes = plt.subplots(1, len(CAUSES), figsize=(4 * len(CAUSES), 4), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], CAUSES, strict=True):
+        column = PREDICTORS[name]
+        for (arm, level), rows in differences.groupby(["arm", "puzzle_level"], sort=False):
+            if column in rows:
+                ax.scatter(rows[column], rows.forgetting, s=22, color=colours[arm], marker=markers.get(level, "o"))
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.axvline(0, color="black", linewidth=0.6)
+        ax.set_xlabel(f"{name}: family - RFT")
+    axes[0][0].set_ylabel("forgetting: family - RFT")
+    handles = [Line2D([], [], color=c, marker="o", linestyle="", label=arm) for arm, c in colours.items()] + [
+        Line2D([], [], color="gray", marker=m, linestyle="", label=f"puzzle >= {level}") for level, m in markers.items()
+    ]
+    axes[0][-1].legend(handles=handles, fontsize="small")
+    fig.suptitle("At the frontier checkpoints, each seed: does a cause order a family and RFT as their forgetting?")
     return save_figure(fig, path)
 
 
@@ -145,6 +187,7 @@ def sweep_markdown(summary: dict, tables: dict[str, pd.DataFrame], predictors_fo
             "difference has the sign of the forgetting difference (the predictor puts the two in the order of "
             "their forgetting; a seed where they forget the same agrees only if the predictor ties too).\n\n"
             + markdown_table(causes_table(sits_paired, "difference", "n_paired"))
+            + "\n![causes against RFT](causes.png)\n"
             if len(sits_paired)
             else ""
         )

@@ -276,7 +276,7 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     assert set(paired.predictor) == {"forward_kl", "reverse_kl", "data_nll", "param_distance"}
     assert set(paired.arm) == {"sft"} and (paired.agree <= paired.n_paired).all()
     page = (report / "report.md").read_text()
-    assert "Where the frontiers sit" in page and "The same, seed by seed" in page
+    assert "Where the frontiers sit" in page and "The same, seed by seed" in page and (report / "causes.png").is_file()
     client, runs = _runs(config)
     parent = next(r for r in runs if r.info.run_name == summary["sweep_id"])
     studies = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

@@ -67,7 +67,7 @@ def test_the_report_shows_the_comparison_with_rft_only_when_there_is_an_rft():
     assert row.startswith("| 0.400 | 0.025 [") and row.endswith("(2/3) |")
     without = frame()[~frame().arm.str.startswith("rft")]
     text = sweep_markdown(SUMMARY, sweep_tables(without), {})
-    assert "minus RFT's" not in text and "agree" not in text
+    assert "minus RFT's" not in text and "agree" not in text and "causes.png" not in text
 
 
 def test_the_comparison_does_not_depend_on_the_order_of_the_checkpoints():
@@ -116,3 +116,4 @@ def test_the_causes_at_the_frontier_are_compared_with_rfts_seed_by_seed():
     paired = text.split("The same, seed by seed")[1].split("###")[0]
     assert "| data_nll | 0.800 | 1.000 (1/3), 0/1 agree |" in paired
     assert "| forward_kl | 0.400 | 2.50 [" in paired and "(2/3), 2/2 agree |" in paired
+    assert "![causes against RFT](causes.png)" in paired
