@@ -117,7 +117,7 @@ def plot_causes(differences: pd.DataFrame, path: Path) -> Path | None:
     handles = [Line2D([], [], color=c, marker="o", linestyle="", label=arm) for arm, c in colours.items()] + [
         Line2D([], [], color="gray", marker=m, linestyle="", label=f"puzzle >= {level}") for level, m in markers.items()
     ]
-    axes[0][-1].legend(handles=handles, fontsize="small")
+    axes[0][-1].legend(handles=handles, fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("At the frontier checkpoints, each seed: does a cause order a family and RFT as their forgetting?")
     return save_figure(fig, path)
 
