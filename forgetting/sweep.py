@@ -66,8 +66,13 @@ def points(config: StudyConfig) -> list[tuple[str, dict, StudyConfig]]:
 
 
 def family(config: StudyConfig, arm: str) -> str:
-    """An arm family: the arm, and -lora when it trains a LoRA adapter (a family of its own on the frontier)."""
-    return f"{arm}-lora" if config.model.finetune == "lora" else arm
+    """An arm family, a frontier of its own: the arm; rollout_sft on other rollouts than fresh samples of the final
+    RFT model with their source (-training: those RFT recorded while training; -early<step>, -early: samples of
+    that RFT checkpoint, or of its first); -lora when it trains a LoRA adapter."""
+    name = arm
+    if arm == "rollout_sft" and (rollouts := config.arms.rollout_sft).rollout_source != "final":
+        name += f"-{rollouts.rollout_source}{rollouts.early_step or ''}"
+    return f"{name}-lora" if config.model.finetune == "lora" else name
 
 
 def arm_key(config: StudyConfig, arm: str) -> str:

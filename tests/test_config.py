@@ -199,6 +199,14 @@ def test_a_sweep_is_every_combination_and_a_bad_point_is_named():
     ]
     assert len({arm_key(one, "sft") for _, _, one in direct}) == 1 and direct[0][2].arms.sft.learning_rate == 3e-5
     assert direct[0][2].arms.rft_checkpoint_steps() == [*range(5, 50, 5), *range(50, 200, 10)]
+    early = points(load_config("tiny-think-early"))  # rollout-SFT on three RFT models' samples, one RFT arm
+    assert [family(one, "rollout_sft") for _, _, one in early] == [
+        "rollout_sft",
+        "rollout_sft-early5",
+        "rollout_sft-early20",
+    ]
+    assert len({arm_key(one, "rft") for _, _, one in early}) == 1 and not early[0][2].arms.sft.enabled
+    assert family(load_config("paper-3b"), "rollout_sft") == "rollout_sft-training-lora"  # its LoRA arms
     with pytest.raises(ConfigError, match=r"sweep point 1 .*arms.sft.learning_rate"):
         points(load_config("micro", ["sweep.grid={arms.sft.learning_rate: [0.001, -1]}"]))
 
