@@ -205,6 +205,7 @@ def test_a_sweep_is_every_combination_and_a_bad_point_is_named():
         "rollout_sft-early5",
         "rollout_sft-early20",
         "rollout_sft-early5",  # 600 steps on the same samples: the same family
+        "rollout_sft-early5",  # eight samples a puzzle of the same checkpoint: the same family
     ]
     assert len({arm_key(one, "rft") for _, _, one in early}) == 1 and not early[0][2].arms.sft.enabled
     assert family(load_config("paper-3b"), "rollout_sft") == "rollout_sft-training-lora"  # its LoRA arms
