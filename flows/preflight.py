@@ -37,7 +37,7 @@ def check_inputs(config: StudyConfig, base_model: bool = True, benchmarks: bool 
         check_benchmarks(config.evaluation.benchmarks)  # raises EvaluationError, a ConfigError
     if base_model and not config.model.pretrain:
         check_model_files(resolve_model_path(config.model.name_or_path))  # raise ModelLoadError, a ConfigError
-        if any(getattr(config.arms, arm).enabled for arm in ("sft", "teacher_sft", "rollout_sft")):
+        if any(getattr(config.arms, arm).enabled for arm in ("sft", "teacher_sft", "rollout_sft", "iterative_sft")):
             check_training_template(config.model.name_or_path)  # assistant-only loss needs a mask
 
 

@@ -5,7 +5,7 @@
   1. resolve the base model (shipped checkpoint, or pretrain it)   (forgetting/base_model.py)
   2. generate the jigsaw puzzles                                   (forgetting/puzzle_data.py)
   3. build the prior-knowledge benchmarks (held-out sets)          (forgetting/world.py)
-  4. train the arms: sft, rft, then rollout_sft on rft's rollouts (forgetting/arms.py)
+  4. train the arms: sft, rft, rollout_sft on rft's rollouts, iterative_sft (forgetting/arms.py)
   5. evaluate the base, every arm and its checkpoints with lm-eval (forgetting/evaluation.py)
   6. forgetting, learning dynamics, plots: the report              (forgetting/report.py)
 With `seeds: [0, 1, 2]` stages 1-6 run once per seed and a last stage reports mean and 95% CI over seeds; with

@@ -1,4 +1,4 @@
-"""Train the study's arms alone: sft, rft, then rollout_sft on rft's correct rollouts.
+"""Train the study's arms alone: sft, rft, then rollout_sft on rft's correct rollouts, and iterative_sft.
 
 python -m flows.train --profile micro
 python -m flows.train --profile tiny --set arms.rft.enabled=false
@@ -31,10 +31,11 @@ def train_arms(
     progress=lambda done, what: None,
     before_last=lambda results: None,
 ) -> tuple[dict[str, ArmResult], dict[str, str]]:
-    """SFT, teacher-SFT, then RFT, then rollout-SFT on RFT's rollouts. Returns the enabled arms' results and the
-    arms skipped, with the reason (rollout-SFT when RFT left no correct rollout); progress(share done, what)
-    after each arm; before_last(the arms trained so far) before the last arm trains (the study starts evaluating
-    them there: tasks/evaluation_processes.py).
+    """SFT, teacher-SFT, then RFT, then rollout-SFT on RFT's rollouts, then iterative self-SFT. Returns the
+    enabled arms' results and the arms skipped, with the reason (rollout-SFT when RFT left no correct rollout,
+    iterative-SFT when a round's model solved no puzzle); progress(share done, what) after each arm;
+    before_last(the arms trained so far) before the last arm trains (the study starts evaluating them there:
+    tasks/evaluation_processes.py).
 
     One after the other, not side by side: the HF Trainer keeps process-global accelerate state
     (TrainingArguments resets AcceleratorState when it sets up its device), and two trainers in one process
@@ -65,7 +66,7 @@ def train_arms(
 
 @flow(name="train", log_prints=True)
 def train_flow(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI form needs a default
-    """Train the enabled arms (SFT, teacher-SFT, RFT, rollout-SFT) on the puzzle train split."""
+    """Train the enabled arms (SFT, teacher-SFT, RFT, rollout-SFT, iterative-SFT) on the puzzle train split."""
     check_inputs(config, benchmarks=False)
     paths, missing = {}, {}
     with study_run(config, run_name=f"{config.study_id} train") as run_id:

@@ -122,6 +122,32 @@ class RolloutSFTArmConfig(SFTArmConfig):
         return self
 
 
+class IterativeSFTArmConfig(SFTArmConfig):
+    enabled: bool = Field(False, description="Train this arm.")
+    rounds: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Rounds of sampling and training: each round samples the model as it stands on every train "
+        "puzzle, keeps the exact answers and trains steps / rounds steps on them (a fresh optimizer and cosine "
+        "schedule each round).",
+    )
+    samples_per_puzzle: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Samples drawn per train puzzle each round (empty: arms.rft.num_generations), at RFT's "
+        "temperature and max_new_tokens; an exact answer is kept once per puzzle and round.",
+        exclude_if=lambda n: n is None,
+    )
+
+    @model_validator(mode="after")
+    def _rounds_divide(self) -> "IterativeSFTArmConfig":
+        if self.steps % self.rounds:
+            raise ValueError(f"steps {self.steps} is not a multiple of rounds {self.rounds}")
+        return self
+
+
 class ArmsConfig(Section):
     sft: SFTArmConfig = Field(default_factory=SFTArmConfig, description="SFT on ground-truth answers.")
     teacher_sft: TeacherSFTArmConfig = Field(
@@ -132,6 +158,12 @@ class ArmsConfig(Section):
     rft: RFTArmConfig = Field(default_factory=RFTArmConfig, description="RFT: GRPO with the puzzle reward.")
     rollout_sft: RolloutSFTArmConfig = Field(
         default_factory=RolloutSFTArmConfig, description="SFT on the RFT arm's correct rollouts."
+    )
+    iterative_sft: IterativeSFTArmConfig = Field(
+        default_factory=IterativeSFTArmConfig,
+        description="Iterative self-SFT: SFT on the model's own exact samples, drawn again from the model as it "
+        "stands every round (the first round from the base).",
+        exclude_if=lambda arm: not arm.enabled,  # left out of dumps and hashes when off: ids unchanged
     )
     checkpoint_every: int = Field(50, ge=1, le=1_000_000, description="Save a checkpoint every N steps.")
     checkpoint_steps: list[int] = Field(
@@ -145,9 +177,9 @@ class ArmsConfig(Section):
         1,
         ge=1,
         le=64,
-        description="Processes each arm trains on, one per GPU. Above 1 an arm runs under `accelerate launch` "
-        "(DDP, or DeepSpeed with `deepspeed`) in a subprocess its task waits for; its first process alone writes "
-        "rollouts and logs to MLflow. A step still sees batch_size samples in all.",
+        description="Processes each arm trains on, one per GPU (iterative_sft: one only). Above 1 an arm runs "
+        "under `accelerate launch` (DDP, or DeepSpeed with `deepspeed`) in a subprocess its task waits for; its first "
+        "process alone writes rollouts and logs to MLflow. A step still sees batch_size samples in all.",
         exclude_if=lambda n: n == 1,  # left out of dumps and hashes at its default: ids unchanged
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on GPU).")
@@ -177,6 +209,12 @@ class ArmsConfig(Section):
                 f"rollout_sft.prompt_style {self.rollout_sft.prompt_style!r} differs from rft.prompt_style "
                 f"{self.rft.prompt_style!r}: rollout-SFT learns RFT's answers to RFT's prompts"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _iterative_on_one_process(self) -> "ArmsConfig":
+        if self.iterative_sft.enabled and self.num_processes > 1:
+            raise ValueError("iterative_sft samples its rounds in one process: it needs num_processes 1")
         return self
 
     @field_validator("checkpoint_steps")

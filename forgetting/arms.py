@@ -1,7 +1,8 @@
 """The study's arms, and where each lives: `sft` (SFT on ground-truth answers, forgetting/sft.py), `teacher_sft`
 (SFT on a scripted, always-correct explanation plus the answer, forgetting/puzzles.py:teacher_reasoning), `rft`
-(GRPO with the puzzle reward, forgetting/rft.py) and `rollout_sft` (SFT on the RFT arm's correct rollouts,
-forgetting/rollout_sft.py). Each arm has its own prompt style (arms.<arm>.prompt_style), which its training, its
+(GRPO with the puzzle reward, forgetting/rft.py), `rollout_sft` (SFT on the RFT arm's correct rollouts,
+forgetting/rollout_sft.py) and `iterative_sft` (SFT on the model's own correct samples, drawn again every round,
+forgetting/iterative_sft.py). Each arm has its own prompt style (arms.<arm>.prompt_style), which its training, its
 rollouts, its evaluation and the base's view of its data all read (arm_style).
 
 An arm's folder is named by the hash of what determines it (the base model's content, puzzles, model and arm
@@ -18,6 +19,7 @@ from pathlib import Path
 from forgetting import fast_paths
 from forgetting.config import StudyConfig
 from forgetting.environment import training_fingerprint
+from forgetting.iterative_sft import train_iterative_sft
 from forgetting.models import hub_kernels, model_fingerprint
 from forgetting.puzzle_data import CORNER_NAMES, PuzzleDataset
 from forgetting.puzzles import make_target, teacher_reasoning
@@ -27,7 +29,7 @@ from forgetting.sft import sft_examples, train_sft
 from forgetting.storage import stable_hash, write_text_once
 from forgetting.trainer import FINAL, ArmResult
 
-ARMS = ("sft", "teacher_sft", "rft", "rollout_sft")
+ARMS = ("sft", "teacher_sft", "rft", "rollout_sft", "iterative_sft")
 TRAINING_DATA = "training_data.jsonl"
 
 
@@ -77,16 +79,16 @@ def arm_dir(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, up
 def prepare_arm(
     config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, rft: ArmResult | None = None
 ) -> tuple[Path, list[dict] | None]:
-    """An arm's folder and the examples an SFT-type arm trains on (None for rft, which samples its own), their
-    data written there first (training_data.jsonl; rollout-SFT's fresh rollouts): every process of an arm that
-    trains on several reads the same. rollout_sft needs the rft arm's result."""
+    """An arm's folder and the examples an SFT-type arm trains on (None for rft and iterative_sft, which sample
+    their own), their data written there first (training_data.jsonl; rollout-SFT's fresh rollouts): every process
+    of an arm that trains on several reads the same. rollout_sft needs the rft arm's result."""
     out = arm_dir(config, arm, base, dataset, upstream=str(rft.path) if rft else "")
     style = arm_style(config, arm)
     if arm in ("sft", "teacher_sft"):
         pairs = ground_truth(config, arm, dataset)
         write_training_data(out, pairs)
         return out, sft_examples(dataset, style, dict(pairs))
-    if arm == "rft":
+    if arm in ("rft", "iterative_sft"):
         return out, None
     if arm == "rollout_sft":
         if rft is None:
@@ -111,6 +113,8 @@ def run_arm(
     out, examples = prepare_arm(config, arm, base, dataset, rft)
     if arm == "rft":
         return train_rft(config, base, dataset, out, callbacks)
+    if arm == "iterative_sft":
+        return train_iterative_sft(config, base, dataset, out, callbacks)
     return train_sft(config, arm, getattr(config.arms, arm), base, examples, out, callbacks)
 
 
@@ -137,8 +141,8 @@ def write_training_data(out: Path, pairs: list[tuple[str, str]]) -> None:
 
 def training_data(result: ArmResult) -> Path:
     """The completions an arm was trained on: ground truth (sft), the teacher's explanations (teacher_sft), its
-    own rollouts (rft), or the correct rollouts it kept (rollout_sft); one JSON line each with puzzle_id and
-    completion."""
+    own rollouts (rft), or the correct rollouts it kept (rollout_sft; iterative_sft's, with their round's step);
+    one JSON line each with puzzle_id and completion."""
     return result.rollouts if result.arm == "rft" else result.path / TRAINING_DATA
 
 

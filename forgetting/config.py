@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from forgetting.arm_config import (  # noqa: F401 - the arms' sections, imported from here like the rest
     ArmsConfig,
+    IterativeSFTArmConfig,
     RFTArmConfig,
     RolloutSFTArmConfig,
     SFTArmConfig,

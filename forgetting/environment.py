@@ -15,7 +15,7 @@ from pathlib import Path
 TRAINING_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "vllm")
 TRAINING_CODE = (
     "arms", "arm_config", "trainer", "sft", "rft", "rollout_sft", "shared_prompts", "fast_paths", "models",
-    "inference", "puzzles", "puzzle_data",
+    "inference", "puzzles", "puzzle_data", "iterative_sft",
 )  # fmt: skip
 PACKAGE = Path(__file__).resolve().parent
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from forgetting.storage import read_json, read_json_lines
 
-ARM_ORDER = ("base", "sft", "teacher_sft", "rft", "rollout_sft")
+ARM_ORDER = ("base", "sft", "teacher_sft", "rft", "rollout_sft", "iterative_sft")
 
 
 def arm_order(arm: str) -> int:

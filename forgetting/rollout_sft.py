@@ -53,16 +53,17 @@ def rollout_sft_examples(dataset: PuzzleDataset, rollouts: list[dict], style: st
     ]
 
 
-def sample_correct_rollouts(
-    config: StudyConfig, checkpoint: str, dataset: PuzzleDataset, out: Path, samples: int | None = None
+def sample_rollouts(
+    config: StudyConfig, checkpoint: str, dataset: PuzzleDataset, out: Path, samples: int | None, style: str, seed: int
 ) -> Path:
-    """Fresh rollouts from an RFT checkpoint on the train split, scored and written like training rollouts."""
+    """Fresh rollouts from a model (an RFT checkpoint, or iterative-SFT's model of the round) on the train split
+    in prompt style, samples per puzzle (None: arms.rft.num_generations) at RFT's temperature and max_new_tokens
+    from torch seed seed, scored and written like RFT's training rollouts."""
     model, processor = load_model(config.model, checkpoint, trainable=False)
-    style = config.arms.rollout_sft.prompt_style
     recorder = RolloutRecorder(out, style)
     g = samples or config.arms.rft.num_generations
     records = dataset.records("train")
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seed)
     for i in range(0, len(records), 8):
         chunk = records[i : i + 8]
         prompts = [chat(r[f"prompt_{style}"], dataset.image(r)) for r in chunk]
@@ -98,7 +99,9 @@ def rollout_source(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, 
         out.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".tmp")
         partial.unlink(missing_ok=True)  # a run killed while sampling: its samples (and torn last line) go
-        sample_correct_rollouts(config, checkpoint, dataset, partial, settings.samples_per_puzzle)
+        sample_rollouts(
+            config, checkpoint, dataset, partial, settings.samples_per_puzzle, settings.prompt_style, config.seed
+        )
         partial.rename(path)
     return path
 
@@ -123,9 +126,9 @@ def source_checkpoint(config: StudyConfig, rft: ArmResult) -> tuple[str | None, 
 
 
 def rollout_provenance(result: ArmResult) -> dict | None:
-    """What rollout_source.json says of a rollout_sft arm's data, or None for other arms."""
+    """What rollout_source.json says of an arm's data (rollout_sft's, iterative_sft's), or None for other arms."""
     path = result.path / SOURCE
-    return json.loads(path.read_text()) if result.arm == "rollout_sft" and path.is_file() else None
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def rollout_sft_data(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, out: Path) -> list[dict]:

@@ -1,3 +1,4 @@
+import json
 import re
 import subprocess
 import sys
@@ -53,6 +54,8 @@ def test_overrides_are_read_as_yaml(tmp_path):
         ("arms.sft.learning_rate=-1", "arms.sft.learning_rate"),
         ("arms.checkpoint_steps=[0,5]", "arms.checkpoint_steps"),
         ("seed_processes=0", "seed_processes"),
+        ("arms.iterative_sft={enabled: true, steps: 10, rounds: 4}", "arms.iterative_sft"),
+        ("arms={iterative_sft: {enabled: true}, num_processes: 2}", "arms"),
     ],
 )
 def test_bad_values_name_the_field(override, field):
@@ -129,6 +132,21 @@ def test_puzzle_cue_at_its_default_leaves_ids_as_they_were():
     other = load_config("micro", ["puzzles.cue=code_colours"])
     assert other.model_dump(mode="json")["puzzles"]["cue"] == "code_colours"
     assert other.study_id != config.study_id
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in (REPO_ROOT / "docs").glob("results*")))
+def test_a_published_config_keeps_its_id(folder):
+    """Every published study's and sweep's config loads to the id its report names: a setting added since (an
+    arm, a field at its default) leaves published ids as they were, so a rerun finds its outputs."""
+    from forgetting.sweep import sweep_id
+
+    published = REPO_ROOT / "docs" / folder
+    summary = json.loads((published / "summary.json").read_text())
+    config = load_config(str(published / "config.yaml"))
+    if "sweep_id" in summary:
+        assert sweep_id(config) == summary["sweep_id"]
+    else:
+        assert config.study_id == summary["study_id"]
 
 
 def test_config_renders_as_a_form_schema():

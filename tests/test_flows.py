@@ -303,11 +303,12 @@ def _study_ids(config) -> set[str]:
     return {one.study_id for _, _, one in points(config)}
 
 
-def test_the_four_arms_on_the_think_prompt(prefect_harness, tmp_path, monkeypatch):
-    """The paper's arms on the think prompt, through the study flow: answer-only SFT, teacher-SFT, RFT and
-    rollout-SFT on an early RFT checkpoint's exact rollouts, then from the final model. The tiny-think base on
-    the code_colours cue (corners in the colours whose codes it knows) solves some puzzles, so rollout-SFT gets
-    data. Every setting of every arm's section is read by some stage (recorded as the flow runs)."""
+def test_every_arm_on_the_think_prompt(prefect_harness, tmp_path, monkeypatch):
+    """The paper's arms on the think prompt, through the study flow: answer-only SFT, teacher-SFT, RFT,
+    rollout-SFT on an early RFT checkpoint's exact rollouts, then from the final model, and iterative self-SFT
+    in two rounds. The tiny-think base on the code_colours cue (corners in the colours whose codes it knows)
+    solves some puzzles, so rollout-SFT and iterative-SFT's first round get data. Every setting of every arm's
+    section is read by some stage (recorded as the flow runs)."""
     from forgetting.arm_config import ArmsConfig
     from forgetting.config import ConfigError
     from forgetting.profiles import load_config
@@ -324,6 +325,8 @@ def test_the_four_arms_on_the_think_prompt(prefect_harness, tmp_path, monkeypatc
         "arms.rollout_sft.prompt_style=think",
         "arms.rollout_sft.rollout_source=early",
         "arms.rollout_sft.samples_per_puzzle=16",
+        "arms.iterative_sft={enabled: true, steps: 4, rounds: 2, batch_size: 4, learning_rate: 0.001, "
+        "prompt_style: think, samples_per_puzzle: 16}",
         "evaluation.every=4",
     ]
     config = load_config("micro", think, output_dir=str(tmp_path))
@@ -343,7 +346,7 @@ def test_the_four_arms_on_the_think_prompt(prefect_harness, tmp_path, monkeypatc
             kind = type(getattr(config.arms, arm))
             unread = {f for f in kind.model_fields if (kind.__name__, f) not in read}
             assert not unread, f"arms.{arm}: settings no stage read: {unread}"
-    assert set(result["arms"]) == {"sft", "teacher_sft", "rft", "rollout_sft"}
+    assert set(result["arms"]) == {"sft", "teacher_sft", "rft", "rollout_sft", "iterative_sft"}
     report = Path(result["report"])
     summary = json.loads((report / "summary.json").read_text())
     data = summary["training_data"]
@@ -355,12 +358,24 @@ def test_the_four_arms_on_the_think_prompt(prefect_harness, tmp_path, monkeypatc
     assert "teacher_sft.data_nll_answer" in mlflow.get_run(result["mlflow_run_id"]).data.metrics
     text = (report / "report.md").read_text()
     assert "early RFT checkpoint (step 2)" in text and "teacher's explanation + answer" in text
+    # iterative-SFT: each round sampled the model as it stood (round 2 the arm's step-2 checkpoint) and trained on
+    # its exact samples; the checkpoints carry the arm's steps, and each sample the step before its round
+    iterative = Path(result["arms"]["iterative_sft"]).parent
+    rounds = data["iterative_sft"]["source"]["rounds"]
+    assert [(r["round"], r["first_step"]) for r in rounds] == [(1, 1), (2, 3)] and all(r["kept"] for r in rounds)
+    assert rounds[1]["checkpoint"] == str(iterative / "checkpoint-2")
+    assert sorted(p.name for p in iterative.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not list(iterative.glob("round-*"))  # each round's Trainer folder gone once its checkpoints moved up
+    steps = [json.loads(line)["step"] for line in (iterative / "training_data.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and set(steps) == {0, 2} and len(steps) == sum(r["kept"] for r in rounds)
+    assert f"own samples, 2 rounds, exact {rounds[0]['exact']:,}, {rounds[1]['exact']:,} of 512 each" in text
     # every arm trained and was evaluated on the think prompt
     for arm in ("sft", "teacher_sft", "rollout_sft"):
         line = (Path(result["arms"][arm]).parent / "training_data.jsonl").read_text().splitlines()[0]
         assert json.loads(line)["completion"].endswith("</answer>"), arm
     curves = pd.read_csv(report / "curves.csv")
     assert curves[curves.step == 0].puzzle_exact.nunique() == 1  # the base, on the same think puzzle prompt
+    assert set(curves[curves.arm == "iterative_sft"].step) == {0, 4}
     # from the final RFT model instead: a rollout-SFT arm of its own, the other arms reused
     final = load_config("micro", [*think, "arms.rollout_sft.rollout_source=final"], str(tmp_path))
     again = study(final)

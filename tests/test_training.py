@@ -190,6 +190,28 @@ def test_an_arms_progress_reaches_the_flow_runs_log(capsys):
     assert lines[-1].startswith("sft: step 20/20, loss 0.05 (")
 
 
+def test_a_rounds_callbacks_see_the_arms_steps(capsys):
+    """Iterative-SFT trains each round with a Trainer of its own, counting from 0: the study's callbacks see the
+    arm's steps (round 3 of 4, 5 steps each: 11-15 of 20), so the step log and MLflow's curves run on."""
+    from transformers import TrainerState
+
+    from forgetting.iterative_sft import Shifted
+    from tasks.training import StepLog
+
+    shifted = Shifted(StepLog("iterative_sft"), offset=10, total=20)
+    state = TrainerState(max_steps=5, is_world_process_zero=True)
+    for step in range(1, 6):
+        state.global_step = step
+        shifted.on_log(None, state, None, logs={"loss": 1.0})
+        shifted.on_step_end(None, state, None)  # an event StepLog does not define: nothing, as on any Callback
+    assert [line.split(",")[0] for line in capsys.readouterr().out.splitlines()] == [
+        f"iterative_sft: step {s}/20" for s in (12, 14)
+    ]
+    assert state.global_step == 5 and state.max_steps == 5  # the round's Trainer keeps its own count
+    with pytest.raises(AttributeError):
+        shifted.not_an_event  # noqa: B018
+
+
 def test_the_trainers_metrics_reach_mlflow_in_batches_each_at_its_step(tmp_path, monkeypatch):
     """Pending metrics go out every `every` seconds, at a checkpoint and at the end; each keeps its step."""
     from types import SimpleNamespace
