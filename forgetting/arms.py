@@ -26,7 +26,7 @@ from forgetting.puzzles import make_target, teacher_reasoning
 from forgetting.rft import train_rft
 from forgetting.rollout_sft import rollout_sft_data, rollout_sft_examples
 from forgetting.sft import sft_examples, train_sft
-from forgetting.storage import stable_hash, write_text_once
+from forgetting.storage import product_dir, stable_hash, write_text_once
 from forgetting.trainer import FINAL, ArmResult
 
 ARMS = ("sft", "teacher_sft", "rft", "rollout_sft", "iterative_sft")
@@ -73,7 +73,7 @@ def arm_dir(config: StudyConfig, arm: str, base: str, dataset: PuzzleDataset, up
         "puzzles": dataset.dataset_hash,
         "upstream": upstream,
     }
-    return config.output.path / "arms" / f"{arm}-{stable_hash(spec)[:10]}"
+    return product_dir(config.output.path, "arms", f"{arm}-{stable_hash(spec)[:10]}")
 
 
 def prepare_arm(

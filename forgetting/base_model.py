@@ -14,14 +14,14 @@ import torch
 from forgetting.config import StudyConfig
 from forgetting.models import architecture_only, model_fingerprint, pick_device, project_size, resolve_model_path
 from forgetting.pretrain import answered_correct, held_out, jigsaw_probe, pretrain, save_base
-from forgetting.storage import image_saver, one_maker, stable_hash, write_once
+from forgetting.storage import image_saver, one_maker, product_dir, stable_hash, write_once
 from forgetting.world import ANSWER_FORMATS, PRIOR_TASKS, Item, fingerprint, make_split
 
 
 def pretrain_dir(config: StudyConfig) -> Path:
     """Where this study's own pretraining goes: <output>/base/<size>-<hash of the pretrain settings>."""
     spec = {"size": config.model.name_or_path, "pretrain": config.pretrain.model_dump(mode="json")}
-    return config.output.path / "base" / f"{config.model.name_or_path}-{stable_hash(spec)[:10]}"
+    return product_dir(config.output.path, "base", f"{config.model.name_or_path}-{stable_hash(spec)[:10]}")
 
 
 def pretrain_base_model(config: StudyConfig, out: Path, log=lambda metrics, step: None, command: str = "") -> dict:
@@ -108,7 +108,7 @@ def resolve_base(config: StudyConfig) -> str:
     named = resolve_model_path(config.model.name_or_path)
     if architecture_only(named):
         spec = [model_fingerprint(named), config.pretrain.seed]
-        return str(config.output.path / "base" / f"{Path(named).name}-random-{stable_hash(spec)[:10]}")
+        return str(product_dir(config.output.path, "base", f"{Path(named).name}-random-{stable_hash(spec)[:10]}"))
     return named
 
 
@@ -156,7 +156,7 @@ def initialise_base(config: StudyConfig, named: Path, target: Path) -> None:
 
 def heldout_dir(config: StudyConfig) -> Path:
     spec = {"items": fingerprint("test", config.pretrain.seed), "n": config.pretrain.eval_items}
-    return config.output.path / "world" / f"heldout-{stable_hash(spec)[:10]}"
+    return product_dir(config.output.path, "world", f"heldout-{stable_hash(spec)[:10]}")
 
 
 def write_heldout_sets(config: StudyConfig) -> Path:

@@ -30,7 +30,15 @@ from forgetting.inference import PromptRun, sampling, token_logprobs
 from forgetting.models import chat, load_model, model_fingerprint
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import parse_answer, score_answer, well_formed_think
-from forgetting.storage import one_maker, read_json, read_json_lines, stable_hash, write_once, write_text_once
+from forgetting.storage import (
+    one_maker,
+    product_dir,
+    read_json,
+    read_json_lines,
+    stable_hash,
+    write_once,
+    write_text_once,
+)
 
 
 def puzzle_scores(
@@ -252,7 +260,7 @@ def eval_dir(config, target: EvalTarget, data: BenchmarkData, base: str) -> Path
         **({"styles": list(target.styles)} if len(target.styles) > 1 else {}),
         "version": EVAL_VERSION,
     }
-    return config.output.path / "evals" / f"{target.arm}-{target.step}-{stable_hash(spec)[:10]}"
+    return product_dir(config.output.path, "evals", f"{target.arm}-{target.step}-{stable_hash(spec)[:10]}")
 
 
 _BASE: dict[str, tuple] = {}

@@ -29,12 +29,11 @@ from forgetting.rollout_sft import (
     SOURCE,
     NoCorrectRollouts,
     exact_unique,
-    read_rollouts,
     rollout_sft_examples,
     sample_rollouts,
 )
 from forgetting.sft import sft_args
-from forgetting.storage import stable_hash, write_text_once
+from forgetting.storage import read_json_lines, stable_hash, write_text_once
 from forgetting.trainer import FINAL, ArmResult, Callback, fit, image_dataset, last_checkpoint
 
 ARM = "iterative_sft"
@@ -115,7 +114,7 @@ def round_samples(config: StudyConfig, model: str, dataset: PuzzleDataset, path:
         seed = int(stable_hash([config.seed, r])[:8], 16)
         sample_rollouts(config, model, dataset, partial, settings.samples_per_puzzle, settings.prompt_style, seed)
         partial.rename(path)
-    rows = read_rollouts(path)
+    rows = read_json_lines(path)
     return exact_unique(rows), rows
 
 

@@ -20,7 +20,16 @@ from forgetting.config import PuzzleConfig
 from forgetting.drawing import CELL_COLOURS, COLOURS
 from forgetting.image_files import decode_rgb
 from forgetting.puzzles import format_answer, make_prompt, random_answer, restore_image, shuffle_image
-from forgetting.storage import image_saver, one_maker, package_path, read_json, read_json_lines, stable_hash, write_once
+from forgetting.storage import (
+    image_saver,
+    one_maker,
+    package_path,
+    product_dir,
+    read_json,
+    read_json_lines,
+    stable_hash,
+    write_once,
+)
 
 # Bump when a change to this file or to forgetting/puzzles.py changes the bytes of a generated dataset.
 GENERATOR_VERSION = 1
@@ -28,7 +37,6 @@ SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-# ---------------------------------------------------------------------------------------------------------
 # Image sources. Each yields the unshuffled square image of puzzle i of a split.
 
 
@@ -250,7 +258,6 @@ def open_source(config: PuzzleConfig) -> PhotoSource | SyntheticSource:
     return PhotoSource(paths, config, root=folder, ignored=ignored)
 
 
-# ---------------------------------------------------------------------------------------------------------
 # The dataset on disk: <output>/puzzles/<dataset-hash>/{train,test}.jsonl, images/, manifest.json
 
 
@@ -326,7 +333,7 @@ def _content_hash(path: Path) -> str:
 def plan_dataset(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
     """Where the dataset for config lies (or will), without generating it."""
     digest = dataset_hash(config, open_source(config).fingerprint())
-    return PuzzleDataset(Path(output_dir).resolve() / "puzzles" / digest, digest)
+    return PuzzleDataset(product_dir(Path(output_dir).resolve(), "puzzles", digest), digest)
 
 
 def generate_puzzles(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
@@ -335,7 +342,7 @@ def generate_puzzles(config: PuzzleConfig, output_dir: Path) -> PuzzleDataset:
     Written to a temporary folder and renamed at the end: a killed run never leaves half a dataset."""
     source = open_source(config)
     digest = dataset_hash(config, source.fingerprint())
-    final = Path(output_dir).resolve() / "puzzles" / digest
+    final = product_dir(Path(output_dir).resolve(), "puzzles", digest)
     with one_maker(final):  # a study's seeds side by side make their common puzzles once
         if not (final / "manifest.json").is_file():
             _write_dataset(final, config, source, digest)

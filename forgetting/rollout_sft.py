@@ -22,10 +22,6 @@ class NoCorrectRollouts(RuntimeError):
     """rollout_sft has nothing to learn from: the RFT arm never produced an exact answer."""
 
 
-def read_rollouts(rollouts: Path) -> list[dict]:
-    return read_json_lines(rollouts)
-
-
 def exact_unique(rows: list[dict]) -> list[dict]:
     """Exact rollouts, de-duplicated on (puzzle, completion), in the order they were sampled."""
     seen, kept = set(), []
@@ -39,7 +35,7 @@ def exact_unique(rows: list[dict]) -> list[dict]:
 
 def correct_rollouts(rollouts: Path) -> list[dict]:
     """exact_unique of a rollouts file."""
-    return exact_unique(read_rollouts(rollouts))
+    return exact_unique(read_json_lines(rollouts))
 
 
 def rollout_sft_examples(dataset: PuzzleDataset, rollouts: list[dict], style: str) -> list[dict]:
@@ -135,7 +131,7 @@ def rollout_sft_data(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset
     """The exact rollouts rollout_sft trains on (rollout_source), or NoCorrectRollouts when there are none; writes
     out/rollout_source.json saying where they came from and how many were exact and kept."""
     rollouts = rollout_source(config, rft, dataset, out)
-    rows = read_rollouts(rollouts)
+    rows = read_json_lines(rollouts)
     kept = exact_unique(rows)
     checkpoint, step = source_checkpoint(config, rft)
     provenance = {

@@ -31,6 +31,13 @@ from forgetting.schema import ConfigError
 PRODUCT_KINDS = ("arms", "base", "evals", "puzzles", "world")
 
 
+def product_dir(output: Path, kind: str, name: str) -> Path:
+    """Where a product of a kind lives in an output folder: <output>/<kind>/<name>."""
+    if kind not in PRODUCT_KINDS:
+        raise ValueError(f"unknown kind of product {kind!r}; the kinds are {PRODUCT_KINDS}")
+    return Path(output) / kind / name
+
+
 class DamagedFile(ConfigError):
     """A stored file that cannot be read (changed or cut short after it was written whole); the message names it
     and the product folder to delete to have it made anew."""

@@ -121,7 +121,7 @@ def common_args(config: StudyConfig, out: Path, arm_config) -> dict:
         data_seed=config.seed,
         dataloader_num_workers=0,
         disable_tqdm=False,
-        gradient_checkpointing=config.arms.gradient_checkpointing,
+        activation_checkpointing=config.arms.gradient_checkpointing,  # transformers' new name
         deepspeed=config.arms.deepspeed,
         **device_args(config.model),
     )
