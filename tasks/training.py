@@ -26,7 +26,7 @@ from assets import arm_checkpoints
 from forgetting.arms import arm_dir, arm_spec, prepare_arm, run_arm
 from forgetting.config import StudyConfig
 from forgetting.puzzle_data import PuzzleDataset
-from forgetting.rollout_sft import NoCorrectRollouts
+from forgetting.rollout_sft import SOURCE, NoCorrectRollouts
 from forgetting.trainer import ArmResult, Callback
 from tasks import BAD_INPUT, retried_unless
 from tasks.tracking import child_run, flat_params, tracking_uri
@@ -122,6 +122,8 @@ def _tracked_arm(
         mlflow.log_params({"arm_dir": str(result.path), "base_model": base, "checkpoints": len(result.checkpoints)})
         if result.rollouts is not None and result.rollouts.exists():
             mlflow.log_artifact(str(result.rollouts), "rollouts")
+        if (source := result.path / SOURCE).is_file():  # rollout-SFT's, iterative-SFT's rounds
+            mlflow.log_artifact(str(source))
         mlflow.log_artifacts(str(result.final), "final")
     return result
 

@@ -369,6 +369,10 @@ def test_every_arm_on_the_think_prompt(prefect_harness, tmp_path, monkeypatch):
     steps = [json.loads(line)["step"] for line in (iterative / "training_data.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and set(steps) == {0, 2} and len(steps) == sum(r["kept"] for r in rounds)
     assert f"own samples, 2 rounds, exact {rounds[0]['exact']:,}, {rounds[1]['exact']:,} of 512 each" in text
+    client, runs = _runs(config)
+    run = next(r for r in runs if r.info.run_name == "iterative_sft")  # its curve runs on over the rounds
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+    assert "rollout_source.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     # every arm trained and was evaluated on the think prompt
     for arm in ("sft", "teacher_sft", "rollout_sft"):
         line = (Path(result["arms"][arm]).parent / "training_data.jsonl").read_text().splitlines()[0]
