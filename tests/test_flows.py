@@ -11,6 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from prefect import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from safetensors.torch import load_file
 
 from flows.puzzles import puzzles_flow
 from flows.study import study
@@ -205,8 +206,13 @@ def test_study_over_seeds_reports_mean_and_ci(prefect_harness, tmp_path):
     for seed in (0, 1):
         one = beside["seeds"][seed]
         assert one["study_id"] == result["seeds"][seed]["study_id"]
-        (alone,), (other,) = (Path(r["seeds"][seed]["arms"]["sft"]).glob("*.safetensors") for r in (result, beside))
-        assert alone.read_bytes() == other.read_bytes()
+        alone, other = (
+            load_file(next(Path(r["seeds"][seed]["arms"]["sft"]).glob("*.safetensors"))) for r in (result, beside)
+        )
+        # bit for bit on AMD EPYC; on an Intel Xeon (AVX-512, AMX) one thread and two round some products apart
+        assert alone.keys() == other.keys() and all(
+            torch.allclose(alone[k], other[k], rtol=0, atol=1e-6) for k in alone
+        )
         forgetting = [(Path(r["seeds"][seed]["report"]) / "forgetting.csv").read_text() for r in (result, beside)]
         assert forgetting[0] == forgetting[1]
         assert (
