@@ -26,6 +26,17 @@ def micro_batch_field():
     )
 
 
+def samples_field(description: str):
+    """Fresh samples drawn per train puzzle, at most 256; empty (the default): arms.rft.num_generations."""
+    return Field(
+        None,
+        ge=1,
+        le=256,
+        description=description,
+        exclude_if=lambda n: n is None,  # left out of dumps and hashes at its default: ids unchanged
+    )
+
+
 def check_micro_batch(section):
     """A micro batch divides the batch, so every step sees batch_size samples."""
     micro = section.micro_batch_size
@@ -98,13 +109,9 @@ class RolloutSFTArmConfig(SFTArmConfig):
         description="training: the RFT arm's recorded correct rollouts; final/early: fresh samples "
         "from the final or an early RFT checkpoint, kept when correct.",
     )
-    samples_per_puzzle: int | None = Field(
-        None,
-        ge=1,
-        le=256,
-        description="final/early: fresh samples drawn per train puzzle (empty: arms.rft.num_generations). "
-        "An exact answer is kept once per puzzle, so a model that is mostly right gains little from more.",
-        exclude_if=lambda n: n is None,  # left out of dumps and hashes at its default: ids unchanged
+    samples_per_puzzle: int | None = samples_field(
+        "final/early: fresh samples drawn per train puzzle (empty: arms.rft.num_generations). "
+        "An exact answer is kept once per puzzle, so a model that is mostly right gains little from more."
     )
     early_step: int | None = Field(
         None,
@@ -132,13 +139,9 @@ class IterativeSFTArmConfig(SFTArmConfig):
         "puzzle, keeps the exact answers and trains steps / rounds steps on them (a fresh optimizer and cosine "
         "schedule each round).",
     )
-    samples_per_puzzle: int | None = Field(
-        None,
-        ge=1,
-        le=256,
-        description="Samples drawn per train puzzle each round (empty: arms.rft.num_generations), at RFT's "
-        "temperature and max_new_tokens; an exact answer is kept once per puzzle and round.",
-        exclude_if=lambda n: n is None,
+    samples_per_puzzle: int | None = samples_field(
+        "Samples drawn per train puzzle each round (empty: arms.rft.num_generations), at RFT's "
+        "temperature and max_new_tokens; an exact answer is kept once per puzzle and round."
     )
 
     @model_validator(mode="after")

@@ -27,10 +27,9 @@ from forgetting.rft import train_rft
 from forgetting.rollout_sft import rollout_sft_data, rollout_sft_examples
 from forgetting.sft import sft_examples, train_sft
 from forgetting.storage import product_dir, stable_hash, write_text_once
-from forgetting.trainer import FINAL, ArmResult
+from forgetting.trainer import FINAL, TRAINING_DATA, ArmResult
 
 ARMS = ("sft", "teacher_sft", "rft", "rollout_sft", "iterative_sft")
-TRAINING_DATA = "training_data.jsonl"
 
 
 def arm_style(config: StudyConfig, arm: str) -> str:

@@ -34,10 +34,9 @@ from forgetting.rollout_sft import (
 )
 from forgetting.sft import sft_args
 from forgetting.storage import read_json_lines, stable_hash, write_text_once
-from forgetting.trainer import FINAL, ArmResult, Callback, fit, image_dataset, last_checkpoint
+from forgetting.trainer import FINAL, TRAINING_DATA, ArmResult, Callback, fit, image_dataset, last_checkpoint
 
 ARM = "iterative_sft"
-TRAINING_DATA = "training_data.jsonl"  # forgetting/arms.py's name for every SFT-type arm's data
 
 
 class Shifted(Callback):
@@ -94,9 +93,8 @@ def train_iterative_sft(
         data += [
             {"puzzle_id": row["puzzle_id"], "completion": row["completion"].strip(), "step": start} for row in kept
         ]
-        if not (out / f"checkpoint-{start + length}").is_dir():
-            examples = rollout_sft_examples(dataset, kept, settings.prompt_style)
-            train_round(config, model, examples, out, start, length, callbacks)
+        examples = rollout_sft_examples(dataset, kept, settings.prompt_style)
+        train_round(config, model, examples, out, start, length, callbacks)
     write_text_once(out / TRAINING_DATA, "".join(json.dumps(row) + "\n" for row in data))
     write_text_once(out / SOURCE, json.dumps({"source": "rounds", "rounds": rounds}, indent=1) + "\n")
     (out / f"round-{settings.rounds}" / FINAL).rename(out / FINAL)  # last: the arm is finished
@@ -107,13 +105,9 @@ def train_iterative_sft(
 def round_samples(config: StudyConfig, model: str, dataset: PuzzleDataset, path: Path, r: int):
     """(the exact samples kept, every sample) of round r + 1, sampled from model into path unless it is there;
     each round draws from a random stream of its own (the seed's, with the round)."""
-    if not path.exists():
-        partial = path.with_suffix(".tmp")
-        partial.unlink(missing_ok=True)  # a run killed while sampling: its samples (and torn last line) go
-        settings = config.arms.iterative_sft
-        seed = int(stable_hash([config.seed, r])[:8], 16)
-        sample_rollouts(config, model, dataset, partial, settings.samples_per_puzzle, settings.prompt_style, seed)
-        partial.rename(path)
+    settings = config.arms.iterative_sft
+    seed = int(stable_hash([config.seed, r])[:8], 16)
+    sample_rollouts(config, model, dataset, path, settings.samples_per_puzzle, settings.prompt_style, seed)
     rows = read_json_lines(path)
     return exact_unique(rows), rows
 
@@ -123,7 +117,7 @@ def train_round(
 ) -> None:
     """Train one round's `length` steps from model_path in out/round-<r>/ (resuming there), saving at the arm's
     checkpoint steps that fall inside it and at its end, then move those checkpoints up to out/ under the arm's
-    steps (the round's last one last: a rerun takes it as the round's mark of being done)."""
+    steps (the round's last one last: a rerun takes it as the round's mark of being done, and trains nothing)."""
     from trl import SFTConfig, SFTTrainer  # only to train: TRL's import takes seconds
 
     settings = config.arms.iterative_sft
@@ -132,19 +126,20 @@ def train_round(
     arms = config.arms.model_copy(update={"checkpoint_every": length, "checkpoint_steps": local})
     round_config = config.model_copy(update={"arms": arms})
     folder = out / f"round-{start // length + 1}"
-    if not (folder / FINAL).is_dir():  # killed after the round trained: its checkpoints still to move
-        resume = last_checkpoint(folder)
-        model, processor = load_model(config.model, model_path, seed=config.seed)
-        args = SFTConfig(**sft_args(round_config, settings.model_copy(update={"steps": length}), folder))
-        with LOADING:
-            trainer = SFTTrainer(
-                model=model, args=args, train_dataset=image_dataset(examples), processing_class=processor
-            )
-        shifted = [Shifted(c, start, settings.steps) for c in callbacks]
-        fit(trainer, processor, round_config, folder, resume, shifted)
-    for step in [*local, length]:
-        source = folder / f"checkpoint-{step}"
-        if source.is_dir():
-            source.rename(out / f"checkpoint-{start + step}")
-    if start + length < settings.steps:
-        shutil.rmtree(folder)
+    if not (out / f"checkpoint-{start + length}").is_dir():
+        if not (folder / FINAL).is_dir():  # killed after the round trained: its checkpoints still to move
+            resume = last_checkpoint(folder)
+            model, processor = load_model(config.model, model_path, seed=config.seed)
+            args = SFTConfig(**sft_args(round_config, settings.model_copy(update={"steps": length}), folder))
+            with LOADING:
+                trainer = SFTTrainer(
+                    model=model, args=args, train_dataset=image_dataset(examples), processing_class=processor
+                )
+            shifted = [Shifted(c, start, settings.steps) for c in callbacks]
+            fit(trainer, processor, round_config, folder, resume, shifted)
+        for step in [*local, length]:
+            source = folder / f"checkpoint-{step}"
+            if source.is_dir():
+                source.rename(out / f"checkpoint-{start + step}")
+    if start + length < settings.steps:  # the last round's final/ becomes the arm's
+        shutil.rmtree(folder, ignore_errors=True)  # also the folder of a run killed before it removed it

@@ -54,9 +54,15 @@ def sample_rollouts(
 ) -> Path:
     """Fresh rollouts from a model (an RFT checkpoint, or iterative-SFT's model of the round) on the train split
     in prompt style, samples per puzzle (None: arms.rft.num_generations) at RFT's temperature and max_new_tokens
-    from torch seed seed, scored and written like RFT's training rollouts."""
+    from torch seed seed, scored and written like RFT's training rollouts to out, unless out is there. Written
+    beside it first and renamed at the end: a run killed while sampling leaves no rollouts, and samples afresh."""
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".tmp")
+    partial.unlink(missing_ok=True)  # a run killed while sampling: its samples (and torn last line) go
     model, processor = load_model(config.model, checkpoint, trainable=False)
-    recorder = RolloutRecorder(out, style)
+    recorder = RolloutRecorder(partial, style)
     g = samples or config.arms.rft.num_generations
     records = dataset.records("train")
     torch.manual_seed(seed)
@@ -77,6 +83,7 @@ def sample_rollouts(
             answer=[r["answer"] for r in chunk for _ in range(g)],
             id=[r["id"] for r in chunk for _ in range(g)],
         )
+    partial.rename(out)
     return out
 
 
@@ -90,16 +97,10 @@ def rollout_source(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, 
     if settings.rollout_source == "training":
         return rft.rollouts
     path = out / f"rollouts-{settings.rollout_source}.jsonl"
-    if not path.exists():
-        checkpoint, _ = source_checkpoint(config, rft)
-        out.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".tmp")
-        partial.unlink(missing_ok=True)  # a run killed while sampling: its samples (and torn last line) go
-        sample_rollouts(
-            config, checkpoint, dataset, partial, settings.samples_per_puzzle, settings.prompt_style, config.seed
-        )
-        partial.rename(path)
-    return path
+    checkpoint, _ = source_checkpoint(config, rft)
+    return sample_rollouts(
+        config, checkpoint, dataset, path, settings.samples_per_puzzle, settings.prompt_style, config.seed
+    )
 
 
 def source_checkpoint(config: StudyConfig, rft: ArmResult) -> tuple[str | None, int | str]:

@@ -23,6 +23,7 @@ from forgetting.models import chat, load_model, pick_device
 
 FINAL = "final"
 ROLLOUTS = "rollouts.jsonl"  # the rft arm's: every rollout, one JSON line each
+TRAINING_DATA = "training_data.jsonl"  # an SFT-type arm's: the completions it trained on, one JSON line each
 
 
 @dataclass(frozen=True)
