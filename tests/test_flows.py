@@ -215,9 +215,14 @@ def test_study_over_seeds_reports_mean_and_ci(prefect_harness, tmp_path):
         )
         forgetting = [(Path(r["seeds"][seed]["report"]) / "forgetting.csv").read_text() for r in (result, beside)]
         assert forgetting[0] == forgetting[1]
-        assert (
-            json.loads((Path(one["report"]) / "summary.json").read_text())["arms"]
-            == json.loads((Path(result["seeds"][seed]["report"]) / "summary.json").read_text())["arms"]
+        summaries = [
+            _flat(json.loads((Path(r["report"]) / "summary.json").read_text())["arms"])
+            for r in (result["seeds"][seed], one)
+        ]
+        # the same accuracies; the data NLL through the trained weights, so to the weights' rounding
+        assert summaries[0].keys() == summaries[1].keys() and all(
+            a == b or (isinstance(a, float) and isinstance(b, float) and a == pytest.approx(b, rel=1e-6))
+            for a, b in zip(summaries[0].values(), summaries[1].values(), strict=True)
         )
     last = (Path(beside["seeds"][2]["report"]).parent / "seed-process.log").read_text()
     assert f"seed 2 done, on {min(2, os.cpu_count())} threads at its end" in last
