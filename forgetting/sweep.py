@@ -154,36 +154,47 @@ def frontier_levels(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> 
     return pd.DataFrame(rows)
 
 
+def over_seeds(
+    rows: pd.DataFrame, column: str, name: str, count: str, bounds: tuple[float, float] | None = None
+) -> dict:
+    """The column's mean and 95% interval over the rows' seeds (as `name`, `name_low`, `name_high`), how many
+    seeds have a value (`count`) and of how many (`seeds`)."""
+    stats = mean_ci(rows[column].tolist(), bounds)
+    return {
+        name: stats["mean"],
+        f"{name}_low": stats["low"],
+        f"{name}_high": stats["high"],
+        count: stats["n"],
+        "seeds": len(rows),
+    }
+
+
 def over_seeds_at_levels(
     per_seed: pd.DataFrame, column: str, name: str, bounds: tuple[float, float] | None = None
 ) -> pd.DataFrame:
-    """Per arm family and puzzle level of frontier_levels' rows: the column's mean and 95% interval over seeds (as
-    `name`, `name_low`, `name_high`), how many seeds have a value (`n_reached`) and of how many (`seeds`)."""
-    rows = []
-    for (arm, level), group in per_seed.groupby(["arm", "puzzle_level"], sort=False):
-        stats = mean_ci(group[column].tolist(), bounds)
-        rows.append(
-            {"arm": arm, "puzzle_level": level, name: stats["mean"]}
-            | {f"{name}_low": stats["low"], f"{name}_high": stats["high"], "n_reached": stats["n"]}
-            | {"seeds": len(group)}
-        )
-    return pd.DataFrame(rows)
+    """Per arm family and puzzle level of frontier_levels' rows: over_seeds of the column, counting the seeds
+    that reach the level (`n_reached`)."""
+    return pd.DataFrame(
+        [
+            {"arm": arm, "puzzle_level": level} | over_seeds(group, column, name, "n_reached", bounds)
+            for (arm, level), group in per_seed.groupby(["arm", "puzzle_level"], sort=False)
+        ]
+    )
 
 
-def matched(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
-    """Per arm family and puzzle level: frontier_levels' least forgetting, mean and 95% interval over seeds, and
-    how many seeds got there (`n_reached`)."""
-    return over_seeds_at_levels(frontier_levels(frame, levels), "forgetting", "forgetting", BOUNDS["forgetting"])
+def matched(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Per arm family and puzzle level of frontier_levels' rows: the least forgetting, mean and 95% interval over
+    seeds, and how many seeds got there (`n_reached`)."""
+    return over_seeds_at_levels(per_seed, "forgetting", "forgetting", BOUNDS["forgetting"])
 
 
-def at_frontier(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
-    """Where each family's frontier checkpoint sits: per arm family, puzzle level and predictor, the predictor's
-    value at the checkpoint that forgets least at that puzzle accuracy or more (frontier_levels), mean and 95%
+def at_frontier(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Where each family's frontier checkpoint sits: per arm family, puzzle level and predictor of frontier_levels'
+    rows, the predictor's value at the checkpoint that forgets least at that puzzle accuracy or more, mean and 95%
     interval over the seeds that reach the level (`n_reached`: those whose checkpoint there has the predictor; the
     base, step 0, has none, and is a frontier checkpoint only at a level it already solves). The predictors pooled
     over all checkpoints say what tracks forgetting; this says whether the same measure orders the families where
     they are compared."""
-    per_seed = frontier_levels(frame, levels)
     tables = [
         over_seeds_at_levels(per_seed, column, "value").assign(predictor=name)
         for name, column in PREDICTORS.items()
@@ -200,14 +211,15 @@ def rft_family(arm: str) -> str:
     return "rft-lora" if arm.endswith("-lora") else "rft"
 
 
-def differences_from_rft(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
-    """Per arm family with an RFT family to compare with (rft_family; RFT's own left out), puzzle level and seed:
-    frontier_levels' forgetting and predictors of the family minus its RFT's, each seed against the same seed
-    (whose puzzles and evaluation items both arms share); NaN where either frontier misses the level. Empty
+def differences_from_rft(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Per arm family with an RFT family to compare with (rft_family; RFT's own left out), puzzle level and seed of
+    frontier_levels' rows: the forgetting and predictors of the family minus its RFT's, each seed against the same
+    seed (whose puzzles and evaluation items both arms share); NaN where either frontier misses the level. Empty
     without an RFT family."""
-    per_seed = frontier_levels(frame, levels).set_index(["arm", "puzzle_level", "seed"])
-    families = per_seed.index.unique("arm")  # in the frame's order
-    per_seed = per_seed.sort_index()  # looked up by (arm, level) below: sorted, pandas need not scan it
+    families = list(dict.fromkeys(per_seed.arm))  # in the frame's order
+    levels = list(dict.fromkeys(per_seed.puzzle_level))
+    # looked up by (arm, level) below: sorted, pandas need not scan it
+    per_seed = per_seed.set_index(["arm", "puzzle_level", "seed"]).sort_index()
     parts = [
         (per_seed.loc[(arm, level)] - per_seed.loc[(rft_family(arm), level)])
         .reset_index()
@@ -223,39 +235,34 @@ def differences_from_rft(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS
 
 
 def paired(rows: pd.DataFrame, column: str) -> dict:
-    """One family and level of differences_from_rft: the column's mean and 95% interval over the seeds that have
-    it (`n_paired`) of `seeds`."""
-    stats, first = mean_ci(rows[column].tolist()), rows.iloc[0]
-    return {
-        "arm": first.arm,
-        "reference": first.reference,
-        "puzzle_level": first.puzzle_level,
-        "difference": stats["mean"],
-        "difference_low": stats["low"],
-        "difference_high": stats["high"],
-        "n_paired": stats["n"],
-        "seeds": len(rows),
-    }
+    """One family and level of differences_from_rft: over_seeds of the column, counting the seeds that have it
+    (`n_paired`)."""
+    first = rows.iloc[0]
+    return {"arm": first.arm, "reference": first.reference, "puzzle_level": first.puzzle_level} | over_seeds(
+        rows, column, "difference", "n_paired"
+    )
 
 
-def against_rft(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
-    """The paper's comparison along the frontiers: per arm family (RFT's own left out) and puzzle level, its least
-    forgetting minus RFT's there (positive: it forgets more than RFT), seed by seed (differences_from_rft), mean
-    and 95% interval over the seeds where both frontiers reach the level (`n_paired`). Empty without an RFT
-    family."""
-    differences = differences_from_rft(frame, levels)
-    groups = differences.groupby(["arm", "puzzle_level"], sort=False) if len(differences) else []
-    return pd.DataFrame([paired(rows, "forgetting") for _, rows in groups])
+def by_family_and_level(differences: pd.DataFrame):
+    """differences_from_rft's rows grouped by arm family and puzzle level, in their order (none when empty)."""
+    return differences.groupby(["arm", "puzzle_level"], sort=False) if len(differences) else []
 
 
-def at_frontier_against_rft(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
+def against_rft(differences: pd.DataFrame) -> pd.DataFrame:
+    """The paper's comparison along the frontiers: per arm family (RFT's own left out) and puzzle level of
+    differences_from_rft, its least forgetting minus RFT's there (positive: it forgets more than RFT), mean and 95%
+    interval over the seeds where both frontiers reach the level (`n_paired`). Empty without an RFT family."""
+    return pd.DataFrame([paired(rows, "forgetting") for _, rows in by_family_and_level(differences)])
+
+
+def at_frontier_against_rft(differences: pd.DataFrame) -> pd.DataFrame:
     """Whether a candidate cause orders a family and RFT, seed by seed, as their forgetting does: per arm family
-    (RFT's own left out), puzzle level and predictor of CAUSES, the predictor at the family's frontier checkpoint
-    minus at RFT's (differences_from_rft; the checkpoints at_frontier reads), mean and 95% interval over the seeds
-    where both have it (`n_paired`), and `agree`: in how many of those the predictor's difference has the sign of
-    the forgetting difference (a tie in forgetting agrees only with a tie). Empty without an RFT family."""
-    differences, rows = differences_from_rft(frame, levels), []
-    for _, group in differences.groupby(["arm", "puzzle_level"], sort=False) if len(differences) else []:
+    (RFT's own left out), puzzle level and predictor of CAUSES in differences_from_rft, the predictor at the
+    family's frontier checkpoint minus at RFT's (the checkpoints at_frontier reads), mean and 95% interval over the
+    seeds where both have it (`n_paired`), and `agree`: in how many of those the predictor's difference has the
+    sign of the forgetting difference (a tie in forgetting agrees only with a tie). Empty without an RFT family."""
+    rows = []
+    for _, group in by_family_and_level(differences):
         for name in CAUSES:
             if (column := PREDICTORS[name]) in group:
                 both = group[[column, "forgetting"]].dropna()

@@ -24,6 +24,7 @@ from forgetting.sweep import (
     at_frontier,
     at_frontier_against_rft,
     differences_from_rft,
+    frontier_levels,
     matched,
     skipped_by_arm,
 )
@@ -31,16 +32,17 @@ from forgetting.sweep import (
 DIGITS = {"forward_kl": 2, "reverse_kl": 2, "data_nll": 3, "param_distance": 4}  # a cause's digits on the page
 
 
-def sweep_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The comparisons along the frontiers, by the name of their CSV file and summary.json key: matched
-    (forgetting at matched puzzle accuracy), against_rft (each family's forgetting there minus RFT's), at_frontier
-    (the predictors at those frontier checkpoints), at_frontier_against_rft (the causes there minus RFT's, seed by
-    seed, and whether they order the two as forgetting does)."""
+def sweep_tables(per_seed: pd.DataFrame, differences: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The comparisons along the frontiers from frontier_levels' rows and differences_from_rft's, by the name of
+    their CSV file and summary.json key: matched (forgetting at matched puzzle accuracy), against_rft (each family's
+    forgetting there minus RFT's), at_frontier (the predictors at those frontier checkpoints),
+    at_frontier_against_rft (the causes there minus RFT's, seed by seed, and whether they order the two as
+    forgetting does)."""
     return {
-        "matched": matched(frame),
-        "against_rft": against_rft(frame),
-        "at_frontier": at_frontier(frame),
-        "at_frontier_against_rft": at_frontier_against_rft(frame),
+        "matched": matched(per_seed),
+        "against_rft": against_rft(differences),
+        "at_frontier": at_frontier(per_seed),
+        "at_frontier_against_rft": at_frontier_against_rft(differences),
     }
 
 
@@ -52,7 +54,9 @@ def write_sweep_report(
     trained checkpoint), causes.png (plot_causes; only with an RFT family to compare with) and report.md;
     skipped: skipped_arms of the points."""
     out.mkdir(parents=True, exist_ok=True)
-    tables, found = sweep_tables(frame), predictors(frame[frame.step > 0])  # pooled over every distinct checkpoint
+    per_seed = frontier_levels(frame)
+    differences = differences_from_rft(per_seed)
+    tables, found = sweep_tables(per_seed, differences), predictors(frame[frame.step > 0])  # pooled: every checkpoint
     frame.to_csv(out / "frontier.csv", index=False)
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
@@ -69,7 +73,7 @@ def write_sweep_report(
     plot_frontiers(frame, out / "frontier.png")
     plot_dynamics(frame[frame.step > 0], out / "predictors.png")
     (out / "causes.png").unlink(missing_ok=True)
-    plot_causes(differences_from_rft(frame), out / "causes.png")
+    plot_causes(differences, out / "causes.png")
     (out / "report.md").write_text(sweep_markdown(summary, tables, found))
     return summary
 

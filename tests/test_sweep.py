@@ -6,7 +6,14 @@ import warnings
 import pandas as pd
 import pytest
 
-from forgetting.sweep import against_rft, at_frontier, at_frontier_against_rft, matched
+from forgetting.sweep import (
+    against_rft,
+    at_frontier,
+    at_frontier_against_rft,
+    differences_from_rft,
+    frontier_levels,
+    matched,
+)
 from forgetting.sweep_report import sweep_markdown, sweep_tables
 
 # (family, seed, puzzle exact accuracy, forgetting) of every evaluated checkpoint
@@ -32,8 +39,16 @@ def frame() -> pd.DataFrame:
     )
 
 
+def differences(checkpoints: pd.DataFrame) -> pd.DataFrame:
+    return differences_from_rft(frontier_levels(checkpoints))
+
+
+def tables(checkpoints: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return sweep_tables(frontier_levels(checkpoints), differences(checkpoints))
+
+
 def test_frontiers_are_compared_at_each_level_over_the_seeds_that_reach_it():
-    table = matched(frame()).set_index(["arm", "puzzle_level"])
+    table = matched(frontier_levels(frame())).set_index(["arm", "puzzle_level"])
     assert table.loc[("sft", 0.4), "forgetting"] == pytest.approx((0.03 + 0.05 + 0.02) / 3)
     # seed 0's checkpoint at 0.5 is below 0.6: its 1.0 counts there
     assert table.loc[("sft", 0.6), "forgetting"] == pytest.approx((0.04 + 0.05 + 0.02) / 3)
@@ -45,7 +60,7 @@ def test_frontiers_are_compared_at_each_level_over_the_seeds_that_reach_it():
 def test_each_family_is_compared_with_rft_seed_by_seed():
     """Differences are taken within a seed (its arms share puzzles and items) and averaged over the seeds where
     both frontiers reach the level; RFT itself and a family without its RFT have no row."""
-    table = against_rft(frame()).set_index(["arm", "puzzle_level"])
+    table = against_rft(differences(frame())).set_index(["arm", "puzzle_level"])
     assert set(table.index.unique("arm")) == {"sft"} and set(table.reference) == {"rft"}
     at = table.loc[("sft", 0.4)]
     assert at.difference == pytest.approx((0.02 + 0.03) / 2) and at.n_paired == 2 and at.seeds == 3
@@ -59,14 +74,14 @@ SUMMARY = {"sweep_id": "s", "seeds": [0, 1, 2], "points": {"p0": {}}, "checkpoin
 
 
 def test_the_report_shows_the_comparison_with_rft_only_when_there_is_an_rft():
-    text = sweep_markdown(SUMMARY, sweep_tables(frame()), {})
+    text = sweep_markdown(SUMMARY, tables(frame()), {})
     paired = text.split("minus RFT's")[1].split("###")[0]
     assert "| puzzle_level | sft |" in paired  # neither RFT nor the LoRA family without its RFT
     row = next(line for line in paired.splitlines() if line.startswith("| 0.400"))
     # sft minus rft at 0.4, over the two seeds whose RFT frontier gets there
     assert row.startswith("| 0.400 | 0.025 [") and row.endswith("(2/3) |")
     without = frame()[~frame().arm.str.startswith("rft")]
-    text = sweep_markdown(SUMMARY, sweep_tables(without), {})
+    text = sweep_markdown(SUMMARY, tables(without), {})
     assert "minus RFT's" not in text and "agree" not in text and "causes.png" not in text
 
 
@@ -76,21 +91,21 @@ def test_the_comparison_does_not_depend_on_the_order_of_the_checkpoints():
     shuffled = frame().sample(frac=1.0, random_state=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", pd.errors.PerformanceWarning)
-        table = against_rft(shuffled)
-    expected = against_rft(frame())
+        table = against_rft(differences(shuffled))
+    expected = against_rft(differences(frame()))
     pd.testing.assert_frame_equal(table, expected)
 
 
 def test_the_predictors_are_read_at_the_checkpoint_that_makes_up_each_frontier():
     """At a level, each seed's frontier checkpoint is the one forgetting least at that accuracy or more; its
     predictors are averaged over the seeds that reach the level. Columns the frame lacks have no rows."""
-    table = at_frontier(frame()).set_index(["predictor", "arm", "puzzle_level"])
+    table = at_frontier(frontier_levels(frame())).set_index(["predictor", "arm", "puzzle_level"])
     assert set(table.index.unique("predictor")) == {"forward_kl"}
     at = table.loc[("forward_kl", "sft", 0.6)]  # seeds 0, 1, 2: forgetting 0.04, 0.05, 0.02 there
     assert at.value == pytest.approx((4.0 + 6.0 + 4.0) / 3) and at.n_reached == 3 and at.seeds == 3
     at = table.loc[("forward_kl", "rft", 0.8)]  # seed 0's checkpoint at 0.9 alone
     assert at.value == pytest.approx(5.0) and at.n_reached == 1 and math.isnan(at.value_low)
-    text = sweep_markdown(SUMMARY, sweep_tables(frame()), {})
+    text = sweep_markdown(SUMMARY, tables(frame()), {})
     sits = text.split("Where the frontiers sit")[1].split("###")[0]
     assert "| predictor | puzzle_level | rft | sft | sft-lora |" in sits
     assert "| forward_kl | 0.800 | 5.00 (1/3) |" in sits  # the digits a KL is shown with
@@ -101,7 +116,7 @@ def test_the_causes_at_the_frontier_are_compared_with_rfts_seed_by_seed():
     as forgetting orders them: forward_kl follows forgetting here by construction; data_nll is SFT's 1 more in
     every seed, while SFT forgets more than RFT at 0.4 and less at 0.8."""
     data = frame().assign(data_nll=lambda d: d.arm.map({"rft": 1.0, "sft": 2.0, "sft-lora": 3.0}))
-    table = at_frontier_against_rft(data).set_index(["predictor", "arm", "puzzle_level"])
+    table = at_frontier_against_rft(differences(data)).set_index(["predictor", "arm", "puzzle_level"])
     assert set(table.index.unique("arm")) == {"sft"} and set(table.index.unique("predictor")) == {
         "forward_kl",
         "data_nll",
@@ -112,7 +127,7 @@ def test_the_causes_at_the_frontier_are_compared_with_rfts_seed_by_seed():
     at = table.loc[("data_nll", "sft", 0.8)]  # seed 0: forgetting 0.04 - 0.05, data_nll 2 - 1
     assert at.difference == pytest.approx(1.0) and (at.n_paired, at.agree) == (1, 0)
     assert table.loc[("data_nll", "sft", 1.0), "n_paired"] == 0
-    text = sweep_markdown(SUMMARY, sweep_tables(data), {})
+    text = sweep_markdown(SUMMARY, tables(data), {})
     paired = text.split("The same, seed by seed")[1].split("###")[0]
     assert "| data_nll | 0.800 | 1.000 (1/3), 0/1 agree |" in paired
     assert "| forward_kl | 0.400 | 2.50 [" in paired and "(2/3), 2/2 agree |" in paired
