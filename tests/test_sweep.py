@@ -44,7 +44,8 @@ def differences(checkpoints: pd.DataFrame) -> pd.DataFrame:
 
 
 def tables(checkpoints: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    return sweep_tables(frontier_levels(checkpoints), differences(checkpoints))
+    per_seed = frontier_levels(checkpoints)
+    return sweep_tables(per_seed, differences_from_rft(per_seed))
 
 
 def test_frontiers_are_compared_at_each_level_over_the_seeds_that_reach_it():
