@@ -9,7 +9,11 @@ wall time of the run that wrote it.
 --block NAME fills the `<!-- NAME:begin -->` ... `<!-- NAME:end -->` block instead and copies the files to
 docs/NAME/ (default: results); --page PATH fills that block in another markdown file than README.md (e.g.
 docs/experiments.md); --report DIR publishes that report folder (a study's, or one published before) instead
-of the one the profile names.
+of the one the profile names; --rewrite with --report writes that sweep report folder again from its frontier.csv
+by the current code first (a report published before a change of the sweep report gets what the change adds,
+without the sweep running again):
+
+    python -m flows.publish --report docs/results-sweep --block results-sweep --rewrite
 """
 
 import json
@@ -23,12 +27,14 @@ from flows.cli import parse_args
 from forgetting.config import REPO_ROOT, ConfigError, StudyConfig
 from forgetting.profiles import load_config
 from forgetting.sweep import sweep_dir
+from forgetting.sweep_report import rewrite_sweep_report
 
 DEFAULT_BLOCK = "results"
 PUBLISHED = (  # a study's report files, then a sweep's; each report folder holds those of its kind
     ("report.md", "summary.json", "config.yaml", "run.json", "environment.json")
     + ("forgetting.csv", "curves.csv", "dynamics.csv", "tradeoff.png", "forgetting.png", "dynamics.png")
     + ("frontier.csv", "matched.csv", "against_rft.csv", "at_frontier.csv", "at_frontier_against_rft.csv")
+    + ("frontier_points.csv",)
     + ("frontier.png", "predictors.png", "causes.png")
 )
 
@@ -100,12 +106,21 @@ def _arguments(parser) -> None:
     )
     parser.add_argument("--page", default=str(REPO_ROOT / "README.md"), help="markdown file to fill (default: README)")
     parser.add_argument("--report", default=None, help="report folder to publish (default: the profile's study's)")
+    parser.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="with --report: write that sweep report again from its frontier.csv by the current code first",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv, __doc__.splitlines()[0], _arguments)
     try:
+        if args.rewrite and not args.report:
+            raise ConfigError("--rewrite needs --report: the sweep report folder to write again")
         if args.report:
+            if args.rewrite:
+                rewrite_sweep_report(Path(args.report).resolve())
             out = publish_report(Path(args.report).resolve(), Path(args.page), args.block)
         else:
             out = publish(load_config(args.profile, args.overrides, args.output_dir), Path(args.page), args.block)

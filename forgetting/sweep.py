@@ -12,6 +12,7 @@ two arms' learning rates trains each arm's settings once. The report's files and
 import itertools
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,14 @@ def skipped_by_arm(skipped: dict[str, dict]) -> dict:
     return {f"{point} {arm}": why for point, arms in skipped.items() for arm, why in arms.items()}
 
 
+def frontier_checkpoint(group: pd.DataFrame, seed: int, level: float) -> pd.Series | None:
+    """The checkpoint that makes up one family's frontier in a seed at a puzzle level: of the family's rows, the one
+    that forgets least at that puzzle exact accuracy or more (the first where several forget as little); None where
+    none gets there."""
+    there = group[(group.seed == seed) & (group.puzzle_exact >= level) & group.forgetting.notna()]
+    return there.loc[there.forgetting.idxmin()] if len(there) else None
+
+
 def frontier_levels(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
     """Per arm family, puzzle level and seed: the least forgetting the family's checkpoints reach at that puzzle
     exact accuracy or more (its frontier there; NaN where no checkpoint gets there), and that checkpoint's
@@ -145,13 +154,30 @@ def frontier_levels(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> 
     for arm, group in frame.groupby("arm", sort=False):
         for level in levels:
             for seed in seeds:
-                there = group[(group.seed == seed) & (group.puzzle_exact >= level) & group.forgetting.notna()]
-                best = there.loc[there.forgetting.idxmin()] if len(there) else None
+                best = frontier_checkpoint(group, seed, level)
                 rows.append(
                     {"arm": arm, "puzzle_level": level, "seed": seed}
                     | {c: math.nan if best is None else float(best[c]) for c in ["forgetting", *columns]}
                 )
     return pd.DataFrame(rows)
+
+
+def frontier_points(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
+    """Which settings make up the frontiers: per arm family whose checkpoints come from more than one sweep point,
+    puzzle level and point, in how many seeds the family's frontier checkpoint there (frontier_checkpoint) is one
+    of that point's (`n_seeds`; the base model, step 0, counts as the point `base`). Empty when every family has one
+    point."""
+    rows, seeds = [], sorted(frame.seed.unique())
+    for arm, group in frame.groupby("arm", sort=False):
+        if group[group.step > 0].point.nunique() < 2:
+            continue
+        for level in levels:
+            found = [frontier_checkpoint(group, seed, level) for seed in seeds]
+            chosen = Counter("base" if c.step == 0 else c.point for c in found if c is not None)
+            for point in ["base", *dict.fromkeys(group.point)]:  # the sweep's order of points
+                if chosen[point]:
+                    rows.append({"arm": arm, "puzzle_level": level, "point": point, "n_seeds": chosen[point]})
+    return pd.DataFrame(rows, columns=["arm", "puzzle_level", "point", "n_seeds"])
 
 
 def over_seeds(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from forgetting.config import ConfigError
 from forgetting.predictors import PREDICTORS, predictor_rows, predictors
 from forgetting.report import (
     interval,
@@ -25,6 +26,7 @@ from forgetting.sweep import (
     at_frontier_against_rft,
     differences_from_rft,
     frontier_levels,
+    frontier_points,
     matched,
     skipped_by_arm,
 )
@@ -49,14 +51,15 @@ def sweep_tables(per_seed: pd.DataFrame, differences: pd.DataFrame) -> dict[str,
 def write_sweep_report(
     out: Path, sweep: str, frame: pd.DataFrame, overrides: dict[str, dict], skipped: dict[str, dict] | None = None
 ) -> dict:
-    """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), a CSV file per table of sweep_tables,
-    summary.json, frontier.png (a panel per arm family), predictors.png (forgetting against each predictor, every
-    trained checkpoint), causes.png (plot_causes; only with an RFT family to compare with) and report.md;
-    skipped: skipped_arms of the points."""
+    """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), a CSV file per table of sweep_tables and
+    frontier_points.csv (which points make up the frontiers), summary.json, frontier.png (a panel per arm family),
+    predictors.png (forgetting against each predictor, every trained checkpoint), causes.png (plot_causes; only
+    with an RFT family to compare with) and report.md; skipped: skipped_arms of the points."""
     out.mkdir(parents=True, exist_ok=True)
     per_seed = frontier_levels(frame)
     differences = differences_from_rft(per_seed)
-    tables, found = sweep_tables(per_seed, differences), predictors(frame[frame.step > 0])  # pooled: every checkpoint
+    tables = sweep_tables(per_seed, differences) | {"frontier_points": frontier_points(frame)}
+    found = predictors(frame[frame.step > 0])  # pooled: every checkpoint
     frame.to_csv(out / "frontier.csv", index=False)
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
@@ -76,6 +79,17 @@ def write_sweep_report(
     plot_causes(differences, out / "causes.png")
     (out / "report.md").write_text(sweep_markdown(summary, tables, found))
     return summary
+
+
+def rewrite_sweep_report(folder: Path) -> dict:
+    """A sweep's report folder (or its published copy) written again by write_sweep_report from its own
+    frontier.csv (every checkpoint the sweep evaluated) and summary.json (the sweep id, points and skipped arms):
+    what a change of the report adds, without the sweep running again. ConfigError when it is no sweep's report."""
+    if not (folder / "frontier.csv").is_file() or not (folder / "summary.json").is_file():
+        raise ConfigError(f"{folder} is no sweep report: it needs frontier.csv and summary.json")
+    summary = json.loads((folder / "summary.json").read_text())
+    frame = pd.read_csv(folder / "frontier.csv", dtype={"arm_key": str, "point": str})  # keys that look like numbers
+    return write_sweep_report(folder, summary["sweep_id"], frame, summary["points"], summary.get("skipped"))
 
 
 def plot_frontiers(frame: pd.DataFrame, path: Path) -> Path:
@@ -154,6 +168,21 @@ def causes_table(table: pd.DataFrame, value: str, count: str) -> pd.DataFrame:
     return pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
 
 
+def points_section(chosen: pd.DataFrame) -> str:
+    """Which points make up the frontiers (frontier_points), a column per family and a row per level: each point
+    with the number of seeds whose frontier checkpoint is one of its; empty when every family has one point."""
+    if not len(chosen):
+        return ""
+    cells = chosen.assign(cell=chosen.point + ": " + chosen.n_seeds.astype(str))
+    joined = cells.groupby(["puzzle_level", "arm"], sort=False).cell.agg(", ".join).reset_index()
+    return (
+        "\nWhich settings make up those frontiers, for each family trained at more than one point: at each puzzle "
+        "level, the points whose checkpoint is the family's frontier there, with the number of seeds (`base`: the "
+        "base model).\n\n"
+        + markdown_table(joined.pivot(index="puzzle_level", columns="arm", values="cell").reset_index())
+    )
+
+
 def sweep_markdown(summary: dict, tables: dict[str, pd.DataFrame], predictors_found: dict) -> str:
     """report.md from summary.json's head and sweep_tables; a comparison with RFT only where the sweep has one."""
     points = "".join(
@@ -168,6 +197,7 @@ def sweep_markdown(summary: dict, tables: dict[str, pd.DataFrame], predictors_fo
         "least forgetting any checkpoint of the family reaches at that puzzle exact accuracy or more, mean [95% "
         "interval] over seeds; (n/N): only n of the N seeds' frontiers reach that accuracy.\n\n"
         + markdown_table(level_pivot(tables["matched"], "forgetting", "n_reached"))
+        + points_section(tables.get("frontier_points", pd.DataFrame()))
         + (
             "\nForgetting along each frontier minus RFT's at the same level, seed by seed (each seed's arms share "
             "its puzzles and evaluation items): positive, the family forgets more than RFT there; mean [95% "

@@ -322,6 +322,10 @@ def test_publish_fills_a_named_block_and_leaves_the_others(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["--profile", "micro", "--block", "Results Two"])
     assert exit_.value.code == 2
+    for rewrite_without_sweep in (["--rewrite"], ["--report", str(config.report_dir), "--rewrite"]):
+        with pytest.raises(SystemExit) as exit_:  # --rewrite needs a sweep's report folder
+            main(["--page", str(readme), *rewrite_without_sweep])
+        assert exit_.value.code == 2
 
 
 def test_a_published_report_moves_to_another_page_with_links_from_there(tmp_path):

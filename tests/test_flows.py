@@ -288,6 +288,12 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     assert set(paired.arm) == {"sft"} and (paired.agree <= paired.n_paired).all()
     page = (report / "report.md").read_text()
     assert "Where the frontiers sit" in page and "The same, seed by seed" in page and (report / "causes.png").is_file()
+    # which learning rate makes up SFT's frontier at each level it reaches (RFT has one point: no rows)
+    chosen = pd.read_csv(report / "frontier_points.csv")
+    assert list(chosen.columns) == ["arm", "puzzle_level", "point", "n_seeds"] and set(chosen.arm) <= {"sft"}
+    reached = matched[matched.arm == "sft"].set_index("puzzle_level").n_reached
+    assert chosen.groupby("puzzle_level").n_seeds.sum().to_dict() == reached[reached > 0].to_dict()
+    assert ("Which settings make up those frontiers" in page) == (len(chosen) > 0)
     client, runs = _runs(config)
     parent = next(r for r in runs if r.info.run_name == summary["sweep_id"])
     studies = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -306,6 +312,13 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     assert "`python -m flows.sweep --profile docs/results/config.yaml`" in text
     assert "(docs/results/frontier.png)" in text
     assert (tmp_path / "docs" / "results" / "at_frontier_against_rft.csv").is_file() and not stale.exists()
+    # written again from its published frontier.csv by the current code: the same files, byte for byte
+    from flows.publish import main
+
+    published = tmp_path / "docs" / "results"
+    before = {f.name: f.read_bytes() for f in published.iterdir() if f.suffix in (".csv", ".md", ".json")}
+    main(["--report", str(published), "--block", "results", "--page", str(readme), "--rewrite"])
+    assert {name: (published / name).read_bytes() for name in before} == before and readme.read_text() == text
 
 
 def _study_ids(config) -> set[str]:

@@ -12,6 +12,7 @@ from forgetting.sweep import (
     at_frontier_against_rft,
     differences_from_rft,
     frontier_levels,
+    frontier_points,
     matched,
 )
 from forgetting.sweep_report import sweep_markdown, sweep_tables
@@ -84,6 +85,25 @@ def test_the_report_shows_the_comparison_with_rft_only_when_there_is_an_rft():
     without = frame()[~frame().arm.str.startswith("rft")]
     text = sweep_markdown(SUMMARY, tables(without), {})
     assert "minus RFT's" not in text and "agree" not in text and "causes.png" not in text
+
+
+def test_the_report_says_which_points_make_up_each_frontier():
+    """Per family trained at more than one point and level: in how many seeds each point's checkpoint is the
+    frontier's there; the base model (step 0, every point's) counts as `base`; one-point families have no row."""
+    points = ["p0", "p0", "p0", "p0", "p0", "p1", "p0", "p1", "p1", "p0"]  # RFT and the LoRA family: p0 alone
+    base = {"arm": "sft", "seed": 0, "puzzle_exact": 0.5, "forgetting": 0.0, "prior_mean": 0.9, "point": "p0"}
+    checkpoints = pd.concat([frame().assign(step=10, point=points), pd.DataFrame([base | {"step": 0}])])
+    chosen = frontier_points(checkpoints).set_index(["arm", "puzzle_level", "point"]).n_seeds
+    assert set(chosen.index.unique("arm")) == {"sft"}
+    # at 0.4: seed 0's base (0.5, forgets nothing), seed 1's p0 checkpoint at 0.6, seed 2's only one (p1)
+    assert chosen.loc[("sft", 0.4)].to_dict() == {"base": 1, "p0": 1, "p1": 1}
+    assert chosen.loc[("sft", 0.8)].to_dict() == {"p1": 3}
+    per_seed = frontier_levels(checkpoints)
+    text = sweep_markdown(
+        SUMMARY, sweep_tables(per_seed, differences_from_rft(per_seed)) | {"frontier_points": chosen.reset_index()}, {}
+    )
+    assert "Which settings make up those frontiers" in text and "| 0.400 | base: 1, p0: 1, p1: 1 |" in text
+    assert "Which settings" not in sweep_markdown(SUMMARY, tables(frame()), {})  # none given: no section
 
 
 def test_the_comparison_does_not_depend_on_the_order_of_the_checkpoints():
