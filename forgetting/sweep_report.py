@@ -184,7 +184,8 @@ def points_section(chosen: pd.DataFrame) -> str:
 
 
 def sweep_markdown(summary: dict, tables: dict[str, pd.DataFrame], predictors_found: dict) -> str:
-    """report.md from summary.json's head and sweep_tables; a comparison with RFT only where the sweep has one."""
+    """report.md from summary.json's head, sweep_tables and frontier_points (tables["frontier_points"], where
+    given); a comparison with RFT only where the sweep has one."""
     points = "".join(
         f"- `{p}`: {json.dumps(o) if o else 'the profile as it is'}\n" for p, o in summary["points"].items()
     )
