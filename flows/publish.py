@@ -119,9 +119,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.rewrite and not args.report:
             raise ConfigError("--rewrite needs --report: the sweep report folder to write again")
         if args.report:
+            report = Path(args.report).resolve()
             if args.rewrite:
-                rewrite_sweep_report(Path(args.report).resolve())
-            out = publish_report(Path(args.report).resolve(), Path(args.page), args.block)
+                rewrite_sweep_report(report)
+            out = publish_report(report, Path(args.page), args.block)
         else:
             out = publish(load_config(args.profile, args.overrides, args.output_dir), Path(args.page), args.block)
     except ConfigError as err:
