@@ -1,4 +1,4 @@
-"""Put a study's or a sweep's report into a page's results block, untouched by hand: the report's markdown
+"""Put a study's or a sweep's report into a results block of docs/results.md, untouched by hand: the report's markdown
 tables, its plots (copied to docs/<block>/, docs/results/ by default), the command that reproduces it and the
 wall time of the run that wrote it.
 
@@ -7,8 +7,8 @@ wall time of the run that wrote it.
     python -m flows.publish --profile tiny-sweep                   # a profile with a sweep: the sweep's report
 
 --block NAME fills the `<!-- NAME:begin -->` ... `<!-- NAME:end -->` block instead and copies the files to
-docs/NAME/ (default: results); --page PATH fills that block in another markdown file than README.md (e.g.
-docs/experiments.md); --report DIR publishes that report folder (a study's, or one published before) instead
+docs/NAME/ (default: results); --page PATH fills that block in another markdown file than docs/results.md
+(e.g. docs/experiments.md); --report DIR publishes that report folder (a study's, or one published before) instead
 of the one the profile names; --rewrite with --report writes that sweep report folder again from its frontier.csv
 by the current code first (a report published before a change of the sweep report gets what the change adds,
 without the sweep running again):
@@ -30,6 +30,7 @@ from forgetting.sweep import sweep_dir
 from forgetting.sweep_report import rewrite_sweep_report
 
 DEFAULT_BLOCK = "results"
+RESULTS_PAGE = REPO_ROOT / "docs" / "results.md"
 PUBLISHED = (  # a study's report files, then a sweep's; each report folder holds those of its kind
     ("report.md", "summary.json", "config.yaml", "run.json", "environment.json")
     + ("forgetting.csv", "curves.csv", "dynamics.csv", "tradeoff.png", "forgetting.png", "dynamics.png")
@@ -52,18 +53,18 @@ def results_block(report: Path, link_prefix: str, profile_path: str) -> str:
         f"its report). The run that wrote this finished {run['finished']} after {run['wall_time_s'] / 60:.1f} min "
         "on 2 CPU cores (outputs already on disk are reused, not recomputed).\n\n"
         + "".join(f"##{line}" if line.startswith("#") else line for line in markdown.splitlines(keepends=True))
-    )  # the report's headings two levels down, under the page's "## Results"
+    )  # the report's headings two levels down, under a section ("### ...") of the page
 
 
 def markers(block: str) -> tuple[str, str]:
-    """The README comments that open and close a named results block."""
+    """The page's comments that open and close a named results block."""
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,40}", block):
         raise ConfigError(f"--block must be a short lower-case name (letters, digits, - and _), got {block!r}")
     return f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
 
 
 def publish(
-    config: StudyConfig, readme: Path = REPO_ROOT / "README.md", block: str = DEFAULT_BLOCK, root: Path | None = None
+    config: StudyConfig, page: Path = RESULTS_PAGE, block: str = DEFAULT_BLOCK, root: Path | None = None
 ) -> Path:
     """publish_report of the config's own report folder: its sweep's when the config has a sweep, else its
     study's."""
@@ -72,7 +73,7 @@ def publish(
     if not (report / "run.json").is_file():
         flow = "flows.sweep" if swept else "flows.study"
         raise ConfigError(f"no finished report for {config.name} at {report}: run {flow} first")
-    return publish_report(report, readme, block, root)
+    return publish_report(report, page, block, root)
 
 
 def publish_report(report: Path, page: Path, block: str = DEFAULT_BLOCK, root: Path | None = None) -> Path:
@@ -104,7 +105,7 @@ def _arguments(parser) -> None:
     parser.add_argument(
         "--block", default=DEFAULT_BLOCK, help="block to fill, docs/ folder to write (default: results)"
     )
-    parser.add_argument("--page", default=str(REPO_ROOT / "README.md"), help="markdown file to fill (default: README)")
+    parser.add_argument("--page", default=str(RESULTS_PAGE), help="markdown file to fill (default: docs/results.md)")
     parser.add_argument("--report", default=None, help="report folder to publish (default: the profile's study's)")
     parser.add_argument(
         "--rewrite",

@@ -82,7 +82,7 @@ def optimizer_for(model, config: PretrainConfig) -> torch.optim.Optimizer:
     """AdamW; the vision tower and its merger get their own learning rate (vision_lr_multiplier). Measured
     here: 2e-3 with 3x on the vision tower left the colour-of-a-shape task on a plateau (loss 0.8 after 300
     steps), 1e-3 with 1x learned it (loss 0.03); over the nine tasks, 6000 steps at 2e-3 with 3x reached a
-    held-out mean of 0.446, at 7e-4 with 1x 0.665 (README, "The tiny world and its base model")."""
+    held-out mean of 0.446, at 7e-4 with 1x 0.665 (docs/tiny-world.md, "How it was built")."""
     vision = [p for n, p in model.named_parameters() if "visual" in n.split(".")[:3]]
     ids = {id(p) for p in vision}
     rest = [p for p in model.parameters() if id(p) not in ids]

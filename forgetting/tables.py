@@ -1,4 +1,4 @@
-"""Markdown tables, as every report writes them (a study's, a sweep's, the README's blocks)."""
+"""Markdown tables, as every report writes them (a study's, a sweep's, the results page's blocks)."""
 
 import math
 

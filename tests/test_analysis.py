@@ -295,7 +295,7 @@ def test_publish_fills_the_readme_block_from_a_report(tmp_path):
     begin, end = markers("results")
     readme = tmp_path / "README.md"
     readme.write_text(f"# t\n\n{begin}\nold\n{end}\n\n## after\n")
-    publish(config, readme=readme, root=tmp_path)
+    publish(config, page=readme, root=tmp_path)
     text = readme.read_text()
     assert "old" not in text and text.endswith(f"{end}\n\n## after\n")
     assert "`python -m flows.study --profile docs/results/config.yaml`" in text and "1.5 min" in text
@@ -311,14 +311,14 @@ def test_publish_fills_a_named_block_and_leaves_the_others(tmp_path):
     (begin, end), (c_begin, c_end) = markers("results"), markers("results-control")
     readme = tmp_path / "README.md"
     readme.write_text(f"{begin}\nmain study\n{end}\n\n{c_begin}\nold\n{c_end}\n")
-    publish(config, readme=readme, block="results-control", root=tmp_path)
+    publish(config, page=readme, block="results-control", root=tmp_path)
     text = readme.read_text()
     assert "main study" in text and "old" not in text
     assert "(docs/results-control/tradeoff.png)" in text
     assert (tmp_path / "docs" / "results-control" / "summary.json").is_file()
     assert not (tmp_path / "docs" / "results").exists()
     with pytest.raises(ConfigError, match="no <!-- other:begin -->"):
-        publish(config, readme=readme, block="other", root=tmp_path)
+        publish(config, page=readme, block="other", root=tmp_path)
     with pytest.raises(SystemExit) as exit_:
         main(["--profile", "micro", "--block", "Results Two"])
     assert exit_.value.code == 2
@@ -337,7 +337,7 @@ def test_a_published_report_moves_to_another_page_with_links_from_there(tmp_path
     begin, end = markers("control")
     readme, page = tmp_path / "README.md", tmp_path / "docs" / "log.md"
     readme.write_text(f"{begin}\n{end}\n")
-    published = publish(config, readme=readme, block="control", root=tmp_path)
+    published = publish(config, page=readme, block="control", root=tmp_path)
     page.write_text(f"# log\n\n{begin}\nold\n{end}\n")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("flows.publish.REPO_ROOT", tmp_path)

@@ -307,7 +307,7 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     readme.write_text(f"{begin}\nold\n{end}\n")
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"a study's plot")
-    publish(config, readme=readme, root=tmp_path)
+    publish(config, page=readme, root=tmp_path)
     text = readme.read_text()
     assert "`python -m flows.sweep --profile docs/results/config.yaml`" in text
     assert "(docs/results/frontier.png)" in text
