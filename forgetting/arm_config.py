@@ -143,6 +143,14 @@ class IterativeSFTArmConfig(SFTArmConfig):
         "Samples drawn per train puzzle each round (empty: arms.rft.num_generations), at RFT's "
         "temperature and max_new_tokens; an exact answer is kept once per puzzle and round."
     )
+    answers_per_puzzle: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Exact answers a round keeps per train puzzle, the first sampled (empty: every distinct one): "
+        "with 1 every puzzle the round solves weighs the same, however often it was solved.",
+        exclude_if=lambda n: n is None,  # left out of dumps and hashes at its default: ids unchanged
+    )
 
     @model_validator(mode="after")
     def _rounds_divide(self) -> "IterativeSFTArmConfig":
@@ -218,6 +226,17 @@ class ArmsConfig(Section):
     def _iterative_on_one_process(self) -> "ArmsConfig":
         if self.iterative_sft.enabled and self.num_processes > 1:
             raise ValueError("iterative_sft samples its rounds in one process: it needs num_processes 1")
+        return self
+
+    @model_validator(mode="after")
+    def _answers_capped_below_samples(self) -> "ArmsConfig":
+        arm = self.iterative_sft
+        samples = arm.samples_per_puzzle or self.rft.num_generations
+        if arm.answers_per_puzzle is not None and arm.answers_per_puzzle >= samples:
+            raise ValueError(
+                f"iterative_sft.answers_per_puzzle {arm.answers_per_puzzle} caps nothing: a round draws "
+                f"{samples} samples a puzzle (samples_per_puzzle, else rft.num_generations); leave it empty"
+            )
         return self
 
     @field_validator("checkpoint_steps")

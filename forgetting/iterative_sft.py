@@ -104,12 +104,26 @@ def train_iterative_sft(
 
 def round_samples(config: StudyConfig, model: str, dataset: PuzzleDataset, path: Path, r: int):
     """(the exact samples kept, every sample) of round r + 1, sampled from model into path unless it is there;
-    each round draws from a random stream of its own (the seed's, with the round)."""
+    each round draws from a random stream of its own (the seed's, with the round). Kept: each distinct exact
+    answer of a puzzle, at most answers_per_puzzle of them, the first sampled."""
     settings = config.arms.iterative_sft
     seed = int(stable_hash([config.seed, r])[:8], 16)
     sample_rollouts(config, model, dataset, path, settings.samples_per_puzzle, settings.prompt_style, seed)
     rows = read_json_lines(path)
-    return exact_unique(rows), rows
+    return first_per_puzzle(exact_unique(rows), settings.answers_per_puzzle), rows
+
+
+def first_per_puzzle(rows: list[dict], n: int | None) -> list[dict]:
+    """The first n rows of each puzzle, in their order (all of them when n is None)."""
+    if n is None:
+        return rows
+    counts: dict[str, int] = {}
+    kept = []
+    for row in rows:
+        counts[row["puzzle_id"]] = counts.get(row["puzzle_id"], 0) + 1
+        if counts[row["puzzle_id"]] <= n:
+            kept.append(row)
+    return kept
 
 
 def train_round(

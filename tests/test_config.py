@@ -56,6 +56,8 @@ def test_overrides_are_read_as_yaml(tmp_path):
         ("seed_processes=0", "seed_processes"),
         ("arms.iterative_sft={enabled: true, steps: 10, rounds: 4}", "arms.iterative_sft"),
         ("arms={iterative_sft: {enabled: true}, num_processes: 2}", "arms"),
+        ("arms.iterative_sft={enabled: true, samples_per_puzzle: 2, answers_per_puzzle: 2}", "arms"),
+        ("arms.iterative_sft.answers_per_puzzle=0", "arms.iterative_sft.answers_per_puzzle"),
     ],
 )
 def test_bad_values_name_the_field(override, field):

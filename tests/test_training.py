@@ -212,6 +212,37 @@ def test_a_rounds_callbacks_see_the_arms_steps(capsys):
         shifted.not_an_event  # noqa: B018
 
 
+def test_a_round_keeps_the_first_answers_of_each_puzzle_up_to_its_cap():
+    """answers_per_puzzle: the first n distinct exact answers of each puzzle in sampling order; none, every one.
+    Left at its default the setting is not in the config's dump, so studies run before it keep their ids."""
+    from forgetting.iterative_sft import first_per_puzzle
+    from forgetting.profiles import load_config
+
+    rows = [{"puzzle_id": p, "completion": c} for p, c in ["a1", "b1", "a2", "a3", "c1", "b2"]]
+    assert first_per_puzzle(rows, 1) == [rows[0], rows[1], rows[4]]
+    assert first_per_puzzle(rows, 2) == [rows[0], rows[1], rows[2], rows[4], rows[5]]
+    assert first_per_puzzle(rows, None) == rows == first_per_puzzle(rows, 3)
+    wide = load_config("tiny-think-iterative-wide")
+    capped = load_config("tiny-think-iterative-wide", ["arms.iterative_sft.answers_per_puzzle=1"])
+    assert "answers_per_puzzle" not in wide.model_dump()["arms"]["iterative_sft"]
+    assert capped.study_id != wide.study_id and capped.arms.iterative_sft.answers_per_puzzle == 1
+
+
+def test_a_round_keeps_what_its_cap_allows_of_its_samples(tmp_path):
+    """round_samples over a round's samples (a file already there is read, not sampled again): distinct exact
+    answers, then at most answers_per_puzzle of each puzzle."""
+    from forgetting.iterative_sft import round_samples
+    from forgetting.profiles import load_config
+
+    samples = [("a", "x", 1), ("a", "x", 1), ("a", "y", 1), ("a", "z", 1), ("b", "x", 0), ("b", "y", 1)]
+    path = tmp_path / "rollouts-round-1.jsonl"
+    path.write_text("".join(json.dumps({"puzzle_id": p, "completion": c, "exact": e}) + "\n" for p, c, e in samples))
+    for cap, kept in ((None, ["ax", "ay", "az", "by"]), (2, ["ax", "ay", "by"]), (1, ["ax", "by"])):
+        config = load_config("micro", [f"arms.iterative_sft.answers_per_puzzle={cap or 'null'}"])
+        chosen, rows = round_samples(config, "unused", None, path, 0)
+        assert [r["puzzle_id"] + r["completion"] for r in chosen] == kept and len(rows) == len(samples)
+
+
 def test_the_trainers_metrics_reach_mlflow_in_batches_each_at_its_step(tmp_path, monkeypatch):
     """Pending metrics go out every `every` seconds, at a checkpoint and at the end; each keeps its step."""
     from types import SimpleNamespace
