@@ -6,7 +6,9 @@ import warnings
 import pandas as pd
 import pytest
 
+from forgetting.predictors import PREDICTORS
 from forgetting.sweep import (
+    CAUSES,
     against_rft,
     at_frontier,
     at_frontier_against_rft,
@@ -15,7 +17,7 @@ from forgetting.sweep import (
     frontier_points,
     matched,
 )
-from forgetting.sweep_report import sweep_markdown, sweep_tables
+from forgetting.sweep_report import DIGITS, sweep_markdown, sweep_tables
 
 # (family, seed, puzzle exact accuracy, forgetting) of every evaluated checkpoint
 CHECKPOINTS = [
@@ -153,3 +155,14 @@ def test_the_causes_at_the_frontier_are_compared_with_rfts_seed_by_seed():
     assert "| data_nll | 0.800 | 1.000 (1/3), 0/1 agree |" in paired
     assert "| forward_kl | 0.400 | 2.50 [" in paired and "(2/3), 2/2 agree |" in paired
     assert "![causes against RFT](causes.png)" in paired
+
+
+def test_every_cause_is_written_with_its_digits():
+    """Each cause sweep.CAUSES names has its rows in the report's tables, with the digits sweep_report gives it (a
+    cause added to one and not the other would fail the report after a whole sweep)."""
+    data = frame().assign(**{PREDICTORS[name]: lambda d, k=k: d.forward_kl + k for k, name in enumerate(CAUSES)})
+    text = sweep_markdown(SUMMARY, tables(data), {})
+    paired = text.split("The same, seed by seed")[1].split("###")[0]
+    assert set(DIGITS) == set(CAUSES)
+    for name in CAUSES:
+        assert f"| {name} | 0.400 | " in paired
