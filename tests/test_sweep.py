@@ -79,6 +79,9 @@ SUMMARY = {"sweep_id": "s", "seeds": [0, 1, 2], "points": {"p0": {}}, "checkpoin
 
 def test_the_report_shows_the_comparison_with_rft_only_when_there_is_an_rft():
     text = sweep_markdown(SUMMARY, tables(frame()), {})
+    assert "1 point, 10 distinct checkpoints:" in text
+    two = sweep_markdown(SUMMARY | {"points": {"p0": {}, "p1": {"arms.sft.learning_rate": 1e-5}}}, tables(frame()), {})
+    assert "2 points, 10 distinct checkpoints:" in two
     paired = text.split("minus RFT's")[1].split("###")[0]
     assert "| puzzle_level | sft |" in paired  # neither RFT nor the LoRA family without its RFT
     row = next(line for line in paired.splitlines() if line.startswith("| 0.400"))
