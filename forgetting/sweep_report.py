@@ -189,12 +189,12 @@ def sweep_markdown(summary: dict, tables: dict[str, pd.DataFrame], predictors_fo
     points = "".join(
         f"- `{p}`: {json.dumps(o) if o else 'the profile as it is'}\n" for p, o in summary["points"].items()
     )
+    count = len(summary["points"])
     contrast, sits, sits_paired = tables["against_rft"], tables["at_frontier"], tables["at_frontier_against_rft"]
     return (
         f"## Sweep {summary['sweep_id']} over seeds {summary['seeds']}\n\n"
         + skipped_note(skipped_by_arm(summary["skipped"]))
-        + f"{len(summary['points'])} point{'s' * (len(summary['points']) != 1)}, {summary['checkpoints']} distinct "
-        f"checkpoints:\n\n{points}\n"
+        + f"{count} point{'s' * (count != 1)}, {summary['checkpoints']} distinct checkpoints:\n\n{points}\n"
         "Forgetting (base prior mean - prior mean; positive: forgotten) along each arm family's Pareto frontier: the "
         "least forgetting any checkpoint of the family reaches at that puzzle exact accuracy or more, mean [95% "
         "interval] over seeds; (n/N): only n of the N seeds' frontiers reach that accuracy.\n\n"

@@ -79,9 +79,6 @@ SUMMARY = {"sweep_id": "s", "seeds": [0, 1, 2], "points": {"p0": {}}, "checkpoin
 
 def test_the_report_shows_the_comparison_with_rft_only_when_there_is_an_rft():
     text = sweep_markdown(SUMMARY, tables(frame()), {})
-    assert "1 point, 10 distinct checkpoints:" in text
-    two = sweep_markdown(SUMMARY | {"points": {"p0": {}, "p1": {"arms.sft.learning_rate": 1e-5}}}, tables(frame()), {})
-    assert "2 points, 10 distinct checkpoints:" in two
     paired = text.split("minus RFT's")[1].split("###")[0]
     assert "| puzzle_level | sft |" in paired  # neither RFT nor the LoRA family without its RFT
     row = next(line for line in paired.splitlines() if line.startswith("| 0.400"))
@@ -90,6 +87,12 @@ def test_the_report_shows_the_comparison_with_rft_only_when_there_is_an_rft():
     without = frame()[~frame().arm.str.startswith("rft")]
     text = sweep_markdown(SUMMARY, tables(without), {})
     assert "minus RFT's" not in text and "agree" not in text and "causes.png" not in text
+
+
+def test_the_report_counts_its_points():
+    assert "1 point, 10 distinct checkpoints:" in sweep_markdown(SUMMARY, tables(frame()), {})
+    two = sweep_markdown(SUMMARY | {"points": {"p0": {}, "p1": {"arms.sft.learning_rate": 1e-5}}}, tables(frame()), {})
+    assert "2 points, 10 distinct checkpoints:" in two
 
 
 def test_the_report_says_which_points_make_up_each_frontier():
@@ -161,8 +164,8 @@ def test_the_causes_at_the_frontier_are_compared_with_rfts_seed_by_seed():
 
 
 def test_every_cause_is_written_with_its_digits():
-    """Each cause sweep.CAUSES names has its rows in the report's tables, with the digits sweep_report gives it (a
-    cause added to one and not the other would fail the report after a whole sweep)."""
+    """Each cause sweep.CAUSES names has its rows in the report's seed-by-seed table, written with the digits
+    sweep_report.DIGITS gives it (a cause added to one and not the other would fail the report after a whole sweep)."""
     data = frame().assign(**{PREDICTORS[name]: lambda d, k=k: d.forward_kl + k for k, name in enumerate(CAUSES)})
     text = sweep_markdown(SUMMARY, tables(data), {})
     paired = text.split("The same, seed by seed")[1].split("###")[0]
