@@ -6,8 +6,9 @@ forgetting/iterative_sft.py). Each arm has its own prompt style (arms.<arm>.prom
 rollouts, its evaluation and the base's view of its data all read (arm_style).
 
 An arm's folder is named by the hash of what determines it (the base model's content, puzzles, model and arm
-settings, seed, the training libraries and code, and for rollout_sft the RFT arm it learns from), so changing one
-arm's settings retrains that arm and what depends on it only; a finished arm has final/, and a rerun finds it.
+settings, seed, the training libraries and code, for rollout_sft the RFT arm it learns from, for iterative_sft the
+RFT settings it samples with), so changing one arm's settings retrains that arm and what depends on it only; a
+finished arm has final/, and a rerun finds it.
 
     python -m flows.train --profile micro     # the arms alone
 """
@@ -24,7 +25,7 @@ from forgetting.models import hub_kernels, model_fingerprint
 from forgetting.puzzle_data import CORNER_NAMES, PuzzleDataset
 from forgetting.puzzles import make_target, teacher_reasoning
 from forgetting.rft import train_rft
-from forgetting.rollout_sft import rollout_sft_data, rollout_sft_examples
+from forgetting.rollout_sft import fresh_sampling, rollout_sft_data, rollout_sft_examples
 from forgetting.sft import sft_examples, train_sft
 from forgetting.storage import product_dir, stable_hash, write_text_once
 from forgetting.trainer import FINAL, TRAINING_DATA, ArmResult
@@ -62,6 +63,12 @@ def arm_spec(config: StudyConfig, arm: str) -> dict:
         # several processes sample and reduce in another order: another arm (one process: ids as before)
         **({"num_processes": config.arms.num_processes} if config.arms.num_processes > 1 else {}),
         "seed": config.seed,
+        # iterative_sft samples with RFT's settings (rollout_sft learns from the RFT arm: arm_dir's upstream)
+        **(
+            {"sampling": fresh_sampling(config, config.arms.iterative_sft.samples_per_puzzle)}
+            if arm == "iterative_sft"
+            else {}
+        ),
     }
 
 

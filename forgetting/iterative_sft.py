@@ -64,10 +64,11 @@ def train_iterative_sft(
 ) -> ArmResult:
     """Every round in turn: sample the round's model, keep its exact answers, train the round on them; the last
     round's model is the arm's final. NoCorrectRollouts when a round's model solves no train puzzle."""
-    if (out / FINAL).is_dir():
+    settings = config.arms.iterative_sft
+    if (out / FINAL).is_dir():  # finished; a run killed after the last round's final/ moved up leaves its folder
+        shutil.rmtree(out / f"round-{settings.rounds}", ignore_errors=True)
         return ArmResult.of(ARM, out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = config.arms.iterative_sft
     length = settings.steps // settings.rounds
     rounds, data = [], []
     for r in range(settings.rounds):

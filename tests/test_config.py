@@ -233,6 +233,24 @@ def test_a_sweep_is_every_combination_and_a_bad_point_is_named():
         points(load_config("micro", ["sweep.grid={arms.sft.learning_rate: [0.001, -1]}"]))
 
 
+def test_an_iterative_arm_is_keyed_by_the_rft_settings_it_samples_with():
+    """iterative_sft draws its rounds' samples at RFT's temperature and max_new_tokens (and RFT's group size when
+    it sets no samples_per_puzzle of its own): a change to those is another iterative arm; RFT's length is not."""
+    from forgetting.sweep import arm_key, points
+
+    def key(*changes: str) -> str:
+        return arm_key(load_config("tiny-think-iterative-capped", list(changes)), "iterative_sft")
+
+    assert key("arms.rft.steps=600") == key("arms.rft.learning_rate=3e-5") == key()
+    assert len({key(), key("arms.rft.temperature=1.0"), key("arms.rft.max_new_tokens=64")}) == 3
+    assert key("arms.rft.num_generations=16") == key()  # four samples a puzzle of its own
+    own = "arms.iterative_sft.samples_per_puzzle=null"
+    assert key(own, "arms.rft.num_generations=16") != key(own) != key()
+    long = points(load_config("tiny-think-rft-long"))  # RFT at 200 and 600 steps, the one capped arm beside both
+    assert [one.arms.rft.steps for _, _, one in long] == [200, 600]
+    assert len({arm_key(one, "iterative_sft") for _, _, one in long}) == 1
+
+
 def test_a_scheduled_run_adds_seeds_to_those_the_output_folder_holds(tmp_path):
     """schedule.add_seeds: the study over its own seeds, every seed already reported, and the next new ones."""
     from forgetting.profiles import with_next_seeds

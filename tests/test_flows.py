@@ -17,6 +17,7 @@ from flows.puzzles import puzzles_flow
 from flows.study import study
 from forgetting import world
 from forgetting.config import OutputConfig
+from forgetting.iterative_sft import train_iterative_sft
 from tasks.tracking import tracking_uri
 
 pytestmark = pytest.mark.slow
@@ -390,6 +391,10 @@ def test_every_arm_on_the_think_prompt(prefect_harness, tmp_path, monkeypatch):
     assert rounds[1]["checkpoint"] == str(iterative / "checkpoint-2")
     assert sorted(p.name for p in iterative.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert not list(iterative.glob("round-*"))  # each round's Trainer folder gone once its checkpoints moved up
+    (iterative / "round-2").mkdir()  # as a run killed after the last round's final/ moved up leaves it
+    (iterative / "round-2" / "trainer_state.json").write_text("{}")
+    assert train_iterative_sft(config, "", None, iterative).final == iterative / "final"  # finished: no work
+    assert not (iterative / "round-2").exists()
     steps = [json.loads(line)["step"] for line in (iterative / "training_data.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and set(steps) == {0, 2} and len(steps) == sum(r["kept"] for r in rounds)
     assert f"own samples, 2 rounds, exact {rounds[0]['exact']:,}, {rounds[1]['exact']:,} of 512 each" in text
