@@ -198,6 +198,17 @@ class ArmsConfig(Section):
         None, description="Path to a DeepSpeed JSON config passed to the trainers (ZeRO-2/3 over num_processes GPUs)."
     )
 
+    def fresh_sampling(self, samples: int | None) -> dict:
+        """How fresh samples are drawn (rollout-SFT's from an RFT checkpoint, iterative-SFT's every round):
+        samples a puzzle (None: rft.num_generations) at RFT's temperature and max_new_tokens. iterative_sft,
+        which samples afresh without learning from the RFT arm, has these in its spec (forgetting/arms.py:arm_spec):
+        they are RFT's settings, not its own."""
+        return {
+            "samples": samples or self.rft.num_generations,
+            "temperature": self.rft.temperature,
+            "max_new_tokens": self.rft.max_new_tokens,
+        }
+
     def rft_checkpoint_steps(self) -> list[int]:
         """The steps the RFT arm saves a checkpoint at, before its final model."""
         every = range(self.checkpoint_every, self.rft.steps, self.checkpoint_every)
@@ -231,7 +242,7 @@ class ArmsConfig(Section):
     @model_validator(mode="after")
     def _answers_capped_below_samples(self) -> "ArmsConfig":
         arm = self.iterative_sft
-        samples = arm.samples_per_puzzle or self.rft.num_generations
+        samples = self.fresh_sampling(arm.samples_per_puzzle)["samples"]
         if arm.answers_per_puzzle is not None and arm.answers_per_puzzle >= samples:
             raise ValueError(
                 f"iterative_sft.answers_per_puzzle {arm.answers_per_puzzle} caps nothing: a round draws "

@@ -25,7 +25,7 @@ from forgetting.models import hub_kernels, model_fingerprint
 from forgetting.puzzle_data import CORNER_NAMES, PuzzleDataset
 from forgetting.puzzles import make_target, teacher_reasoning
 from forgetting.rft import train_rft
-from forgetting.rollout_sft import fresh_sampling, rollout_sft_data, rollout_sft_examples
+from forgetting.rollout_sft import rollout_sft_data, rollout_sft_examples
 from forgetting.sft import sft_examples, train_sft
 from forgetting.storage import product_dir, stable_hash, write_text_once
 from forgetting.trainer import FINAL, TRAINING_DATA, ArmResult
@@ -65,7 +65,7 @@ def arm_spec(config: StudyConfig, arm: str) -> dict:
         "seed": config.seed,
         # iterative_sft samples with RFT's settings (rollout_sft learns from the RFT arm: arm_dir's upstream)
         **(
-            {"sampling": fresh_sampling(config, config.arms.iterative_sft.samples_per_puzzle)}
+            {"sampling": config.arms.fresh_sampling(config.arms.iterative_sft.samples_per_puzzle)}
             if arm == "iterative_sft"
             else {}
         ),

@@ -49,25 +49,14 @@ def rollout_sft_examples(dataset: PuzzleDataset, rollouts: list[dict], style: st
     ]
 
 
-def fresh_sampling(config: StudyConfig, samples: int | None) -> dict:
-    """How fresh samples are drawn: samples a puzzle (None: arms.rft.num_generations) at RFT's temperature and
-    max_new_tokens. An arm that samples afresh without learning from the RFT arm (iterative_sft) has these in its
-    spec (forgetting/arms.py:arm_spec): they are RFT's settings, not its own."""
-    rft = config.arms.rft
-    return {
-        "samples": samples or rft.num_generations,
-        "temperature": rft.temperature,
-        "max_new_tokens": rft.max_new_tokens,
-    }
-
-
 def sample_rollouts(
     config: StudyConfig, checkpoint: str, dataset: PuzzleDataset, out: Path, samples: int | None, style: str, seed: int
 ) -> Path:
     """Fresh rollouts from a model (an RFT checkpoint, or iterative-SFT's model of the round) on the train split
-    in prompt style, drawn as fresh_sampling says (samples a puzzle, RFT's temperature and max_new_tokens)
-    from torch seed seed, scored and written like RFT's training rollouts to out, unless out is there. Written
-    beside it first and renamed at the end: a run killed while sampling leaves no rollouts, and samples afresh."""
+    in prompt style, drawn as ArmsConfig.fresh_sampling says (samples a puzzle, RFT's temperature and
+    max_new_tokens) from torch seed seed, scored and written like RFT's training rollouts to out, unless out is
+    there. Written beside it first and renamed at the end: a run killed while sampling leaves no rollouts, and
+    samples afresh."""
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +64,7 @@ def sample_rollouts(
     partial.unlink(missing_ok=True)  # a run killed while sampling: its samples (and torn last line) go
     model, processor = load_model(config.model, checkpoint, trainable=False)
     recorder = RolloutRecorder(partial, style)
-    how = fresh_sampling(config, samples)
+    how = config.arms.fresh_sampling(samples)
     g = how["samples"]
     records = dataset.records("train")
     torch.manual_seed(seed)
