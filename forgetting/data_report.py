@@ -36,13 +36,20 @@ def training_data_summary(data_nll: dict[str, dict]) -> dict[str, dict]:
 def source_text(arm: str, source: dict | None) -> str:
     """Where an arm's data came from, in words, from its rollout_source.json: for rollout_sft 'final RFT model
     (step 200): 3,120 of 4,000 rollouts exact, 1,571 kept', for iterative_sft 'own samples, 4 rounds, exact
-    141, 1,410, 2,512, 3,003 of 4,000 each, 130, 1,107, ... kept'."""
+    141, 1,410, 2,512, 3,003 of 4,000 each, 130, 1,107, ... kept', and where it stopped when a round had no
+    exact answer."""
     if not source:
         return {"sft": "ground-truth answers", "teacher_sft": "teacher's explanation + answer"}.get(arm, "own rollouts")
     if source["source"] == "rounds":
         rounds = source["rounds"]
         exact, kept = (", ".join(f"{r[key]:,}" for r in rounds) for key in ("exact", "kept"))
-        return f"own samples, {len(rounds)} rounds, exact {exact} of {rounds[0]['rollouts']:,} each, {kept} kept"
+        text = f"own samples, {len(rounds)} rounds, exact {exact} of {rounds[0]['rollouts']:,} each, {kept} kept"
+        if stop := source.get("stopped"):
+            text += (
+                f"; stopped in round {stop['round']} ({stop['reason']}): its final model is its step-{stop['step']} "
+                "model"
+            )
+        return text
     where = {"training": "RFT's own training rollouts", "final": "final RFT model", "early": "early RFT checkpoint"}
     return (
         f"{where[source['source']]} (step {source['rft_step']}): {source['exact']:,} of {source['rollouts']:,} "

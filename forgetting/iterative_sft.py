@@ -11,8 +11,13 @@ An arm's folder, besides what every arm has (checkpoint-<step> at the arm's own 
     training_data.jsonl        the exact samples each round trained on, de-duplicated within the round, each with
                                the step before its round's first (as RFT's rollouts carry the step that sampled
                                them: forgetting/predictors.py:data_nll_at)
-    rollout_source.json        per round: the model sampled, samples, exact ones, kept ones, puzzles solved
+    rollout_source.json        per round: the model sampled, samples, exact ones, kept ones, puzzles solved;
+                               `stopped` when a round found no exact answer
 
+A round whose model gives no exact answer has nothing to train on: the arm stops there, its final/ the model that
+round sampled (the last round's checkpoint, without its optimizer state), its checkpoints those it reached, so the
+report shows the arm up to where it stopped (its final at the arm's last step is that model). A first round with
+none (the base solves no train puzzle) trains nothing: NoCorrectRollouts, as rollout-SFT without rollouts.
 A rerun finds the finished rounds (their last checkpoint moved up) and resumes the one that was training.
 """
 
@@ -34,7 +39,16 @@ from forgetting.rollout_sft import (
 )
 from forgetting.sft import sft_args
 from forgetting.storage import read_json_lines, stable_hash, write_text_once
-from forgetting.trainer import FINAL, TRAINING_DATA, ArmResult, Callback, fit, image_dataset, last_checkpoint
+from forgetting.trainer import (
+    FINAL,
+    TRAINING_DATA,
+    TRAINING_STATE,
+    ArmResult,
+    Callback,
+    fit,
+    image_dataset,
+    last_checkpoint,
+)
 
 ARM = "iterative_sft"
 
@@ -63,14 +77,15 @@ def train_iterative_sft(
     config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path, callbacks: Sequence = ()
 ) -> ArmResult:
     """Every round in turn: sample the round's model, keep its exact answers, train the round on them; the last
-    round's model is the arm's final. NoCorrectRollouts when a round's model solves no train puzzle."""
+    round's model is the arm's final, or the model of the first round with no exact answer (the arm stops there).
+    NoCorrectRollouts when the base solves no train puzzle."""
     settings = config.arms.iterative_sft
     if (out / FINAL).is_dir():  # finished; a run killed after the last round's final/ moved up leaves its folder
         shutil.rmtree(out / f"round-{settings.rounds}", ignore_errors=True)
         return ArmResult.of(ARM, out)
     out.mkdir(parents=True, exist_ok=True)
     length = settings.steps // settings.rounds
-    rounds, data = [], []
+    rounds, data, stopped = [], [], None
     for r in range(settings.rounds):
         start = r * length
         model = base if r == 0 else str(out / f"checkpoint-{start}")
@@ -86,21 +101,40 @@ def train_iterative_sft(
                 "puzzles": len({row["puzzle_id"] for row in kept}),
             }
         )
-        if not kept:
+        if not kept and r == 0:
             raise NoCorrectRollouts(
-                f"iterative_sft round {r + 1}: no exact answer in {len(rows):,} samples of {model}; the model it "
-                "starts the round from solves no train puzzle"
+                f"iterative_sft round 1: no exact answer in {len(rows):,} samples of the base model {model}; it "
+                "solves no train puzzle"
             )
+        if not kept:
+            stopped = {"round": r + 1, "step": start, "reason": f"no exact answer in {len(rows):,} samples"}
+            print(f"iterative_sft stops in round {r + 1} ({stopped['reason']}): its final is its step-{start} model")
+            break
         data += [
             {"puzzle_id": row["puzzle_id"], "completion": row["completion"].strip(), "step": start} for row in kept
         ]
-        examples = rollout_sft_examples(dataset, kept, settings.prompt_style)
-        train_round(config, model, examples, out, start, length, callbacks)
+        train_round(config, model, dataset, kept, out, start, length, callbacks)
     write_text_once(out / TRAINING_DATA, "".join(json.dumps(row) + "\n" for row in data))
-    write_text_once(out / SOURCE, json.dumps({"source": "rounds", "rounds": rounds}, indent=1) + "\n")
-    (out / f"round-{settings.rounds}" / FINAL).rename(out / FINAL)  # last: the arm is finished
-    shutil.rmtree(out / f"round-{settings.rounds}")
+    source = {"source": "rounds", "rounds": rounds, **({"stopped": stopped} if stopped else {})}
+    write_text_once(out / SOURCE, json.dumps(source, indent=1) + "\n")
+    if stopped:  # last: the arm is finished
+        final_from_checkpoint(out / f"checkpoint-{stopped['step']}", out)
+    else:
+        (out / f"round-{settings.rounds}" / FINAL).rename(out / FINAL)
+        shutil.rmtree(out / f"round-{settings.rounds}")
     return ArmResult.of(ARM, out)
+
+
+def final_from_checkpoint(checkpoint: Path, out: Path) -> None:
+    """out/final/ as a copy of checkpoint's model and processor (its optimizer, scheduler and RNG state left
+    out) with its log history as trainer_state.json (as trainer.finish writes it), written beside it and renamed:
+    the final model of an arm that stopped at that checkpoint."""
+    tmp = out / f".{FINAL}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns(*TRAINING_STATE))
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    (tmp / "trainer_state.json").write_text(json.dumps(history, indent=1))
+    tmp.rename(out / FINAL)
 
 
 def round_samples(config: StudyConfig, model: str, dataset: PuzzleDataset, path: Path, r: int):
@@ -128,11 +162,19 @@ def first_per_puzzle(rows: list[dict], n: int | None) -> list[dict]:
 
 
 def train_round(
-    config: StudyConfig, model_path: str, examples: list[dict], out: Path, start: int, length: int, callbacks: Sequence
+    config: StudyConfig,
+    model_path: str,
+    dataset: PuzzleDataset,
+    kept: list[dict],
+    out: Path,
+    start: int,
+    length: int,
+    callbacks: Sequence,
 ) -> None:
-    """Train one round's `length` steps from model_path in out/round-<r>/ (resuming there), saving at the arm's
-    checkpoint steps that fall inside it and at its end, then move those checkpoints up to out/ under the arm's
-    steps (the round's last one last: a rerun takes it as the round's mark of being done, and trains nothing)."""
+    """Train one round's `length` steps on its kept samples from model_path in out/round-<r>/ (resuming there),
+    saving at the arm's checkpoint steps that fall inside it and at its end, then move those checkpoints up to out/
+    under the arm's steps (the round's last one last: a rerun takes it as the round's mark of being done, and
+    trains nothing)."""
     from trl import SFTConfig, SFTTrainer  # only to train: TRL's import takes seconds
 
     settings = config.arms.iterative_sft
@@ -146,10 +188,9 @@ def train_round(
             resume = last_checkpoint(folder)
             model, processor = load_model(config.model, model_path, seed=config.seed)
             args = SFTConfig(**sft_args(round_config, settings.model_copy(update={"steps": length}), folder))
+            examples = image_dataset(rollout_sft_examples(dataset, kept, settings.prompt_style))
             with LOADING:
-                trainer = SFTTrainer(
-                    model=model, args=args, train_dataset=image_dataset(examples), processing_class=processor
-                )
+                trainer = SFTTrainer(model=model, args=args, train_dataset=examples, processing_class=processor)
             shifted = [Shifted(c, start, settings.steps) for c in callbacks]
             fit(trainer, processor, round_config, folder, resume, shifted)
         for step in [*local, length]:

@@ -24,6 +24,16 @@ from forgetting.models import chat, load_model, pick_device
 FINAL = "final"
 ROLLOUTS = "rollouts.jsonl"  # the rft arm's: every rollout, one JSON line each
 TRAINING_DATA = "training_data.jsonl"  # an SFT-type arm's: the completions it trained on, one JSON line each
+# what a Trainer's checkpoint holds besides the model and processor: the state to resume training from
+TRAINING_STATE = (
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "rng_state*.pth",
+    "training_args.bin",
+    "trainer_state.json",
+    "global_step*",
+)
 
 
 @dataclass(frozen=True)

@@ -243,6 +243,55 @@ def test_a_round_keeps_what_its_cap_allows_of_its_samples(tmp_path):
         assert [r["puzzle_id"] + r["completion"] for r in chosen] == kept and len(rows) == len(samples)
 
 
+def test_an_iterative_arm_stops_at_a_round_with_no_exact_answer(tmp_path):
+    """Round 2's samples hold no exact answer: the arm stops there, its final/ the step-2 model that round sampled
+    (no optimizer state), its data round 1's, and rollout_source.json and the report's data line say where it
+    stopped. A rerun finds it finished; a first round with no exact answer (the base's) raises and trains nothing.
+    """
+    from forgetting.data_report import source_text
+    from forgetting.iterative_sft import train_iterative_sft
+    from forgetting.profiles import load_config
+    from forgetting.rollout_sft import SOURCE, NoCorrectRollouts
+
+    config = load_config("micro", ["arms.iterative_sft={enabled: true, steps: 4, rounds: 2}"])
+    out = tmp_path / "arm"
+    checkpoint = out / "checkpoint-2"  # round 1 trained: its round finds its last checkpoint and trains nothing
+    checkpoint.mkdir(parents=True)
+    for name in ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (checkpoint / name).write_text(name)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": [{"loss": 0.5}]}))
+
+    def samples(r: int, exact: list[int]) -> None:
+        rows = [{"puzzle_id": f"p{i}", "completion": f"c{i}", "exact": e} for i, e in enumerate(exact)]
+        (out / f"rollouts-round-{r}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    samples(1, [1, 0, 1])
+    samples(2, [0, 0, 0])
+    result = train_iterative_sft(config, "base", None, out)
+    assert sorted(p.name for p in result.final.iterdir()) == ["config.json", "model.safetensors", "trainer_state.json"]
+    assert json.loads((result.final / "trainer_state.json").read_text()) == [{"loss": 0.5}]
+    assert result.checkpoints == (str(checkpoint),)
+    source = json.loads((out / SOURCE).read_text())
+    assert [(r["round"], r["kept"]) for r in source["rounds"]] == [(1, 2), (2, 0)]
+    assert source["stopped"] == {"round": 2, "step": 2, "reason": "no exact answer in 3 samples"}
+    assert [json.loads(line)["puzzle_id"] for line in (out / "training_data.jsonl").read_text().splitlines()] == [
+        "p0",
+        "p2",
+    ]
+    assert source_text("iterative_sft", source).endswith(
+        "; stopped in round 2 (no exact answer in 3 samples): its final model is its step-2 model"
+    )
+    (out / "rollouts-round-2.jsonl").unlink()  # finished: a rerun samples nothing
+    assert train_iterative_sft(config, "base", None, out).final == result.final
+
+    first = tmp_path / "base-solves-none"
+    first.mkdir()
+    (first / "rollouts-round-1.jsonl").write_text(json.dumps({"puzzle_id": "p", "completion": "c", "exact": 0}))
+    with pytest.raises(NoCorrectRollouts, match="round 1: no exact answer in 1 samples"):
+        train_iterative_sft(config, "base", None, first)
+    assert not (first / "final").exists()
+
+
 def test_the_trainers_metrics_reach_mlflow_in_batches_each_at_its_step(tmp_path, monkeypatch):
     """Pending metrics go out every `every` seconds, at a checkpoint and at the end; each keeps its step."""
     from types import SimpleNamespace
