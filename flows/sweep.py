@@ -28,7 +28,7 @@ from flows.cli import outcome, record_run, run
 from flows.preflight import check_inputs
 from flows.study import study
 from forgetting.config import ConfigError, StudyConfig
-from forgetting.sweep import frontier_frame, points, skipped_arms, skipped_by_arm, sweep_dir, sweep_id
+from forgetting.sweep import by_point_and_arm, frontier_frame, noted_arms, points, sweep_dir, sweep_id
 from tasks.report import tracked_sweep_report
 from tasks.tracking import run_link, study_run
 
@@ -53,10 +53,11 @@ def sweep(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
                 study(one, parent_run_id=run_id)
         done = [(point, one) for point, _, one in studies]
         out, overrides = sweep_dir(config) / "report", {p: o for p, o, _ in studies}
-        summary = tracked_sweep_report(out, name, run_id, frontier_frame(done), overrides, skipped_arms(done))
+        skipped, stopped = noted_arms(done, "skipped"), noted_arms(done, "stopped")
+        summary = tracked_sweep_report(out, name, run_id, frontier_frame(done), overrides, skipped, stopped)
     record_run(config, "sweep", out, time.perf_counter() - started)
     print(f"sweep {name} done: {out}. MLflow: {run_link(config, run_id)}")
-    return outcome(summary, skipped_by_arm(summary["skipped"]))
+    return outcome(summary, by_point_and_arm(summary["skipped"]))
 
 
 def check_deployment(deployment: str) -> None:

@@ -3,6 +3,7 @@ dynamics.csv, report.md and three plots, for one seed (write_report) or over see
 numbers come from forgetting/metrics.py.
 """
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -154,6 +155,7 @@ def write_report(
     summary_["predictors"] = predictors(dyn)
     summary_["skipped"] = dict(skipped or {})
     summary_["training_data"] = training_data_summary(data_nll)
+    summary_["stopped"] = stopped_arms(summary_["training_data"])
     for arm, values in summary_["training_data"].items():
         if arm in summary_["arms"]:
             summary_["arms"][arm].update({m: values[m] for m in DATA_METRICS})
@@ -189,7 +191,8 @@ def report_from_evaluations(
 def report_markdown(summary_: dict, table: pd.DataFrame, findings: dict) -> str:
     return (
         f"## Study {summary_['study_id']}\n\n"
-        + skipped_note(summary_.get("skipped"))
+        + arms_note("skipped", summary_.get("skipped"))
+        + arms_note("stopped", summary_.get("stopped"))
         + "Final models. `mean_forgetting` = mean over prior benchmarks of (base - score): positive means forgotten. "
         + _matched_note(summary_["matched_accuracy"], _number(summary_.get("common_accuracy", math.nan)))
         + markdown_table(summary_frame(summary_))
@@ -220,12 +223,30 @@ def skipped_reasons(skipped: dict | None) -> dict[str, str]:
     }
 
 
-def skipped_note(skipped: dict | None) -> str:
-    """The report's line on the arms asked for and missing (arm -> reason, or -> {seed: reason})."""
-    if not skipped:
+NOTES = {
+    "skipped": "**Skipped arms** (asked for, not in this report)",
+    "stopped": "**Stopped arms** (a round found no exact answer to train on: the arm ended there, and its final "
+    "model, shown at the arm's last step, is the model it stopped at)",
+}
+
+
+def arms_note(kind: str, arms: dict | None) -> str:
+    """The report's line on the arms skipped (asked for and missing) or stopped (ended before their last step):
+    arm -> reason, or -> {seed: reason}."""
+    if not arms:
         return ""
-    reasons = "; ".join(f"`{arm}`: {why}" for arm, why in skipped_reasons(skipped).items())
-    return f"**Skipped arms** (asked for, not in this report): {reasons}.\n\n"
+    reasons = "; ".join(f"`{arm}`: {why}" for arm, why in skipped_reasons(arms).items())
+    return f"{NOTES[kind]}: {reasons}.\n\n"
+
+
+def stopped_arms(training_data: dict[str, dict]) -> dict[str, str]:
+    """arm -> where and why it stopped, for the arms whose data say they ended before their last step (iterative
+    self-SFT at a round with no exact answer: forgetting/iterative_sft.py), from training_data_summary."""
+    return {
+        arm: f"round {stop['round']} (after step {stop['step']}), {stop['reason']}"
+        for arm, v in training_data.items()
+        if (stop := (v.get("source") or {}).get("stopped"))
+    }
 
 
 def _matched_note(level: float, common: str) -> str:
@@ -293,11 +314,12 @@ def aggregate_reports(out: Path, study_id: str, reports: dict[int, Path]) -> dic
         "arms": {arm: {m: mean_ci(values(arm, m), BOUNDS[m]) for m in SEED_METRICS} for arm in arms},
         "dynamics": {k: mean_ci([_nan(summaries[s]["dynamics"][k]) for s in seeds], (-1.0, 1.0)) for k in RHO},
         "skipped": {},
+        "stopped": {},
         "training_data": {s: summaries[s].get("training_data", {}) for s in seeds},
     }
-    for s in seeds:  # arm -> {seed: reason}
-        for arm, reason in summaries[s].get("skipped", {}).items():
-            summary_["skipped"].setdefault(arm, {})[s] = reason
+    for s, kind in itertools.product(seeds, ("skipped", "stopped")):  # arm -> {seed: reason}
+        for arm, reason in summaries[s].get(kind, {}).items():
+            summary_[kind].setdefault(arm, {})[s] = reason
     table = over_seeds(read["forgetting"], ["arm", "benchmark", "kind"], ["base", "score", "delta"], BOUNDS)
     columns = ["puzzle_exact", "prior_mean", "forgetting", "format_collapse"]
     curve = over_seeds(read["curves"], ["arm", "step"], columns, BOUNDS)
@@ -353,7 +375,8 @@ def aggregate_markdown(summary_: dict, table: pd.DataFrame) -> str:
     rho = summary_["dynamics"]
     return (
         f"## Study {summary_['study_id']} over seeds {summary_['seeds']}\n\n"
-        + skipped_note(summary_["skipped"])
+        + arms_note("skipped", summary_["skipped"])
+        + arms_note("stopped", summary_["stopped"])
         + "Mean [95% interval] over seeds, final models; intervals are cut to what a number can be (accuracies in "
         "[0, 1]). `mean_forgetting` positive means forgotten. "
         + _matched_note(

@@ -122,18 +122,19 @@ def frontier_frame(studies: list[tuple[str, StudyConfig]]) -> pd.DataFrame:
     return frame
 
 
-def skipped_arms(studies: list[tuple[str, StudyConfig]]) -> dict[str, dict]:
-    """point -> the arms its study asked for and skipped, with the reasons (its report's summary.json)."""
+def noted_arms(studies: list[tuple[str, StudyConfig]], kind: str) -> dict[str, dict]:
+    """point -> the arms its study skipped (kind "skipped": asked for, not trained) or that stopped before their
+    last step ("stopped"), with the reasons (its report's summary.json)."""
     found = {}
     for point, config in studies:
-        skipped = json.loads((config.report_dir / "summary.json").read_text()).get("skipped")
-        if skipped:
-            found[point] = skipped
+        arms = json.loads((config.report_dir / "summary.json").read_text()).get(kind)
+        if arms:
+            found[point] = arms
     return found
 
 
-def skipped_by_arm(skipped: dict[str, dict]) -> dict:
-    """skipped_arms keyed by '<point> <arm>'."""
+def by_point_and_arm(skipped: dict[str, dict]) -> dict:
+    """noted_arms keyed by '<point> <arm>'."""
     return {f"{point} {arm}": why for point, arms in skipped.items() for arm, why in arms.items()}
 
 

@@ -9,13 +9,13 @@ import pandas as pd
 from forgetting.config import ConfigError
 from forgetting.predictors import PREDICTORS, predictor_rows, predictors
 from forgetting.report import (
+    arms_note,
     interval,
     legend,
     markdown_table,
     plot_dynamics,
     pyplot,
     save_figure,
-    skipped_note,
     without_nan,
 )
 from forgetting.sweep import (
@@ -24,11 +24,11 @@ from forgetting.sweep import (
     against_rft,
     at_frontier,
     at_frontier_against_rft,
+    by_point_and_arm,
     differences_from_rft,
     frontier_levels,
     frontier_points,
     matched,
-    skipped_by_arm,
 )
 
 DIGITS = {"forward_kl": 2, "reverse_kl": 2, "data_nll": 3, "param_distance": 4}  # a cause's digits on the page
@@ -49,12 +49,17 @@ def sweep_tables(per_seed: pd.DataFrame, differences: pd.DataFrame) -> dict[str,
 
 
 def write_sweep_report(
-    out: Path, sweep: str, frame: pd.DataFrame, overrides: dict[str, dict], skipped: dict[str, dict] | None = None
+    out: Path,
+    sweep: str,
+    frame: pd.DataFrame,
+    overrides: dict[str, dict],
+    skipped: dict[str, dict] | None = None,
+    stopped: dict[str, dict] | None = None,
 ) -> dict:
     """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), a CSV file per table of sweep_tables and
     frontier_points.csv (which points make up the frontiers), summary.json, frontier.png (a panel per arm family),
     predictors.png (forgetting against each predictor, every trained checkpoint), causes.png (plot_causes; only
-    with an RFT family to compare with) and report.md; skipped: skipped_arms of the points."""
+    with an RFT family to compare with) and report.md; skipped, stopped: noted_arms of the points."""
     out.mkdir(parents=True, exist_ok=True)
     per_seed = frontier_levels(frame)
     differences = differences_from_rft(per_seed)
@@ -71,6 +76,7 @@ def write_sweep_report(
         **{name: without_nan(table.to_dict("records")) for name, table in tables.items()},
         "predictors": without_nan(found),
         "skipped": dict(skipped or {}),
+        "stopped": dict(stopped or {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot_frontiers(frame, out / "frontier.png")
@@ -83,13 +89,15 @@ def write_sweep_report(
 
 def rewrite_sweep_report(folder: Path) -> dict:
     """A sweep's report folder (or its published copy) written again by write_sweep_report from its own
-    frontier.csv (every checkpoint the sweep evaluated) and summary.json (the sweep id, points and skipped arms):
-    what a change of the report adds, without the sweep running again. ConfigError when it is no sweep's report."""
+    frontier.csv (every checkpoint the sweep evaluated) and summary.json (the sweep id, points, skipped and
+    stopped arms): what a change of the report adds, without the sweep running again. ConfigError when it is no
+    sweep's report."""
     if not (folder / "frontier.csv").is_file() or not (folder / "summary.json").is_file():
         raise ConfigError(f"{folder} is no sweep report: it needs frontier.csv and summary.json")
     summary = json.loads((folder / "summary.json").read_text())
     frame = pd.read_csv(folder / "frontier.csv", dtype={"arm_key": str, "point": str})  # keys that look like numbers
-    return write_sweep_report(folder, summary["sweep_id"], frame, summary["points"], summary.get("skipped"))
+    notes = summary.get("skipped"), summary.get("stopped")
+    return write_sweep_report(folder, summary["sweep_id"], frame, summary["points"], *notes)
 
 
 def plot_frontiers(frame: pd.DataFrame, path: Path) -> Path:
@@ -193,7 +201,8 @@ def sweep_markdown(summary: dict, tables: dict[str, pd.DataFrame], predictors_fo
     contrast, sits, sits_paired = tables["against_rft"], tables["at_frontier"], tables["at_frontier_against_rft"]
     return (
         f"## Sweep {summary['sweep_id']} over seeds {summary['seeds']}\n\n"
-        + skipped_note(skipped_by_arm(summary["skipped"]))
+        + arms_note("skipped", by_point_and_arm(summary["skipped"]))
+        + arms_note("stopped", by_point_and_arm(summary.get("stopped", {})))
         + f"{count} point{'s' * (count != 1)}, {summary['checkpoints']} distinct checkpoints:\n\n{points}\n"
         "Forgetting (base prior mean - prior mean; positive: forgotten) along each arm family's Pareto frontier: the "
         "least forgetting any checkpoint of the family reaches at that puzzle exact accuracy or more, mean [95% "

@@ -363,24 +363,37 @@ def test_seeds_are_compared_at_one_level_and_say_how_many_reached_it(tmp_path):
     assert "| 8 (1/2) |" in (tmp_path / "all" / "report.md").read_text()
 
 
-def test_skipped_arms_are_named_with_their_reason_in_every_report(tmp_path):
-    """An arm asked for and not trained is listed under `skipped` with the reason, per seed when aggregated."""
+def test_skipped_and_stopped_arms_are_named_with_their_reason_in_every_report(tmp_path):
+    """An arm asked for and not trained is listed under `skipped` with the reason, an arm whose data say it ended
+    early (iterative self-SFT at a round with no exact answer) under `stopped` with where; per seed when
+    aggregated."""
+    rounds = [{"round": 1, "rollouts": 8, "exact": 3, "kept": 2}, {"round": 2, "rollouts": 8, "exact": 0, "kept": 0}]
+    stop = {"round": 2, "step": 5, "reason": "no exact answer in 8 samples"}
+    iterative = record("iterative_sft", 10, 0.0, 0.5, 0.5)
     reports = {}
     for seed in (0, 1):
         skipped = {"rollout_sft": "no exact rollouts"} if seed == 1 else {}
+        source = {"source": "rounds", "rounds": rounds, **({"stopped": stop} if seed == 0 else {})}
+        data = {"iterative_sft": {"nll_per_token": 1.0, "rollout_source": source}}
         reports[seed] = tmp_path / f"seed{seed}"
-        one = write_report(
-            reports[seed], f"s{seed}", [BASE, SFT, RFT], SAMPLES, {}, {"sft": 10, "rft": 10}, 0.4, skipped
-        )
+        finals = {"sft": 10, "rft": 10, "iterative_sft": 10}
+        one = write_report(reports[seed], f"s{seed}", [BASE, SFT, RFT, iterative], SAMPLES, data, finals, 0.4, skipped)
         assert one["skipped"] == skipped
-    assert "Skipped arms" not in (reports[0] / "report.md").read_text()
-    assert (
-        "**Skipped arms** (asked for, not in this report): `rollout_sft`: no exact rollouts.\n"
-        in (reports[1] / "report.md").read_text()
-    )
+        assert one["stopped"] == (
+            {"iterative_sft": "round 2 (after step 5), no exact answer in 8 samples"} if seed == 0 else {}
+        )
+    first, second = ((reports[s] / "report.md").read_text() for s in (0, 1))
+    assert "Skipped arms" not in first and "Stopped arms" not in second
+    assert "**Skipped arms** (asked for, not in this report): `rollout_sft`: no exact rollouts.\n" in second
+    assert "**Stopped arms** (a round found no exact answer to train on: " in first
+    assert "`iterative_sft`: round 2 (after step 5), no exact answer in 8 samples.\n" in first
+    assert "stopped in round 2 (no exact answer in 8 samples): its final model is its step-5 model" in first
     s = aggregate_reports(tmp_path / "all", "study-all", reports)
     assert s["skipped"] == {"rollout_sft": {1: "no exact rollouts"}}
-    assert "`rollout_sft`: seed 1: no exact rollouts." in (tmp_path / "all" / "report.md").read_text()
+    assert s["stopped"] == {"iterative_sft": {0: "round 2 (after step 5), no exact answer in 8 samples"}}
+    text = (tmp_path / "all" / "report.md").read_text()
+    assert "`rollout_sft`: seed 1: no exact rollouts." in text
+    assert "`iterative_sft`: seed 0: round 2 (after step 5), no exact answer in 8 samples." in text
 
 
 def test_the_prefect_report_artifact_carries_its_plots(tmp_path):

@@ -95,6 +95,17 @@ def test_the_report_counts_its_points():
     assert "2 points, 10 distinct checkpoints:" in two
 
 
+def test_the_report_names_the_arms_skipped_or_stopped_at_each_point():
+    assert "Skipped arms" not in sweep_markdown(SUMMARY, tables(frame()), {})
+    noted = SUMMARY | {
+        "skipped": {"p0": {"rollout_sft": {"1": "no exact rollouts"}}},
+        "stopped": {"p0": {"iterative_sft": {"2": "round 12 (after step 550), no exact answer in 8,000 samples"}}},
+    }
+    text = sweep_markdown(noted, tables(frame()), {})
+    assert "(asked for, not in this report): `p0 rollout_sft`: seed 1: no exact rollouts.\n" in text
+    assert "`p0 iterative_sft`: seed 2: round 12 (after step 550), no exact answer in 8,000 samples.\n" in text
+
+
 def test_the_report_says_which_points_make_up_each_frontier():
     """Per family trained at more than one point and level: in how many seeds each point's checkpoint is the
     frontier's there; the base model (step 0, every point's) counts as `base`; one-point families have no row."""
