@@ -2,12 +2,12 @@
 does not redraw it (about 2 s of a 15 s rerun on two cores).
 
 What a report is made from: the content of every evaluation folder it reads, the other arguments (data NLL, final
-steps, matched accuracy, skipped arms), the syntax of the code that computes and draws it, and the versions of the
-libraries that do. report-cache.json beside the report folder (<output>/<study id>/report-cache.json) keeps their
-hash, the hash of the report's files as written, and the summary the report returned. A rerun whose inputs hash the
-same, and whose report files are there as written, returns the kept summary; anything else makes the report again.
-The summary is kept as JSON with NaN (Python's json writes and reads it), and both ways return it as read back from
-that JSON, so a fresh report and a kept one give the caller the same object.
+steps, matched accuracy, skipped arms), the syntax of the code that computes and draws it (as the process imported
+it), and the versions of the libraries that do. report-cache.json beside the report folder
+(<output>/<study id>/report-cache.json) keeps their hash, the hash of the report's files as written, and the summary the report
+returned. A rerun whose inputs hash the same, and whose report files are there as written, returns the kept summary;
+anything else makes the report again. The summary is kept as JSON with NaN (Python's json writes and reads it), and
+both ways return it as read back from that JSON, so a fresh report and a kept one give the caller the same object.
 """
 
 import json
@@ -18,6 +18,9 @@ from forgetting.report import report_from_evaluations
 from forgetting.storage import files_sha256, stable_hash, write_text_once
 
 REPORT_CODE = ("report", "metrics", "predictors", "data_report", "tables")
+# read once, as this process imports the code it runs (above): a file edited while it runs is not the code that
+# writes its reports, so it must not name them (about 30 ms)
+CODE = code_fingerprint([PACKAGE / f"{module}.py" for module in REPORT_CODE])
 REPORT_LIBRARIES = ("numpy", "pandas", "scipy", "matplotlib")
 REPORT_FILES = (
     "summary.json", "forgetting.csv", "curves.csv", "dynamics.csv", "report.md",
@@ -31,7 +34,7 @@ def report_inputs(evaluations: list[Path], *args) -> str:
         {
             "evaluations": [files_sha256(folder) for folder in sorted(map(Path, evaluations))],
             "arguments": args,
-            "code": code_fingerprint([PACKAGE / f"{module}.py" for module in REPORT_CODE]),
+            "code": CODE,
             "libraries": {name: installed(name) for name in REPORT_LIBRARIES},
         }
     )

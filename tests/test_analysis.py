@@ -419,7 +419,8 @@ def _evaluation_folders(root, records) -> list:
     return folders
 
 
-def test_a_report_is_made_again_only_when_what_it_reads_changed(tmp_path):
+def test_a_report_is_made_again_only_when_what_it_reads_changed(tmp_path, monkeypatch):
+    from forgetting import report_cache
     from forgetting.report_cache import current_report
 
     folders = _evaluation_folders(tmp_path / "evals", [BASE, SFT, RFT])
@@ -451,6 +452,10 @@ def test_a_report_is_made_again_only_when_what_it_reads_changed(tmp_path):
     before = drawn()
     (out.parent / "report-cache.json").write_text('{"inputs": ')  # a damaged record of the last report: made again
     assert json.dumps(current_report(out, *args)) == json.dumps(current_report(out, *args)) and drawn() != before
+    before = drawn()
+    monkeypatch.setattr(report_cache, "CODE", "other")  # the report code this process imported is another
+    current_report(out, *args)
+    assert drawn() != before
 
 
 def test_a_damaged_evaluation_is_named_with_the_folder_to_delete(tmp_path):
