@@ -4,10 +4,11 @@ does not redraw it (about 2 s of a 15 s rerun on two cores).
 What a report is made from: the content of every evaluation folder it reads, the other arguments (data NLL, final
 steps, matched accuracy, skipped arms), the syntax of the code that computes and draws it (as the process imported
 it), and the versions of the libraries that do. report-cache.json beside the report folder
-(<output>/<study id>/report-cache.json) keeps their hash, the hash of the report's files as written, and the summary the report
-returned. A rerun whose inputs hash the same, and whose report files are there as written, returns the kept summary;
-anything else makes the report again. The summary is kept as JSON with NaN (Python's json writes and reads it), and
-both ways return it as read back from that JSON, so a fresh report and a kept one give the caller the same object.
+(<output>/<study id>/report-cache.json) keeps their hash, the hash of the report's files as written, and the summary
+the report returned. A rerun whose inputs hash the same, and whose report files are there as written, returns the
+kept summary; anything else makes the report again. The summary is kept as JSON with NaN (Python's json writes and
+reads it), and both ways return it as read back from that JSON, so a fresh report and a kept one give the caller the
+same object.
 """
 
 import json
