@@ -151,6 +151,13 @@ class IterativeSFTArmConfig(SFTArmConfig):
         "with 1 every puzzle the round solves weighs the same, however often it was solved.",
         exclude_if=lambda n: n is None,  # left out of dumps and hashes at its default: ids unchanged
     )
+    well_formed_only: bool = Field(
+        False,
+        description="Keep only the exact answers that are also valid and well-formed (the format bonus: in the "
+        "think style one <think> block, then one <answer> block): a filter on what a round trains on; what counts "
+        "as exact, the evaluation and RFT's reward stay as they are.",
+        exclude_if=lambda on: not on,  # left out of dumps and hashes when off: ids unchanged
+    )
 
     @model_validator(mode="after")
     def _rounds_divide(self) -> "IterativeSFTArmConfig":

@@ -101,13 +101,11 @@ def train_iterative_sft(
                 "puzzles": len({row["puzzle_id"] for row in kept}),
             }
         )
+        missing = f"no {'well-formed ' * settings.well_formed_only}exact answer in {len(rows):,} samples"
         if not kept and r == 0:
-            raise NoCorrectRollouts(
-                f"iterative_sft round 1: no exact answer in {len(rows):,} samples of the base model {model}; it "
-                "solves no train puzzle"
-            )
+            raise NoCorrectRollouts(f"iterative_sft round 1: {missing} of the base model {model}")
         if not kept:
-            stopped = {"round": r + 1, "step": start, "reason": f"no exact answer in {len(rows):,} samples"}
+            stopped = {"round": r + 1, "step": start, "reason": missing}
             print(f"iterative_sft stops in round {r + 1} ({stopped['reason']}): its final is its step-{start} model")
             break
         data += [
@@ -140,12 +138,14 @@ def final_from_checkpoint(checkpoint: Path, out: Path) -> None:
 def round_samples(config: StudyConfig, model: str, dataset: PuzzleDataset, path: Path, r: int):
     """(the exact samples kept, every sample) of round r + 1, sampled from model into path unless it is there;
     each round draws from a random stream of its own (the seed's, with the round). Kept: each distinct exact
-    answer of a puzzle, at most answers_per_puzzle of them, the first sampled."""
+    answer of a puzzle (with well_formed_only, only those that earn the format bonus), at most answers_per_puzzle
+    of them, the first sampled."""
     settings = config.arms.iterative_sft
     seed = int(stable_hash([config.seed, r])[:8], 16)
     sample_rollouts(config, model, dataset, path, settings.samples_per_puzzle, settings.prompt_style, seed)
     rows = read_json_lines(path)
-    return first_per_puzzle(exact_unique(rows), settings.answers_per_puzzle), rows
+    candidates = [row for row in rows if row["format"] > 0] if settings.well_formed_only else rows
+    return first_per_puzzle(exact_unique(candidates), settings.answers_per_puzzle), rows
 
 
 def first_per_puzzle(rows: list[dict], n: int | None) -> list[dict]:

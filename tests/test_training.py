@@ -243,6 +243,25 @@ def test_a_round_keeps_what_its_cap_allows_of_its_samples(tmp_path):
         assert [r["puzzle_id"] + r["completion"] for r in chosen] == kept and len(rows) == len(samples)
 
 
+def test_a_round_can_keep_only_well_formed_exact_answers(tmp_path):
+    """well_formed_only: exact answers without the format bonus are not kept (the first well-formed one of a
+    puzzle is, where there is one); off, the setting is not in the config's dump, so studies keep their ids."""
+    from forgetting.iterative_sft import round_samples
+    from forgetting.profiles import load_config
+
+    samples = [("a", "x", 1, 0.0), ("a", "y", 1, 0.5), ("b", "x", 1, 0.0), ("c", "x", 0, 0.5), ("c", "y", 1, 0.5)]
+    path = tmp_path / "rollouts-round-1.jsonl"
+    rows = [{"puzzle_id": p, "completion": c, "exact": e, "format": f} for p, c, e, f in samples]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for only, kept in ((False, ["ax", "bx", "cy"]), (True, ["ay", "cy"])):
+        config = load_config(
+            "micro", ["arms.iterative_sft.answers_per_puzzle=1", f"arms.iterative_sft.well_formed_only={only}"]
+        )
+        chosen, _ = round_samples(config, "unused", None, path, 0)
+        assert [r["puzzle_id"] + r["completion"] for r in chosen] == kept
+    assert "well_formed_only" not in load_config("tiny-think-capped-hot").model_dump()["arms"]["iterative_sft"]
+
+
 def test_an_iterative_arm_stops_at_a_round_with_no_exact_answer(tmp_path):
     """Round 2's samples hold no exact answer: the arm stops there, its final/ the step-2 model that round sampled
     (no optimizer state), its data round 1's, and rollout_source.json and the report's data line say where it
