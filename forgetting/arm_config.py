@@ -154,8 +154,8 @@ class IterativeSFTArmConfig(SFTArmConfig):
     well_formed_only: bool = Field(
         False,
         description="Keep only the exact answers that are also valid and well-formed (the format bonus: in the "
-        "think style one <think> block, then one <answer> block): a filter on what a round trains on; what counts "
-        "as exact, the evaluation and RFT's reward stay as they are.",
+        "think style one `<think>` block, then one `<answer>` block): a filter on what a round trains on; what "
+        "counts as exact, the evaluation and RFT's reward stay as they are.",
         exclude_if=lambda on: not on,  # left out of dumps and hashes when off: ids unchanged
     )
 
