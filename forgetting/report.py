@@ -225,8 +225,8 @@ def skipped_reasons(skipped: dict | None) -> dict[str, str]:
 
 NOTES = {
     "skipped": "**Skipped arms** (asked for, not in this report)",
-    "stopped": "**Stopped arms** (a round found no exact answer to train on: the arm ended there, and its final "
-    "model, shown at the arm's last step, is the model it stopped at)",
+    "stopped": "**Stopped arms** (a round kept no answer to train on: the arm ended there, and its final model, "
+    "shown at the arm's last step, is the model it stopped at)",
 }
 
 

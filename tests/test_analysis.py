@@ -385,7 +385,7 @@ def test_skipped_and_stopped_arms_are_named_with_their_reason_in_every_report(tm
     first, second = ((reports[s] / "report.md").read_text() for s in (0, 1))
     assert "Skipped arms" not in first and "Stopped arms" not in second
     assert "**Skipped arms** (asked for, not in this report): `rollout_sft`: no exact rollouts.\n" in second
-    assert "**Stopped arms** (a round found no exact answer to train on: " in first
+    assert "**Stopped arms** (a round kept no answer to train on: " in first
     assert "`iterative_sft`: round 2 (after step 5), no exact answer in 8 samples.\n" in first
     assert "stopped in round 2 (no exact answer in 8 samples): its final model is its step-5 model" in first
     s = aggregate_reports(tmp_path / "all", "study-all", reports)
