@@ -12,12 +12,13 @@ An arm's folder, besides what every arm has (checkpoint-<step> at the arm's own 
                                the step before its round's first (as RFT's rollouts carry the step that sampled
                                them: forgetting/predictors.py:data_nll_at)
     rollout_source.json        per round: the model sampled, samples, exact ones, kept ones, puzzles solved;
-                               `stopped` when a round found no exact answer
+                               `stopped` when a round kept no answer
 
-A round whose model gives no exact answer has nothing to train on: the arm stops there, its final/ the model that
-round sampled (the last round's checkpoint, without its optimizer state), its checkpoints those it reached, so the
-report shows the arm up to where it stopped (its final at the arm's last step is that model). A first round with
-none (the base solves no train puzzle) trains nothing: NoCorrectRollouts, as rollout-SFT without rollouts.
+A round that keeps no answer (none exact, or with well_formed_only none well-formed) has nothing to train on: the
+arm stops there, its final/ the model that round sampled (the last round's checkpoint, without its optimizer state),
+its checkpoints those it reached, so the report shows the arm up to where it stopped (its final at the arm's last
+step is that model). A first round with none (the base solves no train puzzle) trains nothing: NoCorrectRollouts, as
+rollout-SFT without rollouts.
 A rerun finds the finished rounds (their last checkpoint moved up) and resumes the one that was training.
 """
 
@@ -77,7 +78,7 @@ def train_iterative_sft(
     config: StudyConfig, base: str, dataset: PuzzleDataset, out: Path, callbacks: Sequence = ()
 ) -> ArmResult:
     """Every round in turn: sample the round's model, keep its exact answers, train the round on them; the last
-    round's model is the arm's final, or the model of the first round with no exact answer (the arm stops there).
+    round's model is the arm's final, or the model of the first round that keeps no answer (the arm stops there).
     NoCorrectRollouts when the base solves no train puzzle."""
     settings = config.arms.iterative_sft
     if (out / FINAL).is_dir():  # finished; a run killed after the last round's final/ moved up leaves its folder

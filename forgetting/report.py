@@ -216,7 +216,7 @@ PREDICTORS_NOTE = (
 
 
 def skipped_reasons(skipped: dict | None) -> dict[str, str]:
-    """Skipped arms (arm -> reason, or -> {seed: reason}) as arm -> one line of reasons."""
+    """Skipped or stopped arms (arm -> reason, or -> {seed: reason}) as arm -> one line of reasons."""
     return {
         arm: "; ".join(f"seed {s}: {r}" for s, r in why.items()) if isinstance(why, dict) else why
         for arm, why in (skipped or {}).items()
@@ -241,7 +241,7 @@ def arms_note(kind: str, arms: dict | None) -> str:
 
 def stopped_arms(training_data: dict[str, dict]) -> dict[str, str]:
     """arm -> where and why it stopped, for the arms whose data say they ended before their last step (iterative
-    self-SFT at a round with no exact answer: forgetting/iterative_sft.py), from training_data_summary."""
+    self-SFT at a round that kept no answer: forgetting/iterative_sft.py), from training_data_summary."""
     return {
         arm: f"round {stop['round']} (after step {stop['step']}), {stop['reason']}"
         for arm, v in training_data.items()
