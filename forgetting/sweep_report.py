@@ -103,7 +103,8 @@ def rewrite_sweep_report(folder: Path) -> dict:
 def plot_frontiers(frame: pd.DataFrame, path: Path) -> Path:
     plt = pyplot()
     families = list(dict.fromkeys(frame.arm))
-    fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 4), sharex=True, sharey=True, squeeze=False)
+    width = max(4 * len(families), 6.5)  # one family: wide enough for the title
+    fig, axes = plt.subplots(1, len(families), figsize=(width, 4), sharex=True, sharey=True, squeeze=False)
     for ax, arm in zip(axes[0], families, strict=True):
         group = frame[frame.arm == arm]
         ax.scatter(group.puzzle_exact, group.prior_mean, s=10, color="lightgray", label="checkpoints")
