@@ -33,6 +33,16 @@ def training_data_summary(data_nll: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def stopped_arms(training_data: dict[str, dict]) -> dict[str, str]:
+    """arm -> where and why it stopped, for the arms whose data say they ended before their last step (iterative
+    self-SFT at a round that kept no answer: forgetting/iterative_sft.py), from training_data_summary."""
+    return {
+        arm: f"round {stop['round']} (after step {stop['step']}), {stop['reason']}"
+        for arm, v in training_data.items()
+        if (stop := (v.get("source") or {}).get("stopped"))
+    }
+
+
 def source_text(arm: str, source: dict | None) -> str:
     """Where an arm's data came from, in words, from its rollout_source.json: for rollout_sft 'final RFT model
     (step 200): 3,120 of 4,000 rollouts exact, 1,571 kept', for iterative_sft 'own samples, 4 rounds, exact

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from forgetting.data_report import DATA_METRICS, sources_by_seed, training_data_markdown, training_data_summary
+from forgetting.data_report import (
+    DATA_METRICS,
+    sources_by_seed,
+    stopped_arms,
+    training_data_markdown,
+    training_data_summary,
+)
 from forgetting.metrics import (
     BOUNDS,
     arm_order,
@@ -237,16 +243,6 @@ def arms_note(kind: str, arms: dict | None) -> str:
         return ""
     reasons = "; ".join(f"`{arm}`: {why}" for arm, why in skipped_reasons(arms).items())
     return f"{NOTES[kind]}: {reasons}.\n\n"
-
-
-def stopped_arms(training_data: dict[str, dict]) -> dict[str, str]:
-    """arm -> where and why it stopped, for the arms whose data say they ended before their last step (iterative
-    self-SFT at a round that kept no answer: forgetting/iterative_sft.py), from training_data_summary."""
-    return {
-        arm: f"round {stop['round']} (after step {stop['step']}), {stop['reason']}"
-        for arm, v in training_data.items()
-        if (stop := (v.get("source") or {}).get("stopped"))
-    }
 
 
 def _matched_note(level: float, common: str) -> str:
