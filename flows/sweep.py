@@ -53,8 +53,7 @@ def sweep(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
                 study(one, parent_run_id=run_id)
         done = [(point, one) for point, _, one in studies]
         out, overrides = sweep_dir(config) / "report", {p: o for p, o, _ in studies}
-        skipped, stopped = noted_arms(done, "skipped"), noted_arms(done, "stopped")
-        summary = tracked_sweep_report(out, name, run_id, frontier_frame(done), overrides, skipped, stopped)
+        summary = tracked_sweep_report(out, name, run_id, frontier_frame(done), overrides, *noted_arms(done))
     record_run(config, "sweep", out, time.perf_counter() - started)
     print(f"sweep {name} done: {out}. MLflow: {run_link(config, run_id)}")
     return outcome(summary, by_point_and_arm(summary["skipped"]))

@@ -122,20 +122,21 @@ def frontier_frame(studies: list[tuple[str, StudyConfig]]) -> pd.DataFrame:
     return frame
 
 
-def noted_arms(studies: list[tuple[str, StudyConfig]], kind: str) -> dict[str, dict]:
-    """point -> the arms its study skipped (kind "skipped": asked for, not trained) or that stopped before their
-    last step ("stopped"), with the reasons (its report's summary.json)."""
-    found = {}
+def noted_arms(studies: list[tuple[str, StudyConfig]]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(skipped, stopped): point -> the arms its study skipped (asked for, not trained), and point -> those that
+    stopped before their last step, with the reasons (its report's summary.json, read once)."""
+    skipped, stopped = {}, {}
     for point, config in studies:
-        arms = json.loads((config.report_dir / "summary.json").read_text()).get(kind)
-        if arms:
-            found[point] = arms
-    return found
+        summary = json.loads((config.report_dir / "summary.json").read_text())
+        for found, kind in ((skipped, "skipped"), (stopped, "stopped")):
+            if summary.get(kind):
+                found[point] = summary[kind]
+    return skipped, stopped
 
 
-def by_point_and_arm(skipped: dict[str, dict]) -> dict:
-    """noted_arms keyed by '<point> <arm>'."""
-    return {f"{point} {arm}": why for point, arms in skipped.items() for arm, why in arms.items()}
+def by_point_and_arm(noted: dict[str, dict]) -> dict:
+    """One of noted_arms' dicts keyed by '<point> <arm>'."""
+    return {f"{point} {arm}": why for point, arms in noted.items() for arm, why in arms.items()}
 
 
 def frontier_checkpoint(group: pd.DataFrame, seed: int, level: float) -> pd.Series | None:
