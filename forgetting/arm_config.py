@@ -140,8 +140,16 @@ class IterativeSFTArmConfig(SFTArmConfig):
         "schedule each round).",
     )
     samples_per_puzzle: int | None = samples_field(
-        "Samples drawn per train puzzle each round (empty: arms.rft.num_generations), at RFT's "
-        "temperature and max_new_tokens; an exact answer is kept once per puzzle and round."
+        "Samples drawn per train puzzle each round (empty: arms.rft.num_generations), at `temperature` and "
+        "RFT's max_new_tokens; an exact answer is kept once per puzzle and round."
+    )
+    temperature: float | None = Field(
+        None,
+        gt=0.0,
+        le=5.0,
+        description="Sampling temperature of a round's samples (empty: arms.rft.temperature). At 1.0 a round "
+        "samples the model's own distribution; above it, a flatter one.",
+        exclude_if=lambda t: t is None,  # left out of dumps and hashes at its default: ids unchanged
     )
     answers_per_puzzle: int | None = Field(
         None,
@@ -205,16 +213,20 @@ class ArmsConfig(Section):
         None, description="Path to a DeepSpeed JSON config passed to the trainers (ZeRO-2/3 over num_processes GPUs)."
     )
 
-    def fresh_sampling(self, samples: int | None) -> dict:
+    def fresh_sampling(self, samples: int | None, temperature: float | None = None) -> dict:
         """How fresh samples are drawn (rollout-SFT's from an RFT checkpoint, iterative-SFT's every round):
-        samples a puzzle (None: rft.num_generations) at RFT's temperature and max_new_tokens. iterative_sft,
-        which samples afresh without learning from the RFT arm, has these in its spec (forgetting/arms.py:arm_spec):
-        they are RFT's settings, not its own."""
+        samples a puzzle (None: rft.num_generations) at temperature (None: RFT's) and RFT's max_new_tokens.
+        iterative_sft, which samples afresh without learning from the RFT arm, has these in its spec
+        (forgetting/arms.py:arm_spec): some are RFT's settings, not its own."""
         return {
             "samples": samples or self.rft.num_generations,
-            "temperature": self.rft.temperature,
+            "temperature": temperature or self.rft.temperature,
             "max_new_tokens": self.rft.max_new_tokens,
         }
+
+    def iterative_sampling(self) -> dict:
+        """How iterative_sft's rounds sample: its samples_per_puzzle and temperature, RFT's where they are empty."""
+        return self.fresh_sampling(self.iterative_sft.samples_per_puzzle, self.iterative_sft.temperature)
 
     def rft_checkpoint_steps(self) -> list[int]:
         """The steps the RFT arm saves a checkpoint at, before its final model."""
@@ -249,7 +261,7 @@ class ArmsConfig(Section):
     @model_validator(mode="after")
     def _answers_capped_below_samples(self) -> "ArmsConfig":
         arm = self.iterative_sft
-        samples = self.fresh_sampling(arm.samples_per_puzzle)["samples"]
+        samples = self.iterative_sampling()["samples"]
         if arm.answers_per_puzzle is not None and arm.answers_per_puzzle >= samples:
             raise ValueError(
                 f"iterative_sft.answers_per_puzzle {arm.answers_per_puzzle} caps nothing: a round draws "

@@ -31,6 +31,7 @@ from forgetting.storage import product_dir, stable_hash, write_text_once
 from forgetting.trainer import FINAL, TRAINING_DATA, ArmResult
 
 ARMS = ("sft", "teacher_sft", "rft", "rollout_sft", "iterative_sft")
+training_fingerprint()  # read as the modules above are imported: code edited later in a run names no arm it trains
 
 
 def arm_style(config: StudyConfig, arm: str) -> str:
@@ -63,12 +64,9 @@ def arm_spec(config: StudyConfig, arm: str) -> dict:
         # several processes sample and reduce in another order: another arm (one process: ids as before)
         **({"num_processes": config.arms.num_processes} if config.arms.num_processes > 1 else {}),
         "seed": config.seed,
-        # iterative_sft samples with RFT's settings (rollout_sft learns from the RFT arm: arm_dir's upstream)
-        **(
-            {"sampling": config.arms.fresh_sampling(config.arms.iterative_sft.samples_per_puzzle)}
-            if arm == "iterative_sft"
-            else {}
-        ),
+        # iterative_sft samples with RFT's settings where its own are empty (rollout_sft learns from the RFT arm:
+        # arm_dir's upstream)
+        **({"sampling": config.arms.iterative_sampling()} if arm == "iterative_sft" else {}),
     }
 
 

@@ -2,7 +2,8 @@
 again from the model as it stands at the start of every round. Round 1 samples the base, so it is rollout-SFT on
 the base's own correct samples; round r + 1 samples the model round r left. Each round is an SFT run of its own
 (forgetting/sft.py's trainer: a fresh optimizer and cosine schedule) of steps / rounds steps, from that model.
-Sampling reads RFT's temperature and max_new_tokens, as rollout-SFT's fresh samples do.
+Sampling reads RFT's max_new_tokens, as rollout-SFT's fresh samples do, and its temperature unless the arm sets its
+own (arms.iterative_sft.temperature).
 
 An arm's folder, besides what every arm has (checkpoint-<step> at the arm's own steps, final/):
 
@@ -143,7 +144,7 @@ def round_samples(config: StudyConfig, model: str, dataset: PuzzleDataset, path:
     of them, the first sampled."""
     settings = config.arms.iterative_sft
     seed = int(stable_hash([config.seed, r])[:8], 16)
-    sample_rollouts(config, model, dataset, path, settings.samples_per_puzzle, settings.prompt_style, seed)
+    sample_rollouts(config, model, dataset, path, config.arms.iterative_sampling(), settings.prompt_style, seed)
     rows = read_json_lines(path)
     candidates = [row for row in rows if row["format"] > 0] if settings.well_formed_only else rows
     return first_per_puzzle(exact_unique(candidates), settings.answers_per_puzzle), rows

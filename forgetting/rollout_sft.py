@@ -50,10 +50,10 @@ def rollout_sft_examples(dataset: PuzzleDataset, rollouts: list[dict], style: st
 
 
 def sample_rollouts(
-    config: StudyConfig, checkpoint: str, dataset: PuzzleDataset, out: Path, samples: int | None, style: str, seed: int
+    config: StudyConfig, checkpoint: str, dataset: PuzzleDataset, out: Path, how: dict, style: str, seed: int
 ) -> Path:
     """Fresh rollouts from a model (an RFT checkpoint, or iterative-SFT's model of the round) on the train split
-    in prompt style, drawn as ArmsConfig.fresh_sampling says (samples a puzzle, RFT's temperature and
+    in prompt style, drawn as how says (ArmsConfig.fresh_sampling: samples a puzzle, temperature and
     max_new_tokens) from torch seed seed, scored and written like RFT's training rollouts to out, unless out is
     there. Written beside it first and renamed at the end: a run killed while sampling leaves no rollouts, and
     samples afresh."""
@@ -64,7 +64,6 @@ def sample_rollouts(
     partial.unlink(missing_ok=True)  # a run killed while sampling: its samples (and torn last line) go
     model, processor = load_model(config.model, checkpoint, trainable=False)
     recorder = RolloutRecorder(partial, style)
-    how = config.arms.fresh_sampling(samples)
     g = how["samples"]
     records = dataset.records("train")
     torch.manual_seed(seed)
@@ -100,9 +99,8 @@ def rollout_source(config: StudyConfig, rft: ArmResult, dataset: PuzzleDataset, 
         return rft.rollouts
     path = out / f"rollouts-{settings.rollout_source}.jsonl"
     checkpoint, _ = source_checkpoint(config, rft)
-    return sample_rollouts(
-        config, checkpoint, dataset, path, settings.samples_per_puzzle, settings.prompt_style, config.seed
-    )
+    how = config.arms.fresh_sampling(settings.samples_per_puzzle)
+    return sample_rollouts(config, checkpoint, dataset, path, how, settings.prompt_style, config.seed)
 
 
 def source_checkpoint(config: StudyConfig, rft: ArmResult) -> tuple[str | None, int | str]:

@@ -235,7 +235,8 @@ def test_a_sweep_is_every_combination_and_a_bad_point_is_named():
 
 def test_an_iterative_arm_is_keyed_by_the_rft_settings_it_samples_with():
     """iterative_sft draws its rounds' samples at RFT's temperature and max_new_tokens (and RFT's group size when
-    it sets no samples_per_puzzle of its own): a change to those is another iterative arm; RFT's length is not."""
+    it sets no samples_per_puzzle of its own): a change to those is another iterative arm; RFT's length is not.
+    With a temperature of its own, RFT's is no longer read; unset, the arm's id is the one it always had."""
     from forgetting.sweep import arm_key, points
 
     def key(*changes: str) -> str:
@@ -246,6 +247,11 @@ def test_an_iterative_arm_is_keyed_by_the_rft_settings_it_samples_with():
     assert key("arms.rft.num_generations=16") == key()  # four samples a puzzle of its own
     own = "arms.iterative_sft.samples_per_puzzle=null"
     assert key(own, "arms.rft.num_generations=16") != key(own) != key()
+    cool = "arms.iterative_sft.temperature=1.0"
+    assert key(cool, "arms.rft.temperature=1.6") == key(cool) != key()
+    config = load_config("tiny-think-iterative-capped", [cool])
+    assert config.arms.iterative_sampling() == {"samples": 4, "temperature": 1.0, "max_new_tokens": 48}
+    assert "temperature" not in load_config("tiny-think-iterative-capped").arms.iterative_sft.model_dump()
     long = points(load_config("tiny-think-rft-long"))  # RFT at 200 and 600 steps, the one capped arm beside both
     assert [one.arms.rft.steps for _, _, one in long] == [200, 600]
     assert len({arm_key(one, "iterative_sft") for _, _, one in long}) == 1

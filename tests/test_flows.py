@@ -334,6 +334,7 @@ def test_every_arm_on_the_think_prompt(prefect_harness, tmp_path, monkeypatch):
     in two rounds. The tiny-think base on the code_colours cue (corners in the colours whose codes it knows)
     solves some puzzles, so rollout-SFT and iterative-SFT's first round get data. Every setting of every arm's
     section is read by some stage (recorded as the flow runs)."""
+    from forgetting import inference, rollout_sft
     from forgetting.arm_config import ArmsConfig
     from forgetting.config import ConfigError
     from forgetting.profiles import load_config
@@ -351,11 +352,16 @@ def test_every_arm_on_the_think_prompt(prefect_harness, tmp_path, monkeypatch):
         "arms.rollout_sft.rollout_source=early",
         "arms.rollout_sft.samples_per_puzzle=16",
         "arms.iterative_sft={enabled: true, steps: 4, rounds: 2, batch_size: 4, learning_rate: 0.001, "
-        "prompt_style: think, samples_per_puzzle: 16}",
+        "prompt_style: think, samples_per_puzzle: 16, temperature: 0.9}",
         "evaluation.every=4",
     ]
     config = load_config("micro", think, output_dir=str(tmp_path))
     read, plain = set(), object.__getattribute__
+    temperatures = []  # of fresh samples: rollout-SFT's at RFT's, iterative-SFT's rounds at its own
+
+    def sampling(temperature, **keywords):
+        temperatures.append(temperature)
+        return inference.sampling(temperature, **keywords)
 
     def recording(self, name):
         kind = plain(self, "__class__")
@@ -364,8 +370,10 @@ def test_every_arm_on_the_think_prompt(prefect_harness, tmp_path, monkeypatch):
         return plain(self, name)
 
     monkeypatch.setattr(Section, "__getattribute__", recording)
+    monkeypatch.setattr(rollout_sft, "sampling", sampling)
     result = study(config)
     monkeypatch.undo()
+    assert set(temperatures) == {config.arms.rft.temperature, 0.9}
     for arm in ArmsConfig.model_fields:
         if isinstance(getattr(config.arms, arm), Section) and getattr(config.arms, arm).enabled:
             kind = type(getattr(config.arms, arm))
