@@ -28,7 +28,15 @@ from flows.cli import outcome, record_run, run
 from flows.preflight import check_inputs
 from flows.study import study
 from forgetting.config import ConfigError, StudyConfig
-from forgetting.sweep import by_point_and_arm, frontier_frame, noted_arms, points, sweep_dir, sweep_id
+from forgetting.sweep import (
+    by_point_and_arm,
+    frontier_frame,
+    noted_arms,
+    points,
+    reference_frame,
+    sweep_dir,
+    sweep_id,
+)
 from tasks.report import tracked_sweep_report
 from tasks.tracking import run_link, study_run
 
@@ -41,6 +49,7 @@ def sweep(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
         check_inputs(one)
     if config.sweep.deployment:
         check_deployment(config.sweep.deployment)
+    reference = reference_frame(config)  # RFT trained by another sweep: checked before any work
     name, started = sweep_id(config), time.perf_counter()
     print(f"sweep {name}: {len(studies)} points x seeds {config.seeds or [config.seed]}")
     with study_run(config, run_name=name) as run_id:
@@ -53,7 +62,8 @@ def sweep(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
                 study(one, parent_run_id=run_id)
         done = [(point, one) for point, _, one in studies]
         out, overrides = sweep_dir(config) / "report", {p: o for p, o, _ in studies}
-        summary = tracked_sweep_report(out, name, run_id, frontier_frame(done), overrides, *noted_arms(done))
+        frame, note = frontier_frame(done, reference), reference and reference.note
+        summary = tracked_sweep_report(out, name, run_id, frame, overrides, *noted_arms(done), note)
     record_run(config, "sweep", out, time.perf_counter() - started)
     print(f"sweep {name} done: {out}. MLflow: {run_link(config, run_id)}")
     return outcome(summary, by_point_and_arm(summary["skipped"]))

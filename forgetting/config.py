@@ -285,6 +285,15 @@ class SweepConfig(Section):
         "after another in the sweep's own process. Where points run changes no result.",
         exclude_if=lambda deployment: deployment is None,
     )
+    reference: str | None = Field(
+        None,
+        max_length=1000,
+        description="flows.sweep only: a sweep's report folder (its report/, or a published block such as "
+        "docs/results-think-capped-hot; relative paths from the repository) whose RFT checkpoints this sweep's arms "
+        "are compared with, seed by seed, when no point trains RFT itself. Its study must be this one but for the "
+        "arms (the same base, puzzles and evaluation) and hold this sweep's seeds. Empty: none.",
+        exclude_if=lambda reference: reference is None,  # left out of dumps and hashes when empty: ids unchanged
+    )
 
     @property
     def has_points(self) -> bool:

@@ -14,15 +14,16 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from forgetting.arms import arm_spec
-from forgetting.config import ConfigError, StudyConfig, not_results
+from forgetting.config import REPO_ROOT, ConfigError, StudyConfig, not_results
 from forgetting.metrics import BOUNDS, mean_ci
 from forgetting.predictors import PREDICTORS
-from forgetting.profiles import build_config, set_dotted
+from forgetting.profiles import build_config, load_config, set_dotted
 from forgetting.storage import stable_hash
 
 LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)  # puzzle accuracies at which the frontiers are compared
@@ -83,10 +84,18 @@ def arm_key(config: StudyConfig, arm: str) -> str:
     return stable_hash(spec)[:10]
 
 
-def frontier_frame(studies: list[tuple[str, StudyConfig]]) -> pd.DataFrame:
+class Reference(NamedTuple):
+    """RFT checkpoints another sweep trained: frontier_frame's rows, and the report's note on them."""
+
+    frame: pd.DataFrame
+    note: dict
+
+
+def frontier_frame(studies: list[tuple[str, StudyConfig]], reference: Reference | None = None) -> pd.DataFrame:
     """Every evaluated checkpoint of every arm of every point and seed (each seed's curves.csv, with the
-    predictors of its dynamics.csv), an arm trained by several points counted once, with `on_frontier`: not
-    dominated in (puzzle_exact, prior_mean) by another checkpoint of its family and seed."""
+    predictors of its dynamics.csv), an arm trained by several points counted once, and the reference's RFT
+    checkpoints (reference_frame), with `on_frontier`: not dominated in (puzzle_exact, prior_mean) by another
+    checkpoint of its family and seed."""
     predictor_columns = list(PREDICTORS.values())
     rows = []
     for point, config in studies:
@@ -109,7 +118,8 @@ def frontier_frame(studies: list[tuple[str, StudyConfig]]) -> pd.DataFrame:
                             **{c: r[c] for c in predictor_columns},
                         }
                     )
-    frame = pd.DataFrame(rows).drop_duplicates(["arm", "seed", "arm_key", "step"]).reset_index(drop=True)
+    frame = pd.DataFrame(rows).drop_duplicates(["arm", "seed", "arm_key", "step"])
+    frame = pd.concat([frame, *([reference.frame] if reference else [])], ignore_index=True)
     frame["on_frontier"] = False
     for _, group in frame.groupby(["arm", "seed"]):
         for i, row in group.iterrows():
@@ -120,6 +130,44 @@ def frontier_frame(studies: list[tuple[str, StudyConfig]]) -> pd.DataFrame:
             )
             frame.loc[i, "on_frontier"] = not dominated.any()
     return frame
+
+
+def study_settings(config: StudyConfig) -> dict:
+    """What a seed's base, puzzles and evaluation items follow from: the config but its name, seeds, arms and sweep
+    (and what changes no result)."""
+    return config.model_dump(
+        mode="json", exclude=not_results() | dict.fromkeys(("name", "seed", "seeds", "arms"), True)
+    )
+
+
+def reference_frame(config: StudyConfig) -> Reference | None:
+    """The RFT checkpoints of the sweep report sweep.reference names, for a sweep that trains no RFT of its own:
+    the rows of its frontier.csv of RFT's families and this sweep's seeds, each point named `<its sweep
+    id>:<point>`, and what the report says of them; None without a reference. ConfigError, before any work, when
+    the folder is no sweep report, a point of this sweep trains RFT, the reference's study differs from this one
+    beyond the arms (then its seeds' puzzles and evaluation items are not this sweep's) or it lacks a seed."""
+    if config.sweep.reference is None:
+        return None
+    folder = Path(config.sweep.reference).expanduser()
+    folder = folder if folder.is_absolute() else REPO_ROOT / folder
+    if not all((folder / name).is_file() for name in ("frontier.csv", "summary.json", "config.yaml")):
+        raise ConfigError(f"sweep.reference: {folder} is no sweep report (frontier.csv, summary.json, config.yaml)")
+    if trains := [point for point, _, one in points(config) if one.arms.rft.enabled]:
+        raise ConfigError(f"sweep.reference: point(s) {trains} train RFT; a reference is for a sweep without it")
+    ours, theirs = study_settings(config), study_settings(load_config(str(folder / "config.yaml")))
+    if differ := sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)):
+        raise ConfigError(
+            f"sweep.reference: {folder}'s study differs from this one in {differ}, not only in its arms: its "
+            "seeds' puzzles and evaluation items are not this sweep's"
+        )
+    frame = pd.read_csv(folder / "frontier.csv", dtype={"arm_key": str, "point": str})
+    frame = frame[frame.arm.isin({rft_family(arm) for arm in frame.arm})]
+    seeds = config.seeds or [config.seed]
+    if missing := sorted(set(seeds) - set(frame.seed)):
+        raise ConfigError(f"sweep.reference: {folder} has no RFT checkpoint of seed(s) {missing}")
+    reference = json.loads((folder / "summary.json").read_text())["sweep_id"]
+    frame = frame[frame.seed.isin(seeds)].assign(point=lambda f: f"{reference}:" + f.point).reset_index(drop=True)
+    return Reference(frame, {"report": config.sweep.reference, "sweep_id": reference, "checkpoints": len(frame)})
 
 
 def noted_arms(studies: list[tuple[str, StudyConfig]]) -> tuple[dict[str, dict], dict[str, dict]]:

@@ -55,11 +55,13 @@ def write_sweep_report(
     overrides: dict[str, dict],
     skipped: dict[str, dict] | None = None,
     stopped: dict[str, dict] | None = None,
+    reference: dict | None = None,
 ) -> dict:
     """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), a CSV file per table of sweep_tables and
     frontier_points.csv (which points make up the frontiers), summary.json, frontier.png (a panel per arm family),
     predictors.png (forgetting against each predictor, every trained checkpoint), causes.png (plot_causes; only
-    with an RFT family to compare with) and report.md; skipped, stopped: noted_arms of the points."""
+    with an RFT family to compare with) and report.md; skipped, stopped: noted_arms of the points; reference: where
+    the frame's RFT checkpoints come from when another sweep trained them (reference_frame)."""
     out.mkdir(parents=True, exist_ok=True)
     per_seed = frontier_levels(frame)
     differences = differences_from_rft(per_seed)
@@ -77,6 +79,7 @@ def write_sweep_report(
         "predictors": without_nan(found),
         "skipped": dict(skipped or {}),
         "stopped": dict(stopped or {}),
+        **({"reference": reference} if reference else {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot_frontiers(frame, out / "frontier.png")
@@ -96,7 +99,7 @@ def rewrite_sweep_report(folder: Path) -> dict:
         raise ConfigError(f"{folder} is no sweep report: it needs frontier.csv and summary.json")
     summary = json.loads((folder / "summary.json").read_text())
     frame = pd.read_csv(folder / "frontier.csv", dtype={"arm_key": str, "point": str})  # keys that look like numbers
-    notes = summary.get("skipped"), summary.get("stopped")
+    notes = summary.get("skipped"), summary.get("stopped"), summary.get("reference")
     return write_sweep_report(folder, summary["sweep_id"], frame, summary["points"], *notes)
 
 
@@ -192,6 +195,17 @@ def points_section(chosen: pd.DataFrame) -> str:
     )
 
 
+def reference_note(reference: dict | None) -> str:
+    """The report's line on RFT checkpoints another sweep trained (write_sweep_report's reference); empty without."""
+    if not reference:
+        return ""
+    return (
+        f"RFT: {reference['checkpoints']} of those checkpoints are sweep `{reference['sweep_id']}`'s (its report "
+        f"`{reference['report']}`), whose study is this one but for the arms (the same base, puzzles and evaluation "
+        "items in each seed); its points are named `<its sweep id>:<point>`.\n\n"
+    )
+
+
 def sweep_markdown(summary: dict, tables: dict[str, pd.DataFrame], predictors_found: dict) -> str:
     """report.md from summary.json's head, sweep_tables and frontier_points (tables["frontier_points"], where
     given); a comparison with RFT only where the sweep has one."""
@@ -205,7 +219,8 @@ def sweep_markdown(summary: dict, tables: dict[str, pd.DataFrame], predictors_fo
         + arms_note("skipped", by_point_and_arm(summary["skipped"]))
         + arms_note("stopped", by_point_and_arm(summary.get("stopped", {})))
         + f"{count} point{'s' * (count != 1)}, {summary['checkpoints']} distinct checkpoints:\n\n{points}\n"
-        "Forgetting (base prior mean - prior mean; positive: forgotten) along each arm family's Pareto frontier: the "
+        + reference_note(summary.get("reference"))
+        + "Forgetting (base prior mean - prior mean; positive: forgotten) along each arm family's Pareto frontier: the "
         "least forgetting any checkpoint of the family reaches at that puzzle exact accuracy or more, mean [95% "
         "interval] over seeds; (n/N): only n of the N seeds' frontiers reach that accuracy.\n\n"
         + markdown_table(level_pivot(tables["matched"], "forgetting", "n_reached"))

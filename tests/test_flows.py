@@ -320,6 +320,15 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     before = {f.name: f.read_bytes() for f in published.iterdir() if f.suffix in (".csv", ".md", ".json")}
     main(["--report", str(published), "--block", "results", "--page", str(readme), "--rewrite"])
     assert {name: (published / name).read_bytes() for name in before} == before and readme.read_text() == text
+    # the SFT arms again with no RFT of their own, compared with the published sweep's: the same comparison
+    alone = ["sweep.grid={arms.sft.learning_rate: [0.001, 0.0001]}", "arms.rft.enabled=false"]
+    again = load_config("micro", [*alone, f"sweep.reference={published}"], str(tmp_path))
+    borrowed = sweep(again)
+    assert borrowed["reference"] == {"report": str(published), "sweep_id": summary["sweep_id"], "checkpoints": 3}
+    for name in ("matched", "against_rft", "at_frontier_against_rft"):
+        assert borrowed[name] == summary[name], name
+    page = (sweep_dir(again) / "report" / "report.md").read_text()
+    assert f"RFT: 3 of those checkpoints are sweep `{summary['sweep_id']}`'s" in page
 
 
 def _study_ids(config) -> set[str]:
