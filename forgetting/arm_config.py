@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from forgetting.schema import Section
+from forgetting.schema import Section, unset_field
 
 PromptStyle = Literal["direct", "think"]
 STYLE_HELP = (
@@ -15,25 +15,21 @@ STYLE_HELP = (
 
 
 def micro_batch_field():
-    return Field(
-        None,
-        ge=1,
-        le=4096,
-        description="Samples one device computes at once; each step accumulates gradients over batch_size / "
+    return unset_field(
+        "Samples one device computes at once; each step accumulates gradients over batch_size / "
         "(micro_batch_size x processes) of them, the same step in less memory. Empty: the whole batch at once "
         "(split over the processes).",
-        exclude_if=lambda n: n is None,  # left out of dumps and hashes at its default: ids unchanged
+        ge=1,
+        le=4096,
     )
 
 
 def samples_field(description: str):
     """Fresh samples drawn per train puzzle, at most 256; empty (the default): arms.rft.num_generations."""
-    return Field(
-        None,
+    return unset_field(
+        description,
         ge=1,
         le=256,
-        description=description,
-        exclude_if=lambda n: n is None,  # left out of dumps and hashes at its default: ids unchanged
     )
 
 
@@ -113,13 +109,11 @@ class RolloutSFTArmConfig(SFTArmConfig):
         "final/early: fresh samples drawn per train puzzle (empty: arms.rft.num_generations). "
         "An exact answer is kept once per puzzle, so a model that is mostly right gains little from more."
     )
-    early_step: int | None = Field(
-        None,
+    early_step: int | None = unset_field(
+        "early: the RFT checkpoint (its step) to sample from; one RFT saved (checkpoint_every, "
+        "checkpoint_steps). Empty: the RFT arm's first checkpoint.",
         ge=1,
         le=1_000_000,
-        description="early: the RFT checkpoint (its step) to sample from; one RFT saved (checkpoint_every, "
-        "checkpoint_steps). Empty: the RFT arm's first checkpoint.",
-        exclude_if=lambda n: n is None,
     )
 
     @model_validator(mode="after")
@@ -143,21 +137,17 @@ class IterativeSFTArmConfig(SFTArmConfig):
         "Samples drawn per train puzzle each round (empty: arms.rft.num_generations), at `temperature` and "
         "RFT's max_new_tokens; an exact answer is kept once per puzzle and round."
     )
-    temperature: float | None = Field(
-        None,
+    temperature: float | None = unset_field(
+        "Sampling temperature of a round's samples (empty: arms.rft.temperature). At 1.0 a round "
+        "samples the model's own distribution; above it, a flatter one.",
         gt=0.0,
         le=5.0,
-        description="Sampling temperature of a round's samples (empty: arms.rft.temperature). At 1.0 a round "
-        "samples the model's own distribution; above it, a flatter one.",
-        exclude_if=lambda t: t is None,  # left out of dumps and hashes at its default: ids unchanged
     )
-    answers_per_puzzle: int | None = Field(
-        None,
+    answers_per_puzzle: int | None = unset_field(
+        "Exact answers a round keeps per train puzzle, the first sampled (empty: every distinct one): "
+        "with 1 every puzzle the round solves weighs the same, however often it was solved.",
         ge=1,
         le=256,
-        description="Exact answers a round keeps per train puzzle, the first sampled (empty: every distinct one): "
-        "with 1 every puzzle the round solves weighs the same, however often it was solved.",
-        exclude_if=lambda n: n is None,  # left out of dumps and hashes at its default: ids unchanged
     )
     well_formed_only: bool = Field(
         False,

@@ -17,7 +17,7 @@ from forgetting.arm_config import (  # noqa: F401 - the arms' sections, imported
     SFTArmConfig,
     TeacherSFTArmConfig,
 )
-from forgetting.schema import ConfigError, Section  # noqa: F401 - ConfigError is imported from here everywhere
+from forgetting.schema import ConfigError, Section, unset_field  # noqa: F401 - ConfigError is imported from here everywhere
 from forgetting.storage import stable_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -191,11 +191,9 @@ class PretrainConfig(Section):
         description="Where the chat template puts a user turn's image: before its text, or after it (a tiny "
         "model learns faster: the answer is then always the same distance from the image).",
     )
-    start_from: Literal[SHIPPED_MODELS] | None = Field(
-        None,
-        description="Continue from this shipped base (its weights and tokenizer; vocab_size and image_position are "
-        "then its own) instead of a random initialisation. Empty: from scratch.",
-        exclude_if=lambda v: v is None,  # left out of dumps and hashes at its default: ids unchanged
+    start_from: Literal[SHIPPED_MODELS] | None = unset_field(
+        "Continue from this shipped base (its weights and tokenizer; vocab_size and image_position are then its "
+        "own) instead of a random initialisation. Empty: from scratch."
     )
     think_share: float = Field(
         0.0,
@@ -277,22 +275,18 @@ class SweepConfig(Section):
         description="flows.sweep only: further points, each a mapping of dotted keys to values.",
         exclude_if=lambda extra: not extra,
     )
-    deployment: str | None = Field(
-        None,
+    deployment: str | None = unset_field(
+        "flows.sweep only: run every point as its own flow run of this study deployment (e.g. 'study/tiny', served "
+        "or on a work pool whose workers share the output folder), all at once; empty: one after another in the "
+        "sweep's own process. Where points run changes no result.",
         pattern=r"^[^/\s]+/[^/\s]+$",
-        description="flows.sweep only: run every point as its own flow run of this study deployment (e.g. "
-        "'study/tiny', served or on a work pool whose workers share the output folder), all at once; empty: one "
-        "after another in the sweep's own process. Where points run changes no result.",
-        exclude_if=lambda deployment: deployment is None,
     )
-    reference: str | None = Field(
-        None,
-        max_length=1000,
-        description="flows.sweep only: a sweep's report folder (its report/, or a published block such as "
+    reference: str | None = unset_field(
+        "flows.sweep only: a sweep's report folder (its report/, or a published block such as "
         "docs/results-think-capped-hot; relative paths from the repository) whose RFT checkpoints this sweep's arms "
         "are compared with, seed by seed, when no point trains RFT itself. Its study must be this one but for the "
         "arms (the same base, puzzles and evaluation) and hold this sweep's seeds. Empty: none.",
-        exclude_if=lambda reference: reference is None,  # left out of dumps and hashes when empty: ids unchanged
+        max_length=1000,
     )
 
     @property

@@ -1,10 +1,18 @@
 """What every section of the study's configuration (forgetting/config.py) is made of."""
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the field."""
+
+
+def unset_field(description: str, **bounds: Any) -> Any:
+    """An optional setting: empty (None) unless given, and left out of dumps and hashes while empty, so adding one
+    changes no id a config already had. bounds: Field's (ge, le, pattern, ...), checked when it is given."""
+    return Field(None, description=description, exclude_if=lambda value: value is None, **bounds)
 
 
 def _bounds_in_descriptions(schema: dict) -> None:
