@@ -119,7 +119,9 @@ def frontier_frame(studies: list[tuple[str, StudyConfig]], reference: Reference 
                         }
                     )
     frame = pd.DataFrame(rows).drop_duplicates(["arm", "seed", "arm_key", "step"])
-    frame = pd.concat([frame, *([reference.frame] if reference else [])], ignore_index=True)
+    if reference:
+        check_same_base(frame, reference)
+        frame = pd.concat([frame, reference.frame], ignore_index=True)
     frame["on_frontier"] = False
     for _, group in frame.groupby(["arm", "seed"]):
         for i, row in group.iterrows():
@@ -168,6 +170,21 @@ def reference_frame(config: StudyConfig) -> Reference | None:
     reference = json.loads((folder / "summary.json").read_text())["sweep_id"]
     frame = frame[frame.seed.isin(seeds)].assign(point=lambda f: f"{reference}:" + f.point).reset_index(drop=True)
     return Reference(frame, {"report": config.sweep.reference, "sweep_id": reference, "checkpoints": len(frame)})
+
+
+def check_same_base(frame: pd.DataFrame, reference: Reference) -> None:
+    """ConfigError unless the reference's base (its step-0 rows) knew in each seed what this sweep's base knew (its
+    prior mean): reference_frame checks the two configs before any work, this the base model and evaluation items
+    they named (a base pretrained again under the same name, say)."""
+    ours = frame[frame.step == 0].groupby("seed").prior_mean.first()
+    theirs = reference.frame[reference.frame.step == 0].groupby("seed").prior_mean.first()
+    both = ours.index.intersection(theirs.index)
+    if differ := [int(seed) for seed in both if not math.isclose(ours[seed], theirs[seed], abs_tol=1e-9)]:
+        raise ConfigError(
+            f"sweep.reference: its base's prior mean differs from this sweep's in seed(s) {differ} (theirs "
+            f"{[round(float(theirs[s]), 4) for s in differ]}, ours {[round(float(ours[s]), 4) for s in differ]}): "
+            "not the same base model or evaluation items, so RFT's checkpoints cannot be compared with these"
+        )
 
 
 def noted_arms(studies: list[tuple[str, StudyConfig]]) -> tuple[dict[str, dict], dict[str, dict]]:

@@ -195,7 +195,7 @@ def test_rft_trained_by_another_sweep_is_read_only_where_its_study_is_this_one(t
 
     from forgetting.config import ConfigError, not_results
     from forgetting.profiles import load_config
-    from forgetting.sweep import reference_frame
+    from forgetting.sweep import check_same_base, reference_frame
 
     def ours(*changes: str):
         sweep = ["seeds=[0, 1]", "arms.rft.enabled=false", "sweep.extra=[{}]", f"sweep.reference={tmp_path}"]
@@ -218,3 +218,9 @@ def test_rft_trained_by_another_sweep_is_read_only_where_its_study_is_this_one(t
         reference_frame(ours("puzzles.grid=3x3"))
     with pytest.raises(ConfigError, match=r"no RFT checkpoint of seed\(s\) \[5\]"):
         reference_frame(ours("seeds=[0, 5]"))
+    # after the work: the reference's base must know, seed by seed, what this sweep's base knew
+    base = pd.DataFrame({"arm": "sft", "seed": [0, 1], "step": 0, "prior_mean": [0.9, 0.9]})
+    with_base = reference.frame.assign(step=lambda f: f.step.where(f.seed != 1, 0), prior_mean=0.9)
+    check_same_base(base, reference._replace(frame=with_base))
+    with pytest.raises(ConfigError, match=r"prior mean differs from this sweep's in seed\(s\) \[1\]"):
+        check_same_base(base.assign(prior_mean=[0.9, 0.8]), reference._replace(frame=with_base))
