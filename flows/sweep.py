@@ -49,9 +49,9 @@ def sweep(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
         check_inputs(one)
     if config.sweep.deployment:
         check_deployment(config.sweep.deployment)
-    reference = reference_frame(config)  # RFT trained by another sweep: checked before any work
+    reference = reference_frame(config, studies)  # RFT trained by another sweep: checked before any work
     name, started = sweep_id(config), time.perf_counter()
-    print(f"sweep {name}: {len(studies)} points x seeds {config.seeds or [config.seed]}")
+    print(f"sweep {name}: {len(studies)} points x seeds {config.all_seeds}")
     with study_run(config, run_name=name) as run_id:
         for point, overrides, one in studies:
             print(f"point {point} {overrides or '(the profile as it is)'}: study {one.study_id}")

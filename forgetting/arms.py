@@ -19,7 +19,7 @@ from pathlib import Path
 
 from forgetting import fast_paths
 from forgetting.config import StudyConfig
-from forgetting.environment import training_fingerprint
+from forgetting.environment import training_fingerprint, training_sources
 from forgetting.iterative_sft import train_iterative_sft
 from forgetting.models import hub_kernels, model_fingerprint
 from forgetting.puzzle_data import CORNER_NAMES, PuzzleDataset
@@ -31,7 +31,7 @@ from forgetting.storage import product_dir, stable_hash, write_text_once
 from forgetting.trainer import FINAL, TRAINING_DATA, ArmResult
 
 ARMS = ("sft", "teacher_sft", "rft", "rollout_sft", "iterative_sft")
-training_fingerprint()  # read as the modules above are imported: code edited later in a run names no arm it trains
+training_sources()  # read as the modules above are imported: code edited later in a run names no arm it trains
 
 
 def arm_style(config: StudyConfig, arm: str) -> str:

@@ -365,6 +365,11 @@ class StudyConfig(Section):
             raise ValueError("seeds must be distinct integers in [0, 2^31 - 1]")
         return v
 
+    @property
+    def all_seeds(self) -> list[int]:
+        """The seeds the study runs: seeds, or [seed] when seeds is empty (the seeds of per_seed's configs)."""
+        return self.seeds or [self.seed]
+
     def per_seed(self) -> list["StudyConfig"]:
         """One single-seed config per entry of seeds (each is the study with that `seed`, sharing its outputs),
         or [self] when seeds is empty."""

@@ -8,6 +8,7 @@ import functools
 import hashlib
 import platform
 import sys
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
@@ -27,12 +28,20 @@ def installed(name: str) -> str | None:
         return None
 
 
-def code_fingerprint(paths: list[Path]) -> str:
-    """sha256 of the files' syntax trees without docstrings: a code change changes it, a comment, a docstring or
-    a reformatting does not."""
+def read_sources(modules: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """The package modules' file names and texts as they are on disk now. Read as a process imports the modules
+    (about 0.3 ms for a dozen), they are the code it runs, though a file be edited while it runs; parsing them is
+    what costs (code_fingerprint), so it waits until a fingerprint is asked for."""
+    return tuple((f"{module}.py", (PACKAGE / f"{module}.py").read_text()) for module in modules)
+
+
+@functools.cache
+def code_fingerprint(sources: tuple[tuple[str, str], ...]) -> str:
+    """sha256 of the sources' syntax trees without docstrings (sources: read_sources's pairs): a code change changes
+    it, a comment, a docstring or a reformatting does not."""
     digest = hashlib.sha256()
-    for path in paths:
-        tree = ast.parse(path.read_text())
+    for name, text in sources:
+        tree = ast.parse(text)
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
             first = body[0] if isinstance(body, list) and body else None
@@ -42,8 +51,15 @@ def code_fingerprint(paths: list[Path]) -> str:
                 and isinstance(first.value.value, str)
             ):
                 node.body = body[1:] or [ast.Pass()]
-        digest.update(path.name.encode() + b"\0" + ast.dump(tree).encode())
+        digest.update(name.encode() + b"\0" + ast.dump(tree).encode())
     return digest.hexdigest()
+
+
+@functools.cache
+def training_sources() -> tuple[tuple[str, str], ...]:
+    """The training code's texts, read at the first call: forgetting/arms.py calls it as it imports the training
+    modules, so code edited later in a run names no arm it trains."""
+    return read_sources(TRAINING_CODE)
 
 
 @functools.cache
@@ -52,7 +68,7 @@ def training_fingerprint() -> dict:
     upgrade of TRL or a change to how arms train makes new arms instead of reusing old ones."""
     return {
         "libraries": {name: v for name in TRAINING_LIBRARIES if (v := installed(name))},
-        "code": code_fingerprint([PACKAGE / f"{module}.py" for module in TRAINING_CODE])[:16],
+        "code": code_fingerprint(training_sources())[:16],
     }
 
 

@@ -110,7 +110,7 @@ def load_config(
 def with_next_seeds(config: StudyConfig, n: int) -> StudyConfig:
     """The study over its own seeds, every other seed with a one-seed report in the output folder, and the n
     lowest seeds with none (what a scheduled run runs: schedule.add_seeds)."""
-    have = set(config.seeds or [config.seed])
+    have = set(config.all_seeds)
     one = [config.model_copy(update={"seed": s, "seeds": []}) for s in range(64)]
     have |= {s for s, seeded in enumerate(one) if (seeded.report_dir / "summary.json").is_file()}
     new = [s for s in range(len(have) + n) if s not in have][:n]

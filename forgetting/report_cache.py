@@ -14,14 +14,14 @@ same object.
 import json
 from pathlib import Path
 
-from forgetting.environment import PACKAGE, code_fingerprint, installed
+from forgetting.environment import code_fingerprint, installed, read_sources
 from forgetting.report import report_from_evaluations
 from forgetting.storage import files_sha256, stable_hash, write_text_once
 
 REPORT_CODE = ("report", "metrics", "predictors", "data_report", "tables")
-# read once, as this process imports the code it runs (above): a file edited while it runs is not the code that
-# writes its reports, so it must not name them (about 30 ms)
-CODE = code_fingerprint([PACKAGE / f"{module}.py" for module in REPORT_CODE])
+# read as this process imports the code it runs (above): a file edited while it runs is not the code that writes its
+# reports, so it must not name them
+SOURCES = read_sources(REPORT_CODE)
 REPORT_LIBRARIES = ("numpy", "pandas", "scipy", "matplotlib")
 REPORT_FILES = (
     "summary.json", "forgetting.csv", "curves.csv", "dynamics.csv", "report.md",
@@ -35,7 +35,7 @@ def report_inputs(evaluations: list[Path], *args) -> str:
         {
             "evaluations": [files_sha256(folder) for folder in sorted(map(Path, evaluations))],
             "arguments": args,
-            "code": CODE,
+            "code": code_fingerprint(SOURCES),
             "libraries": {name: installed(name) for name in REPORT_LIBRARIES},
         }
     )

@@ -142,19 +142,20 @@ def study_settings(config: StudyConfig) -> dict:
     )
 
 
-def reference_frame(config: StudyConfig) -> Reference | None:
-    """The RFT checkpoints of the sweep report sweep.reference names, for a sweep that trains no RFT of its own:
-    the rows of its frontier.csv of RFT's families and this sweep's seeds, each point named `<its sweep
-    id>:<point>`, and what the report says of them; None without a reference. ConfigError, before any work, when
-    the folder is no sweep report, a point of this sweep trains RFT, the reference's study differs from this one
-    beyond the arms (then its seeds' puzzles and evaluation items are not this sweep's) or it lacks a seed."""
+def reference_frame(config: StudyConfig, studies: list[tuple[str, dict, StudyConfig]]) -> Reference | None:
+    """The RFT checkpoints of the sweep report sweep.reference names, for a sweep that trains no RFT of its own
+    (studies: its points, as points gives them): the rows of its frontier.csv of RFT's families and this sweep's
+    seeds, each point named `<its sweep id>:<point>`, and what the report says of them; None without a reference.
+    ConfigError, before any work, when the folder is no sweep report, a point of this sweep trains RFT, the
+    reference's study differs from this one beyond the arms (then its seeds' puzzles and evaluation items are not
+    this sweep's) or it lacks a seed."""
     if config.sweep.reference is None:
         return None
     folder = Path(config.sweep.reference).expanduser()
     folder = folder if folder.is_absolute() else REPO_ROOT / folder
     if not all((folder / name).is_file() for name in ("frontier.csv", "summary.json", "config.yaml")):
         raise ConfigError(f"sweep.reference: {folder} is no sweep report (frontier.csv, summary.json, config.yaml)")
-    if trains := [point for point, _, one in points(config) if one.arms.rft.enabled]:
+    if trains := [point for point, _, one in studies if one.arms.rft.enabled]:
         raise ConfigError(f"sweep.reference: point(s) {trains} train RFT; a reference is for a sweep without it")
     ours, theirs = study_settings(config), study_settings(load_config(str(folder / "config.yaml")))
     if differ := sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)):
@@ -164,7 +165,7 @@ def reference_frame(config: StudyConfig) -> Reference | None:
         )
     frame = pd.read_csv(folder / "frontier.csv", dtype={"arm_key": str, "point": str})
     frame = frame[frame.arm.isin({rft_family(arm) for arm in frame.arm})]
-    seeds = config.seeds or [config.seed]
+    seeds = config.all_seeds
     if missing := sorted(set(seeds) - set(frame.seed)):
         raise ConfigError(f"sweep.reference: {folder} has no RFT checkpoint of seed(s) {missing}")
     reference = json.loads((folder / "summary.json").read_text())["sweep_id"]

@@ -453,7 +453,7 @@ def test_a_report_is_made_again_only_when_what_it_reads_changed(tmp_path, monkey
     (out.parent / "report-cache.json").write_text('{"inputs": ')  # a damaged record of the last report: made again
     assert json.dumps(current_report(out, *args)) == json.dumps(current_report(out, *args)) and drawn() != before
     before = drawn()
-    monkeypatch.setattr(report_cache, "CODE", "other")  # the report code this process imported is another
+    monkeypatch.setattr(report_cache, "SOURCES", (("report.py", "other = 1\n"),))  # this process imported other code
     current_report(out, *args)
     assert drawn() != before
 

@@ -195,29 +195,32 @@ def test_rft_trained_by_another_sweep_is_read_only_where_its_study_is_this_one(t
 
     from forgetting.config import ConfigError, not_results
     from forgetting.profiles import load_config
-    from forgetting.sweep import check_same_base, reference_frame
+    from forgetting.sweep import check_same_base, points, reference_frame
+
+    def check(config):
+        return reference_frame(config, points(config))
 
     def ours(*changes: str):
         sweep = ["seeds=[0, 1]", "arms.rft.enabled=false", "sweep.extra=[{}]", f"sweep.reference={tmp_path}"]
         return load_config("micro", [*sweep, *changes])
 
     with pytest.raises(ConfigError, match="is no sweep report"):
-        reference_frame(ours())
+        check(ours())
     theirs = load_config("micro", ["seeds=[0, 1, 2]", "arms.sft.learning_rate=0.01"])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(theirs.model_dump(mode="json", exclude=not_results())))
     (tmp_path / "summary.json").write_text(json.dumps({"sweep_id": "micro-0123456789"}))
     frame().assign(point="p0", step=10, arm_key="0123456789").to_csv(tmp_path / "frontier.csv", index=False)
-    reference = reference_frame(ours())
+    reference = check(ours())
     assert set(reference.frame.arm) == {"rft"} and set(reference.frame.seed) == {0, 1}  # its seed 2 is not ours
     assert set(reference.frame.point) == {"micro-0123456789:p0"} and len(reference.frame) == 3
     assert reference.note == {"report": str(tmp_path), "sweep_id": "micro-0123456789", "checkpoints": 3}
-    assert reference_frame(load_config("micro")) is None
+    assert check(load_config("micro")) is None
     with pytest.raises(ConfigError, match=r"point\(s\) \['p1'\] train RFT"):
-        reference_frame(ours("sweep.extra=[{}, {arms.rft.enabled: true}]"))
+        check(ours("sweep.extra=[{}, {arms.rft.enabled: true}]"))
     with pytest.raises(ConfigError, match=r"differs from this one in \['puzzles'\]"):
-        reference_frame(ours("puzzles.grid=3x3"))
+        check(ours("puzzles.grid=3x3"))
     with pytest.raises(ConfigError, match=r"no RFT checkpoint of seed\(s\) \[5\]"):
-        reference_frame(ours("seeds=[0, 5]"))
+        check(ours("seeds=[0, 5]"))
     # after the work: the reference's base must know, seed by seed, what this sweep's base knew
     base = pd.DataFrame({"arm": "sft", "seed": [0, 1], "step": 0, "prior_mean": [0.9, 0.9]})
     with_base = reference.frame.assign(step=lambda f: f.step.where(f.seed != 1, 0), prior_mean=0.9)

@@ -485,7 +485,7 @@ def test_micro_batches_take_the_same_step_in_less_memory(setup, tmp_path):
     assert [h["step"] for h in history if "loss" in h] == [1]
 
 
-def test_an_arm_is_retrained_when_its_libraries_or_training_code_change(setup, tmp_path, monkeypatch):
+def test_an_arm_is_retrained_when_its_libraries_or_training_code_change(setup, monkeypatch):
     """An arm's folder (its cache key) holds the training libraries' versions and the training code's syntax: a
     TRL upgrade, a code change or the Hub's kernels turned on make a new arm; a docstring or comment does not."""
     from forgetting import environment
@@ -505,13 +505,12 @@ def test_an_arm_is_retrained_when_its_libraries_or_training_code_change(setup, t
     monkeypatch.setenv("USE_HUB_KERNELS", "NO")
     assert arm_dir(config, "sft", BASE, dataset) == before
 
-    code = tmp_path / "code.py"
-    code.write_text('def f(x):\n    """Twice x."""\n    return 2 * x\n')
-    same = environment.code_fingerprint([code])
-    code.write_text('def f(x):\n    """Two times x."""\n\n    # doubled\n    return 2 * x\n')
-    assert environment.code_fingerprint([code]) == same
-    code.write_text('def f(x):\n    """Two times x."""\n    return 3 * x\n')
-    assert environment.code_fingerprint([code]) != same
+    def fingerprint(text: str) -> str:
+        return environment.code_fingerprint((("code.py", text),))
+
+    same = fingerprint('def f(x):\n    """Twice x."""\n    return 2 * x\n')
+    assert fingerprint('def f(x):\n    """Two times x."""\n\n    # doubled\n    return 2 * x\n') == same
+    assert fingerprint('def f(x):\n    """Two times x."""\n    return 3 * x\n') != same
 
 
 def test_resuming_under_deepspeed_leaves_the_weights_to_deepspeed(setup):
