@@ -35,7 +35,7 @@ PUBLISHED = (  # a study's report files, then a sweep's; each report folder hold
     ("report.md", "summary.json", "config.yaml", "run.json", "environment.json")
     + ("forgetting.csv", "curves.csv", "dynamics.csv", "tradeoff.png", "forgetting.png", "dynamics.png")
     + ("frontier.csv", "matched.csv", "against_rft.csv", "at_frontier.csv", "at_frontier_against_rft.csv")
-    + ("frontier_points.csv",)
+    + ("against_compared.csv", "at_frontier_against_compared.csv", "frontier_points.csv")
     + ("frontier.png", "predictors.png", "causes.png")
 )
 

@@ -27,16 +27,9 @@ from prefect.exceptions import ObjectNotFound
 from flows.cli import outcome, record_run, run
 from flows.preflight import check_inputs
 from flows.study import study
+from forgetting.borrowed import compared_frames, reference_frame
 from forgetting.config import ConfigError, StudyConfig
-from forgetting.sweep import (
-    by_point_and_arm,
-    frontier_frame,
-    noted_arms,
-    points,
-    reference_frame,
-    sweep_dir,
-    sweep_id,
-)
+from forgetting.sweep import by_point_and_arm, frontier_frame, noted_arms, points, sweep_dir, sweep_id
 from tasks.report import tracked_sweep_report
 from tasks.tracking import run_link, study_run
 
@@ -50,6 +43,7 @@ def sweep(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
     if config.sweep.deployment:
         check_deployment(config.sweep.deployment)
     reference = reference_frame(config, studies)  # RFT trained by another sweep: checked before any work
+    compared = compared_frames(config)  # arm families trained by other sweeps: the same
     name, started = sweep_id(config), time.perf_counter()
     print(f"sweep {name}: {len(studies)} points x seeds {config.all_seeds}")
     with study_run(config, run_name=name) as run_id:
@@ -62,8 +56,9 @@ def sweep(config: StudyConfig = StudyConfig()) -> dict:  # noqa: B008 - the UI f
                 study(one, parent_run_id=run_id)
         done = [(point, one) for point, _, one in studies]
         out, overrides = sweep_dir(config) / "report", {p: o for p, o, _ in studies}
-        frame, note = frontier_frame(done, reference), reference and reference.note
-        summary = tracked_sweep_report(out, name, run_id, frame, overrides, *noted_arms(done), note)
+        frame = frontier_frame(done, [reference, *compared] if reference else compared)
+        notes = reference and reference.note, [other.note for other in compared]
+        summary = tracked_sweep_report(out, name, run_id, frame, overrides, *noted_arms(done), *notes)
     record_run(config, "sweep", out, time.perf_counter() - started)
     print(f"sweep {name} done: {out}. MLflow: {run_link(config, run_id)}")
     return outcome(summary, by_point_and_arm(summary["skipped"]))

@@ -288,6 +288,15 @@ class SweepConfig(Section):
         "arms (the same base, puzzles and evaluation) and hold this sweep's seeds. Empty: none.",
         max_length=1000,
     )
+    compare: list[str] = Field(
+        default_factory=list,
+        description="flows.sweep only: sweep report folders (as for reference) whose arm families besides RFT's "
+        "this sweep's frontiers include, each renamed FAMILY@NAME (NAME: that sweep's name), and with which this "
+        "sweep's family of the same name is compared, seed by seed. Each study must be this one but for the arms "
+        "and hold this sweep's seeds. Empty: none.",
+        max_length=8,
+        exclude_if=lambda compare: not compare,  # left out of dumps and hashes when empty: sweep ids unchanged
+    )
 
     @property
     def has_points(self) -> bool:

@@ -14,16 +14,16 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from forgetting.arms import arm_spec
-from forgetting.config import REPO_ROOT, ConfigError, StudyConfig, not_results
+from forgetting.borrowed import Borrowed, check_same_base, rft_family
+from forgetting.config import ConfigError, StudyConfig, not_results
 from forgetting.metrics import BOUNDS, mean_ci
 from forgetting.predictors import PREDICTORS
-from forgetting.profiles import build_config, load_config, set_dotted
+from forgetting.profiles import build_config, set_dotted
 from forgetting.storage import stable_hash
 
 LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)  # puzzle accuracies at which the frontiers are compared
@@ -84,18 +84,11 @@ def arm_key(config: StudyConfig, arm: str) -> str:
     return stable_hash(spec)[:10]
 
 
-class Reference(NamedTuple):
-    """RFT checkpoints another sweep trained: frontier_frame's rows, and the report's note on them."""
-
-    frame: pd.DataFrame
-    note: dict
-
-
-def frontier_frame(studies: list[tuple[str, StudyConfig]], reference: Reference | None = None) -> pd.DataFrame:
+def frontier_frame(studies: list[tuple[str, StudyConfig]], borrowed: list[Borrowed] = ()) -> pd.DataFrame:
     """Every evaluated checkpoint of every arm of every point and seed (each seed's curves.csv, with the
-    predictors of its dynamics.csv), an arm trained by several points counted once, and the reference's RFT
-    checkpoints (reference_frame), with `on_frontier`: not dominated in (puzzle_exact, prior_mean) by another
-    checkpoint of its family and seed."""
+    predictors of its dynamics.csv), an arm trained by several points counted once, and the checkpoints borrowed
+    from other sweeps (forgetting/borrowed.py: sweep.reference's RFT, sweep.compare's families), with
+    `on_frontier`: not dominated in (puzzle_exact, prior_mean) by another checkpoint of its family and seed."""
     predictor_columns = list(PREDICTORS.values())
     rows = []
     for point, config in studies:
@@ -119,9 +112,9 @@ def frontier_frame(studies: list[tuple[str, StudyConfig]], reference: Reference 
                         }
                     )
     frame = pd.DataFrame(rows).drop_duplicates(["arm", "seed", "arm_key", "step"])
-    if reference:
-        check_same_base(frame, reference)
-        frame = pd.concat([frame, reference.frame], ignore_index=True)
+    for other in borrowed:
+        check_same_base(frame, other)
+    frame = pd.concat([frame, *(other.frame for other in borrowed)], ignore_index=True)
     frame["on_frontier"] = False
     for _, group in frame.groupby(["arm", "seed"]):
         for i, row in group.iterrows():
@@ -132,60 +125,6 @@ def frontier_frame(studies: list[tuple[str, StudyConfig]], reference: Reference 
             )
             frame.loc[i, "on_frontier"] = not dominated.any()
     return frame
-
-
-def study_settings(config: StudyConfig) -> dict:
-    """What a seed's base, puzzles and evaluation items follow from: the config but its name, seeds, arms and sweep
-    (and what changes no result)."""
-    return config.model_dump(
-        mode="json", exclude=not_results() | dict.fromkeys(("name", "seed", "seeds", "arms"), True)
-    )
-
-
-def reference_frame(config: StudyConfig, studies: list[tuple[str, dict, StudyConfig]]) -> Reference | None:
-    """The RFT checkpoints of the sweep report sweep.reference names, for a sweep that trains no RFT of its own
-    (studies: its points, as points gives them): the rows of its frontier.csv of RFT's families and this sweep's
-    seeds, each point named `<its sweep id>:<point>`, and what the report says of them; None without a reference.
-    ConfigError, before any work, when the folder is no sweep report, a point of this sweep trains RFT, the
-    reference's study differs from this one beyond the arms (then its seeds' puzzles and evaluation items are not
-    this sweep's) or it lacks a seed."""
-    if config.sweep.reference is None:
-        return None
-    folder = Path(config.sweep.reference).expanduser()
-    folder = folder if folder.is_absolute() else REPO_ROOT / folder
-    if not all((folder / name).is_file() for name in ("frontier.csv", "summary.json", "config.yaml")):
-        raise ConfigError(f"sweep.reference: {folder} is no sweep report (frontier.csv, summary.json, config.yaml)")
-    if trains := [point for point, _, one in studies if one.arms.rft.enabled]:
-        raise ConfigError(f"sweep.reference: point(s) {trains} train RFT; a reference is for a sweep without it")
-    ours, theirs = study_settings(config), study_settings(load_config(str(folder / "config.yaml")))
-    if differ := sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)):
-        raise ConfigError(
-            f"sweep.reference: {folder}'s study differs from this one in {differ}, not only in its arms: its "
-            "seeds' puzzles and evaluation items are not this sweep's"
-        )
-    frame = pd.read_csv(folder / "frontier.csv", dtype={"arm_key": str, "point": str})
-    frame = frame[frame.arm.isin({rft_family(arm) for arm in frame.arm})]
-    seeds = config.all_seeds
-    if missing := sorted(set(seeds) - set(frame.seed)):
-        raise ConfigError(f"sweep.reference: {folder} has no RFT checkpoint of seed(s) {missing}")
-    reference = json.loads((folder / "summary.json").read_text())["sweep_id"]
-    frame = frame[frame.seed.isin(seeds)].assign(point=lambda f: f"{reference}:" + f.point).reset_index(drop=True)
-    return Reference(frame, {"report": config.sweep.reference, "sweep_id": reference, "checkpoints": len(frame)})
-
-
-def check_same_base(frame: pd.DataFrame, reference: Reference) -> None:
-    """ConfigError unless the reference's base (its step-0 rows) knew in each seed what this sweep's base knew (its
-    prior mean): reference_frame checks the two configs before any work, this the base model and evaluation items
-    they named (a base pretrained again under the same name, say)."""
-    ours = frame[frame.step == 0].groupby("seed").prior_mean.first()
-    theirs = reference.frame[reference.frame.step == 0].groupby("seed").prior_mean.first()
-    both = ours.index.intersection(theirs.index)
-    if differ := [int(seed) for seed in both if not math.isclose(ours[seed], theirs[seed], abs_tol=1e-9)]:
-        raise ConfigError(
-            f"sweep.reference: its base's prior mean differs from this sweep's in seed(s) {differ} (theirs "
-            f"{[round(float(theirs[s]), 4) for s in differ]}, ours {[round(float(ours[s]), 4) for s in differ]}): "
-            "not the same base model or evaluation items, so RFT's checkpoints cannot be compared with these"
-        )
 
 
 def noted_arms(studies: list[tuple[str, StudyConfig]]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -300,26 +239,19 @@ def at_frontier(per_seed: pd.DataFrame) -> pd.DataFrame:
     return table[["predictor", *table.columns.drop("predictor")]]
 
 
-def rft_family(arm: str) -> str:
-    """The RFT family an arm family is compared with: RFT trained the same way (full, or a LoRA adapter)."""
-    return "rft-lora" if arm.endswith("-lora") else "rft"
-
-
-def differences_from_rft(per_seed: pd.DataFrame) -> pd.DataFrame:
-    """Per arm family with an RFT family to compare with (rft_family; RFT's own left out), puzzle level and seed of
-    frontier_levels' rows: the forgetting and predictors of the family minus its RFT's, each seed against the same
-    seed (whose puzzles and evaluation items both arms share); NaN where either frontier misses the level. Empty
-    without an RFT family."""
-    families = list(dict.fromkeys(per_seed.arm))  # in the frame's order
+def paired_differences(per_seed: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """Per pair of arm families (the family, the one it is compared with: `reference`), puzzle level and seed of
+    frontier_levels' rows: the forgetting and predictors of the family minus the other's, each seed against the
+    same seed (whose puzzles and evaluation items both share); NaN where either frontier misses the level. Empty
+    without a pair."""
     levels = list(dict.fromkeys(per_seed.puzzle_level))
     # looked up by (arm, level) below: sorted, pandas need not scan it
     per_seed = per_seed.set_index(["arm", "puzzle_level", "seed"]).sort_index()
     parts = [
-        (per_seed.loc[(arm, level)] - per_seed.loc[(rft_family(arm), level)])
+        (per_seed.loc[(arm, level)] - per_seed.loc[(other, level)])
         .reset_index()
-        .assign(arm=arm, reference=rft_family(arm), puzzle_level=level)
-        for arm in families
-        if arm != rft_family(arm) and rft_family(arm) in families
+        .assign(arm=arm, reference=other, puzzle_level=level)
+        for arm, other in pairs
         for level in levels
     ]
     if not parts:
@@ -328,35 +260,52 @@ def differences_from_rft(per_seed: pd.DataFrame) -> pd.DataFrame:
     return table[["arm", "reference", "puzzle_level", *table.columns.drop(["arm", "reference", "puzzle_level"])]]
 
 
+def differences_from_rft(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """paired_differences of each of the sweep's own families (not those sweep.compare borrows) with an RFT family to
+    compare with (rft_family; RFT's own left out) from that RFT family. Empty without one."""
+    families = list(dict.fromkeys(per_seed.arm))  # in the frame's order
+    own = [arm for arm in families if "@" not in arm and arm != rft_family(arm) and rft_family(arm) in families]
+    return paired_differences(per_seed, [(arm, rft_family(arm)) for arm in own])
+
+
+def differences_from_compared(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """paired_differences of each of the sweep's own families from every family of the same name that sweep.compare
+    borrows (`<family>@<sweep name>`). Empty without one."""
+    families = list(dict.fromkeys(per_seed.arm))
+    pairs = [(arm, other) for other in families if "@" in other for arm in families if arm == other.split("@")[0]]
+    return paired_differences(per_seed, pairs)
+
+
 def paired(rows: pd.DataFrame, column: str) -> dict:
-    """One family and level of differences_from_rft: over_seeds of the column, counting the seeds that have it
-    (`n_paired`)."""
+    """One pair of families and level of paired_differences' rows: over_seeds of the column, counting the seeds
+    that have it (`n_paired`)."""
     first = rows.iloc[0]
     return {"arm": first.arm, "reference": first.reference, "puzzle_level": first.puzzle_level} | over_seeds(
         rows, column, "difference", "n_paired"
     )
 
 
-def by_family_and_level(differences: pd.DataFrame):
-    """differences_from_rft's rows grouped by arm family and puzzle level, in their order (none when empty)."""
-    return differences.groupby(["arm", "puzzle_level"], sort=False) if len(differences) else []
+def by_pair_and_level(differences: pd.DataFrame):
+    """differences' rows grouped by pair of families and puzzle level, in their order (none when empty)."""
+    return differences.groupby(["arm", "reference", "puzzle_level"], sort=False) if len(differences) else []
 
 
-def against_rft(differences: pd.DataFrame) -> pd.DataFrame:
-    """The paper's comparison along the frontiers: per arm family (RFT's own left out) and puzzle level of
-    differences_from_rft, its least forgetting minus RFT's there (positive: it forgets more than RFT), mean and 95%
-    interval over the seeds where both frontiers reach the level (`n_paired`). Empty without an RFT family."""
-    return pd.DataFrame([paired(rows, "forgetting") for _, rows in by_family_and_level(differences)])
+def against(differences: pd.DataFrame) -> pd.DataFrame:
+    """The paper's comparison along the frontiers: per pair of families and puzzle level of paired_differences' rows
+    (differences_from_rft: each family and its RFT), the family's least forgetting minus the other's there
+    (positive: it forgets more), mean and 95% interval over the seeds where both frontiers reach the level
+    (`n_paired`). Empty without a pair."""
+    return pd.DataFrame([paired(rows, "forgetting") for _, rows in by_pair_and_level(differences)])
 
 
-def at_frontier_against_rft(differences: pd.DataFrame) -> pd.DataFrame:
-    """Whether a candidate cause orders a family and RFT, seed by seed, as their forgetting does: per arm family
-    (RFT's own left out), puzzle level and predictor of CAUSES in differences_from_rft, the predictor at the
-    family's frontier checkpoint minus at RFT's (the checkpoints at_frontier reads), mean and 95% interval over the
-    seeds where both have it (`n_paired`), and `agree`: in how many of those the predictor's difference has the
-    sign of the forgetting difference (a tie in forgetting agrees only with a tie). Empty without an RFT family."""
+def at_frontier_against(differences: pd.DataFrame) -> pd.DataFrame:
+    """Whether a candidate cause orders two families, seed by seed, as their forgetting does: per pair of families,
+    puzzle level and predictor of CAUSES in paired_differences' rows, the predictor at the family's frontier checkpoint
+    minus at the other's (the checkpoints at_frontier reads), mean and 95% interval over the seeds where both have
+    it (`n_paired`), and `agree`: in how many of those the predictor's difference has the sign of the forgetting
+    difference (a tie in forgetting agrees only with a tie). Empty without a pair."""
     rows = []
-    for _, group in by_family_and_level(differences):
+    for _, group in by_pair_and_level(differences):
         for name in CAUSES:
             if (column := PREDICTORS[name]) in group:
                 both = group[[column, "forgetting"]].dropna()

@@ -21,10 +21,11 @@ from forgetting.report import (
 from forgetting.sweep import (
     CAUSES,
     LEVELS,
-    against_rft,
+    against,
     at_frontier,
-    at_frontier_against_rft,
+    at_frontier_against,
     by_point_and_arm,
+    differences_from_compared,
     differences_from_rft,
     frontier_levels,
     frontier_points,
@@ -34,17 +35,20 @@ from forgetting.sweep import (
 DIGITS = {"forward_kl": 2, "reverse_kl": 2, "data_nll": 3, "param_distance": 4}  # a cause's digits on the page
 
 
-def sweep_tables(per_seed: pd.DataFrame, differences: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The comparisons along the frontiers from frontier_levels' rows and differences_from_rft's, by the name of
-    their CSV file and summary.json key: matched (forgetting at matched puzzle accuracy), against_rft (each family's
-    forgetting there minus RFT's), at_frontier (the predictors at those frontier checkpoints),
-    at_frontier_against_rft (the causes there minus RFT's, seed by seed, and whether they order the two as
-    forgetting does)."""
+def sweep_tables(per_seed: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The comparisons along the frontiers from frontier_levels' rows, by the name of their CSV file and summary.json
+    key: matched (forgetting at matched puzzle accuracy), against_rft (each family's forgetting there minus RFT's),
+    at_frontier (the predictors at those frontier checkpoints), at_frontier_against_rft (the causes there minus
+    RFT's, seed by seed, and whether they order the two as forgetting does), and against_compared and
+    at_frontier_against_compared: the same two for each family against those sweep.compare borrows."""
+    from_rft, from_compared = differences_from_rft(per_seed), differences_from_compared(per_seed)
     return {
         "matched": matched(per_seed),
-        "against_rft": against_rft(differences),
+        "against_rft": against(from_rft),
         "at_frontier": at_frontier(per_seed),
-        "at_frontier_against_rft": at_frontier_against_rft(differences),
+        "at_frontier_against_rft": at_frontier_against(from_rft),
+        "against_compared": against(from_compared),
+        "at_frontier_against_compared": at_frontier_against(from_compared),
     }
 
 
@@ -56,17 +60,20 @@ def write_sweep_report(
     skipped: dict[str, dict] | None = None,
     stopped: dict[str, dict] | None = None,
     reference: dict | None = None,
+    compared: list[dict] | None = None,
 ) -> dict:
     """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), a CSV file per table of sweep_tables and
     frontier_points.csv (which points make up the frontiers), summary.json, frontier.png (a panel per arm family),
     predictors.png (forgetting against each predictor, every trained checkpoint), causes.png (plot_causes; only
     with an RFT family to compare with) and report.md; skipped, stopped: noted_arms of the points; reference: where
-    the frame's RFT checkpoints come from when another sweep trained them (reference_frame)."""
+    the frame's RFT checkpoints come from when another sweep trained them (reference_frame); compared: where its
+    borrowed families come from (compared_frames)."""
     out.mkdir(parents=True, exist_ok=True)
     per_seed = frontier_levels(frame)
-    differences = differences_from_rft(per_seed)
-    tables = sweep_tables(per_seed, differences) | {"frontier_points": frontier_points(frame)}
-    found = predictors(frame[frame.step > 0])  # pooled: every checkpoint
+    tables = sweep_tables(per_seed) | {"frontier_points": frontier_points(frame)}
+    # pooled: every trained checkpoint but those of families sweep.compare borrows (each its own sweep's)
+    pooled = frame[(frame.step > 0) & ~frame.arm.str.contains("@")]
+    found = predictors(pooled)
     frame.to_csv(out / "frontier.csv", index=False)
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
@@ -80,12 +87,13 @@ def write_sweep_report(
         "skipped": dict(skipped or {}),
         "stopped": dict(stopped or {}),
         **({"reference": reference} if reference else {}),
+        **({"compared": compared} if compared else {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot_frontiers(frame, out / "frontier.png")
-    plot_dynamics(frame[frame.step > 0], out / "predictors.png")
+    plot_dynamics(pooled, out / "predictors.png")
     (out / "causes.png").unlink(missing_ok=True)
-    plot_causes(differences, out / "causes.png")
+    plot_causes(differences_from_rft(per_seed), out / "causes.png")
     (out / "report.md").write_text(sweep_markdown(summary, tables, found))
     return summary
 
@@ -99,7 +107,7 @@ def rewrite_sweep_report(folder: Path) -> dict:
         raise ConfigError(f"{folder} is no sweep report: it needs frontier.csv and summary.json")
     summary = json.loads((folder / "summary.json").read_text())
     frame = pd.read_csv(folder / "frontier.csv", dtype={"arm_key": str, "point": str})  # keys that look like numbers
-    notes = summary.get("skipped"), summary.get("stopped"), summary.get("reference")
+    notes = summary.get("skipped"), summary.get("stopped"), summary.get("reference"), summary.get("compared")
     return write_sweep_report(folder, summary["sweep_id"], frame, summary["points"], *notes)
 
 
@@ -195,14 +203,45 @@ def points_section(chosen: pd.DataFrame) -> str:
     )
 
 
-def reference_note(reference: dict | None) -> str:
-    """The report's line on RFT checkpoints another sweep trained (write_sweep_report's reference); empty without."""
-    if not reference:
+def borrowed_note(reference: dict | None, compared: list[dict] | None) -> str:
+    """The report's lines on checkpoints other sweeps trained (write_sweep_report's reference and compared); empty
+    without."""
+    others = ([reference | {"families": ["RFT"]}] if reference else []) + (compared or [])
+    if not others:
         return ""
     return (
-        f"RFT: {reference['checkpoints']} of those checkpoints are sweep `{reference['sweep_id']}`'s (its report "
-        f"`{reference['report']}`), whose study is this one but for the arms (the same base, puzzles and evaluation "
-        "items in each seed); its points are named `<its sweep id>:<point>`.\n\n"
+        "Checkpoints other sweeps trained, each sweep's study this one but for the arms (the same base, puzzles and "
+        "evaluation items in each seed), their points named `<its sweep id>:<point>`:\n\n"
+        + "".join(
+            f"- {', '.join(f'`{f}`' for f in other['families'])}: {other['checkpoints']} checkpoints of sweep "
+            f"`{other['sweep_id']}` (its report `{other['report']}`)\n"
+            for other in others
+        )
+        + "\n"
+    )
+
+
+def versus(table: pd.DataFrame) -> pd.DataFrame:
+    """A table of against_compared or at_frontier_against_compared with each pair of families as one arm column,
+    `<family> - <the other>`, so level_pivot gives each pair a column of its own."""
+    return table.assign(arm=table.arm + " - " + table.reference) if len(table) else table
+
+
+def compared_section(tables: dict[str, pd.DataFrame]) -> str:
+    """report.md's comparison of each family with those sweep.compare borrows (tables: sweep_tables); empty
+    without."""
+    contrast, sits_paired = tables["against_compared"], tables["at_frontier_against_compared"]
+    if not len(contrast):
+        return ""
+    return (
+        "\nForgetting along each frontier minus that of the same family trained another way (borrowed from another "
+        "sweep, `<family>@<its sweep's name>`) at the same level, seed by seed: positive, this sweep's family "
+        "forgets more there; mean [95% interval] over the seeds where both frontiers reach the level, (n/N) when "
+        "only n of N do.\n\n"
+        + markdown_table(level_pivot(versus(contrast), "difference", "n_paired"))
+        + "\nThe causes at those frontier checkpoints, seed by seed, the same family's difference, and whether each "
+        "orders the two as their forgetting (k/n agree, as against RFT).\n\n"
+        + markdown_table(causes_table(versus(sits_paired), "difference", "n_paired"))
     )
 
 
@@ -219,7 +258,7 @@ def sweep_markdown(summary: dict, tables: dict[str, pd.DataFrame], predictors_fo
         + arms_note("skipped", by_point_and_arm(summary["skipped"]))
         + arms_note("stopped", by_point_and_arm(summary.get("stopped", {})))
         + f"{count} point{'s' * (count != 1)}, {summary['checkpoints']} distinct checkpoints:\n\n{points}\n"
-        + reference_note(summary.get("reference"))
+        + borrowed_note(summary.get("reference"), summary.get("compared"))
         + "Forgetting (base prior mean - prior mean; positive: forgotten) along each arm family's Pareto frontier: the "
         "least forgetting any checkpoint of the family reaches at that puzzle exact accuracy or more, mean [95% "
         "interval] over seeds; (n/N): only n of the N seeds' frontiers reach that accuracy.\n\n"
@@ -252,7 +291,10 @@ def sweep_markdown(summary: dict, tables: dict[str, pd.DataFrame], predictors_fo
             if len(sits_paired)
             else ""
         )
-        + "\n### What predicts forgetting, over every distinct checkpoint of the sweep\n\n"
+        + compared_section(tables)
+        + "\n### What predicts forgetting, over every distinct checkpoint of the sweep"
+        + (" (not the families borrowed to compare with)" if "compared" in summary else "")
+        + "\n\n"
         + markdown_table(predictor_rows(predictors_found))
         + "\n![frontiers](frontier.png)\n\n![predictors](predictors.png)\n"
     )

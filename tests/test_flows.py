@@ -328,7 +328,20 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     for name in ("matched", "against_rft", "at_frontier_against_rft"):
         assert borrowed[name] == summary[name], name
     page = (sweep_dir(again) / "report" / "report.md").read_text()
-    assert f"RFT: 3 of those checkpoints are sweep `{summary['sweep_id']}`'s" in page
+    assert f"- `RFT`: 3 checkpoints of sweep `{summary['sweep_id']}`" in page
+    # and compared with the published sweep's own SFT: the same checkpoints under another name; nothing else moves
+    twin_config = load_config("micro", [*alone, f"sweep.reference={published}", f"sweep.compare=[{published}]"])
+    twin = sweep(twin_config)
+    assert [c["families"] for c in twin["compared"]] == [["sft@micro"]]
+    assert [(row["reference"], row["puzzle_level"]) for row in twin["against_compared"]] == [
+        ("sft@micro", level) for level in (0.2, 0.4, 0.6, 0.8, 1.0)
+    ]
+    frame = pd.read_csv(sweep_dir(twin_config) / "report" / "frontier.csv")
+    keys = ["seed", "step", "puzzle_exact", "prior_mean", "forgetting"]
+    ours, theirs = (frame[frame.arm == arm].sort_values(keys)[keys] for arm in ("sft", "sft@micro"))
+    pd.testing.assert_frame_equal(ours.reset_index(drop=True), theirs.reset_index(drop=True))
+    for name in ("against_rft", "at_frontier_against_rft", "predictors"):
+        assert twin[name] == borrowed[name], name
 
 
 def _study_ids(config) -> set[str]:

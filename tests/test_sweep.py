@@ -9,9 +9,10 @@ import pytest
 from forgetting.predictors import PREDICTORS
 from forgetting.sweep import (
     CAUSES,
-    against_rft,
+    against,
     at_frontier,
-    at_frontier_against_rft,
+    at_frontier_against,
+    differences_from_compared,
     differences_from_rft,
     frontier_levels,
     frontier_points,
@@ -48,7 +49,7 @@ def differences(checkpoints: pd.DataFrame) -> pd.DataFrame:
 
 def tables(checkpoints: pd.DataFrame) -> dict[str, pd.DataFrame]:
     per_seed = frontier_levels(checkpoints)
-    return sweep_tables(per_seed, differences_from_rft(per_seed))
+    return sweep_tables(per_seed)
 
 
 def test_frontiers_are_compared_at_each_level_over_the_seeds_that_reach_it():
@@ -64,7 +65,7 @@ def test_frontiers_are_compared_at_each_level_over_the_seeds_that_reach_it():
 def test_each_family_is_compared_with_rft_seed_by_seed():
     """Differences are taken within a seed (its arms share puzzles and items) and averaged over the seeds where
     both frontiers reach the level; RFT itself and a family without its RFT have no row."""
-    table = against_rft(differences(frame())).set_index(["arm", "puzzle_level"])
+    table = against(differences(frame())).set_index(["arm", "puzzle_level"])
     assert set(table.index.unique("arm")) == {"sft"} and set(table.reference) == {"rft"}
     at = table.loc[("sft", 0.4)]
     assert at.difference == pytest.approx((0.02 + 0.03) / 2) and at.n_paired == 2 and at.seeds == 3
@@ -118,9 +119,7 @@ def test_the_report_says_which_points_make_up_each_frontier():
     assert chosen.loc[("sft", 0.4)].to_dict() == {"base": 1, "p0": 1, "p1": 1}
     assert chosen.loc[("sft", 0.8)].to_dict() == {"p1": 3}
     per_seed = frontier_levels(checkpoints)
-    text = sweep_markdown(
-        SUMMARY, sweep_tables(per_seed, differences_from_rft(per_seed)) | {"frontier_points": chosen.reset_index()}, {}
-    )
+    text = sweep_markdown(SUMMARY, sweep_tables(per_seed) | {"frontier_points": chosen.reset_index()}, {})
     assert "Which settings make up those frontiers" in text and "| 0.400 | base: 1, p0: 1, p1: 1 |" in text
     assert "Which settings" not in sweep_markdown(SUMMARY, tables(frame()), {})  # none given: no section
 
@@ -131,8 +130,8 @@ def test_the_comparison_does_not_depend_on_the_order_of_the_checkpoints():
     shuffled = frame().sample(frac=1.0, random_state=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", pd.errors.PerformanceWarning)
-        table = against_rft(differences(shuffled))
-    expected = against_rft(differences(frame()))
+        table = against(differences(shuffled))
+    expected = against(differences(frame()))
     pd.testing.assert_frame_equal(table, expected)
 
 
@@ -156,7 +155,7 @@ def test_the_causes_at_the_frontier_are_compared_with_rfts_seed_by_seed():
     as forgetting orders them: forward_kl follows forgetting here by construction; data_nll is SFT's 1 more in
     every seed, while SFT forgets more than RFT at 0.4 and less at 0.8."""
     data = frame().assign(data_nll=lambda d: d.arm.map({"rft": 1.0, "sft": 2.0, "sft-lora": 3.0}))
-    table = at_frontier_against_rft(differences(data)).set_index(["predictor", "arm", "puzzle_level"])
+    table = at_frontier_against(differences(data)).set_index(["predictor", "arm", "puzzle_level"])
     assert set(table.index.unique("arm")) == {"sft"} and set(table.index.unique("predictor")) == {
         "forward_kl",
         "data_nll",
@@ -193,9 +192,10 @@ def test_rft_trained_by_another_sweep_is_read_only_where_its_study_is_this_one(t
 
     import yaml
 
+    from forgetting.borrowed import check_same_base, reference_frame
     from forgetting.config import ConfigError, not_results
     from forgetting.profiles import load_config
-    from forgetting.sweep import check_same_base, points, reference_frame
+    from forgetting.sweep import points
 
     def check(config):
         return reference_frame(config, points(config))
@@ -219,7 +219,7 @@ def test_rft_trained_by_another_sweep_is_read_only_where_its_study_is_this_one(t
         check(ours("sweep.extra=[{}, {arms.rft.enabled: true}]"))
     with pytest.raises(ConfigError, match=r"differs from this one in \['puzzles'\]"):
         check(ours("puzzles.grid=3x3"))
-    with pytest.raises(ConfigError, match=r"no RFT checkpoint of seed\(s\) \[5\]"):
+    with pytest.raises(ConfigError, match=r"its RFT has no checkpoint of seed\(s\) \[5\]"):
         check(ours("seeds=[0, 5]"))
     # after the work: the reference's base must know, seed by seed, what this sweep's base knew
     base = pd.DataFrame({"arm": "sft", "seed": [0, 1], "step": 0, "prior_mean": [0.9, 0.9]})
@@ -227,3 +227,67 @@ def test_rft_trained_by_another_sweep_is_read_only_where_its_study_is_this_one(t
     check_same_base(base, reference._replace(frame=with_base))
     with pytest.raises(ConfigError, match=r"prior mean differs from this sweep's in seed\(s\) \[1\]"):
         check_same_base(base.assign(prior_mean=[0.9, 0.8]), reference._replace(frame=with_base))
+
+
+def test_families_another_sweep_trained_are_compared_with_this_sweeps_of_the_same_name():
+    """A family sweep.compare borrows (`sft@other`) gets a frontier of its own; this sweep's sft is compared with it
+    seed by seed, as with RFT, and only this sweep's own families are compared with RFT."""
+    twin = {"arm": "sft@other", "forgetting": lambda d: d.forgetting + 0.01, "forward_kl": lambda d: d.forward_kl + 1}
+    borrowed = frame()[frame().arm == "sft"].assign(**twin)
+    per_seed = frontier_levels(pd.concat([frame(), borrowed], ignore_index=True))
+    assert set(differences_from_rft(per_seed).arm) == {"sft"}
+    table = against(differences_from_compared(per_seed)).set_index(["arm", "reference", "puzzle_level"])
+    at = table.loc[("sft", "sft@other", 0.6)]  # every seed's sft forgets 0.01 less than its borrowed twin
+    assert at.difference == pytest.approx(-0.01) and (at.n_paired, at.seeds) == (3, 3)
+    text = sweep_markdown(SUMMARY, sweep_tables(per_seed), {})
+    section = text.split("the same family trained another way")[1].split("###")[0]
+    assert "| puzzle_level | sft - sft@other |" in section and "| 0.600 | -0.010 [" in section
+    assert "| forward_kl | 0.600 | -1.00 [" in section and "3/3 agree |" in section
+    assert "trained another way" not in sweep_markdown(SUMMARY, tables(frame()), {})
+
+
+def test_families_are_borrowed_only_from_a_sweep_whose_study_is_this_one(tmp_path):
+    """sweep.compare: each report's families besides RFT's and those it borrowed itself, renamed after its sweep,
+    of this sweep's seeds; a report that is no sweep's, whose study differs beyond the arms, that has no family of
+    its own, lacks a seed, or shares its sweep's name with another is a ConfigError before any work."""
+    import json
+
+    import yaml
+
+    from forgetting.borrowed import compared_frames
+    from forgetting.config import ConfigError, not_results
+    from forgetting.profiles import load_config
+
+    def report(folder, name: str, arms: list[str]):
+        folder.mkdir()
+        theirs = load_config("micro", ["seeds=[0, 1, 2]", f"name={name}"])
+        (folder / "config.yaml").write_text(yaml.safe_dump(theirs.model_dump(mode="json", exclude=not_results())))
+        (folder / "summary.json").write_text(json.dumps({"sweep_id": f"{name}-0123456789"}))
+        rows = frame()[frame().arm.isin(arms)].assign(point="p0", step=10, arm_key="0123456789")
+        rows.to_csv(folder / "frontier.csv", index=False)
+        return str(folder)
+
+    def ours(*compare: str, seeds: str = "[0, 1]"):
+        return load_config("micro", [f"seeds={seeds}", f"sweep.compare={json.dumps(list(compare))}"])
+
+    hot = report(tmp_path / "hot", "micro-hot", ["rft", "sft", "sft-lora"])
+    (found,) = compared_frames(ours(hot))
+    assert set(found.frame.arm) == {"sft@micro-hot", "sft-lora@micro-hot"} and set(found.frame.seed) == {0, 1}
+    assert set(found.frame.point) == {"micro-hot-0123456789:p0"}
+    assert found.note == {
+        "report": hot,
+        "sweep_id": "micro-hot-0123456789",
+        "families": ["sft@micro-hot", "sft-lora@micro-hot"],
+        "checkpoints": 5,  # sft: two in each of seeds 0 and 1; sft-lora: one
+    }
+    assert compared_frames(load_config("micro")) == []
+    with pytest.raises(ConfigError, match="sweep.compare: .* is no sweep report"):
+        compared_frames(ours(str(tmp_path)))
+    with pytest.raises(ConfigError, match=r"differs from this one in \['puzzles'\]"):
+        compared_frames(load_config("micro", [f"sweep.compare={json.dumps([hot])}", "puzzles.grid=3x3"]))
+    with pytest.raises(ConfigError, match="has no arm family of its own besides RFT"):
+        compared_frames(ours(report(tmp_path / "rft", "micro-rft", ["rft"])))
+    with pytest.raises(ConfigError, match=r"has no checkpoint of seed\(s\) \[5\]"):
+        compared_frames(ours(hot, seeds="[0, 5]"))
+    with pytest.raises(ConfigError, match="two reports of sweeps named 'micro-hot'"):
+        compared_frames(ours(hot, report(tmp_path / "again", "micro-hot", ["sft"])))
