@@ -23,9 +23,22 @@ class Borrowed(NamedTuple):
     note: dict
 
 
+BORROWED = "@"  # a family sweep.compare borrows: <family>@<its sweep's name>
+
+
+def own_family(arm: str) -> str:
+    """The family an arm family is of: itself, or for one sweep.compare borrows the family it was there."""
+    return arm.split(BORROWED)[0]
+
+
+def is_borrowed(arm: str) -> bool:
+    """Whether the arm family is one sweep.compare borrows from another sweep."""
+    return BORROWED in arm
+
+
 def rft_family(arm: str) -> str:
     """The RFT family an arm family is compared with: RFT trained the same way (full, or a LoRA adapter)."""
-    return "rft-lora" if arm.split("@")[0].endswith("-lora") else "rft"
+    return "rft-lora" if own_family(arm).endswith("-lora") else "rft"
 
 
 def study_settings(config: StudyConfig) -> dict:
@@ -89,10 +102,10 @@ def compared_frames(config: StudyConfig) -> list[Borrowed]:
         if name in names:
             raise ConfigError(f"sweep.compare: two reports of sweeps named {name!r}; their families would share names")
         names.add(name)
-        own = frame[(frame.arm != frame.arm.map(rft_family)) & ~frame.arm.str.contains("@")]
+        own = frame[(frame.arm != frame.arm.map(rft_family)) & ~frame.arm.map(is_borrowed)]
         if own.empty:
             raise ConfigError(f"sweep.compare: {path} has no arm family of its own besides RFT")
-        own = of_seeds(config, own.assign(arm=own.arm + f"@{name}"), "sweep.compare", path)
+        own = of_seeds(config, own.assign(arm=own.arm + BORROWED + name), "sweep.compare", path)
         families = list(dict.fromkeys(own.arm))
         found.append(Borrowed(own, {"report": path, "sweep_id": sweep, "families": families, "checkpoints": len(own)}))
     return found

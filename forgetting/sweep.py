@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from forgetting.arms import arm_spec
-from forgetting.borrowed import Borrowed, check_same_base, rft_family
+from forgetting.borrowed import Borrowed, check_same_base, is_borrowed, own_family, rft_family
 from forgetting.config import ConfigError, StudyConfig, not_results
 from forgetting.metrics import BOUNDS, mean_ci
 from forgetting.predictors import PREDICTORS
@@ -264,7 +264,7 @@ def differences_from_rft(per_seed: pd.DataFrame) -> pd.DataFrame:
     """paired_differences of each of the sweep's own families (not those sweep.compare borrows) with an RFT family to
     compare with (rft_family; RFT's own left out) from that RFT family. Empty without one."""
     families = list(dict.fromkeys(per_seed.arm))  # in the frame's order
-    own = [arm for arm in families if "@" not in arm and arm != rft_family(arm) and rft_family(arm) in families]
+    own = [arm for arm in families if not is_borrowed(arm) and arm != rft_family(arm) and rft_family(arm) in families]
     return paired_differences(per_seed, [(arm, rft_family(arm)) for arm in own])
 
 
@@ -272,7 +272,7 @@ def differences_from_compared(per_seed: pd.DataFrame) -> pd.DataFrame:
     """paired_differences of each of the sweep's own families from every family of the same name that sweep.compare
     borrows (`<family>@<sweep name>`). Empty without one."""
     families = list(dict.fromkeys(per_seed.arm))
-    pairs = [(arm, other) for other in families if "@" in other for arm in families if arm == other.split("@")[0]]
+    pairs = [(arm, other) for other in families if is_borrowed(other) for arm in families if arm == own_family(other)]
     return paired_differences(per_seed, pairs)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from forgetting.borrowed import is_borrowed
 from forgetting.config import ConfigError
 from forgetting.predictors import PREDICTORS, predictor_rows, predictors
 from forgetting.report import (
@@ -72,7 +73,7 @@ def write_sweep_report(
     per_seed = frontier_levels(frame)
     tables = sweep_tables(per_seed) | {"frontier_points": frontier_points(frame)}
     # pooled: every trained checkpoint but those of families sweep.compare borrows (each its own sweep's)
-    pooled = frame[(frame.step > 0) & ~frame.arm.str.contains("@")]
+    pooled = frame[(frame.step > 0) & ~frame.arm.map(is_borrowed)]
     found = predictors(pooled)
     frame.to_csv(out / "frontier.csv", index=False)
     for name, table in tables.items():
