@@ -85,8 +85,7 @@ def publish_report(report: Path, page: Path, block: str = DEFAULT_BLOCK, root: P
     out = root / "docs" / block
     if not (report / "run.json").is_file():
         raise ConfigError(f"--report: {report} holds no finished report (no run.json)")
-    text = page.read_text()
-    if begin not in text or end not in text:
+    if not all(marker in page.read_text() for marker in (begin, end)):
         raise ConfigError(f"{page}: no {begin} ... {end} block to fill")
     out.mkdir(parents=True, exist_ok=True)
     for name in PUBLISHED:  # a block that held a study's report and now a sweep's keeps none of the study's
@@ -95,10 +94,18 @@ def publish_report(report: Path, page: Path, block: str = DEFAULT_BLOCK, root: P
         elif (report / name).resolve() != (out / name).resolve():
             shutil.copy(report / name, out / name)
     link = os.path.relpath(out, page.parent)
-    markdown = results_block(out, f"{link}/", f"{out.relative_to(root)}/config.yaml")
+    fill_block(page, block, results_block(out, f"{link}/", f"{out.relative_to(root)}/config.yaml"))
+    return out
+
+
+def fill_block(page: Path, block: str, markdown: str) -> None:
+    """Replace what the page holds between the block's markers with the markdown; ConfigError when it has none."""
+    begin, end = markers(block)
+    text = page.read_text()
+    if begin not in text or end not in text:
+        raise ConfigError(f"{page}: no {begin} ... {end} block to fill")
     head, rest = text.split(begin, 1)
     page.write_text(f"{head}{begin}\n{markdown}{end}{rest.split(end, 1)[1]}")
-    return out
 
 
 def _arguments(parser) -> None:

@@ -312,3 +312,21 @@ def at_frontier_against(differences: pd.DataFrame) -> pd.DataFrame:
                 agree = int((np.sign(both[column]) == np.sign(both.forgetting)).sum())
                 rows.append({"predictor": name} | paired(group, column) | {"agree": agree})
     return pd.DataFrame(rows)
+
+
+def causes_tally(contrast: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """Where a family forgets clearly more or less than RFT (the levels of against's table, `contrast`, whose 95%
+    interval is clear of zero), in how many seeds each cause of at_frontier_against's table (`paired`) orders the
+    two as their forgetting: per predictor, `agree` of `compared` seed comparisons over those levels and families
+    (zero of zero where none is clear)."""
+    clear = contrast[(contrast.difference_low > 0) | (contrast.difference_high < 0)] if len(contrast) else contrast
+    rows = paired.merge(clear[["arm", "puzzle_level"]], on=["arm", "puzzle_level"]) if len(clear) else paired[:0]
+    counted = rows.groupby("predictor")[["agree", "n_paired"]].sum() if len(rows) else None
+    return pd.DataFrame(
+        [
+            {"predictor": name, "agree": 0, "compared": 0}
+            if counted is None or name not in counted.index
+            else {"predictor": name, "agree": int(counted.agree[name]), "compared": int(counted.n_paired[name])}
+            for name in CAUSES
+        ]
+    )

@@ -291,3 +291,44 @@ def test_families_are_borrowed_only_from_a_sweep_whose_study_is_this_one(tmp_pat
         compared_frames(ours(hot, seeds="[0, 5]"))
     with pytest.raises(ConfigError, match="two reports of sweeps named 'micro-hot'"):
         compared_frames(ours(hot, report(tmp_path / "again", "micro-hot", ["sft"])))
+
+
+def test_the_causes_are_tallied_only_where_a_family_forgets_clearly_more_or_less_than_rft(tmp_path, capsys):
+    """causes_tally counts a cause's agreeing seeds at the levels whose interval against RFT is clear of zero;
+    flows.tally sums it over the page's sweep blocks, in the page's order, and fills a block with it."""
+    from flows.tally import main
+    from forgetting.sweep import causes_tally
+
+    contrast = pd.DataFrame(
+        {"arm": "sft", "puzzle_level": [0.4, 0.6], "difference_low": [0.01, -0.01], "difference_high": [0.03, 0.02]}
+    )
+    paired = pd.DataFrame(
+        {"predictor": "forward_kl", "arm": "sft", "puzzle_level": [0.4, 0.6], "agree": [2, 1], "n_paired": [3, 3]}
+    )
+    counted = causes_tally(contrast, paired).set_index("predictor")
+    assert list(counted.index) == list(CAUSES)
+    assert counted.loc["forward_kl"].to_dict() == {"agree": 2, "compared": 3}  # 0.6 crosses zero: left out
+    assert counted.loc["data_nll"].to_dict() == {"agree": 0, "compared": 0}
+    assert causes_tally(pd.DataFrame(), pd.DataFrame()).compared.sum() == 0  # a sweep without RFT
+
+    page = tmp_path / "results.md"
+    blocks = ["results-b", "results-study", "results-a", "results-norft", "results-tally"]
+    page.write_text("".join(f"<!-- {name}:begin -->\n<!-- {name}:end -->\n" for name in blocks))
+    for name, agree in (("results-a", 1), ("results-b", 3)):
+        (tmp_path / name).mkdir()
+        contrast.to_csv(tmp_path / name / "against_rft.csv", index=False)
+        paired.assign(agree=[agree, 0]).to_csv(tmp_path / name / "at_frontier_against_rft.csv", index=False)
+    (tmp_path / "results-study").mkdir()  # a study's block: no comparison along frontiers
+    (tmp_path / "results-norft").mkdir()
+    for name in ("against_rft.csv", "at_frontier_against_rft.csv"):
+        (tmp_path / "results-norft" / name).write_text("\n")  # what an empty table writes
+    main(["--page", str(page), "--block", "results-tally"])
+    table = capsys.readouterr().out
+    assert table.startswith("2 sweep blocks with a level where a family forgets clearly")
+    rows = [line for line in table.splitlines() if line.startswith("| results-") or line.startswith("| total")]
+    assert rows == [
+        "| results-b | 3/3 | 0/0 | 0/0 | 0/0 |",
+        "| results-a | 1/3 | 0/0 | 0/0 | 0/0 |",
+        "| total | 4/6 | 0/0 | 0/0 | 0/0 |",
+    ]
+    assert "| total | 4/6 |" in page.read_text().split("<!-- results-tally:begin -->")[1]
