@@ -332,3 +332,13 @@ def test_the_causes_are_tallied_only_where_a_family_forgets_clearly_more_or_less
         "| total | 4/6 | 0/0 | 0/0 | 0/0 |",
     ]
     assert "| total | 4/6 |" in page.read_text().split("<!-- results-tally:begin -->")[1]
+
+
+def test_the_published_causes_tally_is_current():
+    """docs/results.md's tally block is what flows.tally computes from the published blocks (a block published or
+    written again since would leave the count the README cites stale)."""
+    from flows.publish import RESULTS_PAGE
+    from flows.tally import tally, tally_markdown
+
+    published = RESULTS_PAGE.read_text().split("<!-- results-causes-tally:begin -->\n")[1].split("<!-- results-")[0]
+    assert published == tally_markdown(tally(RESULTS_PAGE)), "run python -m flows.tally --block results-causes-tally"
