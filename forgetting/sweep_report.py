@@ -36,13 +36,14 @@ from forgetting.sweep import (
 DIGITS = {"forward_kl": 2, "reverse_kl": 2, "data_nll": 3, "param_distance": 4}  # a cause's digits on the page
 
 
-def sweep_tables(per_seed: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The comparisons along the frontiers from frontier_levels' rows, by the name of their CSV file and summary.json
-    key: matched (forgetting at matched puzzle accuracy), against_rft (each family's forgetting there minus RFT's),
-    at_frontier (the predictors at those frontier checkpoints), at_frontier_against_rft (the causes there minus
-    RFT's, seed by seed, and whether they order the two as forgetting does), and against_compared and
-    at_frontier_against_compared: the same two for each family against those sweep.compare borrows."""
-    from_rft, from_compared = differences_from_rft(per_seed), differences_from_compared(per_seed)
+def sweep_tables(per_seed: pd.DataFrame, from_rft: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The comparisons along the frontiers from frontier_levels' rows and differences_from_rft's (`from_rft`), by the
+    name of their CSV file and summary.json key: matched (forgetting at matched puzzle accuracy), against_rft (each
+    family's forgetting there minus RFT's), at_frontier (the predictors at those frontier checkpoints),
+    at_frontier_against_rft (the causes there minus RFT's, seed by seed, and whether they order the two as
+    forgetting does), and against_compared and at_frontier_against_compared: the same two for each family against
+    those sweep.compare borrows."""
+    from_compared = differences_from_compared(per_seed)
     return {
         "matched": matched(per_seed),
         "against_rft": against(from_rft),
@@ -71,7 +72,8 @@ def write_sweep_report(
     borrowed families come from (compared_frames)."""
     out.mkdir(parents=True, exist_ok=True)
     per_seed = frontier_levels(frame)
-    tables = sweep_tables(per_seed) | {"frontier_points": frontier_points(frame)}
+    from_rft = differences_from_rft(per_seed)  # the tables' and causes.png's
+    tables = sweep_tables(per_seed, from_rft) | {"frontier_points": frontier_points(frame)}
     # pooled: every trained checkpoint but those of families sweep.compare borrows (each its own sweep's)
     pooled = frame[(frame.step > 0) & ~frame.arm.map(is_borrowed)]
     found = predictors(pooled)
@@ -94,7 +96,7 @@ def write_sweep_report(
     plot_frontiers(frame, out / "frontier.png")
     plot_dynamics(pooled, out / "predictors.png")
     (out / "causes.png").unlink(missing_ok=True)
-    plot_causes(differences_from_rft(per_seed), out / "causes.png")
+    plot_causes(from_rft, out / "causes.png")
     (out / "report.md").write_text(sweep_markdown(summary, tables, found))
     return summary
 

@@ -49,7 +49,7 @@ def differences(checkpoints: pd.DataFrame) -> pd.DataFrame:
 
 def tables(checkpoints: pd.DataFrame) -> dict[str, pd.DataFrame]:
     per_seed = frontier_levels(checkpoints)
-    return sweep_tables(per_seed)
+    return sweep_tables(per_seed, differences_from_rft(per_seed))
 
 
 def test_frontiers_are_compared_at_each_level_over_the_seeds_that_reach_it():
@@ -119,7 +119,8 @@ def test_the_report_says_which_points_make_up_each_frontier():
     assert chosen.loc[("sft", 0.4)].to_dict() == {"base": 1, "p0": 1, "p1": 1}
     assert chosen.loc[("sft", 0.8)].to_dict() == {"p1": 3}
     per_seed = frontier_levels(checkpoints)
-    text = sweep_markdown(SUMMARY, sweep_tables(per_seed) | {"frontier_points": chosen.reset_index()}, {})
+    with_points = sweep_tables(per_seed, differences_from_rft(per_seed)) | {"frontier_points": chosen.reset_index()}
+    text = sweep_markdown(SUMMARY, with_points, {})
     assert "Which settings make up those frontiers" in text and "| 0.400 | base: 1, p0: 1, p1: 1 |" in text
     assert "Which settings" not in sweep_markdown(SUMMARY, tables(frame()), {})  # none given: no section
 
@@ -239,7 +240,7 @@ def test_families_another_sweep_trained_are_compared_with_this_sweeps_of_the_sam
     table = against(differences_from_compared(per_seed)).set_index(["arm", "reference", "puzzle_level"])
     at = table.loc[("sft", "sft@other", 0.6)]  # every seed's sft forgets 0.01 less than its borrowed twin
     assert at.difference == pytest.approx(-0.01) and (at.n_paired, at.seeds) == (3, 3)
-    text = sweep_markdown(SUMMARY, sweep_tables(per_seed), {})
+    text = sweep_markdown(SUMMARY, sweep_tables(per_seed, differences_from_rft(per_seed)), {})
     section = text.split("the same family trained another way")[1].split("###")[0]
     assert "| puzzle_level | sft - sft@other |" in section and "| 0.600 | -0.010 [" in section
     assert "| forward_kl | 0.600 | -1.00 [" in section and "3/3 agree |" in section
