@@ -56,9 +56,12 @@ def results_block(report: Path, link_prefix: str, profile_path: str) -> str:
     )  # the report's headings two levels down, under a section ("### ...") of the page
 
 
+BLOCK_NAME = r"[a-z0-9][a-z0-9_-]{0,40}"  # a results block's name, and its docs/ folder's
+
+
 def markers(block: str) -> tuple[str, str]:
     """The page's comments that open and close a named results block."""
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,40}", block):
+    if not re.fullmatch(BLOCK_NAME, block):
         raise ConfigError(f"--block must be a short lower-case name (letters, digits, - and _), got {block!r}")
     return f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
 
@@ -79,14 +82,12 @@ def publish(
 def publish_report(report: Path, page: Path, block: str = DEFAULT_BLOCK, root: Path | None = None) -> Path:
     """Copy a report folder's files to <root>/docs/<block>/ (root: the repository, or the page's folder when the
     page lies outside it) and replace the page's block of that name with them. Returns the docs folder."""
-    begin, end = markers(block)
     page = Path(page).resolve()
     root = root or (REPO_ROOT if page.is_relative_to(REPO_ROOT) else page.parent)
     out = root / "docs" / block
     if not (report / "run.json").is_file():
         raise ConfigError(f"--report: {report} holds no finished report (no run.json)")
-    if not all(marker in page.read_text() for marker in (begin, end)):
-        raise ConfigError(f"{page}: no {begin} ... {end} block to fill")
+    block_parts(page, block)  # the page has the block: checked before any file is copied
     out.mkdir(parents=True, exist_ok=True)
     for name in PUBLISHED:  # a block that held a study's report and now a sweep's keeps none of the study's
         if not (report / name).is_file():
@@ -98,14 +99,21 @@ def publish_report(report: Path, page: Path, block: str = DEFAULT_BLOCK, root: P
     return out
 
 
-def fill_block(page: Path, block: str, markdown: str) -> None:
-    """Replace what the page holds between the block's markers with the markdown; ConfigError when it has none."""
+def block_parts(page: Path, block: str) -> tuple[str, str]:
+    """The page's text up to the block's opening marker (included) and from its closing one (included); ConfigError
+    when the page has no such block."""
     begin, end = markers(block)
     text = page.read_text()
     if begin not in text or end not in text:
         raise ConfigError(f"{page}: no {begin} ... {end} block to fill")
     head, rest = text.split(begin, 1)
-    page.write_text(f"{head}{begin}\n{markdown}{end}{rest.split(end, 1)[1]}")
+    return f"{head}{begin}\n", f"{end}{rest.split(end, 1)[1]}"
+
+
+def fill_block(page: Path, block: str, markdown: str) -> None:
+    """Replace what the page holds between the block's markers with the markdown; ConfigError when it has none."""
+    head, tail = block_parts(page, block)
+    page.write_text(f"{head}{markdown}{tail}")
 
 
 def _arguments(parser) -> None:

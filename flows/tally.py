@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.publish import RESULTS_PAGE, fill_block
+from flows.publish import BLOCK_NAME, RESULTS_PAGE, fill_block
 from forgetting.config import ConfigError
 from forgetting.report import markdown_table
 from forgetting.sweep import CAUSES, causes_tally
@@ -25,7 +25,7 @@ from forgetting.sweep import CAUSES, causes_tally
 
 def sweep_blocks(page: Path) -> list[Path]:
     """The page's blocks (in its order) whose folder, beside the page, holds a sweep report's comparison with RFT."""
-    names = re.findall(r"<!-- ([a-z0-9][a-z0-9_-]*):begin -->", page.read_text())
+    names = re.findall(rf"<!-- ({BLOCK_NAME}):begin -->", page.read_text())
     return [page.parent / name for name in names if (page.parent / name / "at_frontier_against_rft.csv").is_file()]
 
 
