@@ -319,14 +319,9 @@ def causes_tally(contrast: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
     interval is clear of zero), in how many seeds each cause of at_frontier_against's table (`paired`) orders the
     two as their forgetting: per predictor, `agree` of `compared` seed comparisons over those levels and families
     (zero of zero where none is clear)."""
-    clear = contrast[(contrast.difference_low > 0) | (contrast.difference_high < 0)] if len(contrast) else contrast
-    rows = paired.merge(clear[["arm", "puzzle_level"]], on=["arm", "puzzle_level"]) if len(clear) else paired[:0]
-    counted = rows.groupby("predictor")[["agree", "n_paired"]].sum() if len(rows) else None
-    return pd.DataFrame(
-        [
-            {"predictor": name, "agree": 0, "compared": 0}
-            if counted is None or name not in counted.index
-            else {"predictor": name, "agree": int(counted.agree[name]), "compared": int(counted.n_paired[name])}
-            for name in CAUSES
-        ]
-    )
+    counts = dict.fromkeys(CAUSES, (0, 0))
+    if len(contrast) and len(paired):  # a sweep without an RFT family writes both tables empty
+        clear = contrast[(contrast.difference_low > 0) | (contrast.difference_high < 0)][["arm", "puzzle_level"]]
+        for name, rows in paired.merge(clear, on=["arm", "puzzle_level"]).groupby("predictor"):
+            counts[name] = (int(rows.agree.sum()), int(rows.n_paired.sum()))
+    return pd.DataFrame([{"predictor": name, "agree": a, "compared": n} for name, (a, n) in counts.items()])
