@@ -169,15 +169,41 @@ def frontier_levels(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> 
     return pd.DataFrame(rows)
 
 
+def several_points(frame: pd.DataFrame) -> list[str]:
+    """The arm families whose trained checkpoints (step > 0) come from more than one sweep point, in the frame's
+    order."""
+    return [arm for arm, group in frame.groupby("arm", sort=False) if group[group.step > 0].point.nunique() > 1]
+
+
+def setting_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the families trained at more than one point (several_points), each point's arm a family of its
+    own, `<family> <point>`: frontier_levels over them gives each setting its own frontier. Empty when every family
+    has one point."""
+    rows = frame[frame.arm.isin(several_points(frame))]
+    return rows.assign(arm=rows.arm + " " + rows.point)
+
+
+def differences_from_first_setting(per_setting: pd.DataFrame) -> pd.DataFrame:
+    """paired_differences of each setting of setting_frame's families (frontier_levels' rows) from the family's
+    first setting, the first sweep point that trained it. Empty when no family has two."""
+    first, pairs = {}, []
+    for setting in dict.fromkeys(per_setting.arm):  # in the frame's order: the sweep's order of points
+        arm = setting.partition(" ")[0]
+        if arm in first:
+            pairs.append((setting, first[arm]))
+        else:
+            first[arm] = setting
+    return paired_differences(per_setting, pairs)
+
+
 def frontier_points(frame: pd.DataFrame, levels: tuple[float, ...] = LEVELS) -> pd.DataFrame:
     """Which settings make up the frontiers: per arm family whose checkpoints come from more than one sweep point,
     puzzle level and point, in how many seeds the family's frontier checkpoint there (frontier_checkpoint) is one
     of that point's (`n_seeds`; the base model, step 0, counts as the point `base`). Empty when every family has one
     point."""
     rows, seeds = [], sorted(frame.seed.unique())
-    for arm, group in frame.groupby("arm", sort=False):
-        if group[group.step > 0].point.nunique() < 2:
-            continue
+    for arm in several_points(frame):
+        group = frame[frame.arm == arm]
         for level in levels:
             found = [frontier_checkpoint(group, seed, level) for seed in seeds]
             chosen = Counter("base" if c.step == 0 else c.point for c in found if c is not None)

@@ -27,10 +27,12 @@ from forgetting.sweep import (
     at_frontier_against,
     by_point_and_arm,
     differences_from_compared,
+    differences_from_first_setting,
     differences_from_rft,
     frontier_levels,
     frontier_points,
     matched,
+    setting_frame,
 )
 
 DIGITS = {"forward_kl": 2, "reverse_kl": 2, "data_nll": 3, "param_distance": 4}  # a cause's digits on the page
@@ -54,6 +56,23 @@ def sweep_tables(per_seed: pd.DataFrame, from_rft: pd.DataFrame) -> dict[str, pd
     }
 
 
+SETTING_TABLES = ("settings", "settings_against_first", "at_frontier_settings_against_first")
+
+
+def setting_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each setting of a family trained at more than one point on a frontier of its own (setting_frame), by the name
+    of its CSV file and summary.json key: settings (its forgetting at matched puzzle accuracy), settings_against_first
+    (each setting's minus the family's first setting's, seed by seed) and at_frontier_settings_against_first (the
+    causes there, as against RFT). Empty tables when every family has one point."""
+    settings = setting_frame(frame)
+    if settings.empty:
+        return {name: pd.DataFrame() for name in SETTING_TABLES}
+    per_setting = frontier_levels(settings)
+    from_first = differences_from_first_setting(per_setting)
+    tables = matched(per_setting), against(from_first), at_frontier_against(from_first)
+    return dict(zip(SETTING_TABLES, tables, strict=True))
+
+
 def write_sweep_report(
     out: Path,
     sweep: str,
@@ -64,16 +83,16 @@ def write_sweep_report(
     reference: dict | None = None,
     compared: list[dict] | None = None,
 ) -> dict:
-    """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), a CSV file per table of sweep_tables and
-    frontier_points.csv (which points make up the frontiers), summary.json, frontier.png (a panel per arm family),
-    predictors.png (forgetting against each predictor, every trained checkpoint), causes.png (plot_causes; only
-    with an RFT family to compare with) and report.md; skipped, stopped: noted_arms of the points; reference: where
-    the frame's RFT checkpoints come from when another sweep trained them (reference_frame); compared: where its
-    borrowed families come from (compared_frames)."""
+    """<sweep>/report/: frontier.csv (every checkpoint, on_frontier), a CSV file per table of sweep_tables and of
+    setting_tables (each setting's own frontier) and frontier_points.csv (which points make up the frontiers),
+    summary.json, frontier.png (a panel per arm family), predictors.png (forgetting against each predictor, every
+    trained checkpoint), causes.png (plot_causes; only with an RFT family to compare with) and report.md; skipped,
+    stopped: noted_arms of the points; reference: where the frame's RFT checkpoints come from when another sweep
+    trained them (reference_frame); compared: where its borrowed families come from (compared_frames)."""
     out.mkdir(parents=True, exist_ok=True)
     per_seed = frontier_levels(frame)
     from_rft = differences_from_rft(per_seed)  # the tables' and causes.png's
-    tables = sweep_tables(per_seed, from_rft) | {"frontier_points": frontier_points(frame)}
+    tables = sweep_tables(per_seed, from_rft) | {"frontier_points": frontier_points(frame)} | setting_tables(frame)
     # pooled: every trained checkpoint but those of families sweep.compare borrows (each its own sweep's)
     pooled = frame[(frame.step > 0) & ~frame.arm.map(is_borrowed)]
     found = predictors(pooled)
@@ -206,6 +225,27 @@ def points_section(chosen: pd.DataFrame) -> str:
     )
 
 
+def settings_section(tables: dict[str, pd.DataFrame]) -> str:
+    """report.md's frontier of each setting of a family trained at more than one point (setting_tables), and each
+    setting against the family's first; empty without such a family."""
+    own, contrast = tables.get("settings", pd.DataFrame()), tables.get("settings_against_first", pd.DataFrame())
+    if not len(own):
+        return ""
+    return (
+        "\nEach setting on a frontier of its own, for each family trained at more than one point (`<family> "
+        "<point>`): the least forgetting that point's checkpoints reach at the puzzle level or more, mean [95% "
+        "interval] over seeds, (n/N) as above.\n\n"
+        + markdown_table(level_pivot(own, "forgetting", "n_reached"))
+        + "\nEach setting's forgetting minus the family's first setting's at the same level, seed by seed: positive, "
+        "the setting forgets more there; mean [95% interval] over the seeds where both reach the level, (n/N) when "
+        "only n of N do.\n\n"
+        + markdown_table(level_pivot(versus(contrast), "difference", "n_paired"))
+        + "\nThe causes at those frontier checkpoints, the setting's minus the first setting's, seed by seed, and "
+        "whether each orders the two as their forgetting (k/n agree, as against RFT).\n\n"
+        + markdown_table(causes_table(versus(tables["at_frontier_settings_against_first"]), "difference", "n_paired"))
+    )
+
+
 def borrowed_note(reference: dict | None, compared: list[dict] | None) -> str:
     """The report's lines on checkpoints other sweeps trained (write_sweep_report's reference and compared); empty
     without."""
@@ -267,6 +307,7 @@ def sweep_markdown(summary: dict, tables: dict[str, pd.DataFrame], predictors_fo
         "interval] over seeds; (n/N): only n of the N seeds' frontiers reach that accuracy.\n\n"
         + markdown_table(level_pivot(tables["matched"], "forgetting", "n_reached"))
         + points_section(tables.get("frontier_points", pd.DataFrame()))
+        + settings_section(tables)
         + (
             "\nForgetting along each frontier minus RFT's at the same level, seed by seed (each seed's arms share "
             "its puzzles and evaluation items): positive, the family forgets more than RFT there; mean [95% "

@@ -295,6 +295,9 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     reached = matched[matched.arm == "sft"].set_index("puzzle_level").n_reached
     assert chosen.groupby("puzzle_level").n_seeds.sum().to_dict() == reached[reached > 0].to_dict()
     assert ("Which settings make up those frontiers" in page) == (len(chosen) > 0)
+    settings = pd.read_csv(report / "settings.csv")  # each learning rate on a frontier of its own, p1 against p0
+    assert set(settings.arm) == {"sft p0", "sft p1"} and "| puzzle_level | sft p1 - sft p0 |" in page
+    assert set(pd.read_csv(report / "settings_against_first.csv").reference) == {"sft p0"}
     client, runs = _runs(config)
     parent = next(r for r in runs if r.info.run_name == summary["sweep_id"])
     studies = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

@@ -18,7 +18,7 @@ from forgetting.sweep import (
     frontier_points,
     matched,
 )
-from forgetting.sweep_report import DIGITS, sweep_markdown, sweep_tables
+from forgetting.sweep_report import DIGITS, setting_tables, sweep_markdown, sweep_tables
 
 # (family, seed, puzzle exact accuracy, forgetting) of every evaluated checkpoint
 CHECKPOINTS = [
@@ -123,6 +123,32 @@ def test_the_report_says_which_points_make_up_each_frontier():
     text = sweep_markdown(SUMMARY, with_points, {})
     assert "Which settings make up those frontiers" in text and "| 0.400 | base: 1, p0: 1, p1: 1 |" in text
     assert "Which settings" not in sweep_markdown(SUMMARY, tables(frame()), {})  # none given: no section
+
+
+def test_each_setting_of_a_family_has_a_frontier_of_its_own_compared_with_the_first_seed_by_seed():
+    """A family trained at two points: each point's checkpoints make a frontier of their own (`sft p1`), compared
+    seed by seed with the family's first setting over the seeds where both reach the level; families trained at
+    one point have none, and a sweep where every family has one point no such section."""
+    # sft: p0 and p1 in seeds 0 and 1, p0 alone in seed 2; RFT and the LoRA family at p0 alone
+    points = ["p0"] * 4 + ["p0", "p1", "p0", "p1", "p0"] + ["p0"]
+    settings = setting_tables(frame().assign(step=10, point=points))
+    own = settings["settings"].set_index(["arm", "puzzle_level"])
+    assert set(own.index.unique("arm")) == {"sft p0", "sft p1"}
+    assert own.loc[("sft p0", 0.4), "forgetting"] == pytest.approx((0.03 + 0.05 + 0.02) / 3)
+    assert own.loc[("sft p1", 0.4), "forgetting"] == pytest.approx((0.04 + 0.06) / 2)
+    assert own.loc[("sft p1", 0.4), "n_reached"] == 2
+    contrast = settings["settings_against_first"].set_index(["arm", "puzzle_level"])
+    assert set(contrast.reference) == {"sft p0"}
+    # seeds 0 and 1: 0.04 - 0.03 and 0.06 - 0.05; at 0.8 only seed 2's p0 and seeds 0-1's p1 get there: no pair
+    assert contrast.loc[("sft p1", 0.4), "difference"] == pytest.approx(0.01)
+    assert contrast.loc[("sft p1", 0.4), "n_paired"] == 2 and contrast.loc[("sft p1", 0.8), "n_paired"] == 0
+    causes = settings["at_frontier_settings_against_first"].set_index(["predictor", "puzzle_level"])
+    assert causes.loc[("forward_kl", 0.4), "agree"] == 2  # forward_kl is 100 x forgetting + seed here
+    text = sweep_markdown(SUMMARY, tables(frame()) | settings, {})
+    assert "| puzzle_level | sft p0 | sft p1 |" in text and "| puzzle_level | sft p1 - sft p0 |" in text
+    one_point = setting_tables(frame().assign(step=10, point="p0"))
+    assert all(table.empty for table in one_point.values())
+    assert "on a frontier of its own" not in sweep_markdown(SUMMARY, tables(frame()) | one_point, {})
 
 
 def test_the_comparison_does_not_depend_on_the_order_of_the_checkpoints():
