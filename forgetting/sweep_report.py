@@ -228,9 +228,10 @@ def points_section(chosen: pd.DataFrame) -> str:
 def settings_section(tables: dict[str, pd.DataFrame]) -> str:
     """report.md's frontier of each setting of a family trained at more than one point (setting_tables), and each
     setting against the family's first; empty without such a family."""
-    own, contrast = tables.get("settings", pd.DataFrame()), tables.get("settings_against_first", pd.DataFrame())
+    own = tables.get("settings", pd.DataFrame())
     if not len(own):
         return ""
+    difference, causes = paired_markdown(tables["settings_against_first"], tables["at_frontier_settings_against_first"])
     return (
         "\nEach setting on a frontier of its own, for each family trained at more than one point (`<family> "
         "<point>`): the least forgetting that point's checkpoints reach at the puzzle level or more, mean [95% "
@@ -239,10 +240,9 @@ def settings_section(tables: dict[str, pd.DataFrame]) -> str:
         + "\nEach setting's forgetting minus the family's first setting's at the same level, seed by seed: positive, "
         "the setting forgets more there; mean [95% interval] over the seeds where both reach the level, (n/N) when "
         "only n of N do.\n\n"
-        + markdown_table(level_pivot(versus(contrast), "difference", "n_paired"))
+        + difference
         + "\nThe causes at those frontier checkpoints, the setting's minus the first setting's, seed by seed, and "
-        "whether each orders the two as their forgetting (k/n agree, as against RFT).\n\n"
-        + markdown_table(causes_table(versus(tables["at_frontier_settings_against_first"]), "difference", "n_paired"))
+        "whether each orders the two as their forgetting (k/n agree, as against RFT).\n\n" + causes
     )
 
 
@@ -270,21 +270,29 @@ def versus(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(arm=table.arm + " - " + table.reference) if len(table) else table
 
 
+def paired_markdown(contrast: pd.DataFrame, sits_paired: pd.DataFrame) -> tuple[str, str]:
+    """One kind of pair's two tables on the page, each pair of families a column (versus): the forgetting
+    differences (against's table) and the causes' (at_frontier_against's, with k/n agree)."""
+    return (
+        markdown_table(level_pivot(versus(contrast), "difference", "n_paired")),
+        markdown_table(causes_table(versus(sits_paired), "difference", "n_paired")),
+    )
+
+
 def compared_section(tables: dict[str, pd.DataFrame]) -> str:
     """report.md's comparison of each family with those sweep.compare borrows (tables: sweep_tables); empty
     without."""
-    contrast, sits_paired = tables["against_compared"], tables["at_frontier_against_compared"]
-    if not len(contrast):
+    if not len(tables["against_compared"]):
         return ""
+    difference, causes = paired_markdown(tables["against_compared"], tables["at_frontier_against_compared"])
     return (
         "\nForgetting along each frontier minus that of the same family trained another way (borrowed from another "
         "sweep, `<family>@<its sweep's name>`) at the same level, seed by seed: positive, this sweep's family "
         "forgets more there; mean [95% interval] over the seeds where both frontiers reach the level, (n/N) when "
         "only n of N do.\n\n"
-        + markdown_table(level_pivot(versus(contrast), "difference", "n_paired"))
+        + difference
         + "\nThe causes at those frontier checkpoints, seed by seed, the same family's difference, and whether each "
-        "orders the two as their forgetting (k/n agree, as against RFT).\n\n"
-        + markdown_table(causes_table(versus(sits_paired), "difference", "n_paired"))
+        "orders the two as their forgetting (k/n agree, as against RFT).\n\n" + causes
     )
 
 
