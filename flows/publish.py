@@ -11,9 +11,12 @@ docs/NAME/ (default: results); --page PATH fills that block in another markdown 
 (e.g. docs/experiments.md); --report DIR publishes that report folder (a study's, or one published before) instead
 of the one the profile names; --rewrite with --report writes that sweep report folder again from its frontier.csv
 by the current code first (a report published before a change of the sweep report gets what the change adds,
-without the sweep running again):
+without the sweep running again); --compare REPORT... with --rewrite also compares the sweep's families with
+those of other sweep reports, as sweep.compare would have (the report's config.yaml gains them):
 
     python -m flows.publish --report docs/results-sweep --block results-sweep --rewrite
+    python -m flows.publish --report docs/results-think-capped-cool --block results-think-capped-cool --rewrite \
+        --compare docs/results-think-rft-hot
 """
 
 import json
@@ -27,7 +30,7 @@ from flows.cli import parse_args
 from forgetting.config import REPO_ROOT, ConfigError, StudyConfig
 from forgetting.profiles import load_config
 from forgetting.sweep import sweep_dir
-from forgetting.sweep_report import rewrite_sweep_report
+from forgetting.sweep_report import SETTING_TABLES, rewrite_sweep_report
 
 DEFAULT_BLOCK = "results"
 RESULTS_PAGE = REPO_ROOT / "docs" / "results.md"
@@ -36,6 +39,7 @@ PUBLISHED = (  # a study's report files, then a sweep's; each report folder hold
     + ("forgetting.csv", "curves.csv", "dynamics.csv", "tradeoff.png", "forgetting.png", "dynamics.png")
     + ("frontier.csv", "matched.csv", "against_rft.csv", "at_frontier.csv", "at_frontier_against_rft.csv")
     + ("against_compared.csv", "at_frontier_against_compared.csv", "frontier_points.csv")
+    + tuple(f"{name}.csv" for name in SETTING_TABLES)
     + ("frontier.png", "predictors.png", "causes.png")
 )
 
@@ -127,6 +131,13 @@ def _arguments(parser) -> None:
         action="store_true",
         help="with --report: write that sweep report again from its frontier.csv by the current code first",
     )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="REPORT",
+        help="with --rewrite: also compare the sweep's families with those of these sweep reports (sweep.compare)",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,10 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.rewrite and not args.report:
             raise ConfigError("--rewrite needs --report: the sweep report folder to write again")
+        if args.compare and not args.rewrite:
+            raise ConfigError("--compare needs --rewrite: the sweep report is written again to compare")
         if args.report:
             report = Path(args.report).resolve()
             if args.rewrite:
-                rewrite_sweep_report(report)
+                rewrite_sweep_report(report, tuple(args.compare))
             out = publish_report(report, Path(args.page), args.block)
         else:
             out = publish(load_config(args.profile, args.overrides, args.output_dir), Path(args.page), args.block)

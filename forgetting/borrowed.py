@@ -24,6 +24,7 @@ class Borrowed(NamedTuple):
 
 
 BORROWED = "@"  # a family sweep.compare borrows: <family>@<its sweep's name>
+OTHER_POINT = ":"  # a point of the sweep a checkpoint is borrowed from: <its sweep id>:<point>
 
 
 def own_family(arm: str) -> str:
@@ -34,6 +35,11 @@ def own_family(arm: str) -> str:
 def is_borrowed(arm: str) -> bool:
     """Whether the arm family is one sweep.compare borrows from another sweep."""
     return BORROWED in arm
+
+
+def is_borrowed_point(point: str) -> bool:
+    """Whether a checkpoint's point is another sweep's (sweep.reference's RFT, sweep.compare's families)."""
+    return OTHER_POINT in point
 
 
 def rft_family(arm: str) -> str:
@@ -66,7 +72,7 @@ def other_sweep(config: StudyConfig, key: str, path: str) -> tuple[pd.DataFrame,
         )
     sweep = json.loads((folder / "summary.json").read_text())["sweep_id"]
     frame = pd.read_csv(folder / "frontier.csv", dtype={"arm_key": str, "point": str})
-    return frame.assign(point=lambda f: f"{sweep}:" + f.point), sweep, theirs.name
+    return frame.assign(point=lambda f: f"{sweep}{OTHER_POINT}" + f.point), sweep, theirs.name
 
 
 def of_seeds(config: StudyConfig, frame: pd.DataFrame, key: str, what: str) -> pd.DataFrame:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from forgetting.arms import arm_spec
-from forgetting.borrowed import Borrowed, check_same_base, is_borrowed, own_family, rft_family
+from forgetting.borrowed import Borrowed, check_same_base, is_borrowed, is_borrowed_point, own_family, rft_family
 from forgetting.config import ConfigError, StudyConfig, not_results
 from forgetting.metrics import BOUNDS, mean_ci
 from forgetting.predictors import PREDICTORS
@@ -111,7 +111,12 @@ def frontier_frame(studies: list[tuple[str, StudyConfig]], borrowed: list[Borrow
                             **{c: r[c] for c in predictor_columns},
                         }
                     )
-    frame = pd.DataFrame(rows).drop_duplicates(["arm", "seed", "arm_key", "step"])
+    return with_borrowed(pd.DataFrame(rows).drop_duplicates(["arm", "seed", "arm_key", "step"]), borrowed)
+
+
+def with_borrowed(frame: pd.DataFrame, borrowed: list[Borrowed]) -> pd.DataFrame:
+    """The sweep's own checkpoints (frontier_frame's rows) and those borrowed from other sweeps, each checked to
+    share this sweep's base (check_same_base), with `on_frontier` marked anew for every family and seed."""
     for other in borrowed:
         check_same_base(frame, other)
     frame = pd.concat([frame, *(other.frame for other in borrowed)], ignore_index=True)
@@ -176,10 +181,12 @@ def several_points(frame: pd.DataFrame) -> list[str]:
 
 
 def setting_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the families trained at more than one point (several_points), each point's arm a family of its
+    """The rows of the families this sweep trained at more than one of its own points (several_points; those it
+    reads from other sweeps have their settings compared in their own reports), each point's arm a family of its
     own, `<family> <point>`: frontier_levels over them gives each setting its own frontier. Empty when every family
     has one point."""
-    rows = frame[frame.arm.isin(several_points(frame))]
+    own = frame[~frame.point.map(is_borrowed_point)]
+    rows = own[own.arm.isin(several_points(own))]
     return rows.assign(arm=rows.arm + " " + rows.point)
 
 

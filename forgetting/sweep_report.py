@@ -5,10 +5,12 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from forgetting.borrowed import is_borrowed
-from forgetting.config import ConfigError
+from forgetting.borrowed import compared_frames, is_borrowed
+from forgetting.config import ConfigError, StudyConfig
 from forgetting.predictors import PREDICTORS, predictor_rows, predictors
+from forgetting.profiles import load_config
 from forgetting.report import (
     arms_note,
     interval,
@@ -33,6 +35,9 @@ from forgetting.sweep import (
     frontier_points,
     matched,
     setting_frame,
+    sweep_id,
+    sweep_spec,
+    with_borrowed,
 )
 
 DIGITS = {"forward_kl": 2, "reverse_kl": 2, "data_nll": 3, "param_distance": 4}  # a cause's digits on the page
@@ -120,17 +125,40 @@ def write_sweep_report(
     return summary
 
 
-def rewrite_sweep_report(folder: Path) -> dict:
+def rewrite_sweep_report(folder: Path, compare: tuple[str, ...] = ()) -> dict:
     """A sweep's report folder (or its published copy) written again by write_sweep_report from its own
     frontier.csv (every checkpoint the sweep evaluated) and summary.json (the sweep id, points, skipped and
-    stopped arms): what a change of the report adds, without the sweep running again. ConfigError when it is no
-    sweep's report."""
+    stopped arms): what a change of the report adds, without the sweep running again. compare: more sweep reports
+    to compare its families with, as sweep.compare names them (compared_anew): its config.yaml gains them, and the
+    report the sweep id of that config. ConfigError, before anything is written, when it is no sweep's report or a
+    report to compare with is refused."""
     if not (folder / "frontier.csv").is_file() or not (folder / "summary.json").is_file():
         raise ConfigError(f"{folder} is no sweep report: it needs frontier.csv and summary.json")
     summary = json.loads((folder / "summary.json").read_text())
     frame = pd.read_csv(folder / "frontier.csv", dtype={"arm_key": str, "point": str})  # keys that look like numbers
-    notes = summary.get("skipped"), summary.get("stopped"), summary.get("reference"), summary.get("compared")
-    return write_sweep_report(folder, summary["sweep_id"], frame, summary["points"], *notes)
+    sweep, compared, config = summary["sweep_id"], summary.get("compared"), None
+    if compare:
+        config, frame, compared = compared_anew(folder, frame, compare)
+        sweep = sweep_id(config)
+    notes = summary.get("skipped"), summary.get("stopped"), summary.get("reference"), compared
+    written = write_sweep_report(folder, sweep, frame, summary["points"], *notes)
+    if config is not None:  # as flows.cli.record_run writes it: the profile that reproduces this report
+        (folder / "config.yaml").write_text(yaml.safe_dump(sweep_spec(config), sort_keys=False))
+    return written
+
+
+def compared_anew(
+    folder: Path, frame: pd.DataFrame, compare: tuple[str, ...]
+) -> tuple[StudyConfig, pd.DataFrame, list[dict]]:
+    """A sweep report's checkpoints (its frontier.csv) compared with the families of more sweep reports afterwards:
+    (its config.yaml with those added to sweep.compare, the frame with the families of every report that names
+    borrowed anew by compared_frames, their notes). ConfigError when compared_frames refuses one."""
+    config = load_config(str(folder / "config.yaml"))
+    paths = list(dict.fromkeys([*config.sweep.compare, *compare]))
+    config = load_config(str(folder / "config.yaml"), [f"sweep.compare={json.dumps(paths)}"])
+    borrowed = compared_frames(config)
+    frame = with_borrowed(frame[~frame.arm.map(is_borrowed)], borrowed)
+    return config, frame, [other.note for other in borrowed]
 
 
 def plot_frontiers(frame: pd.DataFrame, path: Path) -> Path:

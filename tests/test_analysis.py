@@ -301,6 +301,8 @@ def test_publish_fills_the_readme_block_from_a_report(tmp_path):
     assert "`python -m flows.study --profile docs/results/config.yaml`" in text and "1.5 min" in text
     assert "(docs/results/tradeoff.png)" in text and "| sft |" in text
     assert (tmp_path / "docs" / "results" / "tradeoff.png").is_file()
+    written = {f.name for f in (tmp_path / "runs" / config.study_id / "report").iterdir()}
+    assert written == {f.name for f in (tmp_path / "docs" / "results").iterdir()}  # every file the report holds
 
 
 def test_publish_fills_a_named_block_and_leaves_the_others(tmp_path):
@@ -322,9 +324,10 @@ def test_publish_fills_a_named_block_and_leaves_the_others(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["--profile", "micro", "--block", "Results Two"])
     assert exit_.value.code == 2
-    for rewrite_without_sweep in (["--rewrite"], ["--report", str(config.report_dir), "--rewrite"]):
-        with pytest.raises(SystemExit) as exit_:  # --rewrite needs a sweep's report folder
-            main(["--page", str(readme), *rewrite_without_sweep])
+    study_report = ["--report", str(config.report_dir)]
+    for refused in (["--rewrite"], [*study_report, "--rewrite"], [*study_report, "--compare", "docs/results-sweep"]):
+        with pytest.raises(SystemExit) as exit_:  # --rewrite needs a sweep's report folder, --compare a --rewrite
+            main(["--page", str(readme), *refused])
         assert exit_.value.code == 2
 
 

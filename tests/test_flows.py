@@ -316,6 +316,7 @@ def test_sweep_runs_every_point_and_compares_frontiers(prefect_harness, tmp_path
     assert "`python -m flows.sweep --profile docs/results/config.yaml`" in text
     assert "(docs/results/frontier.png)" in text
     assert (tmp_path / "docs" / "results" / "at_frontier_against_rft.csv").is_file() and not stale.exists()
+    assert {f.name for f in report.iterdir()} == {f.name for f in (tmp_path / "docs" / "results").iterdir()}
     # written again from its published frontier.csv by the current code: the same files, byte for byte
     from flows.publish import main
 

@@ -128,7 +128,8 @@ def test_the_report_says_which_points_make_up_each_frontier():
 def test_each_setting_of_a_family_has_a_frontier_of_its_own_compared_with_the_first_seed_by_seed():
     """A family trained at two points: each point's checkpoints make a frontier of their own (`sft p1`), compared
     seed by seed with the family's first setting over the seeds where both reach the level; families trained at
-    one point have none, and a sweep where every family has one point no such section."""
+    one point have none, nor those read from other sweeps, and a sweep where every family has one point no such
+    section."""
     # sft: p0 and p1 in seeds 0 and 1, p0 alone in seed 2; RFT and the LoRA family at p0 alone
     points = ["p0"] * 4 + ["p0", "p1", "p0", "p1", "p0"] + ["p0"]
     settings = setting_tables(frame().assign(step=10, point=points))
@@ -148,6 +149,10 @@ def test_each_setting_of_a_family_has_a_frontier_of_its_own_compared_with_the_fi
     assert "| puzzle_level | sft p0 | sft p1 |" in text and "| puzzle_level | sft p1 - sft p0 |" in text
     one_point = setting_tables(frame().assign(step=10, point="p0"))
     assert all(table.empty for table in one_point.values())
+    # RFT read from another sweep at two of its points: that sweep's own report compares its settings, not this one
+    other = ["other-0123456789:p0", "other-0123456789:p1"] * 2
+    borrowed = setting_tables(frame().assign(step=10, point=other + ["p0"] * 6))
+    assert all(table.empty for table in borrowed.values())
     assert "on a frontier of its own" not in sweep_markdown(SUMMARY, tables(frame()) | one_point, {})
 
 
@@ -369,3 +374,45 @@ def test_the_published_causes_tally_is_current():
 
     published = RESULTS_PAGE.read_text().split("<!-- results-causes-tally:begin -->\n")[1].split("<!-- results-")[0]
     assert published == tally_markdown(tally(RESULTS_PAGE)), "run python -m flows.tally --block results-causes-tally"
+
+
+def test_a_published_sweep_is_compared_afterwards_with_another_sweeps_families(tmp_path):
+    """rewrite_sweep_report with compare: the other report's families borrowed into the frontiers as sweep.compare
+    borrows them, the config.yaml that reproduces the report naming it (and the sweep id that config gives); a
+    report it refuses changes nothing, and a rewrite without compare then writes the same files again."""
+    import json
+
+    import yaml
+
+    from forgetting.config import ConfigError
+    from forgetting.profiles import load_config
+    from forgetting.sweep import sweep_id, sweep_spec, with_borrowed
+    from forgetting.sweep_report import rewrite_sweep_report, write_sweep_report
+
+    def report(name: str, arms: list[str], shift: float):
+        folder, config = tmp_path / name, load_config("micro", ["seeds=[0, 1, 2]", f"name={name}", "sweep.extra=[{}]"])
+        rows = frame()[frame().arm.isin(arms)].assign(point="p0", step=10, arm_key="0123456789")
+        rows = rows.assign(forgetting=rows.forgetting + shift, prior_mean=rows.prior_mean - shift)
+        rows = rows.assign(**{c: rows.forgetting for c in PREDICTORS.values() if c not in rows})
+        write_sweep_report(folder, sweep_id(config), with_borrowed(rows, []), {"p0": {}})
+        (folder / "config.yaml").write_text(yaml.safe_dump(sweep_spec(config), sort_keys=False))
+        return folder
+
+    ours, hot = report("micro-ours", ["rft", "sft"], 0.0), report("micro-hot", ["rft", "sft"], 0.01)
+    before = {f.name: f.read_bytes() for f in ours.iterdir()}
+    before_id = json.loads(before["summary.json"])["sweep_id"]
+    with pytest.raises(ConfigError, match="is no sweep report"):
+        rewrite_sweep_report(ours, (str(tmp_path),))
+    assert before == {f.name: f.read_bytes() for f in ours.iterdir()}  # refused before anything was written
+    summary = rewrite_sweep_report(ours, (str(hot),))
+    config = load_config(str(ours / "config.yaml"))
+    assert config.sweep.compare == [str(hot)] and summary["sweep_id"] == sweep_id(config) != before_id
+    (note,) = summary["compared"]
+    assert note["sweep_id"] == json.loads((hot / "summary.json").read_text())["sweep_id"]
+    assert note["families"] == ["sft@micro-hot"] and note["report"] == str(hot)
+    against = pd.read_csv(ours / "against_compared.csv").set_index("puzzle_level")
+    assert set(against.reference) == {"sft@micro-hot"} and against.loc[0.6].difference == pytest.approx(-0.01)
+    assert "sft@micro-hot" in set(pd.read_csv(ours / "frontier.csv").arm)
+    after = {f.name: f.read_bytes() for f in ours.iterdir()}
+    rewrite_sweep_report(ours)
+    assert after == {f.name: f.read_bytes() for f in ours.iterdir()}
