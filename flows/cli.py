@@ -13,14 +13,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
 from prefect.states import Completed
 
 from flows.launch import end_quickly, server_ready
 from flows.preflight import check_inputs
 from forgetting.config import REPO_ROOT, ConfigError, StudyConfig, not_results
 from forgetting.environment import environment
-from forgetting.profiles import load_config
+from forgetting.profiles import load_config, write_profile
 from forgetting.puzzle_data import PuzzleError
 from forgetting.report import skipped_reasons
 from forgetting.sweep import sweep_spec
@@ -79,7 +78,7 @@ def record_run(config: StudyConfig, flow: str, report: Path, seconds: float) -> 
     """How to reproduce a report (flow: study or sweep): its config as a profile, the command, how long this run
     took (work already on disk from earlier runs is not counted again) and the environment it ran in."""
     profile = sweep_spec(config) if flow == "sweep" else config.model_dump(mode="json", exclude=not_results())
-    (report / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    write_profile(profile, report / "config.yaml")
     (report / "environment.json").write_text(json.dumps(environment(), indent=1) + "\n")
     run_info = {
         "command": f"python -m flows.{flow} --profile {_shown(report / 'config.yaml')}",

@@ -27,6 +27,11 @@ def profile_path(profile: str) -> Path:
     return path
 
 
+def write_profile(profile: dict, path: Path) -> None:
+    """A config's dump as a profile file that load_config reads back to the same config (a report's config.yaml)."""
+    path.write_text(yaml.safe_dump(profile, sort_keys=False))
+
+
 def set_dotted(data: dict, assignment: str) -> None:
     """Apply one `dotted.key=value` override; the value is read as YAML (3, 1e-4, [0,1], true, text)."""
     key, sep, raw = assignment.partition("=")

@@ -5,12 +5,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from forgetting.borrowed import compared_frames, is_borrowed
 from forgetting.config import ConfigError, StudyConfig
 from forgetting.predictors import PREDICTORS, predictor_rows, predictors
-from forgetting.profiles import load_config
+from forgetting.profiles import load_config, write_profile
 from forgetting.report import (
     arms_note,
     interval,
@@ -142,8 +141,8 @@ def rewrite_sweep_report(folder: Path, compare: tuple[str, ...] = ()) -> dict:
         sweep = sweep_id(config)
     notes = summary.get("skipped"), summary.get("stopped"), summary.get("reference"), compared
     written = write_sweep_report(folder, sweep, frame, summary["points"], *notes)
-    if config is not None:  # as flows.cli.record_run writes it: the profile that reproduces this report
-        (folder / "config.yaml").write_text(yaml.safe_dump(sweep_spec(config), sort_keys=False))
+    if config is not None:  # the profile that reproduces this report, as flows.cli.record_run writes it
+        write_profile(sweep_spec(config), folder / "config.yaml")
     return written
 
 
