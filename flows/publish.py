@@ -30,16 +30,14 @@ from flows.cli import parse_args
 from forgetting.config import REPO_ROOT, ConfigError, StudyConfig
 from forgetting.profiles import load_config
 from forgetting.sweep import sweep_dir
-from forgetting.sweep_report import SETTING_TABLES, rewrite_sweep_report
+from forgetting.sweep_report import REPORT_TABLES, rewrite_sweep_report
 
 DEFAULT_BLOCK = "results"
 RESULTS_PAGE = REPO_ROOT / "docs" / "results.md"
 PUBLISHED = (  # a study's report files, then a sweep's; each report folder holds those of its kind
     ("report.md", "summary.json", "config.yaml", "run.json", "environment.json")
     + ("forgetting.csv", "curves.csv", "dynamics.csv", "tradeoff.png", "forgetting.png", "dynamics.png")
-    + ("frontier.csv", "matched.csv", "against_rft.csv", "at_frontier.csv", "at_frontier_against_rft.csv")
-    + ("against_compared.csv", "at_frontier_against_compared.csv", "frontier_points.csv")
-    + tuple(f"{name}.csv" for name in SETTING_TABLES)
+    + ("frontier.csv", *(f"{name}.csv" for name in REPORT_TABLES))
     + ("frontier.png", "predictors.png", "causes.png")
 )
 

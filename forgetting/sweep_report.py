@@ -40,6 +40,14 @@ from forgetting.sweep import (
 )
 
 DIGITS = {"forward_kl": 2, "reverse_kl": 2, "data_nll": 3, "param_distance": 4}  # a cause's digits on the page
+SWEEP_TABLES = (  # sweep_tables' names, in their order
+    "matched",
+    "against_rft",
+    "at_frontier",
+    "at_frontier_against_rft",
+    "against_compared",
+    "at_frontier_against_compared",
+)
 
 
 def sweep_tables(per_seed: pd.DataFrame, from_rft: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -50,17 +58,20 @@ def sweep_tables(per_seed: pd.DataFrame, from_rft: pd.DataFrame) -> dict[str, pd
     forgetting does), and against_compared and at_frontier_against_compared: the same two for each family against
     those sweep.compare borrows."""
     from_compared = differences_from_compared(per_seed)
-    return {
-        "matched": matched(per_seed),
-        "against_rft": against(from_rft),
-        "at_frontier": at_frontier(per_seed),
-        "at_frontier_against_rft": at_frontier_against(from_rft),
-        "against_compared": against(from_compared),
-        "at_frontier_against_compared": at_frontier_against(from_compared),
-    }
+    tables = (
+        matched(per_seed),
+        against(from_rft),
+        at_frontier(per_seed),
+        at_frontier_against(from_rft),
+        against(from_compared),
+        at_frontier_against(from_compared),
+    )
+    return dict(zip(SWEEP_TABLES, tables, strict=True))
 
 
 SETTING_TABLES = ("settings", "settings_against_first", "at_frontier_settings_against_first")
+# every table write_sweep_report writes, each as <name>.csv and summary.json's key of that name, in that order
+REPORT_TABLES = (*SWEEP_TABLES, "frontier_points", *SETTING_TABLES)
 
 
 def setting_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:

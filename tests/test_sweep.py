@@ -387,7 +387,7 @@ def test_a_published_sweep_is_compared_afterwards_with_another_sweeps_families(t
     from forgetting.config import ConfigError
     from forgetting.profiles import load_config
     from forgetting.sweep import sweep_id, sweep_spec, with_borrowed
-    from forgetting.sweep_report import rewrite_sweep_report, write_sweep_report
+    from forgetting.sweep_report import REPORT_TABLES, rewrite_sweep_report, write_sweep_report
 
     def report(name: str, arms: list[str], shift: float):
         folder, config = tmp_path / name, load_config("micro", ["seeds=[0, 1, 2]", f"name={name}", "sweep.extra=[{}]"])
@@ -413,6 +413,7 @@ def test_a_published_sweep_is_compared_afterwards_with_another_sweeps_families(t
     against = pd.read_csv(ours / "against_compared.csv").set_index("puzzle_level")
     assert set(against.reference) == {"sft@micro-hot"} and against.loc[0.6].difference == pytest.approx(-0.01)
     assert "sft@micro-hot" in set(pd.read_csv(ours / "frontier.csv").arm)
+    assert {f.stem for f in ours.glob("*.csv")} == {"frontier", *REPORT_TABLES}  # the files flows.publish copies
     after = {f.name: f.read_bytes() for f in ours.iterdir()}
     rewrite_sweep_report(ours)
     assert after == {f.name: f.read_bytes() for f in ours.iterdir()}
