@@ -24,8 +24,9 @@ def training_data_summary(data_nll: dict[str, dict]) -> dict[str, dict]:
             "prompt_style": v.get("prompt_style", "direct"),
             "source": v.get("rollout_source"),
             "examples": v.get("examples"),
-            "reasoning_tokens": v.get("reasoning_tokens", math.nan) / n,
-            "answer_tokens": v.get("answer_tokens", math.nan) / n,
+            # records from before the weighted sample give their sample's token counts
+            "reasoning_tokens": v.get("reasoning_tokens_per_example", v.get("reasoning_tokens", math.nan) / n),
+            "answer_tokens": v.get("answer_tokens_per_example", v.get("answer_tokens", math.nan) / n),
             "data_nll": v["nll_per_token"],
             "data_nll_reasoning": v.get("nll_per_token_reasoning", math.nan),
             "data_nll_answer": v.get("nll_per_token_answer", math.nan),

@@ -28,6 +28,7 @@ from forgetting.benchmarks import (
 )
 from forgetting.inference import PromptRun, sampling, token_logprobs
 from forgetting.models import chat, load_model, model_fingerprint
+from forgetting.predictors import data_sample, weighted_mean, weighted_per_token
 from forgetting.puzzle_data import PuzzleDataset
 from forgetting.puzzles import parse_answer, score_answer, well_formed_think
 from forgetting.storage import (
@@ -324,7 +325,7 @@ def _evaluate_into(out: Path, config, target: EvalTarget, data: BenchmarkData, b
         (tmp / "evaluation.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
-DATA_NLL_VERSION = 2  # 2: split into reasoning and answer tokens
+DATA_NLL_VERSION = 3  # 2: split into reasoning and answer tokens; 3: a sample stratified by step, weighted
 
 
 def answer_start(completion: str, style: str) -> int:
@@ -341,14 +342,15 @@ def data_nll(
 ) -> dict | None:
     """Per-token negative log-likelihood under the BASE model (base_model: the evaluations' copy) of the
     completions an arm trained on, under the arm's own prompt style (the completion's tokens, all of them and split
-    into reasoning and answer tokens; up to DATA_NLL_ITEMS examples, evenly spaced, also one by one), cached beside
-    the data. While another process makes it, waits for that, or with wait=False returns None at once."""
+    into reasoning and answer tokens; up to DATA_NLL_ITEMS examples, a sample stratified by training step,
+    forgetting/predictors.py:data_sample, also one by one), cached beside the data. While another process makes
+    it, waits for that, or with wait=False returns None at once."""
     path = data_nll_path(base, training_data)
     with one_maker(path, wait) as mine:
         if not mine:
             return None
         if not path.is_file():
-            write_text_once(path, json.dumps(_data_nll(config, base, arm, training_data, dataset), indent=1) + "\n")
+            write_text_once(path, json.dumps(nll_of_data(config, base, arm, training_data, dataset), indent=1) + "\n")
     return read_json(path)
 
 
@@ -359,39 +361,40 @@ def data_nll_path(base: str, training_data: Path) -> Path:
     return training_data.with_name(f"base_nll-{key[:10]}.json")
 
 
-def _data_nll(config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset) -> dict:
+def nll_of_data(
+    config, base: str, arm: str, training_data: Path, dataset: PuzzleDataset, items=DATA_NLL_ITEMS, sample=data_sample
+) -> dict:
+    """What data_nll keeps, from `sample(steps, items)` of the examples (benchmarks/data_nll_sample.py: others)."""
     rows = read_json_lines(training_data)
     if not rows:
         raise EvaluationError(f"{arm}: no training data in {training_data}")
-    stride = max(1, len(rows) // DATA_NLL_ITEMS)
-    rows = rows[::stride][:DATA_NLL_ITEMS]
+    picked = sample([r.get("step", -1) for r in rows], items)
+    data_examples, rows, weights = len(rows), [rows[i] for i, _ in picked], [w for _, w in picked]
     style = arm_style(config, arm)
     records = {r["id"]: r for r in dataset.records("train")}
     prompts = [chat(records[r["puzzle_id"]][f"prompt_{style}"], dataset.image(records[r["puzzle_id"]])) for r in rows]
     model, processor = base_model(config, base)
     scored = token_logprobs(model, processor, prompts, [r["completion"] for r in rows], common_prefix=True)
     parts = [s.split(answer_start(r["completion"], style)) for r, s in zip(rows, scored, strict=True)]
-    reasoning = [lp for before, _ in parts for lp in before]
-    answer = [lp for _, after in parts for lp in after]
-    tokens = sum(len(s.logprobs) for s in scored)
-    result = {
+    reasoning = [(w, before) for w, (before, _) in zip(weights, parts, strict=True)]
+    answer = [(w, after) for w, (_, after) in zip(weights, parts, strict=True)]
+    return {
         "arm": arm,
         "prompt_style": style,
-        "examples": len(rows),
-        "tokens": tokens,
-        "nll_per_token": -sum(s.total for s in scored) / max(tokens, 1),
-        "nll_per_example": -sum(s.total for s in scored) / len(scored),
+        "examples": len(rows),  # scored, of data_examples, each counted its weight in what follows
+        "data_examples": data_examples,
+        "tokens": sum(len(s.logprobs) for s in scored),
+        "nll_per_token": weighted_per_token([(w, s.logprobs) for w, s in zip(weights, scored, strict=True)]),
+        "nll_per_example": -weighted_mean(weights, [s.total for s in scored]),
         # the reasoning (everything before the answer's <answer> tag) and the answer, each per token (NaN: none)
-        "reasoning_tokens": len(reasoning),
-        "nll_per_token_reasoning": -sum(reasoning) / len(reasoning) if reasoning else math.nan,
-        "answer_tokens": len(answer),
-        "nll_per_token_answer": -sum(answer) / len(answer) if answer else math.nan,
-        "greedy_share": sum(s.greedy for s in scored) / len(scored),  # the base would have answered exactly this
-        # per example, with the training step that sampled it (RFT's rollouts; SFT data have none): what
-        # forgetting/predictors.py:data_nll_at averages over the data an arm had seen by a checkpoint
+        "reasoning_tokens_per_example": weighted_mean(weights, [len(lp) for _, lp in reasoning]),
+        "nll_per_token_reasoning": weighted_per_token(reasoning),
+        "answer_tokens_per_example": weighted_mean(weights, [len(lp) for _, lp in answer]),
+        "nll_per_token_answer": weighted_per_token(answer),
+        "greedy_share": weighted_mean(weights, [s.greedy for s in scored]),  # the base would have answered exactly this
+        # per example: the step that drew it (none: SFT data) and its weight, what predictors.data_nll_at averages
         "per_example": [
-            {"step": r.get("step", -1), "nll": -s.total, "tokens": len(s.logprobs)}
-            for r, s in zip(rows, scored, strict=True)
+            {"step": r.get("step", -1), "nll": -s.total, "tokens": len(s.logprobs), "weight": w}
+            for r, s, w in zip(rows, scored, weights, strict=True)
         ],
     }
-    return result

@@ -86,15 +86,47 @@ def predictors(table: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
+def data_sample(steps: list[int], n: int) -> list[tuple[int, float]]:
+    """Which of an arm's training examples the base scores (their training steps in file order, -1 for data
+    drawn at every step), at most n, each with its weight: how many examples of its stratum it stands for. The
+    strata double in length (steps 0, 1, 2-3, 4-7, ...; examples without a step are one stratum). Half of n at
+    most buys every stratum the same few examples (all it has, if fewer), so that the data an early checkpoint had
+    seen are not left to a handful; the rest goes to the strata by their size. Within a stratum the examples are
+    evenly spaced over all of it (the middle of each of equal parts)."""
+    strata: dict[int, list[int]] = {}
+    for i, step in enumerate(steps):
+        strata.setdefault(step.bit_length() if step >= 0 else -1, []).append(i)
+    least = {k: min(len(members), n // (2 * len(strata))) for k, members in strata.items()}
+    rest = n - sum(least.values())
+    picked = []
+    for k, members in strata.items():
+        take = min(len(members), least[k] + rest * len(members) // len(steps))
+        picked += [(members[(2 * i + 1) * len(members) // (2 * take)], len(members) / take) for i in range(take)]
+    return sorted(picked)
+
+
+def weighted_per_token(rows: list[tuple[float, list[float]]]) -> float:
+    """NLL per token of examples given as (weight, their tokens' log-probabilities), each token counted weight
+    times; NaN without tokens."""
+    tokens = sum(w * len(logprobs) for w, logprobs in rows)
+    return -sum(w * sum(logprobs) for w, logprobs in rows) / tokens if tokens else math.nan
+
+
+def weighted_mean(weights: list[float], values: list[float]) -> float:
+    """The values' mean, each counted its weight."""
+    return sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
+
+
 def data_nll_at(entry: dict, step: int) -> float:
-    """The base's NLL per token of the data an arm had trained on by `step`: its examples recorded before step
-    (RFT's rollouts carry the step that sampled them; SFT data, drawn uniformly every step, have none and
-    always count). Falls back to the arm's one overall number when per-example values are missing."""
+    """The base's NLL per token of the data an arm had trained on by `step`: its scored examples recorded before
+    step (RFT's rollouts carry the step that sampled them; SFT data, drawn uniformly every step, have none and
+    always count), each counted its weight (data_sample; 1 in records from before weights). Falls back to the
+    arm's one overall number when per-example values are missing."""
     rows = [r for r in entry.get("per_example", []) if r.get("step", -1) < step]
-    tokens = sum(r["tokens"] for r in rows)
+    tokens = sum(r.get("weight", 1.0) * r["tokens"] for r in rows)
     if not tokens:
         return float(entry.get("nll_per_token", math.nan)) if not entry.get("per_example") else math.nan
-    return sum(r["nll"] for r in rows) / tokens
+    return sum(r.get("weight", 1.0) * r["nll"] for r in rows) / tokens
 
 
 def dynamics(curve: pd.DataFrame, data_nll: dict[str, dict]) -> tuple[pd.DataFrame, dict]:

@@ -18,7 +18,15 @@ from forgetting.metrics import (
     read_evaluation,
     summary,
 )
-from forgetting.predictors import data_nll_at, dynamics, predictors, quadratic_r2, spearman, spearman_interval
+from forgetting.predictors import (
+    data_nll_at,
+    data_sample,
+    dynamics,
+    predictors,
+    quadratic_r2,
+    spearman,
+    spearman_interval,
+)
 from forgetting.report import aggregate_reports, without_nan, write_report
 
 
@@ -182,6 +190,32 @@ def test_data_nll_by_checkpoint_counts_what_the_arm_had_seen():
     sft = {"nll_per_token": 3.0, "per_example": [{"step": -1, "nll": 6.0, "tokens": 2}]}
     assert data_nll_at(sft, 1) == data_nll_at(sft, 100) == 3.0  # drawn from all of it at every step
     assert data_nll_at({"nll_per_token": 2.5}, 4) == 2.5  # a record from before per-example values
+
+
+def test_weighted_examples_count_as_the_data_they_stand_for():
+    rows = [{"step": 0, "nll": 4.0, "tokens": 2, "weight": 3.0}, {"step": 2, "nll": 1.0, "tokens": 1, "weight": 1.0}]
+    assert data_nll_at({"per_example": rows}, 1) == 2.0 and data_nll_at({"per_example": rows}, 5) == 13.0 / 7
+
+
+def test_the_data_sample_gives_early_checkpoints_examples_and_stands_for_all_the_data():
+    """RFT-like data, 10 rollouts a step for 100 steps, scored 64 at most: strata of doubling length (0, 1, 2-3, ...,
+    64-99) get 4 examples each at least and the rest by size; each stratum's weights add up to its size; the
+    data before a checkpoint is estimated as if all were scored (here an example's NLL is its step's; exactly up to
+    the spacing within a stratum)."""
+    steps = [s for s in range(100) for _ in range(10)]
+    sample = data_sample(steps, 64)
+    picked = [i for i, _ in sample]
+    assert len(sample) <= 64 and picked == sorted(set(picked))
+    for lo, hi in ((0, 1), (1, 2), (2, 4), (4, 8), (64, 100)):
+        inside = [(i, w) for i, w in sample if lo <= steps[i] < hi]
+        assert len(inside) >= 4 and sum(w for _, w in inside) == pytest.approx(10 * (hi - lo))
+    assert steps[picked[-1]] >= 97  # the last steps' data are in it
+    entry = {"per_example": [{"step": steps[i], "nll": float(steps[i]), "tokens": 1, "weight": w} for i, w in sample]}
+    for checkpoint in (1, 2, 4, 8, 100):
+        assert data_nll_at(entry, checkpoint) == pytest.approx((checkpoint - 1) / 2, abs=0.1)
+    assert data_sample([-1] * 30, 64) == [(i, 1.0) for i in range(30)]  # fewer than n: all of them
+    sft = data_sample([-1] * 1000, 64)  # data without steps: one stratum, evenly spaced over all of it
+    assert len(sft) == 64 and sft[0][0] < 16 and sft[-1][0] > 1000 - 16 and {w for _, w in sft} == {1000 / 64}
 
 
 def test_predictors_name_what_explains_forgetting_and_when_they_cannot():

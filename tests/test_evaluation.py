@@ -540,7 +540,7 @@ def test_helper_processes_evaluate_from_the_other_end_and_score_as_the_stage(dat
             time.sleep(0.2)
 
     monkeypatch.setattr(evaluation, "_evaluate_into", waiting)
-    monkeypatch.setattr(evaluation, "_data_nll", lambda *args: here.append("data nll"))  # the helper's, not here
+    monkeypatch.setattr(evaluation, "nll_of_data", lambda *args: here.append("data nll"))  # the helper's, not here
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
