@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--report", required=True, help="a sweep's report folder (config.yaml, frontier.csv)")
     parser.add_argument("--output-dir", required=True, help="the output folder that holds the sweep's arms")
     parser.add_argument("--dense", type=int, default=8192, help="examples in the large sample")
+    parser.add_argument("--seeds", type=int, nargs="*", help="only these seeds (default: the sweep's)")
     args = parser.parse_args()
     report = Path(args.report)
     frame = pd.read_csv(report / "frontier.csv")
@@ -71,7 +72,7 @@ def main() -> None:
         "dense": (args.dense, dense_sample),
     }
     values = {name: [] for name in samples}
-    for one in config.per_seed():
+    for one in [one for one in config.per_seed() if args.seeds is None or one.seed in args.seeds]:
         base, dataset = resolve_base(one), generate_puzzles(one.puzzles, one.output.path)
         folders = arm_folders(config, one.seed, base, dataset)
         for (arm, key), rows_here in frame[frame.seed == one.seed].groupby(["arm", "arm_key"]):
@@ -91,6 +92,7 @@ def main() -> None:
         "checkpoints": len(frame),
         "former_vs_report_max": round((frame.former - frame.data_nll).abs().max(), 6),  # the report's own sample
         "distance_from_dense": {},
+        "pooled": {},
     }
     for low, high in STEP_RANGES:
         part = frame[frame.step.between(low, high)]
@@ -119,11 +121,10 @@ def orders(frame: pd.DataFrame, names: list[str]) -> dict:
                 if arm == "rft" or row is None or row.forgetting == found["rft"].forgetting:
                     continue
                 compared += 1
+                forgets = row.forgetting - found["rft"].forgetting
                 for name in names:
                     difference = row[name] - found["rft"][name]
-                    agree[name] += (
-                        not math.isnan(difference) and difference * (row.forgetting - found["rft"].forgetting) > 0
-                    )
+                    agree[name] += int(not math.isnan(difference) and difference * forgets > 0)
     return {"compared": compared, **agree}
 
 
