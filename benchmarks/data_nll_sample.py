@@ -9,13 +9,13 @@ iterative self-SFT arm of its own points that the output folder holds; writes no
 Prints, per range of checkpoint steps, the median and largest distance of each small sample's value from the large
 one's (and how far the former sample is from the report's values: it is the sample the report used); then, at the
 checkpoints that make up the frontiers, in how many seeds and levels the difference between a family and RFT in data
-NLL has the sign of their difference in forgetting under each sample, and the pooled Spearman rho and quadratic R² of
-forgetting on data NLL over the sweep's checkpoints. The last line is JSON.
+NLL has the sign of their difference in forgetting under each sample (as the sweep report's `agree` counts it), and
+the pooled Spearman rho and quadratic R² of forgetting on data NLL over the sweep's checkpoints. The last line is
+JSON.
 """
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +26,7 @@ from forgetting.evaluation import DATA_NLL_ITEMS, nll_of_data
 from forgetting.predictors import data_nll_at, data_sample, quadratic_r2, spearman
 from forgetting.profiles import load_config
 from forgetting.puzzle_data import generate_puzzles
-from forgetting.sweep import LEVELS, arm_key, frontier_checkpoint, points
+from forgetting.sweep import arm_key, at_frontier_against, differences_from_rft, frontier_levels, points
 from forgetting.trainer import ArmResult
 
 FAMILIES = ("rft", "iterative_sft")  # the arms whose data carry the step that drew them
@@ -109,23 +109,15 @@ def main() -> None:
 
 
 def orders(frame: pd.DataFrame, names: list[str]) -> dict:
-    """At each seed and level where a family and RFT both have a frontier checkpoint and forget differently: in how
-    many the family minus RFT in data NLL (each sample's) has the sign of their difference in forgetting."""
-    agree, compared = dict.fromkeys(names, 0), 0
-    for seed in sorted(frame.seed.unique()):
-        for level in LEVELS:
-            found = {a: frontier_checkpoint(g, seed, level) for a, g in frame.groupby("arm")}
-            if found.get("rft") is None:
-                continue
-            for arm, row in found.items():
-                if arm == "rft" or row is None or row.forgetting == found["rft"].forgetting:
-                    continue
-                compared += 1
-                forgets = row.forgetting - found["rft"].forgetting
-                for name in names:
-                    difference = row[name] - found["rft"][name]
-                    agree[name] += int(not math.isnan(difference) and difference * forgets > 0)
-    return {"compared": compared, **agree}
+    """At each seed and level where a family and RFT both have a frontier checkpoint: in how many the family minus
+    RFT in data NLL, under each sample, has the sign of their difference in forgetting (the sweep report's
+    at_frontier_against_rft, its `agree` summed over families and levels)."""
+    counts = {}
+    for name in names:
+        paired = at_frontier_against(differences_from_rft(frontier_levels(frame.assign(data_nll=frame[name]))))
+        paired = paired[paired.predictor == "data_nll"]
+        counts["compared"], counts[name] = int(paired.n_paired.sum()), int(paired.agree.sum())
+    return counts
 
 
 if __name__ == "__main__":
