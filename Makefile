@@ -24,7 +24,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# PINS=<report folder>: also the package versions that report ran with, from its environment.json (flows/pins.py)
 install: $(VENV)/.installed
+ifneq ($(strip $(PINS)),)
+	$(PY) -m flows.pins $(PINS) > $(VENV)/pins.txt
+	$(PY) -m pip install --quiet -c $(VENV)/pins.txt -e '.[dev]'
+endif
 
 # Headless Chromium from Debian's packages: the browser test and the README's screenshots (deployments/browser.py).
 browser:

@@ -1,6 +1,6 @@
 """Put a study's or a sweep's report into a results block of docs/results.md, untouched by hand: the report's markdown
-tables, its plots (copied to docs/<block>/, docs/results/ by default), the command that reproduces it and the
-wall time of the run that wrote it.
+tables, its plots (copied to docs/<block>/, docs/results/ by default), the command that reproduces it, the commit and
+package versions it ran on, and the wall time of the run that wrote it.
 
     python -m flows.study --profile tiny --set seeds=[0,1,2]
     python -m flows.publish --profile tiny --set seeds=[0,1,2]     # the same config: finds that study's report
@@ -42,20 +42,40 @@ PUBLISHED = (  # a study's report files, then a sweep's; each report folder hold
 )
 
 
-def results_block(report: Path, link_prefix: str, profile_path: str) -> str:
+def results_block(report: Path, link_prefix: str, folder: str) -> str:
     """The page text for a published report folder: provenance line, then report.md with its image links moved
-    (link_prefix: the folder as the page links it; profile_path: its config.yaml as a command names it)."""
+    (link_prefix: the folder as the page links it; folder: as a command names it, from the repository)."""
     run = json.loads((report / "run.json").read_text())
+    recorded = json.loads((report / "environment.json").read_text())
     markdown = (report / "report.md").read_text()
     for plot in report.glob("*.png"):
         markdown = markdown.replace(f"({plot.name})", f"({link_prefix}{plot.name})")
     flow = run["command"].split()[2]  # python -m flows.study|flows.sweep --profile ...
     return (
-        f"Reproduce: `python -m {flow} --profile {profile_path}` (the run's own config, saved with "
-        f"its report). The run that wrote this finished {run['finished']} after {run['wall_time_s'] / 60:.1f} min "
-        "on 2 CPU cores (outputs already on disk are reused, not recomputed).\n\n"
+        f"Reproduce: `python -m {flow} --profile {folder}/config.yaml` (the run's own config, saved with its "
+        f"report){code_shown(recorded.get('code'))}, on the package versions it ran with (`make install "
+        f"PINS={folder}`). The run that wrote this finished {run['finished']} after {run['wall_time_s'] / 60:.1f} "
+        f"min on {machine_shown(recorded)} (outputs already on disk are reused, not recomputed).\n\n"
         + "".join(f"##{line}" if line.startswith("#") else line for line in markdown.splitlines(keepends=True))
     )  # the report's headings two levels down, under a section ("### ...") of the page
+
+
+def code_shown(code: dict | None, named: int = 4) -> str:
+    """The commit a run's code was (environment.json's code), with the files that differed from it; nothing for a
+    report from before the commit was recorded, or made outside a git checkout."""
+    if not code or not code.get("commit"):
+        return ""
+    changed = code.get("changed") or []
+    files = ", ".join(f"`{name}`" for name in changed[:named]) + (
+        f" and {len(changed) - named} more" if changed[named:] else ""
+    )
+    return f" on the code of commit `{code['commit'][:10]}`" + (f" with changes to {files}" if changed else "")
+
+
+def machine_shown(recorded: dict) -> str:
+    """What a run ran on, from its environment.json: its GPU, else its CPU cores (2 for a report from before the
+    count was recorded: every one published then ran on 2 cores)."""
+    return recorded.get("gpu") or f"{recorded.get('cpus', 2)} CPU cores"
 
 
 BLOCK_NAME = r"[a-z0-9][a-z0-9_-]{0,40}"  # a results block's name, and its docs/ folder's
@@ -87,8 +107,8 @@ def publish_report(report: Path, page: Path, block: str = DEFAULT_BLOCK, root: P
     page = Path(page).resolve()
     root = root or (REPO_ROOT if page.is_relative_to(REPO_ROOT) else page.parent)
     out = root / "docs" / block
-    if not (report / "run.json").is_file():
-        raise ConfigError(f"--report: {report} holds no finished report (no run.json)")
+    if missing := [name for name in ("run.json", "environment.json") if not (report / name).is_file()]:
+        raise ConfigError(f"--report: {report} holds no finished report (no {' or '.join(missing)})")
     block_parts(page, block)  # the page has the block: checked before any file is copied
     out.mkdir(parents=True, exist_ok=True)
     for name in PUBLISHED:  # a block that held a study's report and now a sweep's keeps none of the study's
@@ -97,7 +117,7 @@ def publish_report(report: Path, page: Path, block: str = DEFAULT_BLOCK, root: P
         elif (report / name).resolve() != (out / name).resolve():
             shutil.copy(report / name, out / name)
     link = os.path.relpath(out, page.parent)
-    fill_block(page, block, results_block(out, f"{link}/", f"{out.relative_to(root)}/config.yaml"))
+    fill_block(page, block, results_block(out, f"{link}/", str(out.relative_to(root))))
     return out
 
 

@@ -1,12 +1,16 @@
 """What a result was made with besides its config: the versions of the libraries that train and the syntax of the
 project's training code (both part of an arm's cache key: forgetting/arms.py:arm_spec), and the whole Python
-environment, recorded with every study (its report folder and its MLflow run).
+environment and the code's commit, recorded with every study (its report folder and its MLflow run); and that
+environment's packages as pip constraints, to install them again (pins).
 """
 
 import ast
 import functools
 import hashlib
+import os
 import platform
+import re
+import subprocess
 import sys
 from collections.abc import Iterable
 from importlib import metadata
@@ -74,15 +78,55 @@ def training_fingerprint() -> dict:
 
 
 def environment() -> dict:
-    """The Python environment a study ran in: interpreter, platform, accelerator and every installed
-    distribution with its version (what `pip freeze` lists)."""
+    """The Python environment a study ran in: interpreter, platform, CPU cores, accelerator, the project's code
+    (code_version) and every installed distribution with its version (what `pip freeze` lists)."""
     import torch
 
     packages = {d.metadata["Name"]: d.version for d in metadata.distributions() if d.metadata["Name"]}
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "code": code_version(),
         "packages": dict(sorted(packages.items(), key=lambda kv: kv[0].lower())),
     }
+
+
+def code_version(root: Path = PACKAGE.parent) -> dict:
+    """The project's code as it ran: the training code's fingerprint (what arm keys hold), and where root is a git
+    checkout its commit and the files that differed from it (`git status`: changed, added or new, not ignored);
+    commit None where there is no checkout or no git."""
+    code = {"training_code": code_fingerprint(training_sources())[:16], "commit": None, "changed": []}
+    try:
+        git = ("git", "-C", str(root))
+        commit = subprocess.run((*git, "rev-parse", "HEAD"), capture_output=True, text=True, timeout=10)
+        status = subprocess.run((*git, "status", "--porcelain"), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return code
+    if commit.returncode or status.returncode:
+        return code
+    changed = sorted(line[3:] for line in status.stdout.splitlines() if line.strip())
+    return code | {"commit": commit.stdout.strip(), "changed": changed}
+
+
+# what the project installs itself, and the installers: no pin of theirs belongs in another checkout's install
+NOT_PINNED = frozenset({"forgetting-study", "pip", "setuptools", "wheel"})
+
+
+def pins(recorded: dict) -> str:
+    """The packages of a recorded environment (environment's dict) as pip constraints, one `name==version` a
+    line: pip installs those versions of whatever the project needs. A local build label (torch's +cu128) is
+    left off, since PyPI has no such file; the version is the same release. Header comments name the Python
+    and the commit it ran with, which pins cannot install."""
+    code = recorded.get("code") or {}
+    lines = [
+        f"# the packages of a run on Python {recorded.get('python', '?')}, code "
+        + (f"commit {code['commit']}" if code.get("commit") else "of a commit not recorded")
+        + (f" with {len(code['changed'])} file(s) changed" if code.get("changed") else ""),
+    ]
+    for name, version in recorded["packages"].items():
+        if re.sub(r"[-_.]+", "-", name).lower() not in NOT_PINNED:
+            lines.append(f"{name}=={version.split('+')[0]}")
+    return "\n".join(lines) + "\n"

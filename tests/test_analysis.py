@@ -319,6 +319,9 @@ def _published_report(tmp_path):
     (report / "config.yaml").write_text("name: micro\n")
     (report / "run.json").write_text(json.dumps({"command": "python -m flows.study --profile X", "wall_time_s": 90,
                                                  "finished": "2026-11-25T20:00:00+00:00"}))  # fmt: skip
+    code = {"training_code": "f88fe6cab2da3a7a", "commit": "0123456789abcdef", "changed": ["forgetting/x.py"]}
+    recorded = {"python": "3.11.7", "cpus": 2, "gpu": None, "code": code, "packages": {"torch": "2.14.1"}}
+    (report / "environment.json").write_text(json.dumps(recorded))
     return config
 
 
@@ -332,7 +335,9 @@ def test_publish_fills_the_readme_block_from_a_report(tmp_path):
     publish(config, page=readme, root=tmp_path)
     text = readme.read_text()
     assert "old" not in text and text.endswith(f"{end}\n\n## after\n")
-    assert "`python -m flows.study --profile docs/results/config.yaml`" in text and "1.5 min" in text
+    assert "`python -m flows.study --profile docs/results/config.yaml`" in text and "1.5 min on 2 CPU cores" in text
+    assert "commit `0123456789` with changes to `forgetting/x.py`, on" in text
+    assert "(`make install PINS=docs/results`)" in text
     assert "(docs/results/tradeoff.png)" in text and "| sft |" in text
     assert (tmp_path / "docs" / "results" / "tradeoff.png").is_file()
     written = {f.name for f in (tmp_path / "runs" / config.study_id / "report").iterdir()}
@@ -381,6 +386,43 @@ def test_a_published_report_moves_to_another_page_with_links_from_there(tmp_path
         main(["--report", str(published), "--page", str(page), "--block", "control"])
     text = page.read_text()
     assert "(control/tradeoff.png)" in text and "--profile docs/control/config.yaml`" in text and "old" not in text
+
+
+def test_a_run_records_its_commit_and_changed_files_and_its_packages_pin_again(tmp_path, capsys):
+    """environment's code: the checkout's commit and what differs from it (none outside a checkout); pins gives
+    the recorded packages as constraints, without the project, the installers or a local build label."""
+    import subprocess
+
+    from flows.pins import main
+    from forgetting.environment import code_version, pins
+
+    assert code_version(tmp_path) | {"training_code": None} == {"training_code": None, "commit": None, "changed": []}
+    git = ("git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    for command in (("init", "-q"), ("add", "a.py"), ("commit", "-qm", "a")):
+        subprocess.run((*git, *command), check=True)
+    head = subprocess.run((*git, "rev-parse", "HEAD"), capture_output=True, text=True).stdout.strip()
+    assert code_version(tmp_path)["commit"] == head and code_version(tmp_path)["changed"] == []
+    (tmp_path / "a.py").write_text("x = 2\n")
+    (tmp_path / "b.py").write_text("y = 1\n")
+    assert code_version(tmp_path)["changed"] == ["a.py", "b.py"]
+
+    packages = {"torch": "2.9.0+cu128", "peft": "0.21.2", "forgetting-study": "0.1.0", "pip": "26.0", "Pillow": "13.0"}
+    recorded = {"python": "3.11.7", "code": {"commit": head, "changed": ["a.py"]}, "packages": packages}
+    lines = pins(recorded).splitlines()
+    assert lines[0] == f"# the packages of a run on Python 3.11.7, code commit {head} with 1 file(s) changed"
+    assert lines[1:] == ["torch==2.9.0", "peft==0.21.2", "Pillow==13.0"]
+    (tmp_path / "environment.json").write_text(json.dumps(recorded))
+    main([str(tmp_path)])
+    assert capsys.readouterr().out == pins(recorded)
+    for bad, why in (("{", "is not JSON"), ('{"packages": {}}', "lists no packages"), (None, "no environment.json")):
+        if bad is None:
+            (tmp_path / "environment.json").unlink()
+        else:
+            (tmp_path / "environment.json").write_text(bad)
+        with pytest.raises(SystemExit) as exit_:
+            main([str(tmp_path)])
+        assert exit_.value.code == 2 and why in capsys.readouterr().err
 
 
 def test_seeds_are_compared_at_one_level_and_say_how_many_reached_it(tmp_path):
