@@ -12,18 +12,20 @@ The tracking URI is process-wide in MLflow: one study per process (run studies s
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
 
 from forgetting.config import REPO_ROOT, ConfigError, StudyConfig  # noqa: E402
 from forgetting.environment import environment
@@ -126,8 +128,11 @@ def print_links(config: StudyConfig, run_id: str) -> None:
 
 def check_tracking(config: StudyConfig, timeout: float = 5.0) -> None:
     """An http(s) tracking URI must answer MLflow's /health within seconds (MLflow's client would retry for
-    minutes, after the expensive work): ConfigError otherwise. Local stores need nothing."""
+    minutes, after the expensive work), a local SQLite store have this MLflow's schema (check_schema):
+    ConfigError otherwise."""
     uri = tracking_uri(config)
+    if uri.startswith("sqlite:///"):
+        check_schema(Path(uri.removeprefix("sqlite:///")))
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -136,6 +141,34 @@ def check_tracking(config: StudyConfig, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise ConfigError(f"tracking.tracking_uri: no MLflow server answers at {uri} ({reason})") from None
+
+
+def check_schema(db: Path) -> None:
+    """ConfigError naming the store when an existing SQLite store's schema is not the one this MLflow writes:
+    MLflow would refuse it at the first run it logs, and for a store written by a newer MLflow (a checkout whose
+    libraries were pinned to an older report's: flows/pins.py) its advice to upgrade does not apply. A store
+    with no MLflow tables yet is this MLflow's to make."""
+    if not db.is_file():
+        return
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as store:
+            found = store.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return  # no tables yet, or not a database: MLflow says which when it opens it
+    scripts = ScriptDirectory(str(Path(mlflow.__file__).parent / "store" / "db_migrations"))
+    if found is None or found[0] in scripts.get_heads():
+        return
+    known = {script.revision for script in scripts.walk_revisions()}
+    ours = f"MLflow {mlflow.__version__}"
+    if found[0] in known:
+        raise ConfigError(
+            f"output.dir: the MLflow store {db} was written by an older MLflow than {ours}: upgrade it "
+            f"(mlflow db upgrade sqlite:///{db}, after a backup) or run with another --output-dir"
+        )
+    raise ConfigError(
+        f"output.dir: the MLflow store {db} was written by a newer MLflow than {ours} (schema {found[0]}): run with "
+        "another --output-dir, or with the MLflow that wrote it"
+    )
 
 
 def configure(config: StudyConfig) -> str:

@@ -89,6 +89,36 @@ def test_unreachable_mlflow_fails_in_seconds(tmp_path):
         check_tracking(config)
 
 
+def test_a_store_of_another_mlflow_schema_is_refused_before_any_work(tmp_path):
+    """A local store MLflow would refuse at its first run (written by an older MLflow, or by a newer one, as after
+    pinning an older report's libraries) is named before any work, with what to do for each."""
+    import sqlite3
+    from contextlib import closing
+
+    import mlflow
+
+    from tasks.tracking import check_tracking
+
+    config = load_config("micro", output_dir=str(tmp_path))
+    check_tracking(config)  # no store yet
+    db = tmp_path / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()  # this MLflow's tables
+    check_tracking(config)
+
+    def stamp(revision: str) -> None:
+        with closing(sqlite3.connect(db)) as store, store:
+            store.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+
+    stamp("451aebb31d03")  # MLflow's first migration
+    with pytest.raises(ConfigError, match="written by an older MLflow .*mlflow db upgrade"):
+        check_tracking(config)
+    stamp("ffffffffffff")
+    with pytest.raises(ConfigError, match="written by a newer MLflow .*another --output-dir"):
+        check_tracking(config)
+    db.write_text("not a database")
+    check_tracking(config)  # MLflow names that itself
+
+
 def test_unknown_benchmark_fails_before_training(tmp_path):
     result = subprocess.run(
         _study_command(tmp_path, "--set", "evaluation.benchmarks=[tiny_world,no_such_task]"),
