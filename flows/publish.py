@@ -73,9 +73,10 @@ def code_shown(code: dict | None, named: int = 4) -> str:
 
 
 def machine_shown(recorded: dict) -> str:
-    """What a run ran on, from its environment.json: its GPU, else its CPU cores (2 for a report from before the
-    count was recorded: every one published then ran on 2 cores)."""
-    return recorded.get("gpu") or f"{recorded.get('cpus', 2)} CPU cores"
+    """What a run ran on, from its environment.json: its GPU, else its CPU cores and model (2 cores for a report
+    from before the count was recorded: every one published then ran on 2 cores)."""
+    cpu = f" ({recorded['cpu']})" if recorded.get("cpu") else ""
+    return recorded.get("gpu") or f"{recorded.get('cpus', 2)} CPU cores{cpu}"
 
 
 BLOCK_NAME = r"[a-z0-9][a-z0-9_-]{0,40}"  # a results block's name, and its docs/ folder's

@@ -78,7 +78,7 @@ def training_fingerprint() -> dict:
 
 
 def environment() -> dict:
-    """The Python environment a study ran in: interpreter, platform, CPU cores, accelerator, the project's code
+    """The Python environment a study ran in: interpreter, platform, CPU and its cores, accelerator, the project's code
     (code_version) and every installed distribution with its version (what `pip freeze` lists)."""
     import torch
 
@@ -86,12 +86,25 @@ def environment() -> dict:
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "code": code_version(),
         "packages": dict(sorted(packages.items(), key=lambda kv: kv[0].lower())),
     }
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what platform knows, None if nothing): float rounding,
+    and with it a sampled arm's numbers, can differ between CPUs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def code_version(root: Path = PACKAGE.parent) -> dict:

@@ -320,7 +320,7 @@ def _published_report(tmp_path):
     (report / "run.json").write_text(json.dumps({"command": "python -m flows.study --profile X", "wall_time_s": 90,
                                                  "finished": "2026-11-25T20:00:00+00:00"}))  # fmt: skip
     code = {"training_code": "f88fe6cab2da3a7a", "commit": "0123456789abcdef", "changed": ["forgetting/x.py"]}
-    recorded = {"python": "3.11.7", "cpus": 2, "gpu": None, "code": code, "packages": {"torch": "2.14.1"}}
+    recorded = {"python": "3.11.7", "cpu": "AMD EPYC", "cpus": 2, "gpu": None, "code": code, "packages": {"torch": "2"}}
     (report / "environment.json").write_text(json.dumps(recorded))
     return config
 
@@ -335,7 +335,10 @@ def test_publish_fills_the_readme_block_from_a_report(tmp_path):
     publish(config, page=readme, root=tmp_path)
     text = readme.read_text()
     assert "old" not in text and text.endswith(f"{end}\n\n## after\n")
-    assert "`python -m flows.study --profile docs/results/config.yaml`" in text and "1.5 min on 2 CPU cores" in text
+    assert (
+        "`python -m flows.study --profile docs/results/config.yaml`" in text
+        and "1.5 min on 2 CPU cores (AMD EPYC)" in text
+    )
     assert "commit `0123456789` with changes to `forgetting/x.py`, on" in text
     assert "(`make install PINS=docs/results`)" in text
     assert "(docs/results/tradeoff.png)" in text and "| sft |" in text

@@ -44,6 +44,7 @@ def test_puzzles_flow_writes_and_tracks_the_dataset(prefect_harness, micro):
     assert artifacts == {"puzzles/manifest.json", "puzzles/contact_sheet.png"}
     environment = json.loads(Path(client.download_artifacts(parent.info.run_id, "environment.json")).read_text())
     assert environment["packages"]["torch"] and environment["python"].startswith("3.")  # what pip freeze lists
+    assert environment["cpus"] >= 1 and len(environment["code"]["training_code"]) == 16  # and its commit, if any
     contexts = {i.tags[0].value for i in child.inputs.dataset_inputs}
     assert contexts == {"train", "test"}
     # The artifacts live beside the store, under the output dir, not in ./mlruns.
