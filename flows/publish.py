@@ -46,16 +46,18 @@ def results_block(report: Path, link_prefix: str, folder: str) -> str:
     """The page text for a published report folder: provenance line, then report.md with its image links moved
     (link_prefix: the folder as the page links it; folder: as a command names it, from the repository)."""
     run = json.loads((report / "run.json").read_text())
-    recorded = json.loads((report / "environment.json").read_text())
+    environment = report / "environment.json"  # reports have it; a few published early on do not
+    recorded = json.loads(environment.read_text()) if environment.is_file() else {}
+    pinned = f", on the package versions it ran with (`make install PINS={folder}`)" if recorded else ""
     markdown = (report / "report.md").read_text()
     for plot in report.glob("*.png"):
         markdown = markdown.replace(f"({plot.name})", f"({link_prefix}{plot.name})")
     flow = run["command"].split()[2]  # python -m flows.study|flows.sweep --profile ...
     return (
         f"Reproduce: `python -m {flow} --profile {folder}/config.yaml` (the run's own config, saved with its "
-        f"report){code_shown(recorded.get('code'))}, on the package versions it ran with (`make install "
-        f"PINS={folder}`). The run that wrote this finished {run['finished']} after {run['wall_time_s'] / 60:.1f} "
-        f"min on {machine_shown(recorded)} (outputs already on disk are reused, not recomputed).\n\n"
+        f"report){code_shown(recorded.get('code'))}{pinned}. The run that wrote this finished {run['finished']} "
+        f"after {run['wall_time_s'] / 60:.1f} min on {machine_shown(recorded)} (outputs already on disk are reused, "
+        "not recomputed).\n\n"
         + "".join(f"##{line}" if line.startswith("#") else line for line in markdown.splitlines(keepends=True))
     )  # the report's headings two levels down, under a section ("### ...") of the page
 
@@ -108,8 +110,8 @@ def publish_report(report: Path, page: Path, block: str = DEFAULT_BLOCK, root: P
     page = Path(page).resolve()
     root = root or (REPO_ROOT if page.is_relative_to(REPO_ROOT) else page.parent)
     out = root / "docs" / block
-    if missing := [name for name in ("run.json", "environment.json") if not (report / name).is_file()]:
-        raise ConfigError(f"--report: {report} holds no finished report (no {' or '.join(missing)})")
+    if not (report / "run.json").is_file():
+        raise ConfigError(f"--report: {report} holds no finished report (no run.json)")
     block_parts(page, block)  # the page has the block: checked before any file is copied
     out.mkdir(parents=True, exist_ok=True)
     for name in PUBLISHED:  # a block that held a study's report and now a sweep's keeps none of the study's

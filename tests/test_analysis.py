@@ -355,9 +355,11 @@ def test_publish_fills_a_named_block_and_leaves_the_others(tmp_path):
     (begin, end), (c_begin, c_end) = markers("results"), markers("results-control")
     readme = tmp_path / "README.md"
     readme.write_text(f"{begin}\nmain study\n{end}\n\n{c_begin}\nold\n{c_end}\n")
+    (config.report_dir / "environment.json").unlink()  # as in a few reports published early on
     publish(config, page=readme, block="results-control", root=tmp_path)
     text = readme.read_text()
     assert "main study" in text and "old" not in text
+    assert "its report). The run that wrote this" in text and "on 2 CPU cores (outputs" in text  # no pins, no CPU
     assert "(docs/results-control/tradeoff.png)" in text
     assert (tmp_path / "docs" / "results-control" / "summary.json").is_file()
     assert not (tmp_path / "docs" / "results").exists()
