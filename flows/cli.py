@@ -18,7 +18,7 @@ from prefect.states import Completed
 from flows.launch import end_quickly, server_ready
 from flows.preflight import check_inputs
 from forgetting.config import REPO_ROOT, ConfigError, StudyConfig, not_results
-from forgetting.environment import environment
+from forgetting.environment import environment, training_differences
 from forgetting.profiles import load_config, write_profile
 from forgetting.puzzle_data import PuzzleError
 from forgetting.report import skipped_reasons
@@ -56,12 +56,34 @@ def run(
     try:
         config = load_config(args.profile, args.overrides, args.output_dir)
         check_inputs(config, base_model, benchmarks)
+        note_recorded_environment(Path(args.profile))
         server_ready()
         flow(config, **own)  # bad input a stage finds (a damaged file) ends it the same way; its log has the rest
     except (ConfigError, PuzzleError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     end_quickly()
+
+
+def note_recorded_environment(profile: Path) -> None:
+    """For a profile that is a report's config (docs/<block>/config.yaml), a note on stderr when that report's
+    arms were trained by other libraries or code than this process has: they count as other arms here and are
+    trained anew, and the note says how to install what they ran with."""
+    recorded = profile.parent / "environment.json"
+    if profile.suffix not in (".yaml", ".yml") or not recorded.is_file():
+        return
+    try:
+        record = json.loads(recorded.read_text())
+        differences, commit = training_differences(record), (record.get("code") or {}).get("commit")
+    except (ValueError, AttributeError):
+        return  # not an environment record: nothing to compare
+    if differences:
+        print(
+            f"note: {profile.parent} ran with {'; '.join(differences)}: its arms are other arms here and are trained "
+            f"anew. make install PINS={profile.parent} installs the libraries it ran with"
+            + (f"; its code was commit {commit[:10]}" if commit else ""),
+            file=sys.stderr,
+        )
 
 
 def outcome(result, skipped: dict):

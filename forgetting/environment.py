@@ -124,6 +124,22 @@ def code_version(root: Path = PACKAGE.parent) -> dict:
     return code | {"commit": commit.stdout.strip(), "changed": changed}
 
 
+def training_differences(recorded: dict) -> list[str]:
+    """What of an arm's key differs between a recorded environment (environment's dict) and this process: each
+    training library at another version (`peft 0.21.2, here 0.22.0`), and the training code where the record
+    holds its fingerprint. Empty when a rerun here would find the recorded run's arms."""
+    packages = {re.sub(r"[-_.]+", "-", name).lower(): v for name, v in recorded.get("packages", {}).items()}
+    found = [
+        f"{name} {theirs or 'absent'}, here {ours or 'absent'}"
+        for name in TRAINING_LIBRARIES
+        if (theirs := packages.get(name)) != (ours := installed(name))
+    ]
+    code = (recorded.get("code") or {}).get("training_code")
+    if code and code != (ours := code_fingerprint(training_sources())[:16]):
+        found.append(f"training code {code}, here {ours}")
+    return found
+
+
 # what the project installs itself, and the installers: no pin of theirs belongs in another checkout's install
 NOT_PINNED = frozenset({"forgetting-study", "pip", "setuptools", "wheel"})
 

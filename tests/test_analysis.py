@@ -430,6 +430,31 @@ def test_a_run_records_its_commit_and_changed_files_and_its_packages_pin_again(t
         assert exit_.value.code == 2 and why in capsys.readouterr().err
 
 
+def test_a_report_run_again_on_other_training_libraries_says_so(tmp_path, capsys):
+    """A profile that is a report's config.yaml, beside an environment.json whose training libraries or training
+    code differ from this process's: a note names each difference and the pins command; none when they agree."""
+    from flows.cli import note_recorded_environment
+    from forgetting.environment import TRAINING_LIBRARIES, code_fingerprint, installed, training_sources
+
+    ours = {name: version for name in TRAINING_LIBRARIES if (version := installed(name))}
+    code = {"training_code": code_fingerprint(training_sources())[:16]}
+    profile = tmp_path / "config.yaml"
+    profile.write_text("name: micro\n")
+    for packages, training, expected in (
+        (ours, code, []),
+        ({**ours, "peft": "0.1.0", "vllm": "9.9"}, code, ["peft 0.1.0, here", "vllm 9.9, here absent"]),
+        (ours, {"training_code": "0" * 16}, [f"training code {'0' * 16}, here {code['training_code']}"]),
+    ):
+        (tmp_path / "environment.json").write_text(json.dumps({"packages": packages, "code": training}))
+        note_recorded_environment(profile)
+        err = capsys.readouterr().err
+        assert all(part in err for part in expected) and bool(err) == bool(expected)
+        assert not expected or f"make install PINS={tmp_path}" in err
+    (tmp_path / "environment.json").write_text("[]")
+    note_recorded_environment(profile)  # not a record: no note, no error
+    assert capsys.readouterr().err == ""
+
+
 def test_seeds_are_compared_at_one_level_and_say_how_many_reached_it(tmp_path):
     """Seed 0's arms all reach 0.5, seed 1's rft only 0.25: both seeds are read at 0.25, and a level-based
     number says how many seeds it rests on."""
