@@ -111,7 +111,7 @@ def code_version(root: Path = PACKAGE.parent) -> dict:
     """The project's code as it ran: the training code's fingerprint (what arm keys hold), and where root is a git
     checkout its commit and the files that differed from it (`git status`: changed, added or new, not ignored);
     commit None where there is no checkout or no git."""
-    code = {"training_code": code_fingerprint(training_sources())[:16], "commit": None, "changed": []}
+    code = {"training_code": training_fingerprint()["code"], "commit": None, "changed": []}
     try:
         git = ("git", "-C", str(root))
         commit = subprocess.run((*git, "rev-parse", "HEAD"), capture_output=True, text=True, timeout=10)
@@ -129,14 +129,14 @@ def training_differences(recorded: dict) -> list[str]:
     training library at another version (`peft 0.21.2, here 0.22.0`), and the training code where the record
     holds its fingerprint. Empty when a rerun here would find the recorded run's arms."""
     packages = {re.sub(r"[-_.]+", "-", name).lower(): v for name, v in recorded.get("packages", {}).items()}
+    ours = training_fingerprint()
     found = [
-        f"{name} {theirs or 'absent'}, here {ours or 'absent'}"
+        f"{name} {packages.get(name) or 'absent'}, here {ours['libraries'].get(name) or 'absent'}"
         for name in TRAINING_LIBRARIES
-        if (theirs := packages.get(name)) != (ours := installed(name))
+        if packages.get(name) != ours["libraries"].get(name)
     ]
-    code = (recorded.get("code") or {}).get("training_code")
-    if code and code != (ours := code_fingerprint(training_sources())[:16]):
-        found.append(f"training code {code}, here {ours}")
+    if (code := (recorded.get("code") or {}).get("training_code")) and code != ours["code"]:
+        found.append(f"training code {code}, here {ours['code']}")
     return found
 
 

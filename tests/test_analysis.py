@@ -434,10 +434,9 @@ def test_a_report_run_again_on_other_training_libraries_says_so(tmp_path, capsys
     """A profile that is a report's config.yaml, beside an environment.json whose training libraries or training
     code differ from this process's: a note names each difference and the pins command; none when they agree."""
     from flows.cli import note_recorded_environment
-    from forgetting.environment import TRAINING_LIBRARIES, code_fingerprint, installed, training_sources
+    from forgetting.environment import training_fingerprint
 
-    ours = {name: version for name in TRAINING_LIBRARIES if (version := installed(name))}
-    code = {"training_code": code_fingerprint(training_sources())[:16]}
+    ours, code = training_fingerprint()["libraries"], {"training_code": training_fingerprint()["code"]}
     profile = tmp_path / "config.yaml"
     profile.write_text("name: micro\n")
     for packages, training, expected in (
