@@ -6,7 +6,7 @@ versions of whatever the project needs, so that a published result runs again on
 
 Library versions are part of an arm's cache key (forgetting/arms.py:arm_spec), so only with them do a report's arms
 count as on disk on a machine that has them. The code is the other half: the header names the commit the run was
-made on (recorded since reports record it), to check out first.
+made on (where the report recorded one), to check out first.
 """
 
 import argparse
