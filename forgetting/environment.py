@@ -124,11 +124,16 @@ def code_version(root: Path = PACKAGE.parent) -> dict:
     return code | {"commit": commit.stdout.strip(), "changed": changed}
 
 
+def canonical(name: str) -> str:
+    """A distribution's name as pip compares them (PEP 503: Pillow and pillow, typing_extensions and -extensions)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def training_differences(recorded: dict) -> list[str]:
     """What of an arm's key differs between a recorded environment (environment's dict) and this process: each
     training library at another version (`peft 0.21.2, here 0.22.0`), and the training code where the record
     holds its fingerprint. Empty when a rerun here would find the recorded run's arms."""
-    packages = {re.sub(r"[-_.]+", "-", name).lower(): v for name, v in recorded.get("packages", {}).items()}
+    packages = {canonical(name): v for name, v in recorded.get("packages", {}).items()}
     ours = training_fingerprint()
     found = [
         f"{name} {packages.get(name) or 'absent'}, here {ours['libraries'].get(name) or 'absent'}"
@@ -156,6 +161,6 @@ def pins(recorded: dict) -> str:
         + (f" with {len(code['changed'])} file(s) changed" if code.get("changed") else ""),
     ]
     for name, version in recorded["packages"].items():
-        if re.sub(r"[-_.]+", "-", name).lower() not in NOT_PINNED:
+        if canonical(name) not in NOT_PINNED:
             lines.append(f"{name}=={version.split('+')[0]}")
     return "\n".join(lines) + "\n"

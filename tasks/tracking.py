@@ -25,13 +25,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
-from alembic.script import ScriptDirectory  # noqa: E402
 
 from forgetting.config import REPO_ROOT, ConfigError, StudyConfig  # noqa: E402
 from forgetting.environment import environment
 from forgetting.puzzle_data import PuzzleDataset  # noqa: E402
 from forgetting.puzzles import format_answer  # noqa: E402
 from forgetting.storage import one_maker  # noqa: E402
+
+SQLITE = "sqlite:///"  # a local store's URI: this, then the database file's absolute path
 
 # Read once, before anything here calls mlflow.set_tracking_uri, which writes this variable itself.
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
@@ -42,7 +43,7 @@ def tracking_uri(config: StudyConfig) -> str:
         return config.tracking.tracking_uri
     if USER_TRACKING_URI:
         return USER_TRACKING_URI
-    return f"sqlite:///{config.output.path / 'mlflow.db'}"
+    return f"{SQLITE}{config.output.path / 'mlflow.db'}"
 
 
 def run_link(config: StudyConfig, run_id: str) -> str:
@@ -131,8 +132,8 @@ def check_tracking(config: StudyConfig, timeout: float = 5.0) -> None:
     minutes, after the expensive work), a local SQLite store have this MLflow's schema (check_schema):
     ConfigError otherwise."""
     uri = tracking_uri(config)
-    if uri.startswith("sqlite:///"):
-        check_schema(Path(uri.removeprefix("sqlite:///")))
+    if (db := local_store(uri)) is not None:
+        check_schema(db)
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -155,6 +156,8 @@ def check_schema(db: Path) -> None:
             found = store.execute("SELECT version_num FROM alembic_version").fetchone()
     except sqlite3.Error:
         return  # no tables yet, or not a database: MLflow says which when it opens it
+    from alembic.script import ScriptDirectory  # half a second to import: only for a store that has a schema
+
     scripts = ScriptDirectory(str(Path(mlflow.__file__).parent / "store" / "db_migrations"))
     if found is None or found[0] in scripts.get_heads():
         return
@@ -171,6 +174,11 @@ def check_schema(db: Path) -> None:
     )
 
 
+def local_store(uri: str) -> Path | None:
+    """The database file of a local SQLite tracking URI; None for any other store."""
+    return Path(uri.removeprefix(SQLITE)) if uri.startswith(SQLITE) else None
+
+
 def configure(config: StudyConfig) -> str:
     """Point MLflow at the study's store and experiment; returns the experiment id."""
     uri = tracking_uri(config)
@@ -182,10 +190,9 @@ def configure(config: StudyConfig) -> str:
 @contextmanager
 def _creation_lock(uri: str) -> Iterator[None]:
     """Two studies starting at once on a new SQLite store would both create its tables; one at a time."""
-    if not uri.startswith("sqlite:///"):
+    if (db := local_store(uri)) is None:
         yield
         return
-    db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with one_maker(db):
         yield
