@@ -18,18 +18,23 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install browser study test lint format clean servers servers-stop serve
 
+# PINS=<report folder>: the package versions that report ran with, from its environment.json (flows/pins.py runs on
+# the bare venv's Python), as constraints of the one install; without PINS the install runs only when pyproject.toml
+# changed.
+CONSTRAINTS := $(if $(strip $(PINS)),-c $(VENV)/pins.txt)
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(if $(CONSTRAINTS),$(PY) -m flows.pins $(PINS) > $(VENV)/pins.txt)
+	$(PY) -m pip install --quiet $(CONSTRAINTS) -e '.[dev]'
 	touch $@
 
-# PINS=<report folder>: also the package versions that report ran with, from its environment.json (flows/pins.py)
-install: $(VENV)/.installed
 ifneq ($(strip $(PINS)),)
-	$(PY) -m flows.pins $(PINS) > $(VENV)/pins.txt
-	$(PY) -m pip install --quiet -c $(VENV)/pins.txt -e '.[dev]'
+.PHONY: $(VENV)/.installed
 endif
+
+install: $(VENV)/.installed
 
 # Headless Chromium from Debian's packages: the browser test and the README's screenshots (deployments/browser.py).
 browser:

@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from forgetting.config import ConfigError
 from forgetting.environment import pins
+from forgetting.errors import ConfigError
 
 
 def recorded_environment(path: Path) -> dict:

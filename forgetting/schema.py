@@ -4,9 +4,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the field."""
+from forgetting.errors import ConfigError  # noqa: F401 - imported from here (and from forgetting.config) everywhere
 
 
 def unset_field(description: str, **bounds: Any) -> Any:

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import sys
 
 import pandas as pd
 import pytest
@@ -395,10 +396,12 @@ def test_a_published_report_moves_to_another_page_with_links_from_there(tmp_path
 
 def test_a_run_records_its_commit_and_changed_files_and_its_packages_pin_again(tmp_path, capsys):
     """environment's code: the checkout's commit and what differs from it (none outside a checkout); pins gives
-    the recorded packages as constraints, without the project, the installers or a local build label."""
+    the recorded packages as constraints, without the project, the installers or a local build label, and runs on
+    the standard library alone (make install PINS= calls it before anything is installed)."""
     import subprocess
 
     from flows.pins import main
+    from forgetting.config import REPO_ROOT
     from forgetting.environment import code_version, pins
 
     assert code_version(tmp_path) | {"training_code": None} == {"training_code": None, "commit": None, "changed": []}
@@ -420,6 +423,8 @@ def test_a_run_records_its_commit_and_changed_files_and_its_packages_pin_again(t
     (tmp_path / "environment.json").write_text(json.dumps(recorded))
     main([str(tmp_path)])
     assert capsys.readouterr().out == pins(recorded)
+    bare = (sys.executable, "-S", "-m", "flows.pins", str(tmp_path))  # -S: no site-packages, as on a bare venv
+    assert subprocess.run(bare, cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout == pins(recorded)
     for bad, why in (("{", "is not JSON"), ('{"packages": {}}', "lists no packages"), (None, "no environment.json")):
         if bad is None:
             (tmp_path / "environment.json").unlink()
