@@ -7,10 +7,12 @@ over it, section by section (a key this file leaves out keeps the other profile'
 is a ConfigError whose message names the field.
 """
 
+import difflib
+import typing
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from forgetting.config import PROFILES_DIR, ConfigError, StudyConfig
 
@@ -51,12 +53,36 @@ def set_dotted(data: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def describe_validation_error(err: ValidationError) -> str:
+def section_at(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
+    """The config section (a pydantic model) at a path of field names below model; None past a plain value."""
+    for name in path:
+        field = model.model_fields.get(name) if isinstance(name, str) else None
+        if field is None:
+            return None
+        kinds = (field.annotation, *typing.get_args(field.annotation))
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def unknown_key(model: type[BaseModel], loc: tuple) -> str:
+    """What an unknown key at loc is likely a misspelling of, or else the keys its section has."""
+    section = section_at(model, loc[:-1])
+    if section is None:
+        return "unknown key"
+    keys = list(section.model_fields)
+    if close := difflib.get_close_matches(str(loc[-1]), keys, n=3, cutoff=0.5):
+        return f"unknown key (did you mean {' or '.join(close)}?)"
+    return f"unknown key (this section has {', '.join(keys)})"
+
+
+def describe_validation_error(err: ValidationError, model: type[BaseModel] = StudyConfig) -> str:
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "config"
         if e["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key")
+            lines.append(f"{where}: {unknown_key(model, e['loc'])}")
         elif isinstance(e.get("input"), dict):  # a check across fields: the message names them
             lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
         else:

@@ -164,7 +164,7 @@ def test_config_renders_as_a_form_schema():
     ("args", "message"),
     [
         (["--set", "puzzles.grid=7x7"], "puzzles.grid"),
-        (["--set", "puzzles.bogus=1"], "puzzles.bogus: unknown key"),
+        (["--set", "puzzles.gird=3x3"], "puzzles.gird: unknown key (did you mean grid?)"),
         (["--profile", "nope"], "no such profile"),
         (["--set", "puzzles.source=folder", "--set", "puzzles.folder=/does/not/exist"], "puzzles.folder"),
     ],
@@ -177,6 +177,19 @@ def test_cli_rejects_bad_config_with_exit_code_2(args, message, tmp_path):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert not (tmp_path / "puzzles").exists()  # failed before any work
+
+
+def test_an_unknown_key_is_named_with_what_it_may_have_meant():
+    """A misspelt key gets the section's close keys, one nothing resembles the keys its section has; a key under a
+    plain value (not a section) is the value's error."""
+    for assignment, message in (
+        ("arms.rft.temprature=1", "arms.rft.temprature: unknown key (did you mean temperature?)"),
+        ("arms.sft.lr=1", "arms.sft.lr: unknown key (this section has enabled, steps, learning_rate,"),
+        ("bogus=1", "bogus: unknown key (this section has name, seed, seeds,"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_config("micro", [assignment])
+        assert message in str(err.value)
 
 
 def test_gpu_only_settings_fail_fast_on_cpu(tmp_path):
