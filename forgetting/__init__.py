@@ -7,3 +7,7 @@ and the numbers of the report. Nothing here imports Prefect or MLflow, so a note
 
 The orchestration lives beside it: tasks/ (Prefect tasks, assets, MLflow logging) and flows/ (the flows).
 """
+
+from forgetting.environment import set_cpu_numerics
+
+set_cpu_numerics()  # before torch's first operation in any process that imports the project

@@ -1,7 +1,7 @@
-"""What a result was made with besides its config: the versions of the libraries that train and the syntax of the
-project's training code (both part of an arm's cache key: forgetting/arms.py:arm_spec), and the whole Python
-environment and the code's commit, recorded with every study (its report folder and its MLflow run); and that
-environment's packages as pip constraints, to install them again (pins).
+"""What a result was made with besides its config: the versions of the libraries that train, the syntax of the
+project's training code and the CPU's float rounding (all part of an arm's cache key: forgetting/arms.py:arm_spec),
+and the whole Python environment and the code's commit, recorded with every study (its report folder and its MLflow
+run); and that environment's packages as pip constraints, to install them again (pins).
 """
 
 import ast
@@ -23,6 +23,62 @@ TRAINING_CODE = (
     "inference", "puzzles", "puzzle_data", "iterative_sft",
 )  # fmt: skip
 PACKAGE = Path(__file__).resolve().parent
+
+# Float rounding on the CPU that does not depend on how many threads a process has. MKL's matrix products split
+# their sums over the threads (a weight gradient's sum over a batch's tokens comes out otherwise on one thread than
+# on two, and a sampled RFT arm then takes another course), except in its strict conditional-reproducibility mode,
+# which keeps the machine's own code path (AUTO). An environment variable, read at MKL's first operation: the
+# package sets it as it is imported (set_cpu_numerics), a value already set is kept, and FORGETTING_NUMERICS=native
+# sets none (how every arm trained before). The other variables that choose a code path are recorded too where set
+# by hand (MKL_CBWR=AVX2,STRICT with ATEN_CPU_CAPABILITY=avx2 takes one path on any x86-64 CPU with AVX2; docs/
+# design.md, "Float rounding on the CPU").
+REPRODUCIBLE_NUMERICS = {"MKL_CBWR": "AUTO,STRICT"}
+NUMERICS_VARIABLES = ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+NUMERICS_MODES = ("reproducible", "native")
+
+
+def set_cpu_numerics() -> None:
+    """REPRODUCIBLE_NUMERICS into the environment where not set already, unless FORGETTING_NUMERICS=native."""
+    mode = os.environ.get("FORGETTING_NUMERICS", NUMERICS_MODES[0])
+    if mode not in NUMERICS_MODES:
+        from forgetting.errors import ConfigError
+
+        raise ConfigError(f"FORGETTING_NUMERICS: {mode!r} is none of {', '.join(NUMERICS_MODES)}")
+    if mode == "reproducible":
+        for name, value in REPRODUCIBLE_NUMERICS.items():
+            os.environ.setdefault(name, value)
+
+
+def check_cpu_numerics() -> None:
+    """ConfigError when MKL's strict mode is asked for but a product whose sum MKL splits over threads still comes
+    out otherwise on one thread than on this process's several: MKL ran before the variable was set, and the arms'
+    numbers would not be the ones their keys promise. A product of fixed random inputs (its own generator: the
+    process's random stream is untouched), a few milliseconds; nothing to check on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if "STRICT" not in os.environ.get("MKL_CBWR", "").upper() or threads < 2:
+        return
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(128, 5120, generator=generator), torch.randn(5120, 512, generator=generator)
+    products = []
+    for n in (1, threads):
+        torch.set_num_threads(n)
+        products.append(a @ b)
+    torch.set_num_threads(threads)
+    if not torch.equal(*products):
+        from forgetting.errors import ConfigError
+
+        raise ConfigError(
+            f"MKL_CBWR={os.environ['MKL_CBWR']}, but MKL's products still round otherwise on 1 thread than on "
+            f"{threads}: MKL ran before the variable was set (import forgetting before torch runs anything, or set "
+            "FORGETTING_NUMERICS=native)"
+        )
+
+
+def cpu_numerics() -> dict[str, str]:
+    """The float-rounding settings in effect: each of NUMERICS_VARIABLES that is set, with its value."""
+    return {name: os.environ[name] for name in NUMERICS_VARIABLES if os.environ.get(name)}
 
 
 def installed(name: str) -> str | None:
@@ -69,11 +125,16 @@ def training_sources() -> tuple[tuple[str, str], ...]:
 
 @functools.cache
 def training_fingerprint() -> dict:
-    """The library versions (installed ones) and the training code's fingerprint, for an arm's cache key: an
-    upgrade of TRL or a change to how arms train makes new arms instead of reusing old ones."""
+    """The library versions (installed ones), the training code's fingerprint and the CPU's float-rounding settings
+    (cpu_numerics; none under FORGETTING_NUMERICS=native: the keys arms always had), for an arm's cache key: an
+    upgrade of TRL, a change to how arms train or another rounding makes new arms instead of reusing old ones.
+    ConfigError when the settings came too late for torch (check_cpu_numerics)."""
+    check_cpu_numerics()
+    numerics = cpu_numerics()
     return {
         "libraries": {name: v for name in TRAINING_LIBRARIES if (v := installed(name))},
         "code": code_fingerprint(training_sources())[:16],
+        **({"cpu_numerics": numerics} if numerics else {}),
     }
 
 
@@ -90,6 +151,7 @@ def environment() -> dict:
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_numerics": cpu_numerics(),
         "code": code_version(),
         "packages": dict(sorted(packages.items(), key=lambda kv: kv[0].lower())),
     }
@@ -131,8 +193,9 @@ def canonical(name: str) -> str:
 
 def training_differences(recorded: dict) -> list[str]:
     """What of an arm's key differs between a recorded environment (environment's dict) and this process: each
-    training library at another version (`peft 0.21.2, here 0.22.0`), and the training code where the record
-    holds its fingerprint. Empty when a rerun here would find the recorded run's arms."""
+    training library at another version (`peft 0.21.2, here 0.22.0`), the training code where the record holds its
+    fingerprint, and the CPU's float-rounding settings (a record without them ran before there were any: native).
+    Empty when a rerun here would find the recorded run's arms."""
     packages = {canonical(name): v for name, v in recorded.get("packages", {}).items()}
     ours = training_fingerprint()
     found = [
@@ -142,6 +205,10 @@ def training_differences(recorded: dict) -> list[str]:
     ]
     if (code := (recorded.get("code") or {}).get("training_code")) and code != ours["code"]:
         found.append(f"training code {code}, here {ours['code']}")
+    theirs, here = recorded.get("cpu_numerics") or {}, ours.get("cpu_numerics") or {}
+    if theirs != here:
+        shown = [", ".join(f"{k}={v}" for k, v in side.items()) or "native" for side in (theirs, here)]
+        found.append(f"CPU float rounding {shown[0]}, here {shown[1]} (FORGETTING_NUMERICS)")
     return found
 
 

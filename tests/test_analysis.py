@@ -1,13 +1,17 @@
 """Forgetting, curves and dynamics math on small hand-made evaluation records."""
 
+import functools
 import json
 import math
+import os
 import re
+import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
+from forgetting.config import REPO_ROOT
 from forgetting.metrics import (
     at_accuracy,
     common_accuracy,
@@ -398,10 +402,7 @@ def test_a_run_records_its_commit_and_changed_files_and_its_packages_pin_again(t
     """environment's code: the checkout's commit and what differs from it (none outside a checkout); pins gives
     the recorded packages as constraints, without the project, the installers or a local build label, and runs on
     the standard library alone (make install PINS= calls it before anything is installed)."""
-    import subprocess
-
     from flows.pins import main
-    from forgetting.config import REPO_ROOT
     from forgetting.environment import code_version, pins
 
     assert code_version(tmp_path) | {"training_code": None} == {"training_code": None, "commit": None, "changed": []}
@@ -436,20 +437,25 @@ def test_a_run_records_its_commit_and_changed_files_and_its_packages_pin_again(t
 
 
 def test_a_report_run_again_on_other_training_libraries_says_so(tmp_path, capsys):
-    """A profile that is a report's config.yaml, beside an environment.json whose training libraries or training
-    code differ from this process's: a note names each difference and the pins command; none when they agree."""
+    """A profile that is a report's config.yaml, beside an environment.json whose training libraries, training
+    code or CPU rounding differ from this process's: a note names each difference and the pins command; none when
+    they agree. A record without CPU rounding settings ran natively."""
     from flows.cli import note_recorded_environment
-    from forgetting.environment import training_fingerprint
+    from forgetting.environment import cpu_numerics, training_fingerprint
 
     ours, code = training_fingerprint()["libraries"], {"training_code": training_fingerprint()["code"]}
+    numerics = cpu_numerics()
+    assert numerics == {"MKL_CBWR": "AUTO,STRICT"}
     profile = tmp_path / "config.yaml"
     profile.write_text("name: micro\n")
-    for packages, training, expected in (
-        (ours, code, []),
-        ({**ours, "peft": "0.1.0", "vllm": "9.9"}, code, ["peft 0.1.0, here", "vllm 9.9, here absent"]),
-        (ours, {"training_code": "0" * 16}, [f"training code {'0' * 16}, here {code['training_code']}"]),
+    for packages, training, rounding, expected in (
+        (ours, code, numerics, []),
+        ({**ours, "peft": "0.1.0", "vllm": "9.9"}, code, numerics, ["peft 0.1.0, here", "vllm 9.9, here absent"]),
+        (ours, {"training_code": "0" * 16}, numerics, [f"training code {'0' * 16}, here {code['training_code']}"]),
+        (ours, code, None, ["CPU float rounding native, here MKL_CBWR=AUTO,STRICT"]),
     ):
-        (tmp_path / "environment.json").write_text(json.dumps({"packages": packages, "code": training}))
+        record = {"packages": packages, "code": training} | ({"cpu_numerics": rounding} if rounding else {})
+        (tmp_path / "environment.json").write_text(json.dumps(record))
         note_recorded_environment(profile)
         err = capsys.readouterr().err
         assert all(part in err for part in expected) and bool(err) == bool(expected)
@@ -457,6 +463,34 @@ def test_a_report_run_again_on_other_training_libraries_says_so(tmp_path, capsys
     (tmp_path / "environment.json").write_text("[]")
     note_recorded_environment(profile)  # not a record: no note, no error
     assert capsys.readouterr().err == ""
+
+
+def test_cpu_rounding_does_not_depend_on_the_threads_and_is_part_of_an_arm_key():
+    """In a process that imports the project, a product whose sum MKL splits over threads (a weight gradient's
+    over a batch's tokens) comes out the same on one thread and on two, and the arm key names the setting;
+    FORGETTING_NUMERICS=native leaves it out (the keys arms had before it). A process whose MKL ran before it
+    imported the project is refused when it computes a key, where the two differ natively."""
+    product = (
+        "g = torch.Generator().manual_seed(1); x, y = torch.randn(128, 5120, generator=g), torch.randn(5120, 512, "
+        "generator=g); torch.set_num_threads(1); one = x @ y; torch.set_num_threads(2); two = x @ y; "
+    )
+    key = "from forgetting.environment import training_fingerprint as key; "
+    probe = "import forgetting, torch; " + product + key + "print(torch.equal(one, two), 'cpu_numerics' in key())"
+    early = (
+        "import torch; " + product + "import forgetting; " + key + "from forgetting.errors import ConfigError\n"
+        "try:\n    key(); print(torch.equal(one, two), 'accepted')\n"
+        "except ConfigError as e:\n    print(torch.equal(one, two), 'refused', e)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=REPO_ROOT)
+    out = run([sys.executable, "-c", probe], env=env | {"FORGETTING_NUMERICS": "reproducible"})
+    assert out.stdout.split() == ["True", "True"], out.stderr
+    out = run([sys.executable, "-c", probe], env=env | {"FORGETTING_NUMERICS": "native"})
+    assert out.stdout.split()[1] == "False", out.stderr  # the key arms always had
+    out = run([sys.executable, "-c", early], env=env | {"FORGETTING_NUMERICS": "reproducible"})
+    same, verdict = out.stdout.split()[:2]
+    assert verdict == ("accepted" if same == "True" else "refused"), out.stdout + out.stderr
+    assert verdict == "accepted" or "MKL ran before the variable was set" in out.stdout
 
 
 def test_seeds_are_compared_at_one_level_and_say_how_many_reached_it(tmp_path):

@@ -486,8 +486,9 @@ def test_micro_batches_take_the_same_step_in_less_memory(setup, tmp_path):
 
 
 def test_an_arm_is_retrained_when_its_libraries_or_training_code_change(setup, monkeypatch):
-    """An arm's folder (its cache key) holds the training libraries' versions and the training code's syntax: a
-    TRL upgrade, a code change or the Hub's kernels turned on make a new arm; a docstring or comment does not."""
+    """An arm's folder (its cache key) holds the training libraries' versions, the training code's syntax and the
+    CPU's rounding settings: a TRL upgrade, a code change, the Hub's kernels turned on or the CPU's native rounding
+    make a new arm; a docstring or comment does not."""
     from forgetting import environment
 
     config, dataset = setup
@@ -503,6 +504,15 @@ def test_an_arm_is_retrained_when_its_libraries_or_training_code_change(setup, m
     monkeypatch.setenv("USE_HUB_KERNELS", "y")  # layers from the Hub (any of transformers' true values): another arm
     assert arm_dir(config, "sft", BASE, dataset) != before
     monkeypatch.setenv("USE_HUB_KERNELS", "NO")
+    assert arm_dir(config, "sft", BASE, dataset) == before
+    for name in environment.REPRODUCIBLE_NUMERICS:  # the CPU's native rounding (FORGETTING_NUMERICS=native)
+        monkeypatch.delenv(name)
+    environment.training_fingerprint.cache_clear()
+    try:
+        assert arm_dir(config, "sft", BASE, dataset) != before
+    finally:
+        monkeypatch.undo()
+        environment.training_fingerprint.cache_clear()
     assert arm_dir(config, "sft", BASE, dataset) == before
 
     def fingerprint(text: str) -> str:
