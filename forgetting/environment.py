@@ -208,7 +208,9 @@ def training_differences(recorded: dict) -> list[str]:
     theirs, here = recorded.get("cpu_numerics") or {}, ours.get("cpu_numerics") or {}
     if theirs != here:
         shown = [", ".join(f"{k}={v}" for k, v in side.items()) or "native" for side in (theirs, here)]
-        found.append(f"CPU float rounding {shown[0]}, here {shown[1]} (FORGETTING_NUMERICS)")
+        hint = "FORGETTING_NUMERICS=native" if not theirs else " ".join(f"{k}={v}" for k, v in theirs.items())
+        hint += " runs as it did"
+        found.append(f"CPU float rounding {shown[0]}, here {shown[1]} ({hint})")
     return found
 
 
