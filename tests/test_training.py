@@ -1,5 +1,6 @@
 """The three arms, for a few steps on the micro profile: real TRL trainers, real checkpoints."""
 
+import functools
 import json
 import shutil
 import subprocess
@@ -493,26 +494,24 @@ def test_an_arm_is_retrained_when_its_libraries_or_training_code_change(setup, m
 
     config, dataset = setup
     before = arm_dir(config, "sft", BASE, dataset)
-    monkeypatch.setattr(environment, "installed", lambda name: "99.0" if name == "trl" else "1.0")
-    environment.training_fingerprint.cache_clear()
-    try:
-        assert arm_dir(config, "sft", BASE, dataset) != before
-    finally:
-        monkeypatch.undo()
+
+    def renames(*changes) -> bool:
+        """Whether the arm's folder is another with the changes (monkeypatch calls) made; all undone after."""
+        for change in changes:
+            change()
         environment.training_fingerprint.cache_clear()
-    assert arm_dir(config, "sft", BASE, dataset) == before
-    monkeypatch.setenv("USE_HUB_KERNELS", "y")  # layers from the Hub (any of transformers' true values): another arm
-    assert arm_dir(config, "sft", BASE, dataset) != before
-    monkeypatch.setenv("USE_HUB_KERNELS", "NO")
-    assert arm_dir(config, "sft", BASE, dataset) == before
-    for name in environment.REPRODUCIBLE_NUMERICS:  # the CPU's native rounding (FORGETTING_NUMERICS=native)
-        monkeypatch.delenv(name)
-    environment.training_fingerprint.cache_clear()
-    try:
-        assert arm_dir(config, "sft", BASE, dataset) != before
-    finally:
-        monkeypatch.undo()
-        environment.training_fingerprint.cache_clear()
+        try:
+            return arm_dir(config, "sft", BASE, dataset) != before
+        finally:
+            monkeypatch.undo()
+            environment.training_fingerprint.cache_clear()
+
+    assert renames(lambda: monkeypatch.setattr(environment, "installed", lambda n: "99.0" if n == "trl" else "1.0"))
+    # layers from the Hub (any of transformers' true values): another arm; NO, the default: the same
+    assert renames(lambda: monkeypatch.setenv("USE_HUB_KERNELS", "y"))
+    assert not renames(lambda: monkeypatch.setenv("USE_HUB_KERNELS", "NO"))
+    # the CPU's native rounding (FORGETTING_NUMERICS=native)
+    assert renames(*(functools.partial(monkeypatch.delenv, name) for name in environment.REPRODUCIBLE_NUMERICS))
     assert arm_dir(config, "sft", BASE, dataset) == before
 
     def fingerprint(text: str) -> str:
