@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/numerics.py --profile tiny-think --steps 30 --repeats 2
 
-For each repeat, each mode (FORGETTING_NUMERICS=native, then reproducible: forgetting/environment.py) and each
+For each repeat, each mode (FORGETTING_NUMERICS=native, then reproducible: forgetting/__init__.py) and each
 thread count (1, then 2), one child process trains the profile's SFT and RFT arms for --steps steps on a fresh
 puzzle set and reports a hash of each arm's final weights and its median step time (the first 3 steps left out as
 warm-up). The runs of one repeat alternate, so each mode's times come from the same minutes of a shared machine; each
@@ -18,7 +18,7 @@ Prints one line per child, then one JSON line last:
 The reproducible hashes are what a rerun elsewhere compares with: with the same profile, steps, libraries and code,
 a machine with the same CPU model should give them on any number of threads. Other CPUs may take other code paths
 in MKL and torch (MKL_CBWR=AVX2,STRICT and ATEN_CPU_CAPABILITY=avx2, set by hand, ask for one path on every x86-64
-CPU with AVX2; forgetting/environment.py).
+CPU with AVX2; forgetting/__init__.py).
 """
 
 import argparse
@@ -78,7 +78,7 @@ def child(profile: str, steps: int, threads: int) -> dict:
 
 
 def run_child(args, mode: str, threads: int) -> dict:
-    from forgetting.environment import NUMERICS_VARIABLES
+    from forgetting import NUMERICS_VARIABLES
 
     env = {k: v for k, v in os.environ.items() if k not in NUMERICS_VARIABLES}
     env |= {"FORGETTING_NUMERICS": mode, "OMP_NUM_THREADS": str(threads)}

@@ -9,7 +9,7 @@ Why: a small model's training and evaluation steps are mostly one-thread Python 
 of one thread each do more work than one process of two threads (docs/experiments.md). The seeds share the
 puzzles, the held-out sets and the base's evaluation: the first process to need one makes it, the other waits
 for it (forgetting/storage.py:one_maker). Every weight, rollout and score equals that of the seed run in the
-study's own process, on however many threads (MKL's strict rounding: forgetting/environment.py); the curves'
+study's own process, on however many threads (MKL's strict rounding: forgetting/__init__.py); the curves'
 parameter distances and log-probability changes can differ in the eighth digit (torch's own sums split over another
 number of threads).
 """

@@ -211,7 +211,7 @@ def test_study_over_seeds_reports_mean_and_ci(prefect_harness, tmp_path):
         alone, other = (
             load_file(next(Path(r["seeds"][seed]["arms"]["sft"]).glob("*.safetensors"))) for r in (result, beside)
         )
-        # bit for bit, though seed 0 trained on 2 threads alone and on 1 beside seed 1 (forgetting/environment.py:
+        # bit for bit, though seed 0 trained on 2 threads alone and on 1 beside seed 1 (forgetting/__init__.py:
         # REPRODUCIBLE_NUMERICS; natively an Intel Xeon's MKL rounds 1 thread and 2 apart, 4e-6 in 4 steps)
         assert alone.keys() == other.keys() and all(torch.equal(alone[k], other[k]) for k in alone)
         forgetting = [(Path(r["seeds"][seed]["report"]) / "forgetting.csv").read_text() for r in (result, beside)]

@@ -490,6 +490,7 @@ def test_an_arm_is_retrained_when_its_libraries_or_training_code_change(setup, m
     """An arm's folder (its cache key) holds the training libraries' versions, the training code's syntax and the
     CPU's rounding settings: a TRL upgrade, a code change, the Hub's kernels turned on or the CPU's native rounding
     make a new arm; a docstring or comment does not."""
+    import forgetting
     from forgetting import environment
 
     config, dataset = setup
@@ -511,7 +512,7 @@ def test_an_arm_is_retrained_when_its_libraries_or_training_code_change(setup, m
     assert renames(lambda: monkeypatch.setenv("USE_HUB_KERNELS", "y"))
     assert not renames(lambda: monkeypatch.setenv("USE_HUB_KERNELS", "NO"))
     # the CPU's native rounding (FORGETTING_NUMERICS=native)
-    assert renames(*(functools.partial(monkeypatch.delenv, name) for name in environment.REPRODUCIBLE_NUMERICS))
+    assert renames(*(functools.partial(monkeypatch.delenv, name) for name in forgetting.REPRODUCIBLE_NUMERICS))
     assert arm_dir(config, "sft", BASE, dataset) == before
 
     def fingerprint(text: str) -> str:
