@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from forgetting import NUMERICS_VARIABLES
+from forgetting.errors import ConfigError
 
 # The libraries whose versions can change what an arm learns, and the project's modules that train an arm.
 TRAINING_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "vllm")
@@ -47,8 +48,6 @@ def check_cpu_numerics() -> None:
         products.append(a @ b)
     torch.set_num_threads(threads)
     if not torch.equal(*products):
-        from forgetting.errors import ConfigError
-
         raise ConfigError(
             f"MKL_CBWR={os.environ['MKL_CBWR']}, but MKL's products still round otherwise on 1 thread than on "
             f"{threads}: MKL ran before the variable was set (import forgetting before torch runs anything, or set "
@@ -187,10 +186,11 @@ def training_differences(recorded: dict) -> list[str]:
         found.append(f"training code {code}, here {ours['code']}")
     theirs, here = recorded.get("cpu_numerics") or {}, ours.get("cpu_numerics") or {}
     if theirs != here:
-        shown = [", ".join(f"{k}={v}" for k, v in side.items()) or "native" for side in (theirs, here)]
-        hint = "FORGETTING_NUMERICS=native" if not theirs else " ".join(f"{k}={v}" for k, v in theirs.items())
-        hint += " runs as it did"
-        found.append(f"CPU float rounding {shown[0]}, here {shown[1]} ({hint})")
+        shown = [" ".join(f"{k}={v}" for k, v in side.items()) for side in (theirs, here)]
+        found.append(
+            f"CPU float rounding {shown[0] or 'native'}, here {shown[1] or 'native'} "
+            f"({shown[0] or 'FORGETTING_NUMERICS=native'} runs as it did)"
+        )
     return found
 
 
